@@ -1,0 +1,15 @@
+//! Foundation types shared by every PSync crate: device ids, content hashes,
+//! version vectors, file-name validation, and the one binary codec.
+//!
+//! **Invariant:** this crate does no I/O and knows nothing of RocksDB, FUSE,
+//! tokio or WebRTC. It cannot fail except on malformed input.
+#![deny(missing_docs)]
+
+pub mod codec;
+mod hash;
+mod name;
+mod version;
+
+pub use hash::{ContentHash, HashParseError};
+pub use name::{validate_name, NameError, NAME_MAX_BYTES};
+pub use version::{Causality, DeviceId, VersionVector};
