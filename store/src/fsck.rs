@@ -1,0 +1,338 @@
+//! `psync fsck`: walks the whole store and reports every inconsistency.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use psync_base::{codec, ContentHash};
+use rocksdb::{Direction, IteratorMode};
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+use crate::keys;
+use crate::records::*;
+use crate::store::Store;
+
+/// The outcome of an integrity check.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FsckReport {
+    /// Every inconsistency found; empty means the store is consistent.
+    pub problems: Vec<String>,
+    /// Inodes checked.
+    pub inodes: u64,
+    /// Directory entries checked.
+    pub dirents: u64,
+    /// History versions checked.
+    pub versions: u64,
+    /// Tombstones checked.
+    pub tombstones: u64,
+    /// Distinct blocks read and verified against their hash.
+    pub blocks_verified: u64,
+    /// Bytes of block data verified.
+    pub bytes_verified: u64,
+    /// Blocks stored but referenced by nothing (reclaimed by `psync gc`; not an error).
+    pub unreferenced_blocks: u64,
+    /// Pages stored but referenced by nothing (reclaimed by `psync gc`; not an error).
+    pub unreferenced_pages: u64,
+}
+
+impl FsckReport {
+    /// True if no inconsistency was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Checker<'a> {
+    store: &'a Store,
+    report: FsckReport,
+    pages_ok: HashMap<ContentHash, bool>,
+    blocks_ok: HashMap<ContentHash, bool>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, text: String) {
+        self.report.problems.push(text);
+    }
+
+    fn decode_all<T: DeserializeOwned>(&mut self, tag: u8, what: &str) -> Result<Vec<(Box<[u8]>, T)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan_prefix(&[tag])? {
+            match codec::decode::<T>(&v) {
+                Ok(value) => out.push((k, value)),
+                Err(e) => self.problem(format!("{what} record {:?} does not decode: {e}", HexKey(&k))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies a content value's pages and blocks; `owner` names it in reports.
+    fn check_content(&mut self, content: &Content, owner: &str) -> Result<()> {
+        let blocks_needed = content.size.div_ceil(BLOCK_SIZE);
+        if content.pages.len() as u64 > blocks_needed.div_ceil(BLOCKS_PER_PAGE) {
+            self.problem(format!("{owner}: {} pages for {} bytes", content.pages.len(), content.size));
+        }
+        for (page_index, page_hash) in content.pages.iter().enumerate() {
+            let Some(page_hash) = page_hash else { continue };
+            if let Some(&ok) = self.pages_ok.get(page_hash) {
+                if !ok {
+                    self.problem(format!("{owner}: page {page_hash} is missing or corrupt"));
+                }
+                continue;
+            }
+            let page = match self.store.page(page_hash) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.pages_ok.insert(*page_hash, false);
+                    self.problem(format!("{owner}: {e}"));
+                    continue;
+                }
+            };
+            self.pages_ok.insert(*page_hash, true);
+            for (slot, block) in page.blocks.iter().enumerate() {
+                let Some(block) = block else { continue };
+                let index = page_index as u64 * BLOCKS_PER_PAGE + slot as u64;
+                if index >= blocks_needed {
+                    self.problem(format!("{owner}: block {index} lies past the end of the file"));
+                }
+                match self.blocks_ok.get(block) {
+                    Some(true) => {}
+                    Some(false) => self.problem(format!("{owner}: block {block} is missing or corrupt")),
+                    None => {
+                        let ok = match self.store.block(block) {
+                            Ok(data) => {
+                                self.report.blocks_verified += 1;
+                                self.report.bytes_verified += data.len() as u64;
+                                let start = index * BLOCK_SIZE;
+                                if data.len() as u64 > BLOCK_SIZE || start + data.len() as u64 > content.size {
+                                    self.problem(format!(
+                                        "{owner}: block {index} holds bytes past the end of the file"
+                                    ));
+                                }
+                                true
+                            }
+                            Err(e) => {
+                                self.problem(format!("{owner}: {e}"));
+                                false
+                            }
+                        };
+                        self.blocks_ok.insert(*block, ok);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct HexKey<'a>(&'a [u8]);
+
+impl std::fmt::Debug for HexKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Checks every invariant in the key layout (see `keys.rs`) and verifies
+    /// every referenced page and block against its hash.
+    pub fn fsck(&self) -> Result<FsckReport> {
+        let mut c =
+            Checker { store: self, report: FsckReport::default(), pages_ok: HashMap::new(), blocks_ok: HashMap::new() };
+
+        let format: Option<FormatRecord> = self.get_record(keys::FORMAT).unwrap_or_else(|e| {
+            c.problem(format!("format record: {e}"));
+            None
+        });
+        if format.is_none() {
+            c.problem("format record missing".into());
+        }
+        let counters: Option<Counters> = self.get_record(keys::COUNTERS).unwrap_or(None);
+        if counters.is_none() {
+            c.problem("counters record missing or undecodable".into());
+        }
+
+        // Inodes.
+        let mut inodes: HashMap<u64, Inode> = HashMap::new();
+        for (k, node) in c.decode_all::<Inode>(keys::TAG_INODE, "inode")? {
+            if keys::u64_at(&k, 1) != Some(node.ino) {
+                c.problem(format!("inode {} stored under the wrong key", node.ino));
+            }
+            inodes.insert(node.ino, node);
+        }
+        c.report.inodes = inodes.len() as u64;
+        match inodes.get(&ROOT_INO) {
+            None => c.problem("root directory missing".into()),
+            Some(root) if root.kind != NodeKind::Dir || !root.links.is_empty() => {
+                c.problem("root is not a directory without links".into())
+            }
+            Some(_) => {}
+        }
+        let orphans: HashSet<u64> =
+            self.scan_prefix(&[keys::TAG_ORPHAN])?.iter().filter_map(|(k, _)| keys::u64_at(k, 1)).collect();
+
+        // Directory entries.
+        let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut subdirs: HashMap<u64, u32> = HashMap::new();
+        let mut dirents: HashSet<(u64, Vec<u8>)> = HashSet::new();
+        for (k, entry) in c.decode_all::<DirEntry>(keys::TAG_DIRENT, "directory entry")? {
+            c.report.dirents += 1;
+            let Some(parent) = keys::u64_at(&k, 1) else {
+                c.problem("short directory entry key".into());
+                continue;
+            };
+            let name = k[9..].to_vec();
+            let shown = String::from_utf8_lossy(&name).into_owned();
+            if let Err(e) = psync_base::validate_name(&name) {
+                c.problem(format!("entry {shown:?} in directory {parent}: {e}"));
+            }
+            match inodes.get(&parent) {
+                Some(p) if p.kind == NodeKind::Dir => {}
+                _ => c.problem(format!("entry {shown:?} is in {parent}, which is not a directory")),
+            }
+            match inodes.get(&entry.ino) {
+                None => c.problem(format!("entry {shown:?} in directory {parent} names missing inode {}", entry.ino)),
+                Some(child) => {
+                    if child.kind != entry.kind {
+                        c.problem(format!("entry {shown:?} kind differs from inode {}", entry.ino));
+                    }
+                    if !child.links.iter().any(|l| l.parent == parent && l.name == name) {
+                        c.problem(format!("inode {} lacks the link {parent}/{shown:?} that names it", entry.ino));
+                    }
+                    if child.kind == NodeKind::Dir {
+                        *subdirs.entry(parent).or_default() += 1;
+                    }
+                }
+            }
+            children.entry(parent).or_default().push(entry.ino);
+            dirents.insert((parent, name));
+        }
+
+        // Inode-side invariants and reachability.
+        let mut reachable: HashSet<u64> = HashSet::new();
+        let mut queue = VecDeque::from([ROOT_INO]);
+        while let Some(ino) = queue.pop_front() {
+            if reachable.insert(ino) {
+                queue.extend(children.get(&ino).into_iter().flatten().copied());
+            }
+        }
+        let mut max_seq = 0;
+        let mut ids: HashMap<FileId, u64> = HashMap::new();
+        let mut sorted: Vec<&Inode> = inodes.values().collect();
+        sorted.sort_by_key(|n| n.ino);
+        for node in sorted {
+            let ino = node.ino;
+            max_seq = max_seq.max(node.seq).max(node.committed_seq);
+            for link in &node.links {
+                if !dirents.contains(&(link.parent, link.name.clone())) {
+                    c.problem(format!(
+                        "inode {ino} has a link {}/{:?} with no directory entry",
+                        link.parent,
+                        String::from_utf8_lossy(&link.name)
+                    ));
+                }
+            }
+            if ino != ROOT_INO {
+                if let Some(other) = ids.insert(node.file_id, ino) {
+                    c.problem(format!("inodes {other} and {ino} share file id {}", node.file_id));
+                }
+            }
+            if node.kind == NodeKind::Dir {
+                if ino != ROOT_INO && node.links.len() != 1 {
+                    c.problem(format!("directory {ino} has {} links", node.links.len()));
+                }
+                let counted = subdirs.get(&ino).copied().unwrap_or(0);
+                if node.subdirs != counted {
+                    c.problem(format!("directory {ino} records {} subdirectories, has {counted}", node.subdirs));
+                }
+            }
+            let orphan = orphans.contains(&ino);
+            if !reachable.contains(&ino) && !orphan {
+                c.problem(format!("inode {ino} is not reachable from the root"));
+            }
+            if orphan && !node.links.is_empty() {
+                c.problem(format!("inode {ino} is marked unlinked but has links"));
+            }
+            if node.seq != 0 {
+                match self.get_record::<ChangeRef>(&keys::change(node.seq)) {
+                    Ok(Some(ChangeRef::Live(i))) if i == ino => {}
+                    _ => c.problem(format!("inode {ino}: change log entry {} missing or wrong", node.seq)),
+                }
+            }
+            if node.committed_seq != 0
+                && self.get_record::<FileVersion>(&keys::version(node.file_id, node.committed_seq))?.is_none()
+            {
+                c.problem(format!("inode {ino}: committed version {} missing from history", node.committed_seq));
+            }
+            if node.kind == NodeKind::File {
+                c.check_content(&node.content, &format!("inode {ino}"))?;
+            }
+        }
+        for ino in &orphans {
+            if !inodes.contains_key(ino) {
+                c.problem(format!("unlinked-inode marker for missing inode {ino}"));
+            }
+        }
+
+        // History.
+        for (k, version) in c.decode_all::<FileVersion>(keys::TAG_VERSION, "version")? {
+            c.report.versions += 1;
+            max_seq = max_seq.max(version.seq);
+            if keys::u128_at(&k, 1) != Some(version.file_id.0) || keys::u64_at(&k, 17) != Some(version.seq) {
+                c.problem(format!("version {} of {} stored under the wrong key", version.seq, version.file_id));
+            }
+            c.check_content(&version.content, &format!("version {} of file {}", version.seq, version.file_id))?;
+        }
+
+        // Tombstones and the change log.
+        for (k, tomb) in c.decode_all::<Tombstone>(keys::TAG_TOMBSTONE, "tombstone")? {
+            c.report.tombstones += 1;
+            max_seq = max_seq.max(tomb.seq);
+            if keys::u128_at(&k, 1) != Some(tomb.file_id.0) {
+                c.problem(format!("tombstone of {} stored under the wrong key", tomb.file_id));
+            }
+            match self.get_record::<ChangeRef>(&keys::change(tomb.seq)) {
+                Ok(Some(ChangeRef::Deleted(id))) if id == tomb.file_id => {}
+                _ => c.problem(format!("tombstone of {}: change log entry {} missing", tomb.file_id, tomb.seq)),
+            }
+        }
+        for (k, change) in c.decode_all::<ChangeRef>(keys::TAG_CHANGE, "change")? {
+            let seq = keys::u64_at(&k, 1).unwrap_or(0);
+            max_seq = max_seq.max(seq);
+            let ok = match change {
+                ChangeRef::Live(ino) => inodes.get(&ino).is_some_and(|n| n.seq == seq),
+                ChangeRef::Deleted(id) => self.tombstone(id)?.is_some_and(|t| t.seq == seq),
+            };
+            if !ok {
+                c.problem(format!("change log entry {seq} points at {change:?}, which has moved on or is gone"));
+            }
+        }
+        if let Some(counters) = counters {
+            let max_ino = inodes.keys().copied().max().unwrap_or(ROOT_INO);
+            if counters.next_ino <= max_ino {
+                c.problem(format!("next inode number {} is not above the largest inode {max_ino}", counters.next_ino));
+            }
+            if counters.next_seq <= max_seq {
+                c.problem(format!(
+                    "next sequence number {} is not above the largest in use {max_seq}",
+                    counters.next_seq
+                ));
+            }
+        }
+
+        // Garbage (not an error).
+        for (k, _) in self.scan_prefix(&[keys::TAG_PAGE])? {
+            if keys::hash_at(&k, 1).is_some_and(|h| !c.pages_ok.contains_key(&h)) {
+                c.report.unreferenced_pages += 1;
+            }
+        }
+        for item in self.db().iterator_cf(self.blocks_cf(), IteratorMode::From(&[], Direction::Forward)) {
+            let (k, _) = item.map_err(|e| self.rocks_err(e))?;
+            if keys::hash_at(&k, 0).is_some_and(|h| !c.blocks_ok.contains_key(&h)) {
+                c.report.unreferenced_blocks += 1;
+            }
+        }
+        Ok(c.report)
+    }
+}

@@ -1,0 +1,118 @@
+//! The whole on-disk key layout, in one place.
+//!
+//! Two RocksDB column families. Integers are big-endian so that keys sort
+//! numerically; names are raw bytes (already validated, never containing
+//! `/` or NUL).
+//!
+//! | CF       | key                                   | value (codec)        | meaning                                   |
+//! |----------|---------------------------------------|----------------------|-------------------------------------------|
+//! | `meta`   | `F`                                   | `FormatRecord`       | format version, this device's id          |
+//! | `meta`   | `C`                                   | `Counters`           | next inode number, next sequence number   |
+//! | `meta`   | `i` ino:u64                           | `Inode`              | one file, directory or symlink            |
+//! | `meta`   | `d` parent:u64 name:bytes             | `DirEntry`           | directory entry -> child inode            |
+//! | `meta`   | `p` hash:32                           | `Page`               | up to 256 block hashes (content-addressed)|
+//! | `meta`   | `h` file_id:16 seq:u64                | `FileVersion`        | committed version of a file (history)     |
+//! | `meta`   | `s` seq:u64                           | `ChangeRef`          | change log: latest change of each object  |
+//! | `meta`   | `t` file_id:16                        | `Tombstone`          | a deleted object, for sync                |
+//! | `meta`   | `o` ino:u64                           | empty                | unlinked while open; removed on next open |
+//! | `blocks` | hash:32                               | raw bytes (<=64 KiB) | block content, BLAKE3(value) == key       |
+//!
+//! Invariants (checked by fsck): every `d` entry names an existing inode
+//! that lists the same (parent, name) link; every inode is reachable from the
+//! root or marked `o`; every page and block referenced by an inode or a
+//! version exists and matches its hash; each `s` entry is the current
+//! sequence number of the object it names.
+
+use psync_base::ContentHash;
+
+use crate::records::FileId;
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_BLOCKS: &str = "blocks";
+
+pub(crate) const FORMAT: &[u8] = b"F";
+pub(crate) const COUNTERS: &[u8] = b"C";
+
+pub(crate) const TAG_INODE: u8 = b'i';
+pub(crate) const TAG_DIRENT: u8 = b'd';
+pub(crate) const TAG_PAGE: u8 = b'p';
+pub(crate) const TAG_VERSION: u8 = b'h';
+pub(crate) const TAG_CHANGE: u8 = b's';
+pub(crate) const TAG_TOMBSTONE: u8 = b't';
+pub(crate) const TAG_ORPHAN: u8 = b'o';
+
+fn tagged_u64(tag: u8, n: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = tag;
+    key[1..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub(crate) fn inode(ino: u64) -> [u8; 9] {
+    tagged_u64(TAG_INODE, ino)
+}
+
+pub(crate) fn dirent_prefix(parent: u64) -> [u8; 9] {
+    tagged_u64(TAG_DIRENT, parent)
+}
+
+pub(crate) fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + name.len());
+    key.extend_from_slice(&dirent_prefix(parent));
+    key.extend_from_slice(name);
+    key
+}
+
+pub(crate) fn page(hash: &ContentHash) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = TAG_PAGE;
+    key[1..].copy_from_slice(hash.as_bytes());
+    key
+}
+
+pub(crate) fn version_prefix(file_id: FileId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = TAG_VERSION;
+    key[1..].copy_from_slice(&file_id.0.to_be_bytes());
+    key
+}
+
+pub(crate) fn version(file_id: FileId, seq: u64) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[..17].copy_from_slice(&version_prefix(file_id));
+    key[17..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(crate) fn change(seq: u64) -> [u8; 9] {
+    tagged_u64(TAG_CHANGE, seq)
+}
+
+pub(crate) fn tombstone(file_id: FileId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = TAG_TOMBSTONE;
+    key[1..].copy_from_slice(&file_id.0.to_be_bytes());
+    key
+}
+
+pub(crate) fn orphan(ino: u64) -> [u8; 9] {
+    tagged_u64(TAG_ORPHAN, ino)
+}
+
+/// Reads the big-endian u64 at `key[at..at + 8]`.
+pub(crate) fn u64_at(key: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Reads the big-endian u128 at `key[at..at + 16]`.
+pub(crate) fn u128_at(key: &[u8], at: usize) -> Option<u128> {
+    let bytes: [u8; 16] = key.get(at..at + 16)?.try_into().ok()?;
+    Some(u128::from_be_bytes(bytes))
+}
+
+/// Reads the 32-byte hash at `key[at..at + 32]`.
+pub(crate) fn hash_at(key: &[u8], at: usize) -> Option<ContentHash> {
+    let bytes: [u8; 32] = key.get(at..at + 32)?.try_into().ok()?;
+    Some(ContentHash(bytes))
+}

@@ -1,0 +1,1275 @@
+//! [`Store`]: the RocksDB-backed source of truth of one device.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use psync_base::{codec, validate_name, ContentHash, DeviceId, VersionVector};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, StoreError};
+use crate::keys;
+use crate::records::*;
+
+/// Name of the RocksDB directory inside a data dir.
+pub const DB_DIR_NAME: &str = "db";
+
+/// The store of one device. All mutations go through one writer lock and
+/// are each applied as a single RocksDB `WriteBatch`, so a crash leaves either
+/// all or nothing of any operation. Reads are lock-free.
+pub struct Store {
+    db: DB,
+    data_dir: PathBuf,
+    device: DeviceId,
+    writer: Mutex<Counters>,
+    /// Open handles per inode. Unlinked inodes with handles become orphans
+    /// and live until their last handle is released.
+    open_handles: Mutex<HashMap<u64, u32>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.data_dir).field("device", &self.device).finish()
+    }
+}
+
+/// A raw key and value from RocksDB.
+pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// Permission bits and ownership of a new node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAttrs {
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl NodeAttrs {
+    /// Root-owned with the given permission bits.
+    pub fn perm(perm: u32) -> Self {
+        Self { perm, uid: 0, gid: 0 }
+    }
+}
+
+/// Attributes to change in [`Store::set_attr`]; `None` leaves one as is.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub perm: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New access time.
+    pub atime: Option<Timestamp>,
+    /// New modification time.
+    pub mtime: Option<Timestamp>,
+}
+
+/// What [`Store::create`] makes.
+#[derive(Debug, Clone)]
+pub enum NewNode<'a> {
+    /// An empty regular file.
+    File,
+    /// An empty directory.
+    Dir,
+    /// A symlink to the given target.
+    Symlink(&'a [u8]),
+}
+
+/// How [`Store::rename`] treats an existing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    /// Atomically replace the target (POSIX `rename`).
+    #[default]
+    Replace,
+    /// Fail with [`StoreError::Exists`] if the target exists.
+    NoReplace,
+    /// Atomically swap source and target; both must exist.
+    Exchange,
+}
+
+/// One entry of "what changed since N".
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A live object and its current state.
+    Live(Box<Inode>),
+    /// A deletion.
+    Deleted(Tombstone),
+}
+
+/// Pending writes of one operation plus the inodes it has touched, so that
+/// later steps of the same operation read their own writes.
+struct Txn<'s> {
+    store: &'s Store,
+    batch: WriteBatch,
+    inodes: HashMap<u64, Option<Inode>>,
+    counters: Counters,
+    /// Blocks put in this batch (dedup within the batch).
+    new_blocks: Vec<ContentHash>,
+}
+
+fn rocks(dir: &Path) -> impl Fn(rocksdb::Error) -> StoreError + '_ {
+    move |e| StoreError::from_rocks(e, dir)
+}
+
+impl Store {
+    /// Opens the store in `data_dir`, creating it (for `device`) if the data dir
+    /// has none yet. Fails clearly if it is locked, foreign or from a newer psync.
+    pub fn open_or_create(data_dir: &Path, device: DeviceId) -> Result<Store> {
+        Self::open_inner(data_dir, Some(device))
+    }
+
+    /// Opens an existing store; [`StoreError::NotAStore`] if there is none.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        Self::open_inner(data_dir, None)
+    }
+
+    fn open_inner(data_dir: &Path, create_for: Option<DeviceId>) -> Result<Store> {
+        let db_dir = data_dir.join(DB_DIR_NAME);
+        let exists = db_dir.join("CURRENT").exists();
+        if !exists {
+            // An empty `db` dir is what a creation interrupted before RocksDB wrote
+            // anything leaves behind: create over it. Anything else is foreign.
+            let foreign = std::fs::read_dir(&db_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if create_for.is_none() || foreign {
+                return Err(StoreError::NotAStore(data_dir.to_path_buf()));
+            }
+            std::fs::create_dir_all(&db_dir).map_err(|e| match e.raw_os_error() {
+                Some(28) => StoreError::DiskFull, // ENOSPC
+                _ => StoreError::Io(format!("cannot create {}: {e}", db_dir.display())),
+            })?;
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(!exists);
+        opts.create_missing_column_families(create_for.is_some());
+        opts.set_paranoid_checks(true);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        // Both CFs flush together, so a crash never leaves a record whose block is missing.
+        opts.set_atomic_flush(true);
+        opts.set_max_open_files(256);
+        let mut blocks_opts = Options::default();
+        blocks_opts.set_compression_type(DBCompressionType::Lz4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(keys::CF_META, opts.clone()),
+            ColumnFamilyDescriptor::new(keys::CF_BLOCKS, blocks_opts),
+        ];
+        let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| {
+            let err = StoreError::from_rocks(e, data_dir);
+            match err {
+                StoreError::Io(text) if text.contains("Column family not found") => {
+                    StoreError::NotAStore(data_dir.to_path_buf())
+                }
+                other => other,
+            }
+        })?;
+        let meta = db.cf_handle(keys::CF_META).ok_or_else(|| StoreError::NotAStore(data_dir.to_path_buf()))?;
+        let format: Option<FormatRecord> = match db.get_cf(meta, keys::FORMAT).map_err(rocks(data_dir))? {
+            Some(bytes) => Some(codec::decode(&bytes)?),
+            None => None,
+        };
+        let (device, counters) = match (format, create_for) {
+            (Some(format), _) => {
+                if format.format_version > FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        path: data_dir.to_path_buf(),
+                        found: format.format_version,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                let counters: Counters = match db.get_cf(meta, keys::COUNTERS).map_err(rocks(data_dir))? {
+                    Some(bytes) => codec::decode(&bytes)?,
+                    None => return Err(StoreError::Corrupt("counters record missing".into())),
+                };
+                (format.device, counters)
+            }
+            // A fresh database, or one whose creation was interrupted before the
+            // initial batch (the meta CF is then still empty).
+            (None, Some(device)) if !exists || Self::is_empty(&db, meta, data_dir)? => {
+                let counters = Self::initialise(&db, data_dir, device)?;
+                (device, counters)
+            }
+            (None, _) => return Err(StoreError::NotAStore(data_dir.to_path_buf())),
+        };
+        let store = Store {
+            db,
+            data_dir: data_dir.to_path_buf(),
+            device,
+            writer: Mutex::new(counters),
+            open_handles: Mutex::new(HashMap::new()),
+        };
+        store.reap_orphans()?;
+        Ok(store)
+    }
+
+    fn is_empty(db: &DB, meta: &ColumnFamily, data_dir: &Path) -> Result<bool> {
+        match db.iterator_cf(meta, IteratorMode::Start).next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(StoreError::from_rocks(e, data_dir)),
+        }
+    }
+
+    /// Writes the format record, counters and root directory in one synced batch.
+    fn initialise(db: &DB, data_dir: &Path, device: DeviceId) -> Result<Counters> {
+        let meta = db.cf_handle(keys::CF_META).ok_or_else(|| StoreError::NotAStore(data_dir.to_path_buf()))?;
+        let now = Timestamp::now();
+        let counters = Counters { next_ino: ROOT_INO + 1, next_seq: 1 };
+        let root = Inode {
+            ino: ROOT_INO,
+            kind: NodeKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            links: Vec::new(),
+            subdirs: 0,
+            content: Content::default(),
+            symlink: Vec::new(),
+            file_id: FileId(0),
+            vv: VersionVector::new(),
+            seq: 0,
+            committed_seq: 0,
+            dirty: false,
+        };
+        let mut batch = WriteBatch::default();
+        let format = FormatRecord { format_version: FORMAT_VERSION, device, created_at: now };
+        batch.put_cf(meta, keys::FORMAT, codec::encode(&format)?);
+        batch.put_cf(meta, keys::COUNTERS, codec::encode(&counters)?);
+        batch.put_cf(meta, keys::inode(ROOT_INO), codec::encode(&root)?);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(rocks(data_dir))?;
+        Ok(counters)
+    }
+
+    /// Removes inodes that were unlinked while open before the last shutdown.
+    fn reap_orphans(&self) -> Result<()> {
+        let orphans: Vec<u64> =
+            self.scan_prefix(&[keys::TAG_ORPHAN])?.into_iter().filter_map(|(k, _)| keys::u64_at(&k, 1)).collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = orphans.len(), "removing files that were deleted while open");
+        self.mutate(false, |txn| {
+            for ino in &orphans {
+                txn.batch.delete_cf(self.meta(), keys::orphan(*ino));
+                txn.delete_inode(*ino);
+            }
+            Ok(())
+        })
+    }
+
+    /// The device this store belongs to.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn meta(&self) -> &ColumnFamily {
+        // Both handles are checked at open; a missing one is unreachable.
+        self.db.cf_handle(keys::CF_META).unwrap_or_else(|| unreachable!("meta CF checked at open"))
+    }
+
+    pub(crate) fn blocks_cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(keys::CF_BLOCKS).unwrap_or_else(|| unreachable!("blocks CF checked at open"))
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn rocks_err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::from_rocks(e, &self.data_dir)
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Counters> {
+        // A panic while holding the lock cannot leave a half-applied batch, so the
+        // counters it guards are still the persisted ones: recover them.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` under the writer lock and applies its batch atomically.
+    fn mutate<T>(&self, durable: bool, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
+        let mut guard = self.lock_writer();
+        let mut txn = Txn {
+            store: self,
+            batch: WriteBatch::default(),
+            inodes: HashMap::new(),
+            counters: *guard,
+            new_blocks: Vec::new(),
+        };
+        let out = f(&mut txn)?;
+        let counters = txn.counters;
+        txn.commit(durable)?;
+        // Only a successful write advances the in-memory counters.
+        *guard = counters;
+        Ok(out)
+    }
+
+    // ---- generic record access -------------------------------------------------
+
+    pub(crate) fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.meta(), key).map_err(|e| self.rocks_err(e))? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All (key, value) pairs of the meta CF whose key starts with `prefix`.
+    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.meta(), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Visits each (key, value) of the meta CF starting with `prefix` until `f` says stop.
+    pub(crate) fn for_each_prefix(&self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        for item in self.db.iterator_cf(self.meta(), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            if !k.starts_with(prefix) || !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reads -----------------------------------------------------------------
+
+    /// The inode `ino`.
+    pub fn inode(&self, ino: u64) -> Result<Inode> {
+        self.get_record(&keys::inode(ino))?.ok_or(StoreError::NotFound)
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        validate_name(name)?;
+        let dir = self.inode(parent)?;
+        if dir.kind != NodeKind::Dir {
+            return Err(StoreError::NotDir);
+        }
+        let entry: DirEntry = self.get_record(&keys::dirent(parent, name))?.ok_or(StoreError::NotFound)?;
+        self.inode(entry.ino)
+    }
+
+    /// Entries of directory `dir` with names after `after` (exclusive), at most `limit`.
+    pub fn read_dir(&self, dir: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, DirEntry)>> {
+        let node = self.inode(dir)?;
+        if node.kind != NodeKind::Dir {
+            return Err(StoreError::NotDir);
+        }
+        let prefix = keys::dirent_prefix(dir);
+        let start = match after {
+            Some(name) => keys::dirent(dir, name),
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.meta(), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let name = &k[prefix.len()..];
+            if after == Some(name) {
+                continue;
+            }
+            out.push((name.to_vec(), codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Resolves a `/`-separated path relative to the root (no symlinks followed).
+    pub fn resolve(&self, path: &[u8]) -> Result<Inode> {
+        let mut node = self.inode(ROOT_INO)?;
+        for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            node = self.lookup(node.ino, part)?;
+        }
+        Ok(node)
+    }
+
+    /// The path of `ino` from the root via its first link, `/`-separated.
+    pub fn path_of(&self, ino: u64) -> Result<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut current = self.inode(ino)?;
+        // Bounded walk: a cycle would be corruption, never an infinite loop.
+        for _ in 0..4096 {
+            match current.links.first() {
+                None => break,
+                Some(link) => {
+                    parts.push(link.name.clone());
+                    current = self.inode(link.parent)?;
+                }
+            }
+        }
+        if !current.links.is_empty() {
+            return Err(StoreError::Corrupt(format!("inode {ino}: path deeper than 4096 or cyclic")));
+        }
+        parts.reverse();
+        Ok(parts.join(&b'/'))
+    }
+
+    /// Reads up to `len` bytes at `offset` of file `ino`.
+    pub fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let node = self.inode(ino)?;
+        match node.kind {
+            NodeKind::File => self.read_content(&node.content, offset, len),
+            NodeKind::Dir => Err(StoreError::IsDir),
+            NodeKind::Symlink => Err(StoreError::Invalid("read of a symlink")),
+        }
+    }
+
+    /// Reads from a content value (a live file or a historical version).
+    pub fn read_content(&self, content: &Content, offset: u64, len: u32) -> Result<Vec<u8>> {
+        if offset >= content.size {
+            return Ok(Vec::new());
+        }
+        let end = content.size.min(offset.saturating_add(len as u64));
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pages = PageCache::default();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / BLOCK_SIZE;
+            let block_start = index * BLOCK_SIZE;
+            let within = (pos - block_start) as usize;
+            let take = ((block_start + BLOCK_SIZE).min(end) - pos) as usize;
+            match pages.block_hash(self, content, index)? {
+                None => out.resize(out.len() + take, 0),
+                Some(hash) => {
+                    let data = self.block(&hash)?;
+                    let available = data.len().saturating_sub(within).min(take);
+                    if available > 0 {
+                        out.extend_from_slice(&data[within..within + available]);
+                    }
+                    out.resize(out.len() + (take - available), 0);
+                }
+            }
+            pos += take as u64;
+        }
+        Ok(out)
+    }
+
+    /// A block's bytes, verified against its hash.
+    pub fn block(&self, hash: &ContentHash) -> Result<Vec<u8>> {
+        let data = self
+            .db
+            .get_cf(self.blocks_cf(), hash.as_bytes())
+            .map_err(|e| self.rocks_err(e))?
+            .ok_or_else(|| StoreError::Corrupt(format!("block {hash} is missing")))?;
+        if ContentHash::of(&data) != *hash {
+            return Err(StoreError::Corrupt(format!("block {hash} does not match its hash")));
+        }
+        Ok(data)
+    }
+
+    /// Whether the block is stored (for sync: fetch only what is missing).
+    pub fn has_block(&self, hash: &ContentHash) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.blocks_cf(), hash.as_bytes()).map_err(|e| self.rocks_err(e))?.is_some())
+    }
+
+    /// A page of block hashes, verified against its hash.
+    pub fn page(&self, hash: &ContentHash) -> Result<Page> {
+        let bytes = self
+            .db
+            .get_pinned_cf(self.meta(), keys::page(hash))
+            .map_err(|e| self.rocks_err(e))?
+            .ok_or_else(|| StoreError::Corrupt(format!("page {hash} is missing")))?;
+        if ContentHash::of(&bytes) != *hash {
+            return Err(StoreError::Corrupt(format!("page {hash} does not match its hash")));
+        }
+        Ok(codec::decode(&bytes)?)
+    }
+
+    /// The block hashes of a content value, in order (`None` for holes).
+    pub fn block_list(&self, content: &Content) -> Result<Vec<Option<ContentHash>>> {
+        let count = content.size.div_ceil(BLOCK_SIZE);
+        let mut pages = PageCache::default();
+        (0..count).map(|i| pages.block_hash(self, content, i)).collect()
+    }
+
+    /// Committed versions of a file, oldest first.
+    pub fn versions(&self, file_id: FileId) -> Result<Vec<FileVersion>> {
+        self.scan_prefix(&keys::version_prefix(file_id))?.into_iter().map(|(_, v)| Ok(codec::decode(&v)?)).collect()
+    }
+
+    /// One committed version.
+    pub fn version(&self, file_id: FileId, seq: u64) -> Result<FileVersion> {
+        self.get_record(&keys::version(file_id, seq))?.ok_or(StoreError::NotFound)
+    }
+
+    /// The tombstone of a deleted object.
+    pub fn tombstone(&self, file_id: FileId) -> Result<Option<Tombstone>> {
+        self.get_record(&keys::tombstone(file_id))
+    }
+
+    /// The highest sequence number assigned so far (0 before any change).
+    pub fn current_seq(&self) -> u64 {
+        self.lock_writer().next_seq - 1
+    }
+
+    /// Changes with sequence number greater than `since`, in order, at most `limit`.
+    /// Each object appears once, at its latest change.
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, Change)>> {
+        let start = keys::change(since.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.meta(), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            if k.first() != Some(&keys::TAG_CHANGE) || out.len() >= limit {
+                break;
+            }
+            let seq = keys::u64_at(&k, 1).ok_or_else(|| StoreError::Corrupt("short change key".into()))?;
+            let change = match codec::decode::<ChangeRef>(&v)? {
+                ChangeRef::Live(ino) => Change::Live(Box::new(self.inode(ino)?)),
+                ChangeRef::Deleted(id) => Change::Deleted(
+                    self.tombstone(id)?
+                        .ok_or_else(|| StoreError::Corrupt(format!("change {seq}: tombstone missing")))?,
+                ),
+            };
+            out.push((seq, change));
+        }
+        Ok(out)
+    }
+
+    // ---- open handles ----------------------------------------------------------
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        self.open_handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a handle to `ino` was opened (FUSE `open`).
+    pub fn open_handle(&self, ino: u64) {
+        *self.handles().entry(ino).or_insert(0) += 1;
+    }
+
+    /// Releases a handle; an unlinked inode is deleted with its last handle.
+    pub fn release_handle(&self, ino: u64) -> Result<()> {
+        let last = {
+            let mut handles = self.handles();
+            match handles.get_mut(&ino) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    handles.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return Ok(());
+        }
+        self.mutate(false, |txn| {
+            if let Some(node) = txn.inode_opt(ino)? {
+                if node.links.is_empty() && node.ino != ROOT_INO {
+                    txn.batch.delete_cf(self.meta(), keys::orphan(ino));
+                    txn.delete_inode(ino);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn is_open(&self, ino: u64) -> bool {
+        self.handles().contains_key(&ino)
+    }
+
+    // ---- mutations -------------------------------------------------------------
+
+    /// Creates `name` in `parent`. Files start dirty (committed on close);
+    /// directories and symlinks are committed at once.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        node: NewNode<'_>,
+        attrs: NodeAttrs,
+        now: Timestamp,
+    ) -> Result<Inode> {
+        validate_name(name)?;
+        if let NewNode::Symlink(target) = node {
+            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+                return Err(StoreError::Invalid("symlink target must be 1..=4096 bytes without NUL"));
+            }
+        }
+        self.mutate(false, |txn| {
+            let mut dir = txn.dir(parent)?;
+            if txn.dirent(parent, name)?.is_some() {
+                return Err(StoreError::Exists);
+            }
+            let ino = txn.counters.next_ino;
+            txn.counters.next_ino += 1;
+            let (kind, symlink) = match node {
+                NewNode::File => (NodeKind::File, Vec::new()),
+                NewNode::Dir => (NodeKind::Dir, Vec::new()),
+                NewNode::Symlink(target) => (NodeKind::Symlink, target.to_vec()),
+            };
+            let mut inode = Inode {
+                ino,
+                kind,
+                perm: attrs.perm & 0o7777,
+                uid: attrs.uid,
+                gid: attrs.gid,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                links: vec![Link { parent, name: name.to_vec() }],
+                subdirs: 0,
+                content: Content::default(),
+                symlink,
+                file_id: FileId(rand::random::<u128>()),
+                vv: VersionVector::new(),
+                seq: 0,
+                committed_seq: 0,
+                dirty: kind == NodeKind::File,
+            };
+            if kind != NodeKind::File {
+                txn.record_change(&mut inode);
+            }
+            txn.put_dirent(parent, name, DirEntry { ino, kind });
+            if kind == NodeKind::Dir {
+                dir.subdirs += 1;
+            }
+            dir.mtime = now;
+            dir.ctime = now;
+            txn.put_inode(dir);
+            txn.put_inode(inode.clone());
+            Ok(inode)
+        })
+    }
+
+    /// Writes `data` at `offset` into file `ino`; returns the new size.
+    /// Costs work proportional to `data.len()`, not to the file size.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8], now: Timestamp) -> Result<u64> {
+        let end = offset.checked_add(data.len() as u64).ok_or(StoreError::FileTooLarge)?;
+        if end > MAX_FILE_SIZE {
+            return Err(StoreError::FileTooLarge);
+        }
+        self.mutate(false, |txn| {
+            let mut node = txn.file(ino)?;
+            if !data.is_empty() {
+                let mut editor = ContentEditor::new(node.content.clone());
+                let mut pos = offset;
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let index = pos / BLOCK_SIZE;
+                    let within = (pos % BLOCK_SIZE) as usize;
+                    let take = rest.len().min(BLOCK_SIZE as usize - within);
+                    let mut block = if within == 0 && take == BLOCK_SIZE as usize {
+                        Vec::with_capacity(take)
+                    } else {
+                        match editor.block_hash(txn.store, index)? {
+                            Some(hash) => txn.store.block(&hash)?,
+                            None => Vec::new(),
+                        }
+                    };
+                    if block.len() < within + take {
+                        block.resize(within + take, 0);
+                    }
+                    block[within..within + take].copy_from_slice(&rest[..take]);
+                    let hash = txn.put_block(&block)?;
+                    editor.set_block(txn.store, index, Some(hash))?;
+                    pos += take as u64;
+                    rest = &rest[take..];
+                }
+                node.content = editor.finish(txn)?;
+                node.content.size = node.content.size.max(end);
+            }
+            node.mtime = now;
+            node.ctime = now;
+            node.dirty = true;
+            let size = node.content.size;
+            txn.put_inode(node);
+            Ok(size)
+        })
+    }
+
+    /// Sets the size of file `ino` (truncate or extend with a hole).
+    pub fn truncate(&self, ino: u64, size: u64, now: Timestamp) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(StoreError::FileTooLarge);
+        }
+        self.mutate(false, |txn| {
+            let mut node = txn.file(ino)?;
+            let old = node.content.size;
+            if size < old {
+                let mut editor = ContentEditor::new(node.content.clone());
+                let keep_blocks = size.div_ceil(BLOCK_SIZE);
+                editor.drop_blocks_from(txn.store, keep_blocks)?;
+                let tail = (size % BLOCK_SIZE) as usize;
+                if tail != 0 {
+                    let index = size / BLOCK_SIZE;
+                    if let Some(hash) = editor.block_hash(txn.store, index)? {
+                        let mut block = txn.store.block(&hash)?;
+                        if block.len() > tail {
+                            block.truncate(tail);
+                            let new_hash = txn.put_block(&block)?;
+                            editor.set_block(txn.store, index, Some(new_hash))?;
+                        }
+                    }
+                }
+                node.content = editor.finish(txn)?;
+            }
+            node.content.size = size;
+            if size != old {
+                node.mtime = now;
+                node.dirty = true;
+            }
+            node.ctime = now;
+            txn.put_inode(node);
+            Ok(())
+        })
+    }
+
+    /// Changes attributes. Permission and mtime changes of a committed object
+    /// are recorded as a change for sync; of a dirty file, they ride along
+    /// with its next commit.
+    pub fn set_attr(&self, ino: u64, attr: &SetAttr, now: Timestamp) -> Result<Inode> {
+        self.mutate(false, |txn| {
+            let mut node = txn.inode(ino)?;
+            let mut synced_change = false;
+            if let Some(perm) = attr.perm {
+                synced_change |= node.perm != perm & 0o7777;
+                node.perm = perm & 0o7777;
+            }
+            if let Some(uid) = attr.uid {
+                node.uid = uid;
+            }
+            if let Some(gid) = attr.gid {
+                node.gid = gid;
+            }
+            if let Some(atime) = attr.atime {
+                node.atime = atime;
+            }
+            if let Some(mtime) = attr.mtime {
+                synced_change |= node.mtime != mtime;
+                node.mtime = mtime;
+            }
+            node.ctime = now;
+            // Unlinked (open) files are already tombstoned: no further changes.
+            if synced_change && !node.dirty && node.ino != ROOT_INO && !node.links.is_empty() {
+                txn.record_change(&mut node);
+            }
+            txn.put_inode(node.clone());
+            Ok(node)
+        })
+    }
+
+    /// Commits the content of file `ino` as a new version if it changed
+    /// (version vector bump, new sequence number, history entry). With
+    /// `durable`, everything written so far is on stable storage on return.
+    /// Returns the new version's sequence number, if one was made.
+    pub fn commit(&self, ino: u64, now: Timestamp, durable: bool) -> Result<Option<u64>> {
+        let seq = self.mutate(durable, |txn| {
+            let Some(mut node) = txn.inode_opt(ino)? else { return Ok(None) };
+            if !node.dirty || node.links.is_empty() {
+                return Ok(None);
+            }
+            txn.record_change(&mut node);
+            let path = txn.path_of(&node)?;
+            let version = FileVersion {
+                file_id: node.file_id,
+                seq: node.seq,
+                vv: node.vv.clone(),
+                content: node.content.clone(),
+                mtime: node.mtime,
+                perm: node.perm,
+                path,
+                committed_at: now,
+            };
+            txn.batch.put_cf(txn.store.meta(), keys::version(node.file_id, node.seq), codec::encode(&version)?);
+            node.committed_seq = node.seq;
+            node.dirty = false;
+            let seq = node.seq;
+            txn.put_inode(node);
+            Ok(Some(seq))
+        })?;
+        Ok(seq)
+    }
+
+    /// Writes all memtables to SST files (both column families atomically).
+    /// Not needed for durability (the WAL gives that); used before measuring
+    /// disk usage and before a clean shutdown to shorten the next open.
+    pub fn flush_memtables(&self) -> Result<()> {
+        let opts = rocksdb::FlushOptions::default();
+        self.db.flush_cfs_opt(&[self.meta(), self.blocks_cf()], &opts).map_err(|e| self.rocks_err(e))
+    }
+
+    /// Makes every write so far durable (syncs the write-ahead log).
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| self.rocks_err(e))
+    }
+
+    /// Removes the non-directory `name` from `parent`. The inode goes away
+    /// with its last link, or with its last open handle if it is open.
+    pub fn unlink(&self, parent: u64, name: &[u8], now: Timestamp) -> Result<()> {
+        validate_name(name)?;
+        self.mutate(false, |txn| {
+            let entry = txn.dirent(parent, name)?.ok_or(StoreError::NotFound)?;
+            if entry.kind == NodeKind::Dir {
+                return Err(StoreError::IsDir);
+            }
+            txn.remove_link(parent, name, entry.ino, now)?;
+            txn.touch_dir(parent, now, 0)
+        })
+    }
+
+    /// Removes the empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: u64, name: &[u8], now: Timestamp) -> Result<()> {
+        validate_name(name)?;
+        self.mutate(false, |txn| {
+            let entry = txn.dirent(parent, name)?.ok_or(StoreError::NotFound)?;
+            if entry.kind != NodeKind::Dir {
+                return Err(StoreError::NotDir);
+            }
+            if txn.store.dir_has_entries(entry.ino)? {
+                return Err(StoreError::NotEmpty);
+            }
+            txn.remove_link(parent, name, entry.ino, now)?;
+            txn.touch_dir(parent, now, -1)
+        })
+    }
+
+    /// Adds a hard link to the non-directory `ino` as `name` in `parent`.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8], now: Timestamp) -> Result<Inode> {
+        validate_name(name)?;
+        self.mutate(false, |txn| {
+            let mut node = txn.inode(ino)?;
+            if node.kind == NodeKind::Dir {
+                return Err(StoreError::Invalid("hard link to a directory"));
+            }
+            if node.links.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            txn.dir(parent)?;
+            if txn.dirent(parent, name)?.is_some() {
+                return Err(StoreError::Exists);
+            }
+            node.links.push(Link { parent, name: name.to_vec() });
+            node.ctime = now;
+            txn.put_dirent(parent, name, DirEntry { ino, kind: node.kind });
+            txn.put_inode(node.clone());
+            txn.touch_dir(parent, now, 0)?;
+            Ok(node)
+        })
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name`, atomically.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+        now: Timestamp,
+    ) -> Result<()> {
+        validate_name(name)?;
+        validate_name(new_name)?;
+        self.mutate(false, |txn| {
+            txn.dir(parent)?;
+            txn.dir(new_parent)?;
+            let src = txn.dirent(parent, name)?.ok_or(StoreError::NotFound)?;
+            let dst = txn.dirent(new_parent, new_name)?;
+            if src.kind == NodeKind::Dir {
+                txn.check_not_ancestor(src.ino, new_parent)?;
+            }
+            match (mode, dst) {
+                (RenameMode::NoReplace, Some(_)) => return Err(StoreError::Exists),
+                (RenameMode::Exchange, None) => return Err(StoreError::NotFound),
+                (RenameMode::Exchange, Some(dst)) => {
+                    if dst.kind == NodeKind::Dir {
+                        txn.check_not_ancestor(dst.ino, parent)?;
+                    }
+                    if dst.ino == src.ino {
+                        return Ok(());
+                    }
+                    txn.move_link(src, parent, name, new_parent, new_name, now)?;
+                    txn.move_link(dst, new_parent, new_name, parent, name, now)?;
+                    txn.put_dirent(new_parent, new_name, src);
+                    txn.put_dirent(parent, name, dst);
+                    return Ok(());
+                }
+                (_, Some(dst)) if dst.ino == src.ino => return Ok(()),
+                (_, Some(dst)) => {
+                    match (src.kind == NodeKind::Dir, dst.kind == NodeKind::Dir) {
+                        (true, false) => return Err(StoreError::NotDir),
+                        (false, true) => return Err(StoreError::IsDir),
+                        (true, true) if txn.store.dir_has_entries(dst.ino)? => return Err(StoreError::NotEmpty),
+                        _ => {}
+                    }
+                    txn.remove_link(new_parent, new_name, dst.ino, now)?;
+                    if dst.kind == NodeKind::Dir {
+                        txn.touch_dir(new_parent, now, -1)?;
+                    }
+                }
+                (_, None) => {}
+            }
+            txn.batch.delete_cf(txn.store.meta(), keys::dirent(parent, name));
+            txn.move_link(src, parent, name, new_parent, new_name, now)?;
+            txn.put_dirent(new_parent, new_name, src);
+            Ok(())
+        })
+    }
+
+    /// Removes the tombstone of `file_id` (sync calls this once every device
+    /// has acknowledged the delete).
+    pub fn remove_tombstone(&self, file_id: FileId) -> Result<()> {
+        self.mutate(false, |txn| {
+            if let Some(t) = txn.store.tombstone(file_id)? {
+                txn.batch.delete_cf(txn.store.meta(), keys::tombstone(file_id));
+                txn.batch.delete_cf(txn.store.meta(), keys::change(t.seq));
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn dir_has_entries(&self, dir: u64) -> Result<bool> {
+        let mut any = false;
+        self.for_each_prefix(&keys::dirent_prefix(dir), |_, _| {
+            any = true;
+            Ok(false)
+        })?;
+        Ok(any)
+    }
+
+    /// Runs `f` with the writer lock held (GC uses this so no write races a sweep).
+    pub(crate) fn with_writer_locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _guard = self.lock_writer();
+        f()
+    }
+}
+
+impl Txn<'_> {
+    fn commit(self, durable: bool) -> Result<()> {
+        let meta = self.store.meta();
+        let mut batch = self.batch;
+        if batch.is_empty() && self.inodes.is_empty() {
+            return if durable { self.store.sync() } else { Ok(()) };
+        }
+        for (ino, node) in &self.inodes {
+            match node {
+                Some(node) => batch.put_cf(meta, keys::inode(*ino), codec::encode(node)?),
+                None => batch.delete_cf(meta, keys::inode(*ino)),
+            }
+        }
+        batch.put_cf(meta, keys::COUNTERS, codec::encode(&self.counters)?);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durable);
+        self.store.db.write_opt(batch, &wo).map_err(|e| self.store.rocks_err(e))
+    }
+
+    fn inode_opt(&mut self, ino: u64) -> Result<Option<Inode>> {
+        if let Some(cached) = self.inodes.get(&ino) {
+            return Ok(cached.clone());
+        }
+        self.store.get_record(&keys::inode(ino))
+    }
+
+    fn inode(&mut self, ino: u64) -> Result<Inode> {
+        self.inode_opt(ino)?.ok_or(StoreError::NotFound)
+    }
+
+    fn dir(&mut self, ino: u64) -> Result<Inode> {
+        let node = self.inode(ino)?;
+        if node.kind != NodeKind::Dir {
+            return Err(StoreError::NotDir);
+        }
+        Ok(node)
+    }
+
+    fn file(&mut self, ino: u64) -> Result<Inode> {
+        let node = self.inode(ino)?;
+        match node.kind {
+            NodeKind::File => Ok(node),
+            NodeKind::Dir => Err(StoreError::IsDir),
+            NodeKind::Symlink => Err(StoreError::Invalid("not a regular file")),
+        }
+    }
+
+    fn put_inode(&mut self, node: Inode) {
+        self.inodes.insert(node.ino, Some(node));
+    }
+
+    fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirEntry>> {
+        // Dirents are read from the DB: an operation never reads a dirent it wrote.
+        self.store.get_record(&keys::dirent(parent, name))
+    }
+
+    fn put_dirent(&mut self, parent: u64, name: &[u8], entry: DirEntry) {
+        match codec::encode(&entry) {
+            Ok(bytes) => self.batch.put_cf(self.store.meta(), keys::dirent(parent, name), bytes),
+            Err(_) => unreachable!("a DirEntry always encodes"),
+        }
+    }
+
+    fn put_block(&mut self, data: &[u8]) -> Result<ContentHash> {
+        let hash = ContentHash::of(data);
+        if !self.new_blocks.contains(&hash) && !self.store.has_block(&hash)? {
+            self.batch.put_cf(self.store.blocks_cf(), hash.as_bytes(), data);
+            self.new_blocks.push(hash);
+        }
+        Ok(hash)
+    }
+
+    /// Assigns the next sequence number to `node` as its latest change.
+    fn record_change(&mut self, node: &mut Inode) {
+        let seq = self.counters.next_seq;
+        self.counters.next_seq += 1;
+        let meta = self.store.meta();
+        if node.seq != 0 {
+            self.batch.delete_cf(meta, keys::change(node.seq));
+        }
+        node.seq = seq;
+        node.vv.increment(self.store.device);
+        match codec::encode(&ChangeRef::Live(node.ino)) {
+            Ok(bytes) => self.batch.put_cf(meta, keys::change(seq), bytes),
+            Err(_) => unreachable!("a ChangeRef always encodes"),
+        }
+    }
+
+    fn path_of(&mut self, node: &Inode) -> Result<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut link = node.links.first().cloned();
+        let mut depth = 0;
+        while let Some(l) = link {
+            parts.push(l.name.clone());
+            let parent = self.inode(l.parent)?;
+            link = parent.links.first().cloned();
+            depth += 1;
+            if depth > 4096 {
+                return Err(StoreError::Corrupt(format!("inode {}: cyclic path", node.ino)));
+            }
+        }
+        parts.reverse();
+        Ok(parts.join(&b'/'))
+    }
+
+    /// Updates a directory's times and subdirectory count.
+    fn touch_dir(&mut self, dir: u64, now: Timestamp, subdir_delta: i32) -> Result<()> {
+        let mut node = self.dir(dir)?;
+        node.subdirs = node.subdirs.saturating_add_signed(subdir_delta);
+        node.mtime = now;
+        node.ctime = now;
+        self.put_inode(node);
+        Ok(())
+    }
+
+    /// Fails if `dir` is `target` or one of its ancestors (a directory cannot
+    /// be moved into itself).
+    fn check_not_ancestor(&mut self, dir: u64, target: u64) -> Result<()> {
+        let mut current = target;
+        for _ in 0..4096 {
+            if current == dir {
+                return Err(StoreError::Invalid("cannot move a directory into itself"));
+            }
+            match self.inode(current)?.links.first() {
+                Some(link) => current = link.parent,
+                None => return Ok(()),
+            }
+        }
+        Err(StoreError::Corrupt("directory tree deeper than 4096 or cyclic".into()))
+    }
+
+    /// Re-points the link `(from_parent, from_name)` of `entry.ino` to
+    /// `(to_parent, to_name)`, updating times and subdirectory counts.
+    /// The caller writes the dirents.
+    fn move_link(
+        &mut self,
+        entry: DirEntry,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut node = self.inode(entry.ino)?;
+        let link = node
+            .links
+            .iter_mut()
+            .find(|l| l.parent == from_parent && l.name == from_name)
+            .ok_or_else(|| StoreError::Corrupt(format!("inode {} lacks the link being renamed", entry.ino)))?;
+        link.parent = to_parent;
+        link.name = to_name.to_vec();
+        node.ctime = now;
+        if !node.dirty {
+            self.record_change(&mut node);
+        }
+        self.put_inode(node);
+        let moved_dir = i32::from(entry.kind == NodeKind::Dir);
+        if from_parent == to_parent {
+            self.touch_dir(from_parent, now, 0)
+        } else {
+            self.touch_dir(from_parent, now, -moved_dir)?;
+            self.touch_dir(to_parent, now, moved_dir)
+        }
+    }
+
+    /// Removes the link `(parent, name)` of `ino` and its dirent. With its
+    /// last link the inode is tombstoned, then deleted or kept as an orphan
+    /// while open.
+    fn remove_link(&mut self, parent: u64, name: &[u8], ino: u64, now: Timestamp) -> Result<()> {
+        let meta = self.store.meta();
+        let mut node = self.inode(ino)?;
+        let path = self.path_of(&node)?;
+        node.links.retain(|l| !(l.parent == parent && l.name == name));
+        node.ctime = now;
+        self.batch.delete_cf(meta, keys::dirent(parent, name));
+        if !node.links.is_empty() {
+            self.put_inode(node);
+            return Ok(());
+        }
+        // Last link: record the delete for sync.
+        let seq = self.counters.next_seq;
+        self.counters.next_seq += 1;
+        if node.seq != 0 {
+            self.batch.delete_cf(meta, keys::change(node.seq));
+        }
+        let mut vv = node.vv.clone();
+        vv.increment(self.store.device);
+        let tombstone = Tombstone {
+            file_id: node.file_id,
+            kind: node.kind,
+            path,
+            vv,
+            deleted_at: now,
+            deleted_by: self.store.device,
+            seq,
+        };
+        self.batch.put_cf(meta, keys::tombstone(node.file_id), codec::encode(&tombstone)?);
+        self.batch.put_cf(meta, keys::change(seq), codec::encode(&ChangeRef::Deleted(node.file_id))?);
+        node.seq = 0;
+        if self.store.is_open(ino) {
+            self.batch.put_cf(meta, keys::orphan(ino), []);
+            self.put_inode(node);
+        } else {
+            self.delete_inode(ino);
+        }
+        Ok(())
+    }
+
+    fn delete_inode(&mut self, ino: u64) {
+        self.inodes.insert(ino, None);
+    }
+}
+
+/// Loads pages lazily and remembers them for the duration of one read.
+#[derive(Default)]
+struct PageCache {
+    pages: HashMap<u64, Page>,
+}
+
+impl PageCache {
+    fn block_hash(&mut self, store: &Store, content: &Content, index: u64) -> Result<Option<ContentHash>> {
+        let page_index = index / BLOCKS_PER_PAGE;
+        let Some(Some(page_hash)) = content.pages.get(page_index as usize) else { return Ok(None) };
+        let page = match self.pages.entry(page_index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(store.page(page_hash)?),
+        };
+        Ok(page.blocks.get((index % BLOCKS_PER_PAGE) as usize).copied().flatten())
+    }
+}
+
+/// Edits a content value block by block, then writes only the pages it changed.
+struct ContentEditor {
+    content: Content,
+    dirty_pages: HashMap<u64, Page>,
+    cache: PageCache,
+}
+
+impl ContentEditor {
+    fn new(content: Content) -> Self {
+        Self { content, dirty_pages: HashMap::new(), cache: PageCache::default() }
+    }
+
+    fn block_hash(&mut self, store: &Store, index: u64) -> Result<Option<ContentHash>> {
+        let page_index = index / BLOCKS_PER_PAGE;
+        if let Some(page) = self.dirty_pages.get(&page_index) {
+            return Ok(page.blocks.get((index % BLOCKS_PER_PAGE) as usize).copied().flatten());
+        }
+        self.cache.block_hash(store, &self.content, index)
+    }
+
+    fn page_mut(&mut self, store: &Store, page_index: u64) -> Result<&mut Page> {
+        if !self.dirty_pages.contains_key(&page_index) {
+            let page = match self.content.pages.get(page_index as usize) {
+                Some(Some(hash)) => store.page(hash)?,
+                _ => Page::default(),
+            };
+            self.dirty_pages.insert(page_index, page);
+        }
+        Ok(self.dirty_pages.entry(page_index).or_default())
+    }
+
+    fn set_block(&mut self, store: &Store, index: u64, hash: Option<ContentHash>) -> Result<()> {
+        let slot = (index % BLOCKS_PER_PAGE) as usize;
+        let page = self.page_mut(store, index / BLOCKS_PER_PAGE)?;
+        if page.blocks.len() <= slot {
+            page.blocks.resize(slot + 1, None);
+        }
+        page.blocks[slot] = hash;
+        Ok(())
+    }
+
+    /// Drops every block at `index` and beyond.
+    fn drop_blocks_from(&mut self, store: &Store, index: u64) -> Result<()> {
+        let first_page = index / BLOCKS_PER_PAGE;
+        let keep_pages = index.div_ceil(BLOCKS_PER_PAGE) as usize;
+        self.content.pages.truncate(keep_pages);
+        self.dirty_pages.retain(|&p, _| p < keep_pages as u64);
+        let slot = (index % BLOCKS_PER_PAGE) as usize;
+        if slot != 0 {
+            let page = self.page_mut(store, first_page)?;
+            page.blocks.truncate(slot);
+        }
+        Ok(())
+    }
+
+    /// Stores the changed pages and returns the new content (size unchanged).
+    fn finish(mut self, txn: &mut Txn<'_>) -> Result<Content> {
+        let mut indices: Vec<u64> = self.dirty_pages.keys().copied().collect();
+        indices.sort_unstable();
+        for page_index in indices {
+            let Some(mut page) = self.dirty_pages.remove(&page_index) else { continue };
+            while page.blocks.last() == Some(&None) {
+                page.blocks.pop();
+            }
+            let slot = page_index as usize;
+            if self.content.pages.len() <= slot {
+                self.content.pages.resize(slot + 1, None);
+            }
+            if page.blocks.is_empty() {
+                self.content.pages[slot] = None;
+                continue;
+            }
+            let bytes = codec::encode(&page)?;
+            let hash = ContentHash::of(&bytes);
+            txn.batch.put_cf(txn.store.meta(), keys::page(&hash), bytes);
+            self.content.pages[slot] = Some(hash);
+        }
+        while self.content.pages.last() == Some(&None) {
+            self.content.pages.pop();
+        }
+        Ok(self.content)
+    }
+}

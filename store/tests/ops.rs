@@ -1,0 +1,459 @@
+//! Unit tests of every store operation against a real RocksDB in a temp dir.
+
+// Test code: a failed setup step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use psync_base::{Causality, DeviceId, NameError};
+use psync_store::*;
+
+fn device() -> DeviceId {
+    DeviceId([7; 32])
+}
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp { secs, nanos: 0 }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_create(dir.path(), device()).unwrap();
+    Fixture { _dir: dir, store }
+}
+
+fn file(s: &Store, parent: u64, name: &str) -> Inode {
+    s.create(parent, name.as_bytes(), NewNode::File, NodeAttrs::perm(0o644), t(1)).unwrap()
+}
+
+fn mkdir(s: &Store, parent: u64, name: &str) -> Inode {
+    s.create(parent, name.as_bytes(), NewNode::Dir, NodeAttrs::perm(0o755), t(1)).unwrap()
+}
+
+fn read_all(s: &Store, ino: u64) -> Vec<u8> {
+    let size = s.inode(ino).unwrap().content.size;
+    s.read(ino, 0, size as u32).unwrap()
+}
+
+fn assert_clean(s: &Store) {
+    let report = s.fsck().unwrap();
+    assert!(report.is_clean(), "fsck found: {:#?}", report.problems);
+}
+
+#[test]
+fn create_lookup_and_names() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a.md");
+    assert_eq!(s.lookup(ROOT_INO, b"a.md").unwrap().ino, a.ino);
+    assert!(matches!(
+        s.create(ROOT_INO, b"a.md", NewNode::File, NodeAttrs::perm(0o644), t(2)),
+        Err(StoreError::Exists)
+    ));
+    assert!(matches!(s.lookup(ROOT_INO, b"nope"), Err(StoreError::NotFound)));
+    for (bad, err) in
+        [(&b".."[..], NameError::Dot), (b"a/b", NameError::Slash), (b"a\0b", NameError::Nul), (b"", NameError::Empty)]
+    {
+        match s.create(ROOT_INO, bad, NewNode::File, NodeAttrs::perm(0o644), t(2)) {
+            Err(StoreError::Name(e)) => assert_eq!(e, err),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let long = vec![b'x'; 256];
+    assert!(matches!(
+        s.create(ROOT_INO, &long, NewNode::File, NodeAttrs::perm(0o644), t(2)),
+        Err(StoreError::Name(NameError::TooLong(256)))
+    ));
+    assert!(matches!(s.create(a.ino, b"x", NewNode::File, NodeAttrs::perm(0o644), t(2)), Err(StoreError::NotDir)));
+    assert_clean(s);
+}
+
+#[test]
+fn write_read_sparse_and_overwrite() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    assert_eq!(s.write(a.ino, 0, b"hello", t(2)).unwrap(), 5);
+    assert_eq!(read_all(s, a.ino), b"hello");
+    // A write far past the end leaves a hole that reads as zeros.
+    let far = 3 * BLOCK_SIZE + 10;
+    assert_eq!(s.write(a.ino, far, b"end", t(3)).unwrap(), far + 3);
+    let data = read_all(s, a.ino);
+    assert_eq!(&data[..5], b"hello");
+    assert!(data[5..far as usize].iter().all(|&b| b == 0));
+    assert_eq!(&data[far as usize..], b"end");
+    // Overwrite across a block boundary.
+    let edge = BLOCK_SIZE - 2;
+    s.write(a.ino, edge, b"WXYZ", t(4)).unwrap();
+    assert_eq!(s.read(a.ino, edge, 4).unwrap(), b"WXYZ");
+    assert_eq!(s.read(a.ino, far + 3, 10).unwrap(), b"", "read past EOF is empty");
+    assert_eq!(s.read(a.ino, far + 1, 100).unwrap(), b"nd", "read is clamped at EOF");
+    assert_eq!(s.inode(a.ino).unwrap().mtime, t(4));
+    assert_clean(s);
+}
+
+#[test]
+fn truncate_shrinks_and_extends_with_zeros() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    s.write(a.ino, 0, &data, t(2)).unwrap();
+    s.truncate(a.ino, 70_000, t(3)).unwrap();
+    assert_eq!(read_all(s, a.ino), &data[..70_000]);
+    // Extending must not resurrect the truncated bytes.
+    s.truncate(a.ino, 150_000, t(4)).unwrap();
+    let grown = read_all(s, a.ino);
+    assert_eq!(&grown[..70_000], &data[..70_000]);
+    assert!(grown[70_000..].iter().all(|&b| b == 0));
+    s.truncate(a.ino, 0, t(5)).unwrap();
+    assert_eq!(s.inode(a.ino).unwrap().content, Content::default());
+    assert_clean(s);
+}
+
+#[test]
+fn identical_blocks_are_stored_once() {
+    let f = fixture();
+    let s = &f.store;
+    let block = vec![42u8; BLOCK_SIZE as usize];
+    for name in ["a", "b", "c"] {
+        let n = file(s, ROOT_INO, name);
+        s.write(n.ino, 0, &block, t(2)).unwrap();
+        s.write(n.ino, BLOCK_SIZE, &block, t(2)).unwrap();
+        s.commit(n.ino, t(2), false).unwrap();
+    }
+    let stats = s.stats().unwrap();
+    assert_eq!(stats.blocks, 1);
+    assert_eq!(stats.block_bytes, BLOCK_SIZE);
+    assert_eq!(stats.logical_bytes, 6 * BLOCK_SIZE);
+}
+
+#[test]
+fn one_byte_edit_in_large_file_touches_one_block() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "big");
+    let size = 64 * 1024 * 1024u64;
+    let chunk: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for i in 0..64u64 {
+        s.write(a.ino, i * chunk.len() as u64, &chunk, t(2)).unwrap();
+    }
+    s.commit(a.ino, t(2), false).unwrap();
+    let before = s.block_list(&s.inode(a.ino).unwrap().content).unwrap();
+    let blocks_before = s.stats().unwrap().blocks;
+    s.write(a.ino, size / 2 + 12_345, b"!", t(3)).unwrap();
+    s.commit(a.ino, t(3), false).unwrap();
+    let after = s.block_list(&s.inode(a.ino).unwrap().content).unwrap();
+    let changed = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    assert_eq!(changed, 1);
+    assert_eq!(s.stats().unwrap().blocks, blocks_before + 1);
+    assert_eq!(s.read(a.ino, size / 2 + 12_345, 1).unwrap(), b"!");
+    // The old version is still readable in full.
+    let versions = s.versions(a.file_id).unwrap();
+    assert_eq!(versions.len(), 2);
+    let old = s.read_content(&versions[0].content, size / 2 + 12_345, 1).unwrap();
+    assert_ne!(old, b"!");
+}
+
+#[test]
+fn commit_records_versions_vectors_and_changes() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    assert_eq!(s.changes_since(0, 100).unwrap().len(), 0, "an uncommitted new file is not yet a change");
+    s.write(a.ino, 0, b"v1", t(2)).unwrap();
+    let seq1 = s.commit(a.ino, t(2), true).unwrap().unwrap();
+    assert_eq!(s.commit(a.ino, t(2), true).unwrap(), None, "no change, no version");
+    s.write(a.ino, 0, b"v2", t(3)).unwrap();
+    let seq2 = s.commit(a.ino, t(3), false).unwrap().unwrap();
+    assert!(seq2 > seq1);
+    let node = s.inode(a.ino).unwrap();
+    assert_eq!(node.vv.get(&device()), 2);
+    let versions = s.versions(a.file_id).unwrap();
+    assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![seq1, seq2]);
+    assert_eq!(versions[0].vv.compare(&versions[1].vv), Causality::Dominated);
+    assert_eq!(s.read_content(&versions[0].content, 0, 10).unwrap(), b"v1");
+    assert_eq!(versions[1].path, b"a");
+    // Each object appears once in the change log, at its latest change.
+    let changes = s.changes_since(0, 100).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, seq2);
+    assert!(s.changes_since(seq2, 100).unwrap().is_empty());
+    let d = mkdir(s, ROOT_INO, "d");
+    let since = s.changes_since(seq2, 100).unwrap();
+    assert!(matches!(&since[..], [(_, Change::Live(n))] if n.ino == d.ino));
+    assert_clean(s);
+}
+
+#[test]
+fn unlink_makes_tombstone_and_open_files_survive_until_released() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    s.write(a.ino, 0, b"data", t(2)).unwrap();
+    s.commit(a.ino, t(2), false).unwrap();
+    s.open_handle(a.ino);
+    s.unlink(ROOT_INO, b"a", t(3)).unwrap();
+    assert!(matches!(s.lookup(ROOT_INO, b"a"), Err(StoreError::NotFound)));
+    assert_eq!(s.read(a.ino, 0, 10).unwrap(), b"data", "open-but-unlinked stays readable");
+    assert_clean(s);
+    s.release_handle(a.ino).unwrap();
+    assert!(matches!(s.inode(a.ino), Err(StoreError::NotFound)));
+    let tomb = s.tombstone(a.file_id).unwrap().unwrap();
+    assert_eq!(tomb.path, b"a");
+    assert_eq!(tomb.deleted_by, device());
+    assert_eq!(tomb.vv.get(&device()), 2);
+    let changes = s.changes_since(0, 10).unwrap();
+    assert!(matches!(&changes[..], [(_, Change::Deleted(t))] if t.file_id == a.file_id));
+    assert_clean(s);
+    s.remove_tombstone(a.file_id).unwrap();
+    assert!(s.changes_since(0, 10).unwrap().is_empty());
+    assert_clean(s);
+}
+
+#[test]
+fn orphans_are_reaped_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino;
+    {
+        let s = Store::open_or_create(dir.path(), device()).unwrap();
+        ino = file(&s, ROOT_INO, "a").ino;
+        s.open_handle(ino);
+        s.unlink(ROOT_INO, b"a", t(3)).unwrap();
+        // The process "dies" with the handle open.
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(matches!(s.inode(ino), Err(StoreError::NotFound)));
+    assert_clean(&s);
+}
+
+#[test]
+fn rmdir_and_nlink() {
+    let f = fixture();
+    let s = &f.store;
+    let d = mkdir(s, ROOT_INO, "d");
+    let e = mkdir(s, d.ino, "e");
+    assert_eq!(s.inode(ROOT_INO).unwrap().nlink(), 3);
+    assert_eq!(s.inode(d.ino).unwrap().nlink(), 3);
+    assert!(matches!(s.rmdir(ROOT_INO, b"d", t(2)), Err(StoreError::NotEmpty)));
+    assert!(matches!(s.unlink(ROOT_INO, b"d", t(2)), Err(StoreError::IsDir)));
+    s.rmdir(d.ino, b"e", t(2)).unwrap();
+    assert!(matches!(s.inode(e.ino), Err(StoreError::NotFound)));
+    assert_eq!(s.inode(d.ino).unwrap().nlink(), 2);
+    file(s, d.ino, "f");
+    assert!(matches!(s.rmdir(d.ino, b"f", t(2)), Err(StoreError::NotDir)));
+    assert_clean(s);
+}
+
+#[test]
+fn hard_links() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    let d = mkdir(s, ROOT_INO, "d");
+    s.link(a.ino, d.ino, b"b", t(2)).unwrap();
+    assert_eq!(s.inode(a.ino).unwrap().nlink(), 2);
+    assert!(matches!(s.link(d.ino, ROOT_INO, b"x", t(2)), Err(StoreError::Invalid(_))));
+    s.unlink(ROOT_INO, b"a", t(3)).unwrap();
+    assert_eq!(s.lookup(d.ino, b"b").unwrap().ino, a.ino);
+    assert_eq!(s.inode(a.ino).unwrap().nlink(), 1);
+    assert_clean(s);
+}
+
+#[test]
+fn rename_replace_noreplace_exchange() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    let b = file(s, ROOT_INO, "b");
+    let d = mkdir(s, ROOT_INO, "d");
+    s.write(a.ino, 0, b"A", t(2)).unwrap();
+    s.write(b.ino, 0, b"B", t(2)).unwrap();
+    assert!(matches!(s.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::NoReplace, t(3)), Err(StoreError::Exists)));
+    s.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Exchange, t(3)).unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"b").unwrap().ino, a.ino);
+    assert_eq!(s.lookup(ROOT_INO, b"a").unwrap().ino, b.ino);
+    // Replace: the old target goes away, the inode number moves with the name.
+    s.rename(ROOT_INO, b"b", d.ino, b"c", RenameMode::Replace, t(4)).unwrap();
+    s.rename(ROOT_INO, b"a", d.ino, b"c", RenameMode::Replace, t(5)).unwrap();
+    assert_eq!(s.lookup(d.ino, b"c").unwrap().ino, b.ino);
+    assert!(matches!(s.inode(a.ino), Err(StoreError::NotFound)));
+    assert_eq!(read_all(s, b.ino), b"B");
+    assert!(matches!(s.rename(ROOT_INO, b"zz", ROOT_INO, b"y", RenameMode::Replace, t(5)), Err(StoreError::NotFound)));
+    assert!(matches!(s.rename(d.ino, b"c", ROOT_INO, b"y", RenameMode::Exchange, t(5)), Err(StoreError::NotFound)));
+    assert_clean(s);
+}
+
+#[test]
+fn rename_directories() {
+    let f = fixture();
+    let s = &f.store;
+    let d = mkdir(s, ROOT_INO, "d");
+    let e = mkdir(s, d.ino, "e");
+    let x = mkdir(s, ROOT_INO, "x");
+    assert!(matches!(s.rename(ROOT_INO, b"d", e.ino, b"d2", RenameMode::Replace, t(2)), Err(StoreError::Invalid(_))));
+    assert!(matches!(s.rename(ROOT_INO, b"d", d.ino, b"d2", RenameMode::Replace, t(2)), Err(StoreError::Invalid(_))));
+    // A directory replaces an empty directory, not a non-empty one.
+    assert!(matches!(s.rename(ROOT_INO, b"x", ROOT_INO, b"d", RenameMode::Replace, t(2)), Err(StoreError::NotEmpty)));
+    s.rename(d.ino, b"e", ROOT_INO, b"x", RenameMode::Replace, t(2)).unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"x").unwrap().ino, e.ino);
+    assert!(matches!(s.inode(x.ino), Err(StoreError::NotFound)));
+    assert_eq!(s.inode(d.ino).unwrap().nlink(), 2);
+    assert_eq!(s.inode(ROOT_INO).unwrap().nlink(), 4);
+    let f1 = file(s, ROOT_INO, "f");
+    assert!(matches!(s.rename(ROOT_INO, b"f", ROOT_INO, b"x", RenameMode::Replace, t(3)), Err(StoreError::IsDir)));
+    assert!(matches!(s.rename(ROOT_INO, b"x", ROOT_INO, b"f", RenameMode::Replace, t(3)), Err(StoreError::NotDir)));
+    // Exchange a file and a directory across parents.
+    s.rename(ROOT_INO, b"f", d.ino, b"inner", RenameMode::Replace, t(4)).unwrap();
+    s.rename(d.ino, b"inner", ROOT_INO, b"x", RenameMode::Exchange, t(5)).unwrap();
+    assert_eq!(s.lookup(ROOT_INO, b"x").unwrap().ino, f1.ino);
+    assert_eq!(s.lookup(d.ino, b"inner").unwrap().ino, e.ino);
+    assert_eq!(s.path_of(e.ino).unwrap(), b"d/inner");
+    assert_clean(s);
+}
+
+#[test]
+fn symlinks_and_attrs() {
+    let f = fixture();
+    let s = &f.store;
+    let l = s.create(ROOT_INO, b"l", NewNode::Symlink(b"../target"), NodeAttrs::perm(0o777), t(1)).unwrap();
+    assert_eq!(s.inode(l.ino).unwrap().symlink, b"../target");
+    assert!(matches!(
+        s.create(ROOT_INO, b"m", NewNode::Symlink(b""), NodeAttrs::perm(0o777), t(1)),
+        Err(StoreError::Invalid(_))
+    ));
+    let a = file(s, ROOT_INO, "a");
+    s.commit(a.ino, t(1), false).unwrap();
+    let seq = s.inode(a.ino).unwrap().seq;
+    let attr = SetAttr { perm: Some(0o600), uid: Some(5), gid: Some(6), mtime: Some(t(9)), atime: Some(t(8)) };
+    let node = s.set_attr(a.ino, &attr, t(10)).unwrap();
+    assert_eq!((node.perm, node.uid, node.gid, node.mtime, node.atime, node.ctime), (0o600, 5, 6, t(9), t(8), t(10)));
+    assert!(node.seq > seq, "a permission change is a change for sync");
+    assert_clean(s);
+}
+
+#[test]
+fn read_dir_pages_through_entries() {
+    let f = fixture();
+    let s = &f.store;
+    for i in 0..25 {
+        file(s, ROOT_INO, &format!("f{i:02}"));
+    }
+    let mut names = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = s.read_dir(ROOT_INO, after.as_deref(), 7).unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        names.extend(page.into_iter().map(|(n, _)| String::from_utf8(n).unwrap()));
+    }
+    assert_eq!(names, (0..25).map(|i| format!("f{i:02}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn gc_keeps_referenced_and_removes_the_rest() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    for v in 0..5u8 {
+        s.write(a.ino, 0, &vec![v; 1000], t(100 + v as i64)).unwrap();
+        s.commit(a.ino, t(100 + v as i64), false).unwrap();
+    }
+    let b = file(s, ROOT_INO, "b");
+    s.write(b.ino, 0, b"bye", t(100)).unwrap();
+    s.commit(b.ino, t(100), false).unwrap();
+    s.unlink(ROOT_INO, b"b", t(101)).unwrap();
+    let now = t(100 + 365 * 86_400);
+    let report = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400 }, now).unwrap();
+    assert_eq!(report.versions_removed, 3);
+    assert_eq!(report.blocks_removed, 3);
+    assert_eq!(s.versions(a.file_id).unwrap().len(), 2);
+    // The deleted file's last version is history too, kept by the policy.
+    assert_eq!(s.versions(b.file_id).unwrap().len(), 1);
+    assert_eq!(read_all(s, a.ino), vec![4u8; 1000]);
+    assert_clean(s);
+    let again = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400 }, now).unwrap();
+    assert_eq!(again, GcReport::default());
+    // Uncommitted content is referenced by its inode and survives GC.
+    s.write(a.ino, 0, b"draft", t(200)).unwrap();
+    s.gc(GcPolicy { keep_versions: 1, keep_for_secs: 0 }, now).unwrap();
+    assert_eq!(s.read(a.ino, 0, 5).unwrap(), b"draft");
+    assert_clean(s);
+}
+
+#[test]
+fn reopen_keeps_everything_and_inode_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_ino, d_ino);
+    {
+        let s = Store::open_or_create(dir.path(), device()).unwrap();
+        d_ino = mkdir(&s, ROOT_INO, "d").ino;
+        a_ino = file(&s, d_ino, "a").ino;
+        s.write(a_ino, 0, b"persist", t(2)).unwrap();
+        s.commit(a_ino, t(2), true).unwrap();
+        s.rename(d_ino, b"a", ROOT_INO, b"moved", RenameMode::Replace, t(3)).unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.device(), device());
+    let a = s.lookup(ROOT_INO, b"moved").unwrap();
+    assert_eq!(a.ino, a_ino, "inode numbers are stable across renames and restarts");
+    assert_eq!(read_all(&s, a.ino), b"persist");
+    let new = file(&s, ROOT_INO, "new");
+    assert!(new.ino > a_ino.max(d_ino), "inode numbers are never reused");
+    assert_clean(&s);
+}
+
+#[test]
+fn clear_errors_for_bad_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore(_))));
+    // A `db` directory that is not RocksDB.
+    std::fs::create_dir(dir.path().join(DB_DIR_NAME)).unwrap();
+    std::fs::write(dir.path().join(DB_DIR_NAME).join("notes.txt"), "hi").unwrap();
+    assert!(matches!(Store::open_or_create(dir.path(), device()), Err(StoreError::NotAStore(_))));
+
+    let other = tempfile::tempdir().unwrap();
+    let s = Store::open_or_create(other.path(), device()).unwrap();
+    let err = Store::open(other.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(s);
+    Store::open(other.path()).unwrap();
+}
+
+#[test]
+fn corrupt_block_is_an_error_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino;
+    {
+        let s = Store::open_or_create(dir.path(), device()).unwrap();
+        ino = file(&s, ROOT_INO, "a").ino;
+        s.write(ino, 0, b"precious", t(2)).unwrap();
+        s.commit(ino, t(2), true).unwrap();
+        let hash = s.block_list(&s.inode(ino).unwrap().content).unwrap()[0].unwrap();
+        s.debug_overwrite_block(&hash, b"tampered").unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(matches!(s.read(ino, 0, 8), Err(StoreError::Corrupt(_))));
+    let report = s.fsck().unwrap();
+    assert!(!report.is_clean());
+    assert!(report.problems.iter().any(|p| p.contains("does not match its hash")), "{:?}", report.problems);
+}
+
+#[test]
+fn newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open_or_create(dir.path(), device()).unwrap();
+        s.debug_set_format_version(FORMAT_VERSION + 1).unwrap();
+    }
+    match Store::open(dir.path()) {
+        Err(StoreError::NewerFormat { found, supported, .. }) => {
+            assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION))
+        }
+        other => panic!("{other:?}"),
+    }
+}
