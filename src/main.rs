@@ -1,0 +1,466 @@
+//! The `psync` command. Glue only: parses arguments, opens the store, calls
+//! library crates and prints results. No logic that a test would want lives here.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use psync_base::DeviceId;
+use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, BLOCK_SIZE, ROOT_INO};
+
+#[derive(Parser, Debug)]
+#[command(name = "psync", version, about = "Peer-to-peer folder sync that is a filesystem")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Where this device keeps its store and configuration.
+    /// Default: $XDG_DATA_HOME/psync (~/.local/share/psync).
+    #[arg(long, global = true, env = "PSYNC_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the store's integrity; exits non-zero if anything is inconsistent.
+    Fsck {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old history and unreferenced blocks.
+    Gc {
+        /// Versions to keep per file, however old.
+        #[arg(long, default_value_t = GcPolicy::default().keep_versions)]
+        keep_versions: usize,
+        /// Also keep every version younger than this many days.
+        #[arg(long, default_value_t = 30)]
+        keep_days: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the store holds.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with the store directly, without mounting it.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Copy a directory tree into the store (creating the store if needed).
+    /// Files that already exist get a new version when their content differs.
+    Import {
+        /// Directory to copy from.
+        source: PathBuf,
+    },
+    /// Copy the store's tree out into a directory.
+    Export {
+        /// Directory to write into (created if missing).
+        dest: PathBuf,
+    },
+    /// List a directory of the store.
+    Ls {
+        /// Path inside the store.
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Print a file of the store.
+    Cat {
+        /// Path inside the store.
+        path: String,
+    },
+    /// Show the committed versions of a file.
+    Log {
+        /// Path inside the store.
+        path: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an old version the current content of a file (as a new version).
+    Restore {
+        /// Path inside the store.
+        path: String,
+        /// Sequence number of the version, from `psync store log`.
+        #[arg(long)]
+        version: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("psync: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(global: &Global) -> Result<PathBuf> {
+    if let Some(dir) = &global.data_dir {
+        return Ok(dir.clone());
+    }
+    let base = match std::env::var_os("XDG_DATA_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let home = std::env::var_os("HOME").context("neither --data-dir, PSYNC_DATA_DIR nor HOME is set")?;
+            PathBuf::from(home).join(".local/share")
+        }
+    };
+    Ok(base.join("psync"))
+}
+
+fn open_existing(global: &Global) -> Result<Store> {
+    let dir = data_dir(global)?;
+    Ok(Store::open(&dir)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Fsck { json } => {
+            let store = open_existing(&cli.global)?;
+            let report = store.fsck()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for problem in &report.problems {
+                    println!("PROBLEM: {problem}");
+                }
+                println!(
+                    "checked {} inodes, {} entries, {} versions, {} tombstones; verified {} blocks ({} bytes)",
+                    report.inodes,
+                    report.dirents,
+                    report.versions,
+                    report.tombstones,
+                    report.blocks_verified,
+                    report.bytes_verified
+                );
+                if report.unreferenced_blocks + report.unreferenced_pages > 0 {
+                    println!(
+                        "{} unreferenced blocks and {} pages can be reclaimed with `psync gc`",
+                        report.unreferenced_blocks, report.unreferenced_pages
+                    );
+                }
+                println!("{}", if report.is_clean() { "store is consistent" } else { "STORE IS INCONSISTENT" });
+            }
+            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Gc { keep_versions, keep_days, json } => {
+            let store = open_existing(&cli.global)?;
+            let policy = GcPolicy { keep_versions, keep_for_secs: keep_days.saturating_mul(86_400) };
+            let report = store.gc(policy, Timestamp::now())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "removed {} old versions, {} pages, {} blocks ({} bytes)",
+                    report.versions_removed, report.pages_removed, report.blocks_removed, report.block_bytes_freed
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { json } => {
+            let store = open_existing(&cli.global)?;
+            let s = store.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("device:        {}", store.device());
+                println!("files:         {} ({} bytes)", s.files, s.logical_bytes);
+                println!("directories:   {}", s.dirs);
+                println!("symlinks:      {}", s.symlinks);
+                println!("blocks:        {} ({} bytes, deduplicated)", s.blocks, s.block_bytes);
+                println!("versions:      {}", s.versions);
+                println!("tombstones:    {}", s.tombstones);
+                println!("sequence:      {}", s.seq);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
+    match cmd {
+        StoreCommand::Import { source } => {
+            let dir = data_dir(global)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+            // Until devices have keys (see the identity issue), a new store gets a random id.
+            let device = DeviceId(rand::random());
+            let store = Store::open_or_create(&dir, device)?;
+            let mut count = ImportCount::default();
+            import_dir(&store, &source, ROOT_INO, &mut count)?;
+            store.sync()?;
+            println!(
+                "imported {} files ({} new versions), {} directories, {} symlinks from {}",
+                count.files,
+                count.versions,
+                count.dirs,
+                count.symlinks,
+                source.display()
+            );
+        }
+        StoreCommand::Export { dest } => {
+            let store = open_existing(global)?;
+            std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+            let n = export_dir(&store, ROOT_INO, &dest)?;
+            println!("exported {n} entries to {}", dest.display());
+        }
+        StoreCommand::Ls { path } => {
+            let store = open_existing(global)?;
+            let dir = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let entries = store.read_dir(dir.ino, after.as_deref(), 256)?;
+                let Some((last, _)) = entries.last() else { break };
+                after = Some(last.clone());
+                for (name, entry) in &entries {
+                    let node = store.inode(entry.ino)?;
+                    let kind = match node.kind {
+                        NodeKind::File => '-',
+                        NodeKind::Dir => 'd',
+                        NodeKind::Symlink => 'l',
+                    };
+                    println!("{kind}{:04o} {:>10} {}", node.perm, node.size(), String::from_utf8_lossy(name));
+                }
+            }
+        }
+        StoreCommand::Cat { path } => {
+            let store = open_existing(global)?;
+            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+            let mut out = std::io::stdout().lock();
+            let mut offset = 0;
+            while offset < node.size() {
+                let chunk = store.read(node.ino, offset, (1 << 20) as u32)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                out.write_all(&chunk)?;
+                offset += chunk.len() as u64;
+            }
+            out.flush()?;
+        }
+        StoreCommand::Log { path, json } => {
+            let store = open_existing(global)?;
+            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+            let versions = store.versions(node.file_id)?;
+            if json {
+                let rows: Vec<_> = versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "version": v.seq,
+                            "size": v.content.size,
+                            "committed_at": v.committed_at.secs,
+                            "path": String::from_utf8_lossy(&v.path),
+                            "current": v.seq == node.committed_seq,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:>8}  {:>12}  {:>12}  path", "version", "size", "committed");
+                for v in &versions {
+                    let mark = if v.seq == node.committed_seq { " (current)" } else { "" };
+                    println!(
+                        "{:>8}  {:>12}  {:>12}  {}{mark}",
+                        v.seq,
+                        v.content.size,
+                        v.committed_at.secs,
+                        String::from_utf8_lossy(&v.path)
+                    );
+                }
+            }
+        }
+        StoreCommand::Restore { path, version } => {
+            let store = open_existing(global)?;
+            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+            let old =
+                store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
+            let now = Timestamp::now();
+            store.truncate(node.ino, 0, now)?;
+            let mut offset = 0;
+            while offset < old.content.size {
+                let chunk = store.read_content(&old.content, offset, BLOCK_SIZE as u32 * 16)?;
+                store.write(node.ino, offset, &chunk, now)?;
+                offset += chunk.len() as u64;
+            }
+            let seq = store.commit(node.ino, now, true)?;
+            println!("restored {path:?} to version {version} (now version {})", seq.unwrap_or(node.committed_seq));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct ImportCount {
+    files: u64,
+    versions: u64,
+    dirs: u64,
+    symlinks: u64,
+}
+
+fn name_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    name.as_bytes().to_vec()
+}
+
+fn import_dir(store: &Store, source: &Path, parent: u64, count: &mut ImportCount) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut entries: Vec<_> = std::fs::read_dir(source)
+        .with_context(|| format!("cannot read {}", source.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = name_bytes(&entry.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let perm = meta.permissions().mode() & 0o7777;
+        let now = Timestamp::now();
+        let existing = match store.lookup(parent, &name) {
+            Ok(node) => Some(node),
+            Err(psync_store::StoreError::NotFound) => None,
+            Err(e) => return Err(e).with_context(|| format!("looking up {}", path.display())),
+        };
+        let ctx = || format!("importing {}", path.display());
+        if meta.is_dir() {
+            let dir = match existing {
+                Some(node) if node.kind == NodeKind::Dir => node,
+                Some(_) => bail!("{}: a non-directory of that name is already in the store", path.display()),
+                None => {
+                    count.dirs += 1;
+                    store
+                        .create(parent, &name, NewNode::Dir, NodeAttrs { perm, uid: meta.uid(), gid: meta.gid() }, now)
+                        .with_context(ctx)?
+                }
+            };
+            import_dir(store, &path, dir.ino, count)?;
+        } else if meta.file_type().is_symlink() {
+            if existing.is_none() {
+                let target = std::fs::read_link(&path)?;
+                store
+                    .create(
+                        parent,
+                        &name,
+                        NewNode::Symlink(&name_bytes(target.as_os_str())),
+                        NodeAttrs { perm: 0o777, uid: meta.uid(), gid: meta.gid() },
+                        now,
+                    )
+                    .with_context(ctx)?;
+                count.symlinks += 1;
+            }
+        } else if meta.is_file() {
+            let node = match existing {
+                Some(node) if node.kind == NodeKind::File => node,
+                Some(_) => bail!("{}: a non-file of that name is already in the store", path.display()),
+                None => store
+                    .create(parent, &name, NewNode::File, NodeAttrs { perm, uid: meta.uid(), gid: meta.gid() }, now)
+                    .with_context(ctx)?,
+            };
+            count.files += 1;
+            if copy_in(store, node.ino, &path, now).with_context(ctx)? && store.commit(node.ino, now, false)?.is_some()
+            {
+                count.versions += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `path` into file `ino` in 1 MiB pieces (memory stays bounded);
+/// returns whether anything changed.
+fn copy_in(store: &Store, ino: u64, path: &Path, now: Timestamp) -> Result<bool> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    let mut changed = false;
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let current = store.read(ino, offset, n as u32)?;
+        if current != buf[..n] {
+            store.write(ino, offset, &buf[..n], now)?;
+            changed = true;
+        }
+        offset += n as u64;
+    }
+    if store.inode(ino)?.content.size != offset {
+        store.truncate(ino, offset, now)?;
+        changed = true;
+    }
+    // A new empty file is a change too (its first version).
+    Ok(changed || store.inode(ino)?.dirty)
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn export_dir(store: &Store, dir: u64, dest: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut n = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let entries = store.read_dir(dir, after.as_deref(), 256)?;
+        let Some((last, _)) = entries.last() else { break };
+        after = Some(last.clone());
+        for (name, entry) in entries {
+            let target = dest.join(std::ffi::OsStr::from_bytes(&name));
+            let node = store.inode(entry.ino)?;
+            match node.kind {
+                NodeKind::Dir => {
+                    std::fs::create_dir_all(&target)?;
+                    n += export_dir(store, node.ino, &target)?;
+                }
+                NodeKind::Symlink => {
+                    let _ = std::fs::remove_file(&target);
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.symlink), &target)?;
+                }
+                NodeKind::File => {
+                    let mut out = std::fs::File::create(&target)?;
+                    let mut offset = 0;
+                    while offset < node.content.size {
+                        let chunk = store.read(node.ino, offset, 1 << 20)?;
+                        out.write_all(&chunk)?;
+                        offset += chunk.len() as u64;
+                    }
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(node.perm))?;
+                }
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
