@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages PSync needs to build and test, if missing.
+# Debian/Ubuntu. Safe to run repeatedly.
+set -euo pipefail
+
+packages=(fuse3 libclang-dev pkg-config build-essential)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "error: no Rust toolchain found. Install one with rustup (https://rustup.rs), then run this again." >&2
+    exit 1
+fi
