@@ -281,14 +281,14 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:>8}  {:>12}  {:>12}  path", "version", "size", "committed");
+                println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
                 for v in &versions {
                     let mark = if v.seq == node.committed_seq { " (current)" } else { "" };
                     println!(
-                        "{:>8}  {:>12}  {:>12}  {}{mark}",
+                        "{:>8}  {:>12}  {:<20}  {}{mark}",
                         v.seq,
                         v.content.size,
-                        v.committed_at.secs,
+                        utc(v.committed_at.secs),
                         String::from_utf8_lossy(&v.path)
                     );
                 }
@@ -312,6 +312,22 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC), without a date crate.
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[derive(Default)]
@@ -463,4 +479,14 @@ fn export_dir(store: &Store, dir: u64, dest: &Path) -> Result<u64> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_620_909), "2026-11-25 15:35:09");
+    }
 }

@@ -1,0 +1,135 @@
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use psync_store::Store;
+
+fn psync(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_psync"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run psync")
+}
+
+fn ok(data_dir: &Path, args: &[&str]) -> String {
+    let out = psync(data_dir, args);
+    assert!(out.status.success(), "psync {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn fail(data_dir: &Path, args: &[&str]) -> String {
+    let out = psync(data_dir, args);
+    assert!(!out.status.success(), "psync {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+/// Every file, directory and symlink under `root` with contents and permissions.
+fn snapshot(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let desc = if meta.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else {
+                let data = std::fs::read(&path).unwrap();
+                format!("file {:o} {} {}", meta.permissions().mode() & 0o777, data.len(), blake3::hash(&data))
+            };
+            out.push((rel, desc));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sample_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("notes/deep/er")).unwrap();
+    std::fs::write(root.join("notes/a.md"), "# A\n").unwrap();
+    std::fs::write(root.join("notes/deep/er/b.md"), "b".repeat(100_000)).unwrap();
+    std::fs::write(root.join("empty"), "").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(root.join("paper.pdf"), big).unwrap();
+    std::fs::set_permissions(root.join("notes/a.md"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("notes/a.md", root.join("link")).unwrap();
+}
+
+#[test]
+fn import_export_round_trip_and_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, data, out) = (tmp.path().join("src"), tmp.path().join("data"), tmp.path().join("out"));
+    sample_tree(&src);
+    let said = ok(&data, &["store", "import", src.to_str().unwrap()]);
+    assert!(said.contains("imported 4 files (4 new versions), 3 directories, 1 symlinks"), "{said}");
+    ok(&data, &["store", "export", out.to_str().unwrap()]);
+    assert_eq!(snapshot(&src), snapshot(&out));
+    assert!(ok(&data, &["fsck"]).contains("store is consistent"));
+
+    // An unchanged re-import makes no versions; a change makes exactly one.
+    assert!(ok(&data, &["store", "import", src.to_str().unwrap()]).contains("(0 new versions)"));
+    std::fs::write(src.join("notes/a.md"), "# A, edited\n").unwrap();
+    assert!(ok(&data, &["store", "import", src.to_str().unwrap()]).contains("(1 new versions)"));
+    assert_eq!(ok(&data, &["store", "cat", "notes/a.md"]), "# A, edited\n");
+    let log: serde_json::Value = serde_json::from_str(&ok(&data, &["store", "log", "notes/a.md", "--json"])).unwrap();
+    let versions = log.as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    let first = versions[0]["version"].as_u64().unwrap().to_string();
+    ok(&data, &["store", "restore", "notes/a.md", "--version", &first]);
+    assert_eq!(ok(&data, &["store", "cat", "notes/a.md"]), "# A\n");
+
+    let stats: serde_json::Value = serde_json::from_str(&ok(&data, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["files"], 4);
+    assert_eq!(stats["symlinks"], 1);
+    let listing = ok(&data, &["store", "ls", "notes"]);
+    assert!(listing.contains("a.md") && listing.contains("deep"), "{listing}");
+}
+
+#[test]
+fn clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let said = fail(&data, &["fsck"]);
+    assert!(said.contains("is not a PSync data directory"), "{said}");
+
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    ok(&data, &["store", "import", src.to_str().unwrap()]);
+    assert!(fail(&data, &["store", "cat", "nope.md"]).contains("no such file or directory"));
+
+    // A store in use by another process is refused with a hint.
+    let held = Store::open(&data).unwrap();
+    let said = fail(&data, &["stats"]);
+    assert!(said.contains("in use by another psync process"), "{said}");
+    drop(held);
+}
+
+#[test]
+fn fsck_exits_non_zero_on_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, data) = (tmp.path().join("src"), tmp.path().join("data"));
+    sample_tree(&src);
+    ok(&data, &["store", "import", src.to_str().unwrap()]);
+    {
+        let store = Store::open(&data).unwrap();
+        let node = store.resolve(b"paper.pdf").unwrap();
+        let hash = store.block_list(&node.content).unwrap()[3].unwrap();
+        store.debug_delete_block(&hash).unwrap();
+    }
+    let said = fail(&data, &["fsck"]);
+    assert!(said.contains("STORE IS INCONSISTENT") && said.contains("is missing"), "{said}");
+    let json: serde_json::Value = serde_json::from_str(&psync_stdout(&data, &["fsck", "--json"])).unwrap();
+    assert!(!json["problems"].as_array().unwrap().is_empty());
+}
+
+fn psync_stdout(data_dir: &Path, args: &[&str]) -> String {
+    String::from_utf8(psync(data_dir, args).stdout).unwrap()
+}
