@@ -1,6 +1,8 @@
 //! The `psync` command. Glue only: parses arguments, opens the store, calls
 //! library crates and prints results. No logic that a test would want lives here.
 
+mod daemon;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +54,22 @@ enum Command {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Mount the synced folder (creating the store on first use).
+    Mount {
+        /// An empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Stay in the foreground (logs to stderr) instead of detaching.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Flush everything and unmount; the daemon exits.
+    Unmount {
+        /// Where the folder is mounted.
+        mountpoint: PathBuf,
+        /// Detach at once even if files are open (they keep working until closed).
+        #[arg(long)]
+        lazy: bool,
     },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
@@ -198,6 +216,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
+        Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

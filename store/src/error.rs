@@ -27,6 +27,9 @@ pub enum StoreError {
     /// directory into itself, hard-linking a directory).
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// The operation is not permitted on this kind of object (hard-linking a directory).
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
     /// A name that the kernel would not accept either.
     #[error("invalid file name: {0}")]
     Name(#[from] NameError),

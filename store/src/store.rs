@@ -660,47 +660,13 @@ impl Store {
     /// Writes `data` at `offset` into file `ino`; returns the new size.
     /// Costs work proportional to `data.len()`, not to the file size.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8], now: Timestamp) -> Result<u64> {
-        let end = offset.checked_add(data.len() as u64).ok_or(StoreError::FileTooLarge)?;
-        if end > MAX_FILE_SIZE {
-            return Err(StoreError::FileTooLarge);
-        }
-        self.mutate(false, |txn| {
-            let mut node = txn.file(ino)?;
-            if !data.is_empty() {
-                let mut editor = ContentEditor::new(node.content.clone());
-                let mut pos = offset;
-                let mut rest = data;
-                while !rest.is_empty() {
-                    let index = pos / BLOCK_SIZE;
-                    let within = (pos % BLOCK_SIZE) as usize;
-                    let take = rest.len().min(BLOCK_SIZE as usize - within);
-                    let mut block = if within == 0 && take == BLOCK_SIZE as usize {
-                        Vec::with_capacity(take)
-                    } else {
-                        match editor.block_hash(txn.store, index)? {
-                            Some(hash) => txn.store.block(&hash)?,
-                            None => Vec::new(),
-                        }
-                    };
-                    if block.len() < within + take {
-                        block.resize(within + take, 0);
-                    }
-                    block[within..within + take].copy_from_slice(&rest[..take]);
-                    let hash = txn.put_block(&block)?;
-                    editor.set_block(txn.store, index, Some(hash))?;
-                    pos += take as u64;
-                    rest = &rest[take..];
-                }
-                node.content = editor.finish(txn)?;
-                node.content.size = node.content.size.max(end);
-            }
-            node.mtime = now;
-            node.ctime = now;
-            node.dirty = true;
-            let size = node.content.size;
-            txn.put_inode(node);
-            Ok(size)
-        })
+        self.mutate(false, |txn| txn.write_file(ino, Some(offset), data, now)).map(|(_, size)| size)
+    }
+
+    /// Appends `data` at the end of file `ino`, atomically with respect to
+    /// other writers (`O_APPEND`); returns the offset written at.
+    pub fn append(&self, ino: u64, data: &[u8], now: Timestamp) -> Result<u64> {
+        self.mutate(false, |txn| txn.write_file(ino, None, data, now)).map(|(offset, _)| offset)
     }
 
     /// Sets the size of file `ino` (truncate or extend with a hole).
@@ -855,7 +821,7 @@ impl Store {
         self.mutate(false, |txn| {
             let mut node = txn.inode(ino)?;
             if node.kind == NodeKind::Dir {
-                return Err(StoreError::Invalid("hard link to a directory"));
+                return Err(StoreError::NotPermitted("hard link to a directory"));
             }
             if node.links.is_empty() {
                 return Err(StoreError::NotFound);
@@ -929,6 +895,20 @@ impl Store {
             txn.put_dirent(new_parent, new_name, src);
             Ok(())
         })
+    }
+
+    /// Files whose content changed but was never committed (e.g. open when
+    /// the previous daemon was killed). Walks all inodes: call once at mount.
+    pub fn dirty_files(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        self.for_each_prefix(&[keys::TAG_INODE], |_, v| {
+            let node: Inode = codec::decode(v)?;
+            if node.dirty && !node.links.is_empty() {
+                out.push(node.ino);
+            }
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Removes the tombstone of `file_id` (sync calls this once every device
@@ -1029,6 +1009,50 @@ impl Txn<'_> {
             self.new_blocks.push(hash);
         }
         Ok(hash)
+    }
+
+    /// Writes `data` at `offset` (at the end if `None`); returns (offset, new size).
+    fn write_file(&mut self, ino: u64, offset: Option<u64>, data: &[u8], now: Timestamp) -> Result<(u64, u64)> {
+        let mut node = self.file(ino)?;
+        let offset = offset.unwrap_or(node.content.size);
+        let end = offset.checked_add(data.len() as u64).ok_or(StoreError::FileTooLarge)?;
+        if end > MAX_FILE_SIZE {
+            return Err(StoreError::FileTooLarge);
+        }
+        if !data.is_empty() {
+            let mut editor = ContentEditor::new(node.content.clone());
+            let mut pos = offset;
+            let mut rest = data;
+            while !rest.is_empty() {
+                let index = pos / BLOCK_SIZE;
+                let within = (pos % BLOCK_SIZE) as usize;
+                let take = rest.len().min(BLOCK_SIZE as usize - within);
+                let mut block = if within == 0 && take == BLOCK_SIZE as usize {
+                    Vec::with_capacity(take)
+                } else {
+                    match editor.block_hash(self.store, index)? {
+                        Some(hash) => self.store.block(&hash)?,
+                        None => Vec::new(),
+                    }
+                };
+                if block.len() < within + take {
+                    block.resize(within + take, 0);
+                }
+                block[within..within + take].copy_from_slice(&rest[..take]);
+                let hash = self.put_block(&block)?;
+                editor.set_block(self.store, index, Some(hash))?;
+                pos += take as u64;
+                rest = &rest[take..];
+            }
+            node.content = editor.finish(self)?;
+            node.content.size = node.content.size.max(end);
+        }
+        node.mtime = now;
+        node.ctime = now;
+        node.dirty = true;
+        let size = node.content.size;
+        self.put_inode(node);
+        Ok((offset, size))
     }
 
     /// Assigns the next sequence number to `node` as its latest change.

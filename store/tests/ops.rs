@@ -96,6 +96,16 @@ fn write_read_sparse_and_overwrite() {
 }
 
 #[test]
+fn append_writes_at_the_end() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "log");
+    assert_eq!(s.append(a.ino, b"one\n", t(2)).unwrap(), 0);
+    assert_eq!(s.append(a.ino, b"two\n", t(3)).unwrap(), 4);
+    assert_eq!(read_all(s, a.ino), b"one\ntwo\n");
+}
+
+#[test]
 fn truncate_shrinks_and_extends_with_zeros() {
     let f = fixture();
     let s = &f.store;
@@ -164,9 +174,11 @@ fn commit_records_versions_vectors_and_changes() {
     let s = &f.store;
     let a = file(s, ROOT_INO, "a");
     assert_eq!(s.changes_since(0, 100).unwrap().len(), 0, "an uncommitted new file is not yet a change");
+    assert_eq!(s.dirty_files().unwrap(), vec![a.ino]);
     s.write(a.ino, 0, b"v1", t(2)).unwrap();
     let seq1 = s.commit(a.ino, t(2), true).unwrap().unwrap();
     assert_eq!(s.commit(a.ino, t(2), true).unwrap(), None, "no change, no version");
+    assert!(s.dirty_files().unwrap().is_empty());
     s.write(a.ino, 0, b"v2", t(3)).unwrap();
     let seq2 = s.commit(a.ino, t(3), false).unwrap().unwrap();
     assert!(seq2 > seq1);
@@ -256,7 +268,7 @@ fn hard_links() {
     let d = mkdir(s, ROOT_INO, "d");
     s.link(a.ino, d.ino, b"b", t(2)).unwrap();
     assert_eq!(s.inode(a.ino).unwrap().nlink(), 2);
-    assert!(matches!(s.link(d.ino, ROOT_INO, b"x", t(2)), Err(StoreError::Invalid(_))));
+    assert!(matches!(s.link(d.ino, ROOT_INO, b"x", t(2)), Err(StoreError::NotPermitted(_))));
     s.unlink(ROOT_INO, b"a", t(3)).unwrap();
     assert_eq!(s.lookup(d.ino, b"b").unwrap().ino, a.ino);
     assert_eq!(s.inode(a.ino).unwrap().nlink(), 1);

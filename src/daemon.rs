@@ -1,0 +1,222 @@
+//! `psync mount` and `psync unmount`: process management around the
+//! filesystem. Glue: the filesystem itself is in `psync-fs`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use psync_base::DeviceId;
+use psync_fs::mount;
+use psync_fs::FsCore;
+use psync_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Written to the data dir while a daemon serves it.
+#[derive(Debug, Serialize, Deserialize)]
+struct DaemonInfo {
+    pid: u32,
+    mountpoint: PathBuf,
+}
+
+const DAEMON_FILE: &str = "daemon.json";
+const LOG_FILE: &str = "psync.log";
+/// Set for the detached child: it reports readiness on stdout.
+const NOTIFY_ENV: &str = "PSYNC_NOTIFY_READY";
+const READY: &str = "READY";
+
+fn read_daemon_info(data_dir: &Path) -> Option<DaemonInfo> {
+    let text = std::fs::read_to_string(data_dir.join(DAEMON_FILE)).ok()?;
+    let info: DaemonInfo = serde_json::from_str(&text).ok()?;
+    // A file left by a daemon that died is not an answer.
+    process_alive(info.pid).then_some(info)
+}
+
+/// Whether `pid` is a running (not zombie) process.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
+    }
+}
+
+/// `psync mount`.
+pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool) -> Result<ExitCode> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    if let Some(info) = read_daemon_info(&data_dir) {
+        bail!(
+            "data dir {} is already mounted at {} (daemon pid {}); run `psync unmount {}` first",
+            data_dir.display(),
+            info.mountpoint.display(),
+            info.pid,
+            info.mountpoint.display()
+        );
+    }
+    let mountpoint = mount::prepare_mountpoint(mountpoint)?;
+    if foreground {
+        serve(&data_dir, &mountpoint)
+    } else {
+        detach_and_wait(&data_dir, &mountpoint)
+    }
+}
+
+/// Starts `psync mount --foreground` as a detached child with its output in
+/// the log, and returns once it says the mount is ready (or has failed).
+fn detach_and_wait(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
+    let log_path = data_dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log {}", log_path.display()))?;
+    let start_of_log = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--foreground")
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the psync daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut ready = false;
+    for line in BufReader::new(stdout).lines() {
+        if line.map(|l| l.trim() == READY).unwrap_or(false) {
+            ready = true;
+            break;
+        }
+    }
+    if ready {
+        println!(
+            "mounted {} at {} (daemon pid {}; log: {})",
+            data_dir.display(),
+            mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait()?;
+    let log_text = std::fs::read(&log_path).unwrap_or_default();
+    let tail = String::from_utf8_lossy(log_text.get(start_of_log as usize..).unwrap_or(&[]));
+    eprint!("{tail}");
+    bail!("the psync daemon exited ({status}) before the mount was ready");
+}
+
+/// Runs the filesystem in this process until it is unmounted or a signal
+/// (SIGINT, SIGTERM, SIGHUP) asks for a clean unmount.
+fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
+    let notify = std::env::var_os(NOTIFY_ENV).is_some();
+    if notify {
+        // Leave the terminal's session so its hangup does not reach us.
+        let _ = nix::unistd::setsid();
+    }
+    // Block the signals in every thread; this thread takes them with sigwait.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+
+    let store = match Store::open_or_create(data_dir, DeviceId(rand::random())) {
+        Ok(store) => Arc::new(store),
+        Err(StoreError::Locked(_)) => bail!(
+            "data dir {} is in use by another psync process (mounted elsewhere? see `psync status` or {})",
+            data_dir.display(),
+            data_dir.join(DAEMON_FILE).display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let core = Arc::new(FsCore::new(store, None)?);
+    let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
+    let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
+    std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
+    tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());
+    if notify {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY}")?;
+        out.flush()?;
+        // The parent stops reading after READY: send later output nowhere.
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+        nix::unistd::dup2_stdout(&null)?;
+    } else {
+        println!("mounted {} at {}; press Ctrl-C to unmount", data_dir.display(), mountpoint.display());
+    }
+
+    // The session thread ends when the filesystem is unmounted (by
+    // `psync unmount`, umount or fusermount -u); it then wakes us.
+    let main_pid = nix::unistd::getpid();
+    let joiner = std::thread::spawn(move || {
+        let result = session.join();
+        let _ = nix::sys::signal::kill(main_pid, Signal::SIGUSR1);
+        result
+    });
+    loop {
+        match signals.wait()? {
+            Signal::SIGUSR1 => break,
+            signal => {
+                tracing::info!("{signal}: unmounting {}", mountpoint.display());
+                if let Err(e) = mount::unmount(mountpoint) {
+                    tracing::warn!("clean unmount failed ({e}); detaching instead");
+                    mount::detach(mountpoint)?;
+                }
+            }
+        }
+    }
+    let result = joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))?;
+    let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
+    result.context("filesystem session ended with an error")?;
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `psync unmount`: flushes (the daemon commits and syncs on unmount),
+/// unmounts and waits for the daemon to exit.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
+    let path = match mountpoint.canonicalize() {
+        Ok(p) => p,
+        // A dead daemon's mount cannot be stat'ed; its path is still in mountinfo.
+        Err(_) => std::path::absolute(mountpoint)?,
+    };
+    let Some(entry) = mount::mount_at(&path)? else {
+        bail!("{} is not mounted", path.display());
+    };
+    if entry.fstype != format!("fuse.{}", mount::SUBTYPE) {
+        bail!("{} is a {} mount, not a PSync mount", path.display(), entry.fstype);
+    }
+    let daemon = read_daemon_info(Path::new(&entry.source));
+    let result = if lazy { mount::detach(&path) } else { mount::unmount(&path) };
+    if let Err(e) = result {
+        if e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("busy") {
+            bail!(
+                "{} is busy: files in it are still open (see `fuser -m {}`); close them, or use --lazy",
+                path.display(),
+                path.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot unmount {}", path.display()));
+    }
+    if let Some(info) = daemon {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process_alive(info.pid) {
+            if Instant::now() > deadline {
+                bail!("unmounted, but daemon pid {} has not exited after 60 s", info.pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("unmounted {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
