@@ -173,7 +173,7 @@ impl FsCore {
 
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.store.open_handle(handle.ino);
+        self.store.pin(handle.ino, 1);
         lock(&self.handles).insert(fh, handle);
         fh
     }
@@ -198,9 +198,37 @@ impl FsCore {
 
     // ---- namespace ---------------------------------------------------------
 
-    /// `lookup`.
+    /// `lookup`. Like every reply that hands the kernel an entry, it counts
+    /// as one kernel reference (see the lookup-count contract in
+    /// ARCHITECTURE.md) until [`FsCore::forget`] drops it.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
-        Ok(self.store.lookup(parent, name)?)
+        Ok(self.store.lookup_pinned(parent, name)?)
+    }
+
+    /// `forget`: the kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Err(e) = self.store.unpin(ino, n) {
+            tracing::error!(ino, "forget: {e}");
+        }
+    }
+
+    /// Counts one kernel reference to an entry handed out in a reply.
+    fn referenced(&self, node: Inode) -> Inode {
+        self.store.pin(node.ino, 1);
+        node
+    }
+
+    /// For `readdirplus`: the entry's attributes, counted as a kernel
+    /// reference (undo with [`FsCore::forget`] if the entry was not sent).
+    pub fn lookup_listed(&self, ino: u64) -> FsResult<Inode> {
+        self.store.pin(ino, 1);
+        match self.store.inode(ino) {
+            Ok(node) => Ok(node),
+            Err(e) => {
+                self.forget(ino, 1);
+                Err(e.into())
+            }
+        }
     }
 
     /// `getattr`.
@@ -259,7 +287,7 @@ impl FsCore {
         let attrs = self.new_attrs(&dir, mode, umask, caller, false);
         let node = self.store.create(parent, name, NewNode::File, attrs, Timestamp::now())?;
         self.commit(node.ino, false)?;
-        Ok(self.store.inode(node.ino)?)
+        Ok(self.referenced(self.store.inode(node.ino)?))
     }
 
     /// `mkdir`.
@@ -268,7 +296,7 @@ impl FsCore {
         let attrs = self.new_attrs(&dir, mode, umask, caller, true);
         let node = self.store.create(parent, name, NewNode::Dir, attrs, Timestamp::now())?;
         self.emit(FsEvent::Changed);
-        Ok(node)
+        Ok(self.referenced(node))
     }
 
     /// `symlink`.
@@ -281,7 +309,7 @@ impl FsCore {
         attrs.perm = 0o777;
         let node = self.store.create(parent, name, NewNode::Symlink(target), attrs, Timestamp::now())?;
         self.emit(FsEvent::Changed);
-        Ok(node)
+        Ok(self.referenced(node))
     }
 
     /// `unlink`.
@@ -315,7 +343,7 @@ impl FsCore {
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Inode> {
         let node = self.store.link(ino, new_parent, new_name, Timestamp::now())?;
         self.emit(FsEvent::Changed);
-        Ok(node)
+        Ok(self.referenced(node))
     }
 
     // ---- files -------------------------------------------------------------
@@ -336,7 +364,7 @@ impl FsCore {
         }
         let dir = self.store.inode(parent)?;
         let attrs = self.new_attrs(&dir, mode, umask, caller, false);
-        let node = self.store.create(parent, name, NewNode::File, attrs, Timestamp::now())?;
+        let node = self.referenced(self.store.create(parent, name, NewNode::File, attrs, Timestamp::now())?);
         let fh = self.new_handle(Handle {
             ino: node.ino,
             append: flags & libc::O_APPEND != 0,
@@ -407,7 +435,7 @@ impl FsCore {
             return Err(FsError::posix(libc::EBADF, "release of an unknown handle"));
         };
         let committed = self.commit(handle.ino, false);
-        self.store.release_handle(handle.ino)?;
+        self.store.unpin(handle.ino, 1)?;
         committed
     }
 

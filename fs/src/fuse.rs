@@ -134,6 +134,10 @@ impl Filesystem for PsyncFs {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
             Ok(node) => reply.attr(&TTL, &attr(&node)),
@@ -337,11 +341,17 @@ impl Filesystem for PsyncFs {
         match self.core.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (i, entry) in entries.iter().enumerate() {
-                    // An entry removed since opendir is skipped, not an error.
-                    let Ok(node) = self.core.getattr(entry.ino) else { continue };
                     let next = offset + i as u64 + 1;
                     let name = OsStr::from_bytes(&entry.name);
+                    // The kernel takes no reference for "." and "..".
+                    let dots = entry.name == b"." || entry.name == b"..";
+                    let node = if dots { self.core.getattr(entry.ino) } else { self.core.lookup_listed(entry.ino) };
+                    // An entry removed since opendir is skipped, not an error.
+                    let Ok(node) = node else { continue };
                     if reply.add(INodeNo(entry.ino), next, name, &TTL, &attr(&node), Generation(0)) {
+                        if !dots {
+                            self.core.forget(entry.ino, 1);
+                        }
                         break;
                     }
                 }

@@ -135,6 +135,9 @@ fn unlinked_open_file_stays_readable_until_released() {
     f.fs.write(ino, fh, 10, b"!").unwrap();
     assert_eq!(f.fs.getattr(ino).unwrap().nlink(), 0);
     f.fs.release(fh).unwrap();
+    // Still referenced by the kernel (from create) until it forgets.
+    assert_eq!(f.fs.getattr(ino).unwrap().nlink(), 0);
+    f.fs.forget(ino, 1);
     assert_eq!(errno(f.fs.getattr(ino)), libc::ENOENT);
     let report = f.fs.store().fsck().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -223,6 +226,8 @@ fn rename_flags() {
     // Atomic replace: the target's inode is gone, the source's number moves.
     f.fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).unwrap();
     assert_eq!(f.fs.lookup(ROOT_INO, b"b").unwrap().ino, b);
+    // `a` was referenced by create and one lookup; the kernel forgets both.
+    f.fs.forget(a, 2);
     assert_eq!(errno(f.fs.getattr(a)), libc::ENOENT);
     let d = f.fs.mkdir(ROOT_INO, b"d", 0o755, 0, USER).unwrap();
     assert_eq!(errno(f.fs.rename(ROOT_INO, b"d", d.ino, b"inside", 0)), libc::EINVAL);
@@ -319,4 +324,29 @@ fn files_left_dirty_are_committed_at_next_start() {
     let versions = fs.store().versions(node.file_id).unwrap();
     assert_eq!(versions.len(), 1);
     assert_eq!(fs.store().read_content(&versions[0].content, 0, 100).unwrap(), b"unsaved but written");
+}
+
+#[test]
+fn an_inode_the_kernel_references_outlives_its_last_link() {
+    let f = fixture();
+    let (ino, fh) = new_file(&f.fs, "a");
+    f.fs.write(ino, fh, 0, b"old").unwrap();
+    f.fs.release(fh).unwrap();
+    // The kernel looked the name up (one reference), then it is replaced.
+    assert_eq!(f.fs.lookup(ROOT_INO, b"a").unwrap().ino, ino);
+    let (new, fh2) = new_file(&f.fs, "a.tmp");
+    f.fs.release(fh2).unwrap();
+    f.fs.rename(ROOT_INO, b"a.tmp", ROOT_INO, b"a", 0).unwrap();
+    // An open through the old reference still works, with the old content.
+    let fh = f.fs.open(ino, libc::O_RDONLY).unwrap();
+    assert_eq!(contents(&f.fs, ino), b"old");
+    f.fs.release(fh).unwrap();
+    assert!(f.fs.store().fsck().unwrap().is_clean());
+    // Once the kernel forgets it (create and lookup: two references), it is gone.
+    f.fs.forget(ino, 1);
+    assert!(f.fs.getattr(ino).is_ok(), "one reference left");
+    f.fs.forget(ino, 1);
+    assert_eq!(errno(f.fs.getattr(ino)), libc::ENOENT);
+    assert_eq!(f.fs.lookup(ROOT_INO, b"a").unwrap().ino, new);
+    assert!(f.fs.store().fsck().unwrap().is_clean());
 }

@@ -26,9 +26,10 @@ pub struct Store {
     data_dir: PathBuf,
     device: DeviceId,
     writer: Mutex<Counters>,
-    /// Open handles per inode. Unlinked inodes with handles become orphans
-    /// and live until their last handle is released.
-    open_handles: Mutex<HashMap<u64, u32>>,
+    /// Pins per inode: open handles plus the kernel's lookup references.
+    /// An unlinked inode that is pinned becomes an orphan and lives until
+    /// its last pin goes (as ext4 keeps an inode the kernel still uses).
+    pins: Mutex<HashMap<u64, u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,6 +115,10 @@ struct Txn<'s> {
     counters: Counters,
     /// Blocks put in this batch (dedup within the batch).
     new_blocks: Vec<ContentHash>,
+    /// Inodes that lost their last link: deleted at commit, or kept as
+    /// orphans if pinned. Decided under the pins lock, atomically with the
+    /// write, so a concurrent `lookup_pinned` either keeps them or misses them.
+    unlinked: Vec<Inode>,
 }
 
 fn rocks(dir: &Path) -> impl Fn(rocksdb::Error) -> StoreError + '_ {
@@ -203,7 +208,7 @@ impl Store {
             data_dir: data_dir.to_path_buf(),
             device,
             writer: Mutex::new(counters),
-            open_handles: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
         };
         store.reap_orphans()?;
         Ok(store)
@@ -311,6 +316,7 @@ impl Store {
             inodes: HashMap::new(),
             counters: *guard,
             new_blocks: Vec::new(),
+            unlinked: Vec::new(),
         };
         let out = f(&mut txn)?;
         let counters = txn.counters;
@@ -369,6 +375,32 @@ impl Store {
         }
         let entry: DirEntry = self.get_record(&keys::dirent(parent, name))?.ok_or(StoreError::NotFound)?;
         self.inode(entry.ino)
+    }
+
+    /// [`Store::lookup`], and pins the inode found (the FUSE lookup count).
+    /// The pin is taken before the inode is read back, so an unlink racing
+    /// with this lookup either keeps the inode alive as an orphan or is seen
+    /// as done (and the lookup retries): the caller never gets an inode that
+    /// is deleted under its pin.
+    pub fn lookup_pinned(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        validate_name(name)?;
+        for _ in 0..64 {
+            let dir = self.inode(parent)?;
+            if dir.kind != NodeKind::Dir {
+                return Err(StoreError::NotDir);
+            }
+            let entry: DirEntry = self.get_record(&keys::dirent(parent, name))?.ok_or(StoreError::NotFound)?;
+            self.pin(entry.ino, 1);
+            match self.inode(entry.ino) {
+                Ok(node) => return Ok(node),
+                Err(StoreError::NotFound) => self.unpin(entry.ino, 1)?,
+                Err(e) => {
+                    self.unpin(entry.ino, 1)?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Io(format!("lookup of {:?} kept racing with deletes", String::from_utf8_lossy(name))))
     }
 
     /// Entries of directory `dir` with names after `after` (exclusive), at most `limit`.
@@ -548,28 +580,30 @@ impl Store {
         Ok(out)
     }
 
-    // ---- open handles ----------------------------------------------------------
+    // ---- pins (open handles, kernel references) --------------------------------
 
-    fn handles(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
-        self.open_handles.lock().unwrap_or_else(|p| p.into_inner())
+    fn pins(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that a handle to `ino` was opened (FUSE `open`).
-    pub fn open_handle(&self, ino: u64) {
-        *self.handles().entry(ino).or_insert(0) += 1;
+    /// Pins `ino` `n` times (an open handle, or a lookup the kernel counts).
+    pub fn pin(&self, ino: u64, n: u64) {
+        let mut pins = self.pins();
+        let count = pins.entry(ino).or_insert(0);
+        *count = count.saturating_add(n);
     }
 
-    /// Releases a handle; an unlinked inode is deleted with its last handle.
-    pub fn release_handle(&self, ino: u64) -> Result<()> {
+    /// Drops `n` pins of `ino`; an unlinked inode is deleted with its last pin.
+    pub fn unpin(&self, ino: u64, n: u64) -> Result<()> {
         let last = {
-            let mut handles = self.handles();
-            match handles.get_mut(&ino) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
+            let mut pins = self.pins();
+            match pins.get_mut(&ino) {
+                Some(count) if *count > n => {
+                    *count -= n;
                     false
                 }
                 Some(_) => {
-                    handles.remove(&ino);
+                    pins.remove(&ino);
                     true
                 }
                 None => false,
@@ -579,6 +613,10 @@ impl Store {
             return Ok(());
         }
         self.mutate(false, |txn| {
+            // Re-check under the writer lock: a new pin may have arrived.
+            if txn.store.is_pinned(ino) {
+                return Ok(());
+            }
             if let Some(node) = txn.inode_opt(ino)? {
                 if node.links.is_empty() && node.ino != ROOT_INO {
                     txn.batch.delete_cf(self.meta(), keys::orphan(ino));
@@ -589,8 +627,8 @@ impl Store {
         })
     }
 
-    fn is_open(&self, ino: u64) -> bool {
-        self.handles().contains_key(&ino)
+    fn is_pinned(&self, ino: u64) -> bool {
+        self.pins().contains_key(&ino)
     }
 
     // ---- mutations -------------------------------------------------------------
@@ -940,12 +978,26 @@ impl Store {
 }
 
 impl Txn<'_> {
-    fn commit(self, durable: bool) -> Result<()> {
+    fn commit(mut self, durable: bool) -> Result<()> {
         let meta = self.store.meta();
-        let mut batch = self.batch;
-        if batch.is_empty() && self.inodes.is_empty() {
+        if self.batch.is_empty() && self.inodes.is_empty() {
             return if durable { self.store.sync() } else { Ok(()) };
         }
+        // Held until the batch is written when inodes may be deleted (see `unlinked`).
+        let pins = (!self.unlinked.is_empty()).then(|| self.store.pins());
+        for node in std::mem::take(&mut self.unlinked) {
+            // A node re-linked later in the same operation (exchange) is not gone.
+            let still_unlinked = matches!(self.inodes.get(&node.ino), Some(Some(n)) if n.links.is_empty());
+            if !still_unlinked {
+                continue;
+            }
+            if pins.as_ref().is_some_and(|p| p.contains_key(&node.ino)) {
+                self.batch.put_cf(meta, keys::orphan(node.ino), []);
+            } else {
+                self.inodes.insert(node.ino, None);
+            }
+        }
+        let mut batch = self.batch;
         for (ino, node) in &self.inodes {
             match node {
                 Some(node) => batch.put_cf(meta, keys::inode(*ino), codec::encode(node)?),
@@ -955,7 +1007,9 @@ impl Txn<'_> {
         batch.put_cf(meta, keys::COUNTERS, codec::encode(&self.counters)?);
         let mut wo = WriteOptions::default();
         wo.set_sync(durable);
-        self.store.db.write_opt(batch, &wo).map_err(|e| self.store.rocks_err(e))
+        let written = self.store.db.write_opt(batch, &wo).map_err(|e| self.store.rocks_err(e));
+        drop(pins);
+        written
     }
 
     fn inode_opt(&mut self, ino: u64) -> Result<Option<Inode>> {
@@ -1182,12 +1236,8 @@ impl Txn<'_> {
         self.batch.put_cf(meta, keys::tombstone(node.file_id), codec::encode(&tombstone)?);
         self.batch.put_cf(meta, keys::change(seq), codec::encode(&ChangeRef::Deleted(node.file_id))?);
         node.seq = 0;
-        if self.store.is_open(ino) {
-            self.batch.put_cf(meta, keys::orphan(ino), []);
-            self.put_inode(node);
-        } else {
-            self.delete_inode(ino);
-        }
+        self.put_inode(node.clone());
+        self.unlinked.push(node);
         Ok(())
     }
 

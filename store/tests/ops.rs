@@ -207,12 +207,12 @@ fn unlink_makes_tombstone_and_open_files_survive_until_released() {
     let a = file(s, ROOT_INO, "a");
     s.write(a.ino, 0, b"data", t(2)).unwrap();
     s.commit(a.ino, t(2), false).unwrap();
-    s.open_handle(a.ino);
+    s.pin(a.ino, 1);
     s.unlink(ROOT_INO, b"a", t(3)).unwrap();
     assert!(matches!(s.lookup(ROOT_INO, b"a"), Err(StoreError::NotFound)));
     assert_eq!(s.read(a.ino, 0, 10).unwrap(), b"data", "open-but-unlinked stays readable");
     assert_clean(s);
-    s.release_handle(a.ino).unwrap();
+    s.unpin(a.ino, 1).unwrap();
     assert!(matches!(s.inode(a.ino), Err(StoreError::NotFound)));
     let tomb = s.tombstone(a.file_id).unwrap().unwrap();
     assert_eq!(tomb.path, b"a");
@@ -233,7 +233,7 @@ fn orphans_are_reaped_on_reopen() {
     {
         let s = Store::open_or_create(dir.path(), device()).unwrap();
         ino = file(&s, ROOT_INO, "a").ino;
-        s.open_handle(ino);
+        s.pin(ino, 1);
         s.unlink(ROOT_INO, b"a", t(3)).unwrap();
         // The process "dies" with the handle open.
     }
