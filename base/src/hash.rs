@@ -1,10 +1,44 @@
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 /// A BLAKE3 hash of some content (a block, a page of block hashes).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Encoded as a 32-byte string (as a 32-tuple, decoding took 14% of a write).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContentHash(pub [u8; 32]);
+
+/// Serde for a newtype over `[u8; 32]` as a 32-byte string (serde would
+/// otherwise treat the array as a 32-tuple and decode it element by element).
+macro_rules! bytes32_serde {
+    ($ty:ident) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("32 bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<$ty, E> {
+                        let bytes: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                        Ok($ty(bytes))
+                    }
+                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<$ty, E> {
+                        self.visit_bytes(&v)
+                    }
+                }
+                deserializer.deserialize_bytes(Visitor)
+            }
+        }
+    };
+}
+pub(crate) use bytes32_serde;
+
+bytes32_serde!(ContentHash);
 
 impl ContentHash {
     /// Hashes `data`.
@@ -57,6 +91,16 @@ pub struct HashParseError;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_as_a_byte_string() {
+        let h = ContentHash([7; 32]);
+        let bytes = crate::codec::encode(&h).unwrap();
+        assert_eq!(bytes.len(), 33);
+        assert_eq!(bytes[0], 32);
+        assert_eq!(crate::codec::decode::<ContentHash>(&bytes).unwrap(), h);
+        assert!(crate::codec::decode::<ContentHash>(&[3, 1, 2, 3]).is_err(), "wrong length is rejected");
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -7,8 +7,10 @@ use crate::ContentHash;
 
 /// A device's identity: the BLAKE3 hash of its long-term public key.
 /// Ordered, so that conflict resolution can order devices deterministically.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(pub [u8; 32]);
+
+crate::hash::bytes32_serde!(DeviceId);
 
 impl DeviceId {
     /// A fresh random id, for a store created before the device has keys.

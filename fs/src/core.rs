@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -116,6 +116,9 @@ pub struct FsCore {
     dirs: Mutex<HashMap<u64, Vec<Listing>>>,
     next_fh: AtomicU64,
     events: Option<Sender<FsEvent>>,
+    /// The kernel caches writes (FUSE writeback cache): offsets it sends are
+    /// final, including for O_APPEND, which it resolves itself.
+    kernel_writeback: AtomicBool,
 }
 
 impl std::fmt::Debug for FsCore {
@@ -141,6 +144,7 @@ impl FsCore {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             events,
+            kernel_writeback: AtomicBool::new(false),
         };
         let dirty = core.store.dirty_files()?;
         if !dirty.is_empty() {
@@ -150,6 +154,11 @@ impl FsCore {
             core.commit(ino, false)?;
         }
         Ok(core)
+    }
+
+    /// Records whether the kernel caches writes (negotiated at mount).
+    pub fn set_kernel_writeback(&self, enabled: bool) {
+        self.kernel_writeback.store(enabled, Ordering::Relaxed);
     }
 
     /// The store underneath.
@@ -393,8 +402,9 @@ impl FsCore {
         Ok(self.store.read(ino, offset, size)?)
     }
 
-    /// `write`; with `O_APPEND` the data goes at the current end, whatever
-    /// the offset the kernel computed from possibly stale attributes.
+    /// `write`. Without the kernel's writeback cache, `O_APPEND` data goes at
+    /// the current end whatever offset the kernel computed from possibly
+    /// stale attributes; with it, the kernel's offsets are authoritative.
     pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let handle = self.handle(fh)?;
         if handle.ino != ino {
@@ -404,7 +414,7 @@ impl FsCore {
             return Err(FsError::posix(libc::EBADF, "write on a read-only handle"));
         }
         let now = Timestamp::now();
-        if handle.append {
+        if handle.append && !self.kernel_writeback.load(Ordering::Relaxed) {
             self.store.append(ino, data, now)?;
         } else {
             self.store.write(ino, offset, data, now)?;

@@ -120,6 +120,11 @@ impl Filesystem for PsyncFs {
         let _ = config.set_max_write(MAX_WRITE);
         // Directory operations are serialised by the store's writer lock anyway.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Let the kernel gather small writes into large ones (a 4 KiB write
+        // would otherwise rewrite a whole 64 KiB block). The kernel then owns
+        // append positions and the cached size; see FsCore::set_kernel_writeback.
+        let writeback = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok();
+        self.core.set_kernel_writeback(writeback);
         Ok(())
     }
 

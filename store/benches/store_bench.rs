@@ -92,6 +92,28 @@ fn main() {
         mib_per_s(total, t.elapsed())
     );
 
+    // 4 KiB random I/O inside the large file (what fio's randread/randwrite do).
+    let blocks_4k = total / 4096;
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % blocks_4k
+    };
+    let ops = 20_000u32;
+    let t = Instant::now();
+    for _ in 0..ops {
+        std::hint::black_box(store.read(file.ino, next() * 4096, 4096).expect("read"));
+    }
+    println!("{:<44} {:>10.0} IOPS", "4 KiB random read", f64::from(ops) / t.elapsed().as_secs_f64());
+    let page = noise(4096, 5);
+    let t = Instant::now();
+    for _ in 0..ops {
+        store.write(file.ino, next() * 4096, &page, now()).expect("write");
+    }
+    println!("{:<44} {:>10.0} IOPS", "4 KiB random write", f64::from(ops) / t.elapsed().as_secs_f64());
+
     // Small files.
     for (label, count, durable) in
         [("small file create+write 2 KiB+commit", 2000u32, false), ("... same, durable commit (fsync)", 300, true)]
