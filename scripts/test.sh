@@ -6,6 +6,19 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 . scripts/env.sh
 
+# The conformance suite's tools and the user pjdfstest switches to.
+for tool in pjdfstest fsx; do
+    if [ ! -x "$PSYNC_TOOLS_DIR/bin/$tool" ]; then
+        echo "== installing $tool into $PSYNC_TOOLS_DIR"
+        cargo install --locked --quiet --root "$PSYNC_TOOLS_DIR" "$tool"
+    fi
+done
+if ! id tests >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | $sudo newusers
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (target dir: $CARGO_TARGET_DIR)"

@@ -262,6 +262,10 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
                         NodeKind::File => '-',
                         NodeKind::Dir => 'd',
                         NodeKind::Symlink => 'l',
+                        NodeKind::Fifo => 'p',
+                        NodeKind::Socket => 's',
+                        NodeKind::CharDevice => 'c',
+                        NodeKind::BlockDevice => 'b',
                     };
                     println!("{kind}{:04o} {:>10} {}", node.perm, node.size(), String::from_utf8_lossy(name));
                 }
@@ -480,6 +484,8 @@ fn export_dir(store: &Store, dir: u64, dest: &Path) -> Result<u64> {
                     std::fs::create_dir_all(&target)?;
                     n += export_dir(store, node.ino, &target)?;
                 }
+                // Local-only nodes (FIFOs, sockets, devices) are not exported.
+                NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => continue,
                 NodeKind::Symlink => {
                     let _ = std::fs::remove_file(&target);
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.symlink), &target)?;

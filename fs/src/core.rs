@@ -285,18 +285,33 @@ impl FsCore {
         Ok(node.symlink)
     }
 
-    /// `mknod`: regular files only; device nodes, FIFOs and sockets are not
-    /// synced between devices, so they are refused.
-    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, umask: u32, caller: Caller) -> FsResult<Inode> {
-        let format = mode & libc::S_IFMT;
-        if format != 0 && format != libc::S_IFREG {
-            return Err(FsError::posix(libc::EPERM, "only regular files can be created with mknod"));
-        }
+    /// `mknod`: regular files, FIFOs, sockets and device nodes. The special
+    /// kinds are local to this device (never synced); the kernel serves them,
+    /// and the mount's `nodev` keeps device nodes from being opened.
+    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32, caller: Caller) -> FsResult<Inode> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(NodeKind::Fifo),
+            libc::S_IFSOCK => Some(NodeKind::Socket),
+            libc::S_IFCHR => Some(NodeKind::CharDevice),
+            libc::S_IFBLK => Some(NodeKind::BlockDevice),
+            _ => return Err(FsError::posix(libc::EINVAL, "unknown file type in mknod")),
+        };
         let dir = self.store.inode(parent)?;
         let attrs = self.new_attrs(&dir, mode, umask, caller, false);
-        let node = self.store.create(parent, name, NewNode::File, attrs, Timestamp::now())?;
-        self.commit(node.ino, false)?;
-        Ok(self.referenced(self.store.inode(node.ino)?))
+        let node = match kind {
+            None => {
+                let node = self.store.create(parent, name, NewNode::File, attrs, Timestamp::now())?;
+                self.commit(node.ino, false)?;
+                self.store.inode(node.ino)?
+            }
+            Some(kind) => {
+                let node = self.store.create(parent, name, NewNode::Special(kind, rdev), attrs, Timestamp::now())?;
+                self.emit(FsEvent::Changed);
+                node
+            }
+        };
+        Ok(self.referenced(node))
     }
 
     /// `mkdir`.
@@ -389,6 +404,8 @@ impl FsCore {
             NodeKind::File => {}
             NodeKind::Dir => return Err(FsError::posix(libc::EISDIR, "open of a directory")),
             NodeKind::Symlink => return Err(FsError::posix(libc::ELOOP, "open of a symlink")),
+            // The kernel serves FIFOs, sockets and devices without asking us.
+            _ => return Err(FsError::posix(libc::ENXIO, "open of a special file")),
         }
         let writable = flags & O_ACCMODE != libc::O_RDONLY;
         if writable && flags & libc::O_TRUNC != 0 && node.content.size != 0 {

@@ -67,6 +67,10 @@ fn file_type(kind: NodeKind) -> FileType {
         NodeKind::File => FileType::RegularFile,
         NodeKind::Dir => FileType::Directory,
         NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -85,7 +89,7 @@ fn attr(node: &Inode) -> FileAttr {
         nlink: node.nlink(),
         uid: node.uid,
         gid: node.gid,
-        rdev: 0,
+        rdev: node.rdev,
         blksize: 64 * 1024,
         flags: 0,
     }
@@ -190,8 +194,8 @@ impl Filesystem for PsyncFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
-        match self.core.mknod(parent.0, name(n), mode, umask, caller(req)) {
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        match self.core.mknod(parent.0, name(n), mode, umask, rdev, caller(req)) {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("mknod", &e)),
         }

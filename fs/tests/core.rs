@@ -171,12 +171,19 @@ fn setattr_chmod_chown_truncate_utimens() {
 }
 
 #[test]
-fn mknod_only_regular_files() {
+fn mknod_of_every_kind() {
     let f = fixture();
-    let node = f.fs.mknod(ROOT_INO, b"plain", libc::S_IFREG | 0o644, 0, USER).unwrap();
+    let node = f.fs.mknod(ROOT_INO, b"plain", libc::S_IFREG | 0o644, 0, 0, USER).unwrap();
     assert_eq!(node.kind, NodeKind::File);
-    assert_eq!(errno(f.fs.mknod(ROOT_INO, b"fifo", libc::S_IFIFO | 0o644, 0, USER)), libc::EPERM);
-    assert_eq!(errno(f.fs.mknod(ROOT_INO, b"dev", libc::S_IFCHR | 0o644, 0, USER)), libc::EPERM);
+    assert_eq!(f.fs.mknod(ROOT_INO, b"fifo", libc::S_IFIFO | 0o644, 0, 0, USER).unwrap().kind, NodeKind::Fifo);
+    assert_eq!(f.fs.mknod(ROOT_INO, b"sock", libc::S_IFSOCK | 0o644, 0, 0, USER).unwrap().kind, NodeKind::Socket);
+    let dev = f.fs.mknod(ROOT_INO, b"dev", libc::S_IFCHR | 0o644, 0, 0x0102, USER).unwrap();
+    assert_eq!((dev.kind, dev.rdev), (NodeKind::CharDevice, 0x0102));
+    assert_eq!(f.fs.mknod(ROOT_INO, b"blk", libc::S_IFBLK | 0o600, 0, 7, USER).unwrap().kind, NodeKind::BlockDevice);
+    assert_eq!(errno(f.fs.open(dev.ino, libc::O_RDONLY)), libc::ENXIO);
+    assert_eq!(errno(f.fs.mknod(ROOT_INO, b"dir", libc::S_IFDIR | 0o755, 0, 0, USER)), libc::EINVAL);
+    assert!(f.fs.store().fsck().unwrap().is_clean());
+    assert_eq!(f.fs.store().stats().unwrap().specials, 4);
 }
 
 #[test]

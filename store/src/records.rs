@@ -78,6 +78,21 @@ pub enum NodeKind {
     Dir,
     /// Symbolic link.
     Symlink,
+    /// Named pipe. Local to this device: never synced.
+    Fifo,
+    /// Unix domain socket. Local to this device: never synced.
+    Socket,
+    /// Character device (`rdev` names it). Local; the mount is `nodev`.
+    CharDevice,
+    /// Block device (`rdev` names it). Local; the mount is `nodev`.
+    BlockDevice,
+}
+
+impl NodeKind {
+    /// FIFOs, sockets and device nodes: they have no content and stay local.
+    pub fn is_special(self) -> bool {
+        matches!(self, NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice)
+    }
 }
 
 /// A file's bytes: its size and the pages of block hashes covering it.
@@ -133,6 +148,8 @@ pub struct Inode {
     pub content: Content,
     /// Link target (symlinks only).
     pub symlink: Vec<u8>,
+    /// Device number (device nodes only).
+    pub rdev: u32,
     /// Identity for sync.
     pub file_id: FileId,
     /// Causal history of this object.
@@ -160,6 +177,7 @@ impl Inode {
             NodeKind::File => self.content.size,
             NodeKind::Symlink => self.symlink.len() as u64,
             NodeKind::Dir => 0,
+            _ => 0,
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct StoreStats {
     pub dirs: u64,
     /// Symlinks.
     pub symlinks: u64,
+    /// FIFOs, sockets and device nodes (local, never synced).
+    pub specials: u64,
     /// Sum of the sizes of live files.
     pub logical_bytes: u64,
     /// Distinct blocks stored.
@@ -44,6 +46,7 @@ impl Store {
                 }
                 NodeKind::Dir => s.dirs += 1,
                 NodeKind::Symlink => s.symlinks += 1,
+                _ => s.specials += 1,
             }
             Ok(true)
         })?;

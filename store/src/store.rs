@@ -83,6 +83,8 @@ pub enum NewNode<'a> {
     Dir,
     /// A symlink to the given target.
     Symlink(&'a [u8]),
+    /// A FIFO, socket or device node (`kind.is_special()`), with its device number.
+    Special(NodeKind, u32),
 }
 
 /// How [`Store::rename`] treats an existing target.
@@ -259,6 +261,7 @@ impl Store {
             subdirs: 0,
             content: Content::default(),
             symlink: Vec::new(),
+            rdev: 0,
             file_id: FileId(0),
             vv: VersionVector::new(),
             seq: 0,
@@ -485,6 +488,7 @@ impl Store {
             NodeKind::File => self.read_content(&node.content, offset, len),
             NodeKind::Dir => Err(StoreError::IsDir),
             NodeKind::Symlink => Err(StoreError::Invalid("read of a symlink")),
+            _ => Err(StoreError::Invalid("read of a special file")),
         }
     }
 
@@ -675,10 +679,12 @@ impl Store {
             }
             let ino = txn.counters.next_ino;
             txn.counters.next_ino += 1;
-            let (kind, symlink) = match node {
-                NewNode::File => (NodeKind::File, Vec::new()),
-                NewNode::Dir => (NodeKind::Dir, Vec::new()),
-                NewNode::Symlink(target) => (NodeKind::Symlink, target.to_vec()),
+            let (kind, symlink, rdev) = match node {
+                NewNode::File => (NodeKind::File, Vec::new(), 0),
+                NewNode::Dir => (NodeKind::Dir, Vec::new(), 0),
+                NewNode::Symlink(target) => (NodeKind::Symlink, target.to_vec(), 0),
+                NewNode::Special(kind, rdev) if kind.is_special() => (kind, Vec::new(), rdev),
+                NewNode::Special(..) => return Err(StoreError::Invalid("not a special file kind")),
             };
             let mut inode = Inode {
                 ino,
@@ -693,6 +699,7 @@ impl Store {
                 subdirs: 0,
                 content: Content::default(),
                 symlink,
+                rdev,
                 file_id: FileId(rand::random::<u128>()),
                 vv: VersionVector::new(),
                 seq: 0,
@@ -1055,7 +1062,7 @@ impl Txn<'_> {
         match node.kind {
             NodeKind::File => Ok(node),
             NodeKind::Dir => Err(StoreError::IsDir),
-            NodeKind::Symlink => Err(StoreError::Invalid("not a regular file")),
+            _ => Err(StoreError::Invalid("not a regular file")),
         }
     }
 
