@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what PSync needs, builds it, and shows the store working on a
-# small generated notes vault: import, deduplication, history, restore, fsck.
+# Installs what PSync needs, builds it, and shows PSync on one device: a
+# generated notes vault imported into a store (deduplication, history,
+# restore, fsck), then mounted as a folder that any program can use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -34,6 +35,16 @@ echo; echo "== restore the first version"
 "$psync" store cat projects/psync.md
 echo; echo "== integrity check"
 "$psync" fsck
+
+echo; echo "== mount the store as a folder"
+mkdir -p "$demo/mnt"
+"$psync" mount "$demo/mnt"
+ls "$demo/mnt" "$demo/mnt/projects"
+echo "written through the mount" > "$demo/mnt/projects/new-note.md"
+printf -- '- edited in the mount\n' >> "$demo/mnt/projects/psync.md"
+"$psync" store log projects/psync.md 2>/dev/null || echo "(the store is in use by the mount; history shows after unmount)"
 echo
-echo "Demo data is in $demo. Try: PSYNC_DATA_DIR=$PSYNC_DATA_DIR $psync store ls daily"
-echo "Remove it with: rm -rf $demo"
+echo "The vault is mounted at $demo/mnt: open it in an editor or Obsidian, then"
+echo "  PSYNC_DATA_DIR=$PSYNC_DATA_DIR $psync unmount $demo/mnt"
+echo "  PSYNC_DATA_DIR=$PSYNC_DATA_DIR $psync store log projects/psync.md"
+echo "Remove everything with: $psync unmount $demo/mnt; rm -rf $demo"

@@ -381,3 +381,47 @@ fn clear_errors_when_mounting() {
     let out = psync(&fresh, &["unmount", other.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not mounted"), "{out:?}");
 }
+
+#[test]
+fn a_stale_mount_left_by_a_dead_daemon_is_recovered() {
+    let m = Mounted::new();
+    std::fs::write(m.path("kept.md"), "kept").unwrap();
+    let mut f = std::fs::File::open(m.path("kept.md")).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Kill the auto-unmount watcher (fusermount3, the daemon's child), then
+    // the daemon: nothing unmounts, and the kernel keeps a dead mount
+    // ("Transport endpoint is not connected").
+    let pid = m.daemon_pid();
+    for child in children_of(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::metadata(&m.mnt) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the mount did not go stale; is_mounted={}", m.is_mounted());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m.mount();
+    assert_eq!(std::fs::read_to_string(m.path("kept.md")).unwrap(), "kept");
+    m.unmount();
+    m.fsck();
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1) == Some(&pid.to_string())))
+                .unwrap_or(false)
+        })
+        .collect()
+}
