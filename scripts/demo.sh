@@ -42,7 +42,8 @@ mkdir -p "$demo/mnt"
 ls "$demo/mnt" "$demo/mnt/projects"
 echo "written through the mount" > "$demo/mnt/projects/new-note.md"
 printf -- '- edited in the mount\n' >> "$demo/mnt/projects/psync.md"
-"$psync" store log projects/psync.md 2>/dev/null || echo "(the store is in use by the mount; history shows after unmount)"
+sleep 1  # the edits above are committed when the files are released
+"$psync" store log projects/psync.md
 echo
 echo "The vault is mounted at $demo/mnt: open it in an editor or Obsidian, then"
 echo "  PSYNC_DATA_DIR=$PSYNC_DATA_DIR $psync unmount $demo/mnt"

@@ -155,10 +155,23 @@ fn open_existing(global: &Global) -> Result<Store> {
     Ok(Store::open(&dir)?)
 }
 
+/// For commands that only look: a read-only snapshot when a daemon has the
+/// store open.
+fn open_for_reading(global: &Global) -> Result<Store> {
+    let dir = data_dir(global)?;
+    match Store::open(&dir) {
+        Err(psync_store::StoreError::Locked(_)) => {
+            eprintln!("(the store is in use by a running daemon: showing a read-only snapshot)");
+            Ok(Store::open_read_only(&dir)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fsck { json } => {
-            let store = open_existing(&cli.global)?;
+            let store = open_for_reading(&cli.global)?;
             let report = store.fsck()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -200,7 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
-            let store = open_existing(&cli.global)?;
+            let store = open_for_reading(&cli.global)?;
             let s = store.stats()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -243,13 +256,13 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
             );
         }
         StoreCommand::Export { dest } => {
-            let store = open_existing(global)?;
+            let store = open_for_reading(global)?;
             std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
             let n = export_dir(&store, ROOT_INO, &dest)?;
             println!("exported {n} entries to {}", dest.display());
         }
         StoreCommand::Ls { path } => {
-            let store = open_existing(global)?;
+            let store = open_for_reading(global)?;
             let dir = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
             let mut after: Option<Vec<u8>> = None;
             loop {
@@ -272,7 +285,7 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
             }
         }
         StoreCommand::Cat { path } => {
-            let store = open_existing(global)?;
+            let store = open_for_reading(global)?;
             let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
             let mut out = std::io::stdout().lock();
             let mut offset = 0;
@@ -287,7 +300,7 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
             out.flush()?;
         }
         StoreCommand::Log { path, json } => {
-            let store = open_existing(global)?;
+            let store = open_for_reading(global)?;
             let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
             let versions = store.versions(node.file_id)?;
             if json {

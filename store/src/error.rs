@@ -55,6 +55,9 @@ pub enum StoreError {
     /// The disk is full; the failed mutation was not applied.
     #[error("no space left on device; the last change was not saved, earlier ones are intact")]
     DiskFull,
+    /// The store was opened read-only (a snapshot beside a running daemon).
+    #[error("the store is open read-only (a daemon is using it); unmount it to change it")]
+    ReadOnly,
     /// Stored data does not match its hash or does not decode.
     #[error("store corruption: {0} (run `psync fsck`)")]
     Corrupt(String),

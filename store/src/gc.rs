@@ -47,6 +47,9 @@ impl Store {
     /// Runs one GC pass. Holds the writer lock throughout, so no write can
     /// start referencing a block between mark and sweep.
     pub fn gc(&self, policy: GcPolicy, now: Timestamp) -> Result<GcReport> {
+        if self.is_read_only() {
+            return Err(crate::StoreError::ReadOnly);
+        }
         self.with_writer_locked(|| self.gc_locked(policy, now))
     }
 

@@ -26,6 +26,8 @@ pub struct Store {
     data_dir: PathBuf,
     device: DeviceId,
     writer: Mutex<Counters>,
+    /// Opened as a read-only snapshot: every mutation fails with `ReadOnly`.
+    read_only: bool,
     /// Pins per inode: open handles plus the kernel's lookup references.
     /// An unlinked inode that is pinned becomes an orphan and lives until
     /// its last pin goes (as ext4 keeps an inode the kernel still uses).
@@ -139,6 +141,49 @@ impl Store {
         Self::open_inner(data_dir, None)
     }
 
+    /// Opens a read-only snapshot of an existing store, which works while a
+    /// daemon has it open (RocksDB takes no lock for read-only instances and
+    /// replays the write-ahead log into memory). Mutations fail with
+    /// [`StoreError::ReadOnly`].
+    pub fn open_read_only(data_dir: &Path) -> Result<Store> {
+        let db_dir = data_dir.join(DB_DIR_NAME);
+        if !db_dir.join("CURRENT").exists() {
+            return Err(StoreError::NotAStore(data_dir.to_path_buf()));
+        }
+        let (opts, cfs) = Self::rocks_options(true, false);
+        let db = DB::open_cf_descriptors_read_only(&opts, &db_dir, cfs, false)
+            .map_err(|e| StoreError::from_rocks(e, data_dir))?;
+        let meta = db.cf_handle(keys::CF_META).ok_or_else(|| StoreError::NotAStore(data_dir.to_path_buf()))?;
+        let format: FormatRecord = match db.get_cf(meta, keys::FORMAT).map_err(rocks(data_dir))? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => return Err(StoreError::NotAStore(data_dir.to_path_buf())),
+        };
+        if format.format_version > FORMAT_VERSION {
+            return Err(StoreError::NewerFormat {
+                path: data_dir.to_path_buf(),
+                found: format.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let counters: Counters = match db.get_cf(meta, keys::COUNTERS).map_err(rocks(data_dir))? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => return Err(StoreError::Corrupt("counters record missing".into())),
+        };
+        Ok(Store {
+            db,
+            data_dir: data_dir.to_path_buf(),
+            device: format.device,
+            writer: Mutex::new(counters),
+            read_only: true,
+            pins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether this is a read-only snapshot.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn open_inner(data_dir: &Path, create_for: Option<DeviceId>) -> Result<Store> {
         let db_dir = data_dir.join(DB_DIR_NAME);
         let exists = db_dir.join("CURRENT").exists();
@@ -197,6 +242,7 @@ impl Store {
             data_dir: data_dir.to_path_buf(),
             device,
             writer: Mutex::new(counters),
+            read_only: false,
             pins: Mutex::new(HashMap::new()),
         };
         store.reap_orphans()?;
@@ -331,6 +377,9 @@ impl Store {
 
     /// Runs `f` under the writer lock and applies its batch atomically.
     fn mutate<T>(&self, durable: bool, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         let mut guard = self.lock_writer();
         let mut txn = Txn {
             store: self,
@@ -846,6 +895,9 @@ impl Store {
 
     /// Makes every write so far durable (syncs the write-ahead log).
     pub fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.db.flush_wal(true).map_err(|e| self.rocks_err(e))
     }
 

@@ -437,6 +437,23 @@ fn clear_errors_for_bad_data_dirs() {
 }
 
 #[test]
+fn read_only_snapshot_beside_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Store::open_or_create(dir.path(), device()).unwrap();
+    let a = file(&writer, ROOT_INO, "a");
+    writer.write(a.ino, 0, b"seen", t(2)).unwrap();
+    writer.commit(a.ino, t(2), false).unwrap();
+    let snapshot = Store::open_read_only(dir.path()).unwrap();
+    assert!(snapshot.is_read_only());
+    assert_eq!(snapshot.read(a.ino, 0, 10).unwrap(), b"seen");
+    assert!(snapshot.fsck().unwrap().is_clean());
+    assert!(matches!(snapshot.write(a.ino, 0, b"x", t(3)), Err(StoreError::ReadOnly)));
+    assert!(matches!(snapshot.gc(GcPolicy::default(), t(3)), Err(StoreError::ReadOnly)));
+    // The writer is unaffected.
+    writer.write(a.ino, 0, b"more", t(4)).unwrap();
+}
+
+#[test]
 fn corrupt_block_is_an_error_never_returned() {
     let dir = tempfile::tempdir().unwrap();
     let ino;

@@ -105,10 +105,16 @@ fn clear_errors() {
     ok(&data, &["store", "import", src.to_str().unwrap()]);
     assert!(fail(&data, &["store", "cat", "nope.md"]).contains("no such file or directory"));
 
-    // A store in use by another process is refused with a hint.
+    // A store in use by another process: changes are refused with a hint,
+    // looking works on a read-only snapshot.
     let held = Store::open(&data).unwrap();
-    let said = fail(&data, &["stats"]);
+    let said = fail(&data, &["gc"]);
     assert!(said.contains("in use by another psync process"), "{said}");
+    let out = psync(&data, &["stats", "--json"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only snapshot"));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["files"], 4);
     drop(held);
 }
 

@@ -386,7 +386,7 @@ fn clear_errors_when_mounting() {
 fn a_stale_mount_left_by_a_dead_daemon_is_recovered() {
     let m = Mounted::new();
     std::fs::write(m.path("kept.md"), "kept").unwrap();
-    let mut f = std::fs::File::open(m.path("kept.md")).unwrap();
+    let f = std::fs::File::open(m.path("kept.md")).unwrap();
     f.sync_all().unwrap();
     drop(f);
     // Kill the auto-unmount watcher (fusermount3, the daemon's child), then
@@ -420,7 +420,9 @@ fn children_of(pid: i32) -> Vec<i32> {
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
-                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1) == Some(&pid.to_string())))
+                .and_then(|stat| {
+                    stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1) == Some(&pid.to_string()))
+                })
                 .unwrap_or(false)
         })
         .collect()
