@@ -13,3 +13,7 @@ mod version;
 pub use hash::{ContentHash, HashParseError};
 pub use name::{validate_name, NameError, NAME_MAX_BYTES};
 pub use version::{Causality, DeviceId, VersionVector};
+
+/// Bytes per content block, shared by the store and the sync protocol.
+/// Fixed-size chunking: see ARCHITECTURE.md for why.
+pub const BLOCK_SIZE: u64 = 64 * 1024;

@@ -72,6 +72,26 @@ impl VersionVector {
         *counter
     }
 
+    /// Records one more change by `device` with a counter of at least
+    /// `at_least`; returns the new counter. Devices pass their local
+    /// sequence number, so a device's counters never repeat, even for a
+    /// path whose history was garbage-collected (a restarted counter would
+    /// be "older" than a tombstone that outlived it elsewhere).
+    pub fn advance(&mut self, device: DeviceId, at_least: u64) -> u64 {
+        let counter = self.0.entry(device).or_insert(0);
+        *counter = counter.saturating_add(1).max(at_least);
+        *counter
+    }
+
+    /// Sets the counter for `device` (zero removes the entry).
+    pub fn set(&mut self, device: DeviceId, counter: u64) {
+        if counter == 0 {
+            self.0.remove(&device);
+        } else {
+            self.0.insert(device, counter);
+        }
+    }
+
     /// Pointwise maximum.
     pub fn merge(&mut self, other: &VersionVector) {
         for (device, &count) in &other.0 {

@@ -5,8 +5,7 @@ use std::fmt;
 use psync_base::{ContentHash, DeviceId, VersionVector};
 use serde::{Deserialize, Serialize};
 
-/// Bytes per block. Fixed-size chunking: see ARCHITECTURE.md for why.
-pub const BLOCK_SIZE: u64 = 64 * 1024;
+pub use psync_base::BLOCK_SIZE;
 /// Block hashes per page; one page covers 16 MiB of a file.
 pub const BLOCKS_PER_PAGE: u64 = 256;
 /// Largest file the store accepts (1 PiB; far beyond any vault).

@@ -1196,7 +1196,7 @@ impl Txn<'_> {
             self.batch.delete_cf(meta, keys::change(node.seq));
         }
         node.seq = seq;
-        node.vv.increment(self.store.device);
+        node.vv.advance(self.store.device, seq);
         match codec::encode(&ChangeRef::Live(node.ino)) {
             Ok(bytes) => self.batch.put_cf(meta, keys::change(seq), bytes),
             Err(_) => unreachable!("a ChangeRef always encodes"),
@@ -1301,7 +1301,7 @@ impl Txn<'_> {
             self.batch.delete_cf(meta, keys::change(node.seq));
         }
         let mut vv = node.vv.clone();
-        vv.increment(self.store.device);
+        vv.advance(self.store.device, seq);
         let tombstone = Tombstone {
             file_id: node.file_id,
             kind: node.kind,

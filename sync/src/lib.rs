@@ -1,4 +1,24 @@
-//! The sans-I/O replication core (see ARCHITECTURE.md).
+//! PSync's replication core: a deterministic, sans-I/O state machine that
+//! decides what every device ends up with.
 //!
-//! Not built yet: the sync-engine issue fills this crate. It will know
-//! nothing of tokio, WebRTC, RocksDB or FUSE.
+//! **Invariant:** this crate knows nothing of tokio, WebRTC, RocksDB or FUSE
+//! (a test checks its dependency tree). Messages and time come in, messages
+//! and storage calls go out.
+//!
+//! Goals: every device converges to the same tree; nothing a device
+//! committed is lost (concurrent versions are kept as conflict copies whose
+//! names every device derives alike); a deleted file is never resurrected.
+#![deny(missing_docs)]
+
+mod core;
+pub mod merkle;
+pub mod message;
+pub mod path;
+pub mod record;
+pub mod storage;
+
+pub use crate::core::{Input, Millis, Output, SyncConfig, SyncCore, SyncError};
+pub use message::Message;
+pub use path::SyncPath;
+pub use record::{FileRecord, RecordKind, VersionId};
+pub use storage::{MemStorage, PeerState, StorageError, SyncStorage};

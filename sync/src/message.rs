@@ -1,0 +1,203 @@
+//! Wire messages. Variants are numbered by declaration order: append new
+//! ones at the end and never reorder (a test pins the bytes of each kind).
+
+use psync_base::codec::{self, CodecError};
+use psync_base::ContentHash;
+use serde::{Deserialize, Serialize};
+
+use crate::path::SyncPath;
+use crate::record::FileRecord;
+
+/// Bumped on any incompatible change; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame accepted from a peer: a 64 KiB block plus headers, or an
+/// index batch (bounded by [`MAX_RECORDS_PER_UPDATE`]).
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// Records per index update, so a frame stays far below the cap.
+pub const MAX_RECORDS_PER_UPDATE: usize = 256;
+
+/// One entry of a Merkle tree node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// Child name (one path component).
+    pub name: String,
+    /// Hash of the child's subtree (or of its record, for a leaf).
+    pub hash: ContentHash,
+    /// Whether the child has children.
+    pub has_children: bool,
+}
+
+/// Everything two devices say to each other about one folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message on a connection.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        protocol: u32,
+        /// The sender's index identity (changes if its index was reset).
+        index_id: u64,
+        /// The sender's latest local sequence number.
+        seq: u64,
+    },
+    /// "Send me your index changes after `since`."
+    IndexRequest {
+        /// The index the requester last saw (0: none).
+        index_id: u64,
+        /// The last sequence number the requester has applied.
+        since: u64,
+    },
+    /// Records of the sender's index with sequence numbers in `(from, to]`.
+    IndexUpdate {
+        /// The sender's index.
+        index_id: u64,
+        /// Exclusive lower bound: the receiver must have applied up to here.
+        from: u64,
+        /// Inclusive upper bound.
+        to: u64,
+        /// `(sequence, record)`, ascending.
+        records: Vec<(u64, FileRecord)>,
+    },
+    /// "I have applied your index up to `seq`."
+    Ack {
+        /// Which index.
+        index_id: u64,
+        /// Applied up to here.
+        seq: u64,
+    },
+    /// "Send me the block with this hash."
+    BlockRequest {
+        /// The block.
+        hash: ContentHash,
+    },
+    /// A block, or `None` if the sender does not have it.
+    BlockResponse {
+        /// The block asked for.
+        hash: ContentHash,
+        /// Its bytes.
+        data: Option<Vec<u8>>,
+    },
+    /// Periodic liveness and anti-entropy: the root of the sender's tree.
+    Heartbeat {
+        /// Merkle root over live records.
+        root: ContentHash,
+        /// The sender's latest local sequence number.
+        seq: u64,
+    },
+    /// "Send me the children of this tree node" (`None`: the root).
+    TreeRequest {
+        /// The node.
+        prefix: Option<SyncPath>,
+    },
+    /// The children of a tree node.
+    TreeResponse {
+        /// The node.
+        prefix: Option<SyncPath>,
+        /// Its children, sorted by name.
+        entries: Vec<TreeEntry>,
+    },
+    /// "Send me your records for these paths."
+    RecordRequest {
+        /// Paths whose records differ.
+        paths: Vec<SyncPath>,
+    },
+    /// Records outside the index stream (anti-entropy).
+    Records {
+        /// The records.
+        records: Vec<FileRecord>,
+    },
+}
+
+/// Encodes one frame.
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, CodecError> {
+    let bytes = codec::encode(message)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes one frame from a peer; malformed, oversized or hostile input
+/// (including invalid paths) is an error, never a panic.
+pub fn decode_frame(bytes: &[u8]) -> Result<Message, CodecError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    codec::decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{RecordKind, VersionId};
+    use psync_base::{DeviceId, VersionVector};
+
+    fn record() -> FileRecord {
+        let mut vv = VersionVector::new();
+        vv.set(DeviceId([1; 32]), 2);
+        FileRecord {
+            path: SyncPath::new("a.md").unwrap(),
+            kind: RecordKind::File,
+            deleted: false,
+            vv,
+            version: VersionId { device: DeviceId([1; 32]), counter: 2 },
+            size: 3,
+            blocks: vec![Some(ContentHash([9; 32]))],
+            symlink: vec![],
+            perm: 0o644,
+            mtime: 5,
+        }
+    }
+
+    fn hex(m: &Message) -> String {
+        encode_frame(m).unwrap().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn pins_the_encoding_of_every_message_kind() {
+        let h = ContentHash([7; 32]);
+        let h_hex = "20".to_string() + &"07".repeat(32);
+        assert_eq!(hex(&Message::Hello { protocol: 1, index_id: 2, seq: 3 }), "00010203");
+        assert_eq!(hex(&Message::IndexRequest { index_id: 5, since: 300 }), "0105fb2c01");
+        assert_eq!(hex(&Message::Ack { index_id: 1, seq: 2 }), "030102");
+        assert_eq!(hex(&Message::BlockRequest { hash: h }), format!("04{h_hex}"));
+        assert_eq!(hex(&Message::BlockResponse { hash: h, data: None }), format!("05{h_hex}00"));
+        assert_eq!(hex(&Message::BlockResponse { hash: h, data: Some(vec![0xAB]) }), format!("05{h_hex}0101ab"));
+        assert_eq!(hex(&Message::Heartbeat { root: h, seq: 1 }), format!("06{h_hex}01"));
+        assert_eq!(hex(&Message::TreeRequest { prefix: None }), "0700");
+        assert_eq!(hex(&Message::TreeRequest { prefix: Some(SyncPath::new("d").unwrap()) }), "07010164");
+        let entry = TreeEntry { name: "x".into(), hash: h, has_children: true };
+        assert_eq!(
+            hex(&Message::TreeResponse { prefix: None, entries: vec![entry] }),
+            format!("08000101 78{h_hex}01").replace(' ', "")
+        );
+        assert_eq!(hex(&Message::RecordRequest { paths: vec![SyncPath::new("a").unwrap()] }), "09010161");
+        let r = record();
+        let r_hex = format!(
+            "0461 2e6d64 00 00 01 20{} 02 20{} 02 03 01 01 20{} 00 fba401 0a",
+            "01".repeat(32),
+            "01".repeat(32),
+            "09".repeat(32)
+        )
+        .replace(' ', "");
+        assert_eq!(hex(&Message::Records { records: vec![r.clone()] }), format!("0a01{r_hex}"));
+        assert_eq!(
+            hex(&Message::IndexUpdate { index_id: 1, from: 0, to: 7, records: vec![(7, r)] }),
+            format!("0201000701 07{r_hex}").replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[0xFF, 0x01]).is_err(), "unknown message type");
+        assert!(decode_frame(&vec![0u8; MAX_FRAME_BYTES + 1]).is_err(), "oversized");
+        // A record whose path tries to escape.
+        let mut bytes = encode_frame(&Message::Records { records: vec![record()] }).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"a.md").unwrap();
+        bytes[at..at + 4].copy_from_slice(b"../x");
+        assert!(decode_frame(&bytes).is_err());
+        for m in [Message::Ack { index_id: 1, seq: 2 }, Message::RecordRequest { paths: vec![] }] {
+            assert_eq!(decode_frame(&encode_frame(&m).unwrap()).unwrap(), m);
+        }
+    }
+}
