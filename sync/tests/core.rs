@@ -1,0 +1,539 @@
+//! Targeted tests of the sync core's behaviours, on a small harness that
+//! delivers messages in order with no faults (the simulation covers faults).
+
+// Test code: a failed setup step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
+use psync_sync::message::Message;
+use psync_sync::record::{conflict_name, resolve, winner_order, Resolution};
+use psync_sync::{
+    FileRecord, Input, MemStorage, Millis, Output, RecordKind, SyncConfig, SyncCore, SyncPath, SyncStorage, VersionId,
+};
+
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n; 32])
+}
+
+fn path(s: &str) -> SyncPath {
+    SyncPath::new(s).unwrap()
+}
+
+const T0: Millis = 1_900_000_000_000;
+
+/// Decides whether to drop a message (from, to, message).
+type DropRule = Box<dyn FnMut(usize, usize, &Message) -> bool>;
+/// Alters a message in flight.
+type TamperRule = Box<dyn FnMut(usize, usize, &mut Message)>;
+
+/// Devices connected in a full mesh; `run` delivers until idle, advancing time.
+struct Mesh {
+    cores: Vec<SyncCore<MemStorage>>,
+    now: Millis,
+    /// Every message sent: (from, to, message).
+    log: Vec<(usize, usize, Message)>,
+    /// When each logged message was sent.
+    times: Vec<Millis>,
+    /// Messages to drop: a predicate on (from, to, message).
+    drop_if: Option<DropRule>,
+    /// Messages to alter before delivery.
+    tamper: Option<TamperRule>,
+    violations: Vec<(usize, String)>,
+    connected: Vec<Vec<bool>>,
+}
+
+impl Mesh {
+    fn new(n: usize, configure: impl Fn(&mut SyncConfig)) -> Mesh {
+        let ids: Vec<DeviceId> = (0..n).map(|i| dev(i as u8 + 1)).collect();
+        let mut config = SyncConfig::new(ids.clone());
+        configure(&mut config);
+        let cores = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| SyncCore::new(MemStorage::new(*id, 100 + i as u64), config.clone(), i as u64 + 7, T0))
+            .collect();
+        Mesh {
+            cores,
+            now: T0,
+            log: Vec::new(),
+            times: Vec::new(),
+            drop_if: None,
+            tamper: None,
+            violations: Vec::new(),
+            connected: vec![vec![false; n]; n],
+        }
+    }
+
+    fn id(&self, i: usize) -> DeviceId {
+        self.cores[i].storage().device()
+    }
+
+    fn index(&self, id: &DeviceId) -> usize {
+        (0..self.cores.len()).find(|&i| self.id(i) == *id).unwrap()
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        self.connected[a][b] = true;
+        self.connected[b][a] = true;
+        let (ida, idb) = (self.id(a), self.id(b));
+        self.cores[a].handle(self.now, Input::Connected(idb)).unwrap();
+        self.cores[b].handle(self.now, Input::Connected(ida)).unwrap();
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize) {
+        self.connected[a][b] = false;
+        self.connected[b][a] = false;
+        let (ida, idb) = (self.id(a), self.id(b));
+        self.cores[a].handle(self.now, Input::Disconnected(idb)).unwrap();
+        self.cores[b].handle(self.now, Input::Disconnected(ida)).unwrap();
+    }
+
+    fn connect_all(&mut self) {
+        for a in 0..self.cores.len() {
+            for b in a + 1..self.cores.len() {
+                self.connect(a, b);
+            }
+        }
+    }
+
+    fn local_change(&mut self, i: usize) {
+        self.cores[i].handle(self.now, Input::LocalChanged).unwrap();
+    }
+
+    /// Delivers messages and fires timers until nothing moves, for `ms` of time.
+    fn run(&mut self, ms: Millis) {
+        let end = self.now + ms;
+        loop {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                while let Some(out) = self.cores[i].poll_output() {
+                    moved = true;
+                    match out {
+                        Output::Send(to, mut message) => {
+                            let j = self.index(&to);
+                            if !self.connected[i][j] {
+                                continue;
+                            }
+                            if let Some(f) = self.drop_if.as_mut() {
+                                if f(i, j, &message) {
+                                    continue;
+                                }
+                            }
+                            if let Some(f) = self.tamper.as_mut() {
+                                f(i, j, &mut message);
+                            }
+                            self.log.push((i, j, message.clone()));
+                            self.times.push(self.now);
+                            let from = self.id(i);
+                            self.cores[j].handle(self.now, Input::Message(from, message)).unwrap();
+                        }
+                        Output::Violation(_, what) => self.violations.push((i, what)),
+                        Output::Installed(_) | Output::Inactive(_) => {}
+                    }
+                }
+            }
+            if moved {
+                continue;
+            }
+            let next = self.cores.iter().filter_map(|c| c.poll_timeout()).min().unwrap_or(end);
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = next.max(self.now);
+            for c in &mut self.cores {
+                if c.poll_timeout().is_some_and(|t| t <= self.now) {
+                    c.handle_timeout(self.now).unwrap();
+                }
+            }
+        }
+    }
+
+    fn storage(&mut self, i: usize) -> &mut MemStorage {
+        self.cores[i].storage_mut()
+    }
+
+    fn content(&self, i: usize, p: &str) -> Option<Vec<u8>> {
+        let s = self.cores[i].storage();
+        s.live(&path(p)).and_then(|r| s.content(r))
+    }
+
+    fn sent(&self, pred: impl Fn(&Message) -> bool) -> usize {
+        self.log.iter().filter(|(_, _, m)| pred(m)).count()
+    }
+}
+
+/// Distinct, non-repeating bytes (so every block is a different block).
+fn big(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_written_on_one_device_appears_on_the_other() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.storage(0).local_write(&path("notes/a.md"), b"hello", 1);
+    m.local_change(0);
+    m.run(5_000);
+    assert_eq!(m.content(1, "notes/a.md").unwrap(), b"hello");
+}
+
+#[test]
+fn reconnect_after_a_small_change_sends_a_small_index() {
+    let mut m = Mesh::new(2, |_| {});
+    for i in 0..1000 {
+        m.storage(0).local_write(&path(&format!("f{i}.md")), format!("note {i}").as_bytes(), 1);
+    }
+    m.connect_all();
+    m.run(10_000);
+    assert_eq!(m.cores[1].storage().live_records().unwrap().len(), 1000);
+    m.disconnect(0, 1);
+    m.storage(0).local_write(&path("f7.md"), b"changed while apart", 2);
+    m.log.clear();
+    m.connect(0, 1);
+    m.run(5_000);
+    assert_eq!(m.content(1, "f7.md").unwrap(), b"changed while apart");
+    let records_sent: usize = m
+        .log
+        .iter()
+        .filter_map(|(from, _, msg)| match msg {
+            Message::IndexUpdate { records, .. } if *from == 0 => Some(records.len()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(records_sent, 1, "a reconnect sends only what changed since the last acknowledged sequence");
+}
+
+#[test]
+fn replies_to_an_index_request_wait_a_random_delay() {
+    let mut m = Mesh::new(2, |c| c.reply_jitter_ms = 500);
+    m.storage(0).local_write(&path("a.md"), b"x", 1);
+    m.connect(0, 1);
+    // Deliver the hellos and index requests, but no timers.
+    for _ in 0..3 {
+        for i in 0..2 {
+            while let Some(out) = m.cores[i].poll_output() {
+                if let Output::Send(to, message) = out {
+                    assert!(!matches!(message, Message::IndexUpdate { .. }), "replied at once");
+                    let j = m.index(&to);
+                    let from = m.id(i);
+                    m.cores[j].handle(m.now, Input::Message(from, message)).unwrap();
+                }
+            }
+        }
+    }
+    let wake = m.cores[0].poll_timeout().unwrap();
+    assert!(wake > m.now && wake <= m.now + 500, "the reply is scheduled within the jitter window");
+}
+
+#[test]
+fn changes_inside_the_debounce_window_go_out_together() {
+    let mut m = Mesh::new(2, |c| c.debounce_ms = 100);
+    m.connect_all();
+    m.run(2_000);
+    m.log.clear();
+    for v in 0..5u8 {
+        m.storage(0).local_write(&path("typing.md"), &[v; 10], 1);
+        m.local_change(0);
+        m.now += 10;
+    }
+    m.run(1_000);
+    let updates = m
+        .log
+        .iter()
+        .filter(|(from, _, msg)| {
+            *from == 0 && matches!(msg, Message::IndexUpdate { records, .. } if !records.is_empty())
+        })
+        .count();
+    assert_eq!(updates, 1, "five saves within 100 ms are one update");
+    assert_eq!(m.content(1, "typing.md").unwrap(), vec![4u8; 10]);
+}
+
+#[test]
+fn a_corrupt_block_is_never_stored_and_is_fetched_again() {
+    let mut m = Mesh::new(3, |c| c.block_timeout_ms = 500);
+    let data = big(100_000, 3);
+    m.storage(0).local_write(&path("doc.pdf"), &data, 1);
+    m.storage(2).local_write(&path("doc.pdf"), &data, 1);
+    // Make 2 agree with 0 (same record), so both can serve the blocks.
+    let record = m.cores[0].storage().live(&path("doc.pdf")).unwrap().clone();
+    m.storage(2).install(vec![record]).unwrap();
+    // The first answer for every block arrives corrupted, whoever sends it.
+    let mut seen = std::collections::HashSet::new();
+    m.tamper = Some(Box::new(move |_, _, msg| {
+        if let Message::BlockResponse { hash, data: Some(d) } = msg {
+            if seen.insert(*hash) {
+                d[0] ^= 0xFF;
+            }
+        }
+    }));
+    m.connect_all();
+    m.run(20_000);
+    assert_eq!(m.content(1, "doc.pdf").unwrap(), data, "fetched intact from the honest peer");
+    assert!(m.violations.iter().any(|(_, w)| w.contains("does not match its hash")), "{:?}", m.violations);
+}
+
+#[test]
+fn large_files_stream_with_a_bounded_window() {
+    let mut m = Mesh::new(2, |c| c.blocks_in_flight = 4);
+    let data = big(40 * BLOCK_SIZE as usize, 9);
+    m.storage(0).local_write(&path("big.bin"), &data, 1);
+    // Hold back every block response, then count outstanding requests.
+    m.drop_if = Some(Box::new(|_, _, msg| matches!(msg, Message::BlockResponse { .. })));
+    m.connect_all();
+    m.run(1_000);
+    let requested = m.sent(|msg| matches!(msg, Message::BlockRequest { .. }));
+    assert_eq!(requested, 4, "never more than the window in flight");
+    assert!(m.content(1, "big.bin").is_none(), "an incomplete version is never visible");
+    m.drop_if = None;
+    m.run(60_000);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+}
+
+#[test]
+fn renames_reuse_blocks() {
+    let mut m = Mesh::new(2, |_| {});
+    let data = big(20 * BLOCK_SIZE as usize, 1);
+    m.storage(0).local_write(&path("a/big.pdf"), &data, 1);
+    m.connect_all();
+    m.run(30_000);
+    m.log.clear();
+    // Rename a/big.pdf -> b/big.pdf on device 0.
+    m.storage(0).local_mkdir(&path("b"), 2);
+    m.storage(0).local_write(&path("b/big.pdf"), &data, 2);
+    m.storage(0).local_delete(&path("a/big.pdf"), 2);
+    m.local_change(0);
+    m.run(10_000);
+    assert_eq!(m.content(1, "b/big.pdf").unwrap(), data);
+    assert!(m.content(1, "a/big.pdf").is_none());
+    assert_eq!(m.sent(|msg| matches!(msg, Message::BlockRequest { .. })), 0, "no data re-sent for a rename");
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions_under_the_same_names_everywhere() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect_all();
+    m.storage(0).local_write(&path("n.md"), b"base", 1);
+    m.local_change(0);
+    m.run(5_000);
+    for i in 0..3 {
+        m.disconnect(i, (i + 1) % 3);
+    }
+    m.storage(0).local_write(&path("n.md"), b"edit on 0", 2);
+    m.storage(1).local_write(&path("n.md"), b"edit on 1", 2);
+    m.storage(2).local_delete(&path("n.md"), 2);
+    m.connect_all();
+    for i in 0..3 {
+        m.local_change(i);
+    }
+    m.run(30_000);
+    let trees: Vec<Vec<FileRecord>> = (0..3).map(|i| m.cores[i].storage().live_records().unwrap()).collect();
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[1], trees[2]);
+    let contents: Vec<Vec<u8>> = trees[0].iter().map(|r| m.cores[0].storage().content(r).unwrap()).collect();
+    assert!(
+        contents.contains(&b"edit on 0".to_vec()) && contents.contains(&b"edit on 1".to_vec()),
+        "both edits survive the delete"
+    );
+    assert_eq!(trees[0].len(), 2, "one keeps the name, the other is a conflict copy: {trees:?}");
+    assert!(trees[0].iter().any(|r| r.path.as_str().contains(".sync-conflict-")));
+}
+
+#[test]
+fn tombstones_go_only_when_every_device_has_them() {
+    let mut m = Mesh::new(3, |c| {
+        c.tombstone_min_age_secs = 0;
+        c.gc_interval_ms = 1_000;
+    });
+    m.connect_all();
+    m.storage(0).local_write(&path("gone.md"), b"x", 1);
+    m.local_change(0);
+    m.run(5_000);
+    m.disconnect(0, 2);
+    m.disconnect(1, 2);
+    let now_secs = (m.now / 1000) as i64;
+    m.storage(0).local_delete(&path("gone.md"), now_secs);
+    m.local_change(0);
+    m.run(10_000);
+    let tomb = |m: &Mesh, i: usize| m.cores[i].storage().record(&path("gone.md")).unwrap();
+    assert!(tomb(&m, 0).is_some_and(|r| r.deleted), "device 2 is offline: the tombstone stays");
+    m.connect(0, 2);
+    m.connect(1, 2);
+    m.run(20_000);
+    assert!(m.content(2, "gone.md").is_none(), "the offline device learns of the delete");
+    assert!(tomb(&m, 0).is_none(), "once all have it, it is collected");
+}
+
+#[test]
+fn read_only_devices_are_not_listened_to_but_receive_everything() {
+    let mut m = Mesh::new(2, |c| c.read_only = vec![dev(2)]);
+    m.connect_all();
+    m.storage(1).local_write(&path("from-readonly.md"), b"ignored", 1);
+    m.local_change(1);
+    m.storage(0).local_write(&path("from-full.md"), b"applied", 1);
+    m.local_change(0);
+    m.run(5_000);
+    assert!(m.content(0, "from-readonly.md").is_none());
+    assert_eq!(m.content(1, "from-full.md").unwrap(), b"applied");
+}
+
+#[test]
+fn upload_rate_limit_spreads_blocks_over_time() {
+    let mut m = Mesh::new(2, |c| c.upload_bytes_per_sec = Some(4 * BLOCK_SIZE));
+    let data = big(16 * BLOCK_SIZE as usize, 2);
+    m.storage(0).local_write(&path("big.bin"), &data, 1);
+    m.connect_all();
+    m.run(60_000);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+    let sent_at: Vec<Millis> = m
+        .log
+        .iter()
+        .zip(&m.times)
+        .filter(|((_, _, msg), _)| matches!(msg, Message::BlockResponse { .. }))
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(sent_at.len(), 16);
+    // A 4-block burst, then 12 blocks at 4 blocks per second: about 3 s.
+    let spread = sent_at[15] - sent_at[0];
+    assert!((2_900..=4_000).contains(&spread), "16 blocks took {spread} ms at 4 blocks/s");
+}
+
+#[test]
+fn a_peer_with_another_protocol_version_is_refused() {
+    let mut m = Mesh::new(2, |_| {});
+    m.tamper = Some(Box::new(|_, _, msg| {
+        if let Message::Hello { protocol, .. } = msg {
+            *protocol = 99;
+        }
+    }));
+    m.connect_all();
+    m.run(1_000);
+    assert!(m.violations.iter().any(|(_, w)| w.contains("protocol version 99")));
+}
+
+// ---- the rules, directly ------------------------------------------------------------
+
+fn rec(p: &str, vv: &[(u8, u64)], dot: (u8, u64), body: &[u8], deleted: bool) -> FileRecord {
+    let mut v = VersionVector::new();
+    for (d, c) in vv {
+        v.set(dev(*d), *c);
+    }
+    FileRecord {
+        path: path(p),
+        kind: RecordKind::File,
+        deleted,
+        vv: v,
+        version: VersionId { device: dev(dot.0), counter: dot.1 },
+        size: if deleted { 0 } else { body.len() as u64 },
+        blocks: if deleted || body.is_empty() { vec![] } else { vec![Some(ContentHash::of(body))] },
+        symlink: vec![],
+        perm: 0o644,
+        mtime: 0,
+    }
+}
+
+#[test]
+fn resolution_is_the_same_whichever_side_runs_it() {
+    let a = rec("n.md", &[(1, 2)], (1, 2), b"a", false);
+    let b = rec("n.md", &[(2, 3)], (2, 3), b"b", false);
+    let (Resolution::Conflict { merged: m1, copy: c1 }, Resolution::Conflict { merged: m2, copy: c2 }) =
+        (resolve(Some(&a), &b), resolve(Some(&b), &a))
+    else {
+        panic!("concurrent edits must conflict")
+    };
+    assert_eq!(m1, m2);
+    assert_eq!(c1, c2);
+    assert_eq!(m1.version.device, dev(2), "the higher device id keeps the name");
+    assert_eq!(c1.unwrap().path.as_str(), format!("n.sync-conflict-{}-2.md", &dev(1).short()[..8]));
+}
+
+#[test]
+fn an_edit_survives_a_concurrent_delete() {
+    let edit = rec("n.md", &[(1, 5)], (1, 5), b"kept", false);
+    let delete = rec("n.md", &[(2, 4)], (2, 4), b"", true);
+    for (local, incoming) in [(&edit, &delete), (&delete, &edit)] {
+        match resolve(Some(local), incoming) {
+            Resolution::Conflict { merged, copy } => {
+                assert!(!merged.deleted);
+                assert!(copy.is_none(), "nothing to keep of a deletion");
+            }
+            Resolution::Keep => assert_eq!(local, &edit),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_edit_of_merged_content_is_not_a_conflict() {
+    // `merged` holds 1's content but has also seen 2's deletion; `edit` is a
+    // later edit of 1's content that never saw the deletion.
+    let merged = rec("n.md", &[(1, 5), (2, 9)], (1, 5), b"v1", false);
+    let edit = rec("n.md", &[(1, 5), (3, 7)], (3, 7), b"v2", false);
+    assert_eq!(edit.vv.compare(&merged.vv), Causality::Concurrent);
+    match resolve(Some(&merged), &edit) {
+        Resolution::Conflict { merged: m, copy } => {
+            assert_eq!(m.version, edit.version, "the edit of the content wins");
+            assert!(copy.is_none(), "the content it replaced is not a conflict");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn conflict_names() {
+    let v = VersionId { device: dev(0xAB), counter: 7 };
+    assert_eq!(conflict_name("note.md", &v), "note.sync-conflict-abababab-7.md");
+    assert_eq!(conflict_name("Makefile", &v), "Makefile.sync-conflict-abababab-7");
+    assert_eq!(conflict_name(".bashrc", &v), ".bashrc.sync-conflict-abababab-7");
+    assert_eq!(conflict_name("a.tar.gz", &v), "a.tar.sync-conflict-abababab-7.gz");
+    let long = format!("{}.md", "é".repeat(127));
+    let name = conflict_name(&long, &v);
+    assert!(name.len() <= 255 && name.ends_with("-7.md"), "{} bytes", name.len());
+    assert!(SyncPath::new(&name).is_ok());
+}
+
+#[test]
+fn winner_order_is_total_and_prefers_live_then_directories() {
+    let live = rec("x", &[(1, 1)], (1, 1), b"a", false);
+    let dead = rec("x", &[(9, 1)], (9, 1), b"", true);
+    assert_eq!(winner_order(&live, &dead), std::cmp::Ordering::Greater);
+    let mut dir = rec("x", &[(1, 1)], (1, 1), b"", false);
+    dir.kind = RecordKind::Dir;
+    dir.blocks.clear();
+    let file = rec("x", &[(9, 9)], (9, 9), b"f", false);
+    assert_eq!(winner_order(&dir, &file), std::cmp::Ordering::Greater);
+    assert_eq!(winner_order(&file, &file), std::cmp::Ordering::Equal);
+}
+
+#[test]
+fn merkle_trees_find_only_what_differs() {
+    use psync_sync::merkle::Tree;
+    let mut records: Vec<FileRecord> =
+        (0..200).map(|i| rec(&format!("d{}/f{i}.md", i % 10), &[(1, i + 1)], (1, i + 1), b"x", false)).collect();
+    let a = Tree::build(&records);
+    records[57] = rec("d7/f57.md", &[(1, 999)], (1, 999), b"changed", false);
+    let b = Tree::build(&records);
+    assert_ne!(a.root, b.root);
+    let top_a = a.children(None);
+    let top_b = b.children(None);
+    let differing: Vec<&str> =
+        top_a.iter().zip(&top_b).filter(|(x, y)| x.hash != y.hash).map(|(x, _)| x.name.as_str()).collect();
+    assert_eq!(differing, vec!["d7"], "one top-level subtree differs");
+    let inner: Vec<String> = a
+        .children(Some(&path("d7")))
+        .iter()
+        .zip(b.children(Some(&path("d7"))))
+        .filter(|(x, y)| x.hash != y.hash)
+        .map(|(x, _)| x.name.clone())
+        .collect();
+    assert_eq!(inner, vec!["f57.md"]);
+    assert_eq!(Tree::build(&records).root, b.root, "deterministic");
+}
