@@ -321,6 +321,50 @@ impl Store {
             }
         }
 
+        // The sync index: every entry has its sequence key; live entries
+        // name existing nodes of their kind.
+        let mut index_seqs = HashSet::new();
+        for (k, v) in self.scan_prefix(&[crate::sync_index::TAG_PATH])? {
+            let path = k[1..].to_vec();
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            let entry: crate::sync_index::PathEntry = match codec::decode(&v) {
+                Ok(e) => e,
+                Err(e) => {
+                    c.problem(format!("sync entry {shown:?} does not decode: {e}"));
+                    continue;
+                }
+            };
+            max_seq = max_seq.max(entry.seq);
+            index_seqs.insert(entry.seq);
+            match self.db().get_pinned_cf(self.meta(), crate::sync_index::seq_key(entry.seq)) {
+                Ok(Some(p)) if *p == *path => {}
+                _ => c.problem(format!("sync entry {shown:?}: sequence key {} missing or wrong", entry.seq)),
+            }
+            if !entry.deleted {
+                match self.resolve(&path) {
+                    Ok(node) if node.kind == entry.kind => {}
+                    Ok(node) => {
+                        c.problem(format!("sync entry {shown:?} says {:?}, the tree has {:?}", entry.kind, node.kind))
+                    }
+                    Err(_) => c.problem(format!("sync entry {shown:?} is live but the path does not exist")),
+                }
+            }
+        }
+        for (k, _) in self.scan_prefix(&[crate::sync_index::TAG_PATH_SEQ])? {
+            let seq = keys::u64_at(&k, 1).unwrap_or(0);
+            if !index_seqs.contains(&seq) {
+                c.problem(format!("sync sequence key {seq} points at no entry"));
+            }
+        }
+        if let Some(counters) = counters {
+            if counters.next_seq <= max_seq {
+                c.problem(format!(
+                    "next sequence number {} is not above the sync index's {max_seq}",
+                    counters.next_seq
+                ));
+            }
+        }
+
         // Garbage (not an error).
         for (k, _) in self.scan_prefix(&[keys::TAG_PAGE])? {
             if keys::hash_at(&k, 1).is_some_and(|h| !c.pages_ok.contains_key(&h)) {

@@ -15,6 +15,9 @@
 //! | `meta`   | `s` seq:u64                           | `ChangeRef`          | change log: latest change of each object  |
 //! | `meta`   | `t` file_id:16                        | `Tombstone`          | a deleted object, for sync                |
 //! | `meta`   | `o` ino:u64                           | empty                | unlinked while open; removed on next open |
+//! | `meta`   | `x` path:bytes                        | `PathEntry`          | sync index: version of a path (or deleted)|
+//! | `meta`   | `q` seq:u64                           | path bytes           | sync index in sequence order              |
+//! | `meta`   | `r` device:32                         | `PeerRecord`         | what this device knows of a peer          |
 //! | `blocks` | hash:32                               | raw bytes (<=64 KiB) | block content, BLAKE3(value) == key       |
 //!
 //! Invariants (checked by fsck): every `d` entry names an existing inode

@@ -18,6 +18,7 @@ mod keys;
 mod records;
 mod stats;
 mod store;
+mod sync_index;
 
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
@@ -25,3 +26,4 @@ pub use gc::{GcPolicy, GcReport};
 pub use records::*;
 pub use stats::StoreStats;
 pub use store::{Change, NewNode, NodeAttrs, RenameMode, SetAttr, Store, DB_DIR_NAME};
+pub use sync_index::{PathVersion, PeerRecord};

@@ -24,6 +24,8 @@ pub struct FormatRecord {
     pub device: DeviceId,
     /// When the store was created.
     pub created_at: Timestamp,
+    /// This store's identity as an index for peers (random).
+    pub index_id: u64,
 }
 
 /// Persisted allocation counters.

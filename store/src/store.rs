@@ -25,6 +25,7 @@ pub struct Store {
     db: DB,
     data_dir: PathBuf,
     device: DeviceId,
+    index_id: u64,
     writer: Mutex<Counters>,
     /// Opened as a read-only snapshot: every mutation fails with `ReadOnly`.
     read_only: bool,
@@ -112,13 +113,21 @@ pub enum Change {
 
 /// Pending writes of one operation plus the inodes it has touched, so that
 /// later steps of the same operation read their own writes.
-struct Txn<'s> {
-    store: &'s Store,
-    batch: WriteBatch,
+pub(crate) struct Txn<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) batch: WriteBatch,
     inodes: HashMap<u64, Option<Inode>>,
-    counters: Counters,
+    pub(crate) counters: Counters,
+    /// Applying a peer's version: the sync-index entry comes from the peer,
+    /// so the local-change hooks stay quiet.
+    pub(crate) remote: bool,
     /// Blocks put in this batch (dedup within the batch).
     new_blocks: Vec<ContentHash>,
+    /// Directory entries written by this operation (`None`: removed), so
+    /// later steps of the same batch see them.
+    dirents: HashMap<Vec<u8>, Option<DirEntry>>,
+    /// Sync-index entries written by this operation.
+    pub(crate) paths: HashMap<Vec<u8>, crate::sync_index::PathEntry>,
     /// Inodes that lost their last link: deleted at commit, or kept as
     /// orphans if pinned. Decided under the pins lock, atomically with the
     /// write, so a concurrent `lookup_pinned` either keeps them or misses them.
@@ -173,6 +182,7 @@ impl Store {
             db,
             data_dir: data_dir.to_path_buf(),
             device: format.device,
+            index_id: format.index_id,
             writer: Mutex::new(counters),
             read_only: true,
             pins: Mutex::new(HashMap::new()),
@@ -214,7 +224,7 @@ impl Store {
             Some(bytes) => Some(codec::decode(&bytes)?),
             None => None,
         };
-        let (device, counters) = match (format, create_for) {
+        let (device, index_id, counters) = match (format, create_for) {
             (Some(format), _) => {
                 if format.format_version > FORMAT_VERSION {
                     return Err(StoreError::NewerFormat {
@@ -227,13 +237,13 @@ impl Store {
                     Some(bytes) => codec::decode(&bytes)?,
                     None => return Err(StoreError::Corrupt("counters record missing".into())),
                 };
-                (format.device, counters)
+                (format.device, format.index_id, counters)
             }
             // A fresh database, or one whose creation was interrupted before the
             // initial batch (the meta CF is then still empty).
             (None, Some(device)) if !exists || Self::is_empty(&db, meta, data_dir)? => {
-                let counters = Self::initialise(&db, data_dir, device)?;
-                (device, counters)
+                let (counters, index_id) = Self::initialise(&db, data_dir, device)?;
+                (device, index_id, counters)
             }
             (None, _) => return Err(StoreError::NotAStore(data_dir.to_path_buf())),
         };
@@ -241,6 +251,7 @@ impl Store {
             db,
             data_dir: data_dir.to_path_buf(),
             device,
+            index_id,
             writer: Mutex::new(counters),
             read_only: false,
             pins: Mutex::new(HashMap::new()),
@@ -290,7 +301,7 @@ impl Store {
     }
 
     /// Writes the format record, counters and root directory in one synced batch.
-    fn initialise(db: &DB, data_dir: &Path, device: DeviceId) -> Result<Counters> {
+    fn initialise(db: &DB, data_dir: &Path, device: DeviceId) -> Result<(Counters, u64)> {
         let meta = db.cf_handle(keys::CF_META).ok_or_else(|| StoreError::NotAStore(data_dir.to_path_buf()))?;
         let now = Timestamp::now();
         let counters = Counters { next_ino: ROOT_INO + 1, next_seq: 1 };
@@ -315,14 +326,14 @@ impl Store {
             dirty: false,
         };
         let mut batch = WriteBatch::default();
-        let format = FormatRecord { format_version: FORMAT_VERSION, device, created_at: now };
+        let format = FormatRecord { format_version: FORMAT_VERSION, device, created_at: now, index_id: rand::random() };
         batch.put_cf(meta, keys::FORMAT, codec::encode(&format)?);
         batch.put_cf(meta, keys::COUNTERS, codec::encode(&counters)?);
         batch.put_cf(meta, keys::inode(ROOT_INO), codec::encode(&root)?);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         db.write_opt(batch, &wo).map_err(rocks(data_dir))?;
-        Ok(counters)
+        Ok((counters, format.index_id))
     }
 
     /// Removes inodes that were unlinked while open before the last shutdown.
@@ -345,6 +356,26 @@ impl Store {
     /// The device this store belongs to.
     pub fn device(&self) -> DeviceId {
         self.device
+    }
+
+    pub(crate) fn format_index_id(&self) -> u64 {
+        self.index_id
+    }
+
+    /// Visits (key, value) from `start` while keys carry `tag`, until `f` says stop.
+    pub(crate) fn for_each_from(
+        &self,
+        start: &[u8],
+        tag: u8,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        for item in self.db.iterator_cf(self.meta(), IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            if k.first() != Some(&tag) || !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The data directory.
@@ -376,7 +407,7 @@ impl Store {
     }
 
     /// Runs `f` under the writer lock and applies its batch atomically.
-    fn mutate<T>(&self, durable: bool, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn mutate<T>(&self, durable: bool, f: impl FnOnce(&mut Txn<'_>) -> Result<T>) -> Result<T> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -387,6 +418,9 @@ impl Store {
             inodes: HashMap::new(),
             counters: *guard,
             new_blocks: Vec::new(),
+            remote: false,
+            dirents: HashMap::new(),
+            paths: HashMap::new(),
             unlinked: Vec::new(),
         };
         let out = f(&mut txn)?;
@@ -721,53 +755,7 @@ impl Store {
                 return Err(StoreError::Invalid("symlink target must be 1..=4096 bytes without NUL"));
             }
         }
-        self.mutate(false, |txn| {
-            let mut dir = txn.dir(parent)?;
-            if txn.dirent(parent, name)?.is_some() {
-                return Err(StoreError::Exists);
-            }
-            let ino = txn.counters.next_ino;
-            txn.counters.next_ino += 1;
-            let (kind, symlink, rdev) = match node {
-                NewNode::File => (NodeKind::File, Vec::new(), 0),
-                NewNode::Dir => (NodeKind::Dir, Vec::new(), 0),
-                NewNode::Symlink(target) => (NodeKind::Symlink, target.to_vec(), 0),
-                NewNode::Special(kind, rdev) if kind.is_special() => (kind, Vec::new(), rdev),
-                NewNode::Special(..) => return Err(StoreError::Invalid("not a special file kind")),
-            };
-            let mut inode = Inode {
-                ino,
-                kind,
-                perm: attrs.perm & 0o7777,
-                uid: attrs.uid,
-                gid: attrs.gid,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                links: vec![Link { parent, name: name.to_vec() }],
-                subdirs: 0,
-                content: Content::default(),
-                symlink,
-                rdev,
-                file_id: FileId(rand::random::<u128>()),
-                vv: VersionVector::new(),
-                seq: 0,
-                committed_seq: 0,
-                dirty: kind == NodeKind::File,
-            };
-            if kind != NodeKind::File {
-                txn.record_change(&mut inode);
-            }
-            txn.put_dirent(parent, name, DirEntry { ino, kind });
-            if kind == NodeKind::Dir {
-                dir.subdirs += 1;
-            }
-            dir.mtime = now;
-            dir.ctime = now;
-            txn.put_inode(dir);
-            txn.put_inode(inode.clone());
-            Ok(inode)
-        })
+        self.mutate(false, |txn| txn.create_node(parent, name, node, attrs, now))
     }
 
     /// Writes `data` at `offset` into file `ino`; returns the new size.
@@ -847,6 +835,7 @@ impl Store {
             // Unlinked (open) files are already tombstoned: no further changes.
             if synced_change && !node.dirty && node.ino != ROOT_INO && !node.links.is_empty() {
                 txn.record_change(&mut node);
+                txn.links_changed(&node)?;
             }
             txn.put_inode(node.clone());
             Ok(node)
@@ -878,6 +867,7 @@ impl Store {
             txn.batch.put_cf(txn.store.meta(), keys::version(node.file_id, node.seq), codec::encode(&version)?);
             node.committed_seq = node.seq;
             node.dirty = false;
+            txn.links_changed(&node)?;
             let seq = node.seq;
             txn.put_inode(node);
             Ok(Some(seq))
@@ -950,6 +940,10 @@ impl Store {
             node.ctime = now;
             txn.put_dirent(parent, name, DirEntry { ino, kind: node.kind });
             txn.put_inode(node.clone());
+            if node.kind != NodeKind::File || node.committed_seq != 0 {
+                let path = txn.link_path(parent, name)?;
+                txn.path_changed(&path, node.kind, false, now.secs)?;
+            }
             txn.touch_dir(parent, now, 0)?;
             Ok(node)
         })
@@ -989,6 +983,11 @@ impl Store {
                     txn.move_link(dst, new_parent, new_name, parent, name, now)?;
                     txn.put_dirent(new_parent, new_name, src);
                     txn.put_dirent(parent, name, dst);
+                    // Each path was both a source and a target: both hold live versions.
+                    let (a, b) = (txn.inode(src.ino)?, txn.inode(dst.ino)?);
+                    let (pa, pb) = (txn.link_path(new_parent, new_name)?, txn.link_path(parent, name)?);
+                    txn.tree_live(&a, &pa)?;
+                    txn.tree_live(&b, &pb)?;
                     return Ok(());
                 }
                 (_, Some(dst)) if dst.ino == src.ino => return Ok(()),
@@ -1006,7 +1005,7 @@ impl Store {
                 }
                 (_, None) => {}
             }
-            txn.batch.delete_cf(txn.store.meta(), keys::dirent(parent, name));
+            txn.delete_dirent(parent, name);
             txn.move_link(src, parent, name, new_parent, new_name, now)?;
             txn.put_dirent(new_parent, new_name, src);
             Ok(())
@@ -1090,18 +1089,18 @@ impl Txn<'_> {
         written
     }
 
-    fn inode_opt(&mut self, ino: u64) -> Result<Option<Inode>> {
+    pub(crate) fn inode_opt(&mut self, ino: u64) -> Result<Option<Inode>> {
         if let Some(cached) = self.inodes.get(&ino) {
             return Ok(cached.clone());
         }
         self.store.get_record(&keys::inode(ino))
     }
 
-    fn inode(&mut self, ino: u64) -> Result<Inode> {
+    pub(crate) fn inode(&mut self, ino: u64) -> Result<Inode> {
         self.inode_opt(ino)?.ok_or(StoreError::NotFound)
     }
 
-    fn dir(&mut self, ino: u64) -> Result<Inode> {
+    pub(crate) fn dir(&mut self, ino: u64) -> Result<Inode> {
         let node = self.inode(ino)?;
         if node.kind != NodeKind::Dir {
             return Err(StoreError::NotDir);
@@ -1109,7 +1108,7 @@ impl Txn<'_> {
         Ok(node)
     }
 
-    fn file(&mut self, ino: u64) -> Result<Inode> {
+    pub(crate) fn file(&mut self, ino: u64) -> Result<Inode> {
         let node = self.inode(ino)?;
         match node.kind {
             NodeKind::File => Ok(node),
@@ -1118,23 +1117,114 @@ impl Txn<'_> {
         }
     }
 
-    fn put_inode(&mut self, node: Inode) {
+    pub(crate) fn put_inode(&mut self, node: Inode) {
         self.inodes.insert(node.ino, Some(node));
     }
 
-    fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirEntry>> {
-        // Dirents are read from the DB: an operation never reads a dirent it wrote.
-        self.store.get_record(&keys::dirent(parent, name))
+    /// Creates `name` in `parent` (see [`Store::create`]).
+    pub(crate) fn create_node(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        node: NewNode<'_>,
+        attrs: NodeAttrs,
+        now: Timestamp,
+    ) -> Result<Inode> {
+        let txn = self;
+        let mut dir = txn.dir(parent)?;
+        if txn.dirent(parent, name)?.is_some() {
+            return Err(StoreError::Exists);
+        }
+        let ino = txn.counters.next_ino;
+        txn.counters.next_ino += 1;
+        let (kind, symlink, rdev) = match node {
+            NewNode::File => (NodeKind::File, Vec::new(), 0),
+            NewNode::Dir => (NodeKind::Dir, Vec::new(), 0),
+            NewNode::Symlink(target) => (NodeKind::Symlink, target.to_vec(), 0),
+            NewNode::Special(kind, rdev) if kind.is_special() => (kind, Vec::new(), rdev),
+            NewNode::Special(..) => return Err(StoreError::Invalid("not a special file kind")),
+        };
+        let mut inode = Inode {
+            ino,
+            kind,
+            perm: attrs.perm & 0o7777,
+            uid: attrs.uid,
+            gid: attrs.gid,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            links: vec![Link { parent, name: name.to_vec() }],
+            subdirs: 0,
+            content: Content::default(),
+            symlink,
+            rdev,
+            file_id: FileId(rand::random::<u128>()),
+            vv: VersionVector::new(),
+            seq: 0,
+            committed_seq: 0,
+            dirty: kind == NodeKind::File,
+        };
+        if kind != NodeKind::File {
+            txn.record_change(&mut inode);
+        }
+        txn.put_dirent(parent, name, DirEntry { ino, kind });
+        if kind == NodeKind::Dir {
+            dir.subdirs += 1;
+        }
+        dir.mtime = now;
+        dir.ctime = now;
+        txn.put_inode(dir);
+        txn.put_inode(inode.clone());
+        if kind != NodeKind::File {
+            let path = txn.link_path(parent, name)?;
+            txn.path_changed(&path, kind, false, now.secs)?;
+        }
+        Ok(inode)
     }
 
-    fn put_dirent(&mut self, parent: u64, name: &[u8], entry: DirEntry) {
+    pub(crate) fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirEntry>> {
+        let key = keys::dirent(parent, name);
+        if let Some(written) = self.dirents.get(&key) {
+            return Ok(*written);
+        }
+        self.store.get_record(&key)
+    }
+
+    pub(crate) fn put_dirent(&mut self, parent: u64, name: &[u8], entry: DirEntry) {
+        let key = keys::dirent(parent, name);
         match codec::encode(&entry) {
-            Ok(bytes) => self.batch.put_cf(self.store.meta(), keys::dirent(parent, name), bytes),
+            Ok(bytes) => self.batch.put_cf(self.store.meta(), &key, bytes),
             Err(_) => unreachable!("a DirEntry always encodes"),
         }
+        self.dirents.insert(key, Some(entry));
     }
 
-    fn put_block(&mut self, data: &[u8]) -> Result<ContentHash> {
+    pub(crate) fn delete_dirent(&mut self, parent: u64, name: &[u8]) {
+        let key = keys::dirent(parent, name);
+        self.batch.delete_cf(self.store.meta(), &key);
+        self.dirents.insert(key, None);
+    }
+
+    /// Names in `dir`, as this operation sees them (batch included).
+    pub(crate) fn dir_names(&self, dir: u64) -> Result<Vec<(Vec<u8>, DirEntry)>> {
+        let prefix = keys::dirent_prefix(dir);
+        let mut names: std::collections::BTreeMap<Vec<u8>, DirEntry> = std::collections::BTreeMap::new();
+        for (k, v) in self.store.scan_prefix(&prefix)? {
+            names.insert(k[prefix.len()..].to_vec(), codec::decode(&v)?);
+        }
+        for (k, v) in &self.dirents {
+            if k.starts_with(&prefix) {
+                let name = k[prefix.len()..].to_vec();
+                match v {
+                    Some(e) => names.insert(name, *e),
+                    None => names.remove(&name),
+                };
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    pub(crate) fn put_block(&mut self, data: &[u8]) -> Result<ContentHash> {
         let hash = ContentHash::of(data);
         if !self.new_blocks.contains(&hash) && !self.store.has_block(&hash)? {
             self.batch.put_cf(self.store.blocks_cf(), hash.as_bytes(), data);
@@ -1188,7 +1278,7 @@ impl Txn<'_> {
     }
 
     /// Assigns the next sequence number to `node` as its latest change.
-    fn record_change(&mut self, node: &mut Inode) {
+    pub(crate) fn record_change(&mut self, node: &mut Inode) {
         let seq = self.counters.next_seq;
         self.counters.next_seq += 1;
         let meta = self.store.meta();
@@ -1203,7 +1293,7 @@ impl Txn<'_> {
         }
     }
 
-    fn path_of(&mut self, node: &Inode) -> Result<Vec<u8>> {
+    pub(crate) fn path_of(&mut self, node: &Inode) -> Result<Vec<u8>> {
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut link = node.links.first().cloned();
         let mut depth = 0;
@@ -1221,7 +1311,7 @@ impl Txn<'_> {
     }
 
     /// Updates a directory's times and subdirectory count.
-    fn touch_dir(&mut self, dir: u64, now: Timestamp, subdir_delta: i32) -> Result<()> {
+    pub(crate) fn touch_dir(&mut self, dir: u64, now: Timestamp, subdir_delta: i32) -> Result<()> {
         let mut node = self.dir(dir)?;
         node.subdirs = node.subdirs.saturating_add_signed(subdir_delta);
         node.mtime = now;
@@ -1232,7 +1322,7 @@ impl Txn<'_> {
 
     /// Fails if `dir` is `target` or one of its ancestors (a directory cannot
     /// be moved into itself).
-    fn check_not_ancestor(&mut self, dir: u64, target: u64) -> Result<()> {
+    pub(crate) fn check_not_ancestor(&mut self, dir: u64, target: u64) -> Result<()> {
         let mut current = target;
         for _ in 0..4096 {
             if current == dir {
@@ -1258,6 +1348,7 @@ impl Txn<'_> {
         to_name: &[u8],
         now: Timestamp,
     ) -> Result<()> {
+        let old_path = self.link_path(from_parent, from_name)?;
         let mut node = self.inode(entry.ino)?;
         let link = node
             .links
@@ -1270,7 +1361,9 @@ impl Txn<'_> {
         if !node.dirty {
             self.record_change(&mut node);
         }
-        self.put_inode(node);
+        self.put_inode(node.clone());
+        let new_path = self.link_path(to_parent, to_name)?;
+        self.path_moved(&node, &old_path, &new_path)?;
         let moved_dir = i32::from(entry.kind == NodeKind::Dir);
         if from_parent == to_parent {
             self.touch_dir(from_parent, now, 0)
@@ -1283,13 +1376,15 @@ impl Txn<'_> {
     /// Removes the link `(parent, name)` of `ino` and its dirent. With its
     /// last link the inode is tombstoned, then deleted or kept as an orphan
     /// while open.
-    fn remove_link(&mut self, parent: u64, name: &[u8], ino: u64, now: Timestamp) -> Result<()> {
+    pub(crate) fn remove_link(&mut self, parent: u64, name: &[u8], ino: u64, now: Timestamp) -> Result<()> {
         let meta = self.store.meta();
+        let removed_path = self.link_path(parent, name)?;
         let mut node = self.inode(ino)?;
+        self.path_changed(&removed_path, node.kind, true, now.secs)?;
         let path = self.path_of(&node)?;
         node.links.retain(|l| !(l.parent == parent && l.name == name));
         node.ctime = now;
-        self.batch.delete_cf(meta, keys::dirent(parent, name));
+        self.delete_dirent(parent, name);
         if !node.links.is_empty() {
             self.put_inode(node);
             return Ok(());
@@ -1319,7 +1414,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    fn delete_inode(&mut self, ino: u64) {
+    pub(crate) fn delete_inode(&mut self, ino: u64) {
         self.inodes.insert(ino, None);
     }
 }

@@ -183,7 +183,9 @@ fn commit_records_versions_vectors_and_changes() {
     let seq2 = s.commit(a.ino, t(3), false).unwrap().unwrap();
     assert!(seq2 > seq1);
     let node = s.inode(a.ino).unwrap();
-    assert_eq!(node.vv.get(&device()), 2);
+    // A device's counter is the sequence number of its latest change: it
+    // never repeats, even for a path whose history was collected.
+    assert_eq!(node.vv.get(&device()), seq2);
     let versions = s.versions(a.file_id).unwrap();
     assert_eq!(versions.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![seq1, seq2]);
     assert_eq!(versions[0].vv.compare(&versions[1].vv), Causality::Dominated);
@@ -217,7 +219,7 @@ fn unlink_makes_tombstone_and_open_files_survive_until_released() {
     let tomb = s.tombstone(a.file_id).unwrap().unwrap();
     assert_eq!(tomb.path, b"a");
     assert_eq!(tomb.deleted_by, device());
-    assert_eq!(tomb.vv.get(&device()), 2);
+    assert_eq!(tomb.vv.get(&device()), tomb.seq, "the delete is this device's latest change");
     let changes = s.changes_since(0, 10).unwrap();
     assert!(matches!(&changes[..], [(_, Change::Deleted(t))] if t.file_id == a.file_id));
     assert_clean(s);
@@ -485,4 +487,93 @@ fn newer_format_is_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn entry(s: &Store, p: &str) -> Option<PathVersion> {
+    s.path_version(p.as_bytes()).unwrap()
+}
+
+#[test]
+fn the_sync_index_follows_every_change_by_path() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a.md");
+    assert!(entry(s, "a.md").is_none(), "an uncommitted file is not announced");
+    s.write(a.ino, 0, b"one", t(2)).unwrap();
+    s.commit(a.ino, t(2), false).unwrap();
+    let e1 = entry(s, "a.md").unwrap();
+    assert!(!e1.deleted && e1.size == 3 && e1.dot.0 == device());
+    // Rename over an existing, synced file: the new version there has seen
+    // the replaced one, and the old path is deleted.
+    let b = file(s, ROOT_INO, "b.md");
+    s.commit(b.ino, t(2), false).unwrap();
+    let old_b = entry(s, "b.md").unwrap();
+    s.rename(ROOT_INO, b"a.md", ROOT_INO, b"b.md", RenameMode::Replace, t(3)).unwrap();
+    assert!(entry(s, "a.md").unwrap().deleted);
+    let new_b = entry(s, "b.md").unwrap();
+    assert_eq!(new_b.vv.compare(&old_b.vv), Causality::Dominates);
+    assert_eq!(new_b.blocks, e1.blocks, "a rename reuses the blocks");
+    // Directory rename moves the whole subtree.
+    let d = mkdir(s, ROOT_INO, "d");
+    let inner = file(s, d.ino, "x.md");
+    s.commit(inner.ino, t(4), false).unwrap();
+    s.rename(ROOT_INO, b"d", ROOT_INO, b"e", RenameMode::Replace, t(5)).unwrap();
+    assert!(entry(s, "d").unwrap().deleted && entry(s, "d/x.md").unwrap().deleted);
+    assert!(!entry(s, "e").unwrap().deleted && !entry(s, "e/x.md").unwrap().deleted);
+    // Exchange: both paths stay live.
+    s.rename(ROOT_INO, b"b.md", ROOT_INO, b"e", RenameMode::Exchange, t(6)).unwrap();
+    assert_eq!(entry(s, "b.md").unwrap().kind, NodeKind::Dir);
+    assert!(!entry(s, "b.md/x.md").unwrap().deleted && !entry(s, "e").unwrap().deleted);
+    // Names that are not UTF-8 stay local.
+    let odd = s.create(ROOT_INO, b"\xff.bin", NewNode::File, NodeAttrs::perm(0o644), t(7)).unwrap();
+    s.commit(odd.ino, t(7), false).unwrap();
+    assert!(s.path_versions(false).unwrap().iter().all(|(_, v)| std::str::from_utf8(&v.path).is_ok()));
+    assert_clean(s);
+    // Sequence order lists each path once, at its latest change.
+    let since = s.path_versions_since(0, 1000).unwrap();
+    let paths: std::collections::HashSet<_> = since.iter().map(|(_, v)| v.path.clone()).collect();
+    assert_eq!(paths.len(), since.len());
+}
+
+#[test]
+fn remote_versions_install_atomically_with_their_structure() {
+    let src = fixture();
+    let a = file(&src.store, ROOT_INO, "n.md");
+    src.store.write(a.ino, 0, &vec![5u8; 100_000], t(1)).unwrap();
+    src.store.commit(a.ino, t(1), false).unwrap();
+    let v = entry(&src.store, "n.md").unwrap();
+    let dst = fixture();
+    let mut dir_vv = psync_base::VersionVector::new();
+    dir_vv.set(DeviceId([9; 32]), 4);
+    let dir = PathVersion {
+        path: b"notes".to_vec(),
+        kind: NodeKind::Dir,
+        deleted: false,
+        vv: dir_vv,
+        dot: (DeviceId([9; 32]), 4),
+        size: 0,
+        blocks: vec![],
+        symlink: vec![],
+        perm: 0o755,
+        mtime: 1,
+    };
+    let moved = PathVersion { path: b"notes/n.md".to_vec(), ..v.clone() };
+    // Blocks must be present first.
+    for hash in v.blocks.iter().flatten() {
+        let data = src.store.block(hash).unwrap();
+        dst.store.put_verified_block(hash, &data).unwrap();
+    }
+    assert!(dst.store.put_verified_block(&v.blocks[0].unwrap(), b"wrong").is_err());
+    dst.store.install_versions(&[dir.clone(), moved.clone()], t(2)).unwrap();
+    let node = dst.store.resolve(b"notes/n.md").unwrap();
+    assert_eq!(dst.store.read(node.ino, 0, 200_000).unwrap(), vec![5u8; 100_000]);
+    let got = entry(&dst.store, "notes/n.md").unwrap();
+    assert_eq!((got.vv.clone(), got.dot, got.blocks.clone()), (moved.vv.clone(), moved.dot, moved.blocks.clone()));
+    assert_eq!(dst.store.versions(node.file_id).unwrap().len(), 1, "a remote version is history too");
+    // A remote delete removes the file; the entry remembers it.
+    let gone = PathVersion { deleted: true, size: 0, blocks: vec![], ..got };
+    dst.store.install_versions(&[gone], t(3)).unwrap();
+    assert!(matches!(dst.store.resolve(b"notes/n.md"), Err(StoreError::NotFound)));
+    assert!(entry(&dst.store, "notes/n.md").unwrap().deleted);
+    assert_clean(&dst.store);
 }

@@ -1,0 +1,283 @@
+//! The RocksDB store seen through the sync core's storage trait: converts
+//! the store's path versions to the protocol's records and back. Glue only;
+//! the index itself is kept by the store, in the same batches as the
+//! filesystem's changes.
+
+use std::sync::Arc;
+
+use psync_base::{ContentHash, DeviceId};
+use psync_store::{NodeKind, PathVersion, PeerRecord, Store, Timestamp};
+use psync_sync::{FileRecord, PeerState, RecordKind, StorageError, SyncPath, SyncStorage, VersionId};
+
+/// A store as sync storage.
+#[derive(Debug, Clone)]
+pub struct StoreSync {
+    store: Arc<Store>,
+}
+
+impl StoreSync {
+    /// Wraps `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+fn to_record(v: PathVersion) -> Result<FileRecord, StorageError> {
+    let text = String::from_utf8(v.path).map_err(|_| StorageError("a non-UTF-8 path in the sync index".into()))?;
+    let kind = match v.kind {
+        NodeKind::File => RecordKind::File,
+        NodeKind::Dir => RecordKind::Dir,
+        NodeKind::Symlink => RecordKind::Symlink,
+        other => return Err(StorageError(format!("{other:?} in the sync index"))),
+    };
+    Ok(FileRecord {
+        path: SyncPath::new(&text).map_err(err)?,
+        kind,
+        deleted: v.deleted,
+        vv: v.vv,
+        version: VersionId { device: v.dot.0, counter: v.dot.1 },
+        size: v.size,
+        blocks: v.blocks,
+        symlink: v.symlink,
+        perm: v.perm,
+        mtime: v.mtime,
+    })
+}
+
+fn from_record(r: FileRecord) -> PathVersion {
+    PathVersion {
+        path: r.path.as_str().as_bytes().to_vec(),
+        kind: match r.kind {
+            RecordKind::File => NodeKind::File,
+            RecordKind::Dir => NodeKind::Dir,
+            RecordKind::Symlink => NodeKind::Symlink,
+        },
+        deleted: r.deleted,
+        vv: r.vv,
+        dot: (r.version.device, r.version.counter),
+        size: r.size,
+        blocks: r.blocks,
+        symlink: r.symlink,
+        perm: r.perm,
+        mtime: r.mtime,
+    }
+}
+
+impl SyncStorage for StoreSync {
+    fn device(&self) -> DeviceId {
+        self.store.device()
+    }
+
+    fn index_id(&self) -> u64 {
+        self.store.index_id()
+    }
+
+    fn seq(&self) -> u64 {
+        self.store.current_seq()
+    }
+
+    fn record(&self, path: &SyncPath) -> Result<Option<FileRecord>, StorageError> {
+        self.store.path_version(path.as_str().as_bytes()).map_err(err)?.map(to_record).transpose()
+    }
+
+    fn records_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, FileRecord)>, StorageError> {
+        let versions = self.store.path_versions_since(since, limit).map_err(err)?;
+        versions.into_iter().map(|(seq, v)| Ok((seq, to_record(v)?))).collect()
+    }
+
+    fn live_records(&self) -> Result<Vec<FileRecord>, StorageError> {
+        let versions = self.store.path_versions(false).map_err(err)?;
+        versions.into_iter().map(|(_, v)| to_record(v)).collect()
+    }
+
+    fn has_live_children(&self, dir: &SyncPath) -> Result<bool, StorageError> {
+        self.store.has_live_path_below(dir.as_str().as_bytes()).map_err(err)
+    }
+
+    fn tombstones(&self) -> Result<Vec<(u64, FileRecord)>, StorageError> {
+        let versions = self.store.path_versions(true).map_err(err)?;
+        versions.into_iter().map(|(seq, v)| Ok((seq, to_record(v)?))).collect()
+    }
+
+    fn has_block(&self, hash: &ContentHash) -> Result<bool, StorageError> {
+        self.store.has_block(hash).map_err(err)
+    }
+
+    fn block(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.store.block(hash) {
+            Ok(data) => Ok(Some(data)),
+            Err(psync_store::StoreError::Corrupt(_)) if !self.store.has_block(hash).map_err(err)? => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError> {
+        self.store.put_verified_block(&hash, &data).map_err(err)
+    }
+
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<(), StorageError> {
+        let versions: Vec<PathVersion> = records.into_iter().map(from_record).collect();
+        self.store.install_versions(&versions, Timestamp::now()).map_err(err)
+    }
+
+    fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {
+        let paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_str().as_bytes().to_vec()).collect();
+        self.store.drop_deleted_paths(&paths).map_err(err)
+    }
+
+    fn peer_state(&self, peer: &DeviceId) -> Result<PeerState, StorageError> {
+        let r = self.store.peer_record(peer).map_err(err)?;
+        Ok(PeerState { index_id: r.index_id, applied: r.applied, acked: r.acked })
+    }
+
+    fn set_peer_state(&mut self, peer: &DeviceId, state: PeerState) -> Result<(), StorageError> {
+        let record = PeerRecord { index_id: state.index_id, applied: state.applied, acked: state.acked };
+        self.store.set_peer_record(peer, record).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psync_store::{NewNode, NodeAttrs, RenameMode, ROOT_INO};
+    use psync_sync::{Input, Output, SyncConfig, SyncCore};
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        core: SyncCore<StoreSync>,
+    }
+
+    fn devices(n: u8) -> Vec<Device> {
+        let ids: Vec<DeviceId> = (1..=n).map(|i| DeviceId([i; 32])).collect();
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Arc::new(Store::open_or_create(dir.path(), *id).unwrap());
+                let core =
+                    SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, 1_000_000);
+                Device { _dir: dir, store, core }
+            })
+            .collect()
+    }
+
+    /// Connects everyone and delivers messages in order until quiet.
+    fn run(devs: &mut [Device], now: &mut u64, connect: bool) {
+        let ids: Vec<DeviceId> = devs.iter().map(|d| d.store.device()).collect();
+        if connect {
+            for a in 0..devs.len() {
+                for b in 0..devs.len() {
+                    if a != b {
+                        devs[a].core.handle(*now, Input::Connected(ids[b])).unwrap();
+                    }
+                }
+            }
+        }
+        for _ in 0..2000 {
+            let mut moved = false;
+            for i in 0..devs.len() {
+                while let Some(out) = devs[i].core.poll_output() {
+                    if let Output::Send(to, msg) = out {
+                        moved = true;
+                        let j = ids.iter().position(|d| *d == to).unwrap();
+                        devs[j].core.handle(*now, Input::Message(ids[i], msg)).unwrap();
+                    }
+                }
+            }
+            if !moved {
+                *now += 50;
+                for d in devs.iter_mut() {
+                    d.core.handle_timeout(*now).unwrap();
+                }
+            }
+        }
+    }
+
+    fn write(d: &Device, parent: u64, name: &str, data: &[u8]) -> u64 {
+        let now = Timestamp::now();
+        let node = match d.store.lookup(parent, name.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => d.store.create(parent, name.as_bytes(), NewNode::File, NodeAttrs::perm(0o644), now).unwrap(),
+        };
+        d.store.truncate(node.ino, 0, now).unwrap();
+        d.store.write(node.ino, 0, data, now).unwrap();
+        d.store.commit(node.ino, now, false).unwrap();
+        node.ino
+    }
+
+    fn read(d: &Device, path: &str) -> Option<Vec<u8>> {
+        let node = d.store.resolve(path.as_bytes()).ok()?;
+        Some(d.store.read(node.ino, 0, u32::MAX).unwrap())
+    }
+
+    #[test]
+    fn two_rocksdb_stores_converge_through_the_sync_core() {
+        let mut devs = devices(2);
+        let mut now = 1_000_000;
+        let notes =
+            devs[0].store.create(ROOT_INO, b"notes", NewNode::Dir, NodeAttrs::perm(0o755), Timestamp::now()).unwrap();
+        write(&devs[0], notes.ino, "a.md", b"# A");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        write(&devs[0], ROOT_INO, "paper.pdf", &big);
+        devs[0].core.handle(now, Input::LocalChanged).unwrap();
+        run(&mut devs, &mut now, true);
+        assert_eq!(read(&devs[1], "notes/a.md").unwrap(), b"# A");
+        assert_eq!(read(&devs[1], "paper.pdf").unwrap(), big);
+
+        // A rename on 1 arrives on 0 without data being re-sent.
+        let now_ts = Timestamp::now();
+        devs[1].store.rename(ROOT_INO, b"paper.pdf", ROOT_INO, b"renamed.pdf", RenameMode::Replace, now_ts).unwrap();
+        devs[1].core.handle(now, Input::LocalChanged).unwrap();
+        run(&mut devs, &mut now, false);
+        assert_eq!(read(&devs[0], "renamed.pdf").unwrap(), big);
+        assert!(read(&devs[0], "paper.pdf").is_none());
+
+        // Concurrent edits: both kept, the same way on both devices.
+        write(&devs[0], notes.ino, "a.md", b"edit on 0");
+        let notes1 = devs[1].store.resolve(b"notes").unwrap().ino;
+        write(&devs[1], notes1, "a.md", b"edit on 1");
+        for d in devs.iter_mut() {
+            d.core.handle(now, Input::LocalChanged).unwrap();
+        }
+        run(&mut devs, &mut now, false);
+        let listing = |d: &Device| {
+            let notes = d.store.resolve(b"notes").unwrap();
+            let mut names: Vec<(Vec<u8>, Vec<u8>)> = d
+                .store
+                .read_dir(notes.ino, None, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(name, e)| (name, d.store.read(e.ino, 0, 1000).unwrap()))
+                .collect();
+            names.sort();
+            names
+        };
+        let (l0, l1) = (listing(&devs[0]), listing(&devs[1]));
+        assert_eq!(l0, l1);
+        assert_eq!(l0.len(), 2, "{l0:?}");
+        let contents: Vec<&[u8]> = l0.iter().map(|(_, c)| c.as_slice()).collect();
+        assert!(contents.contains(&&b"edit on 0"[..]) && contents.contains(&&b"edit on 1"[..]));
+
+        // A delete propagates.
+        devs[0].store.unlink(ROOT_INO, b"renamed.pdf", Timestamp::now()).unwrap();
+        devs[0].core.handle(now, Input::LocalChanged).unwrap();
+        run(&mut devs, &mut now, false);
+        assert!(read(&devs[1], "renamed.pdf").is_none());
+        for d in &devs {
+            let report = d.store.fsck().unwrap();
+            assert!(report.is_clean(), "{:?}", report.problems);
+        }
+        let (r0, r1) = (devs[0].core.root().unwrap(), devs[1].core.root().unwrap());
+        assert_eq!(r0, r1, "identical trees");
+    }
+}
