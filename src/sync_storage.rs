@@ -175,10 +175,10 @@ mod tests {
     fn run(devs: &mut [Device], now: &mut u64, connect: bool) {
         let ids: Vec<DeviceId> = devs.iter().map(|d| d.store.device()).collect();
         if connect {
-            for a in 0..devs.len() {
-                for b in 0..devs.len() {
+            for (a, dev) in devs.iter_mut().enumerate() {
+                for (b, id) in ids.iter().enumerate() {
                     if a != b {
-                        devs[a].core.handle(*now, Input::Connected(ids[b])).unwrap();
+                        dev.core.handle(*now, Input::Connected(*id)).unwrap();
                     }
                 }
             }
