@@ -167,17 +167,7 @@ impl Store {
             Some(bytes) => codec::decode(&bytes)?,
             None => return Err(StoreError::NotAStore(data_dir.to_path_buf())),
         };
-        if format.format_version > FORMAT_VERSION {
-            return Err(StoreError::NewerFormat {
-                path: data_dir.to_path_buf(),
-                found: format.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let counters: Counters = match db.get_cf(meta, keys::COUNTERS).map_err(rocks(data_dir))? {
-            Some(bytes) => codec::decode(&bytes)?,
-            None => return Err(StoreError::Corrupt("counters record missing".into())),
-        };
+        let counters = Self::check_format_and_load_counters(&db, meta, data_dir, &format)?;
         Ok(Store {
             db,
             data_dir: data_dir.to_path_buf(),
@@ -226,17 +216,7 @@ impl Store {
         };
         let (device, index_id, counters) = match (format, create_for) {
             (Some(format), _) => {
-                if format.format_version > FORMAT_VERSION {
-                    return Err(StoreError::NewerFormat {
-                        path: data_dir.to_path_buf(),
-                        found: format.format_version,
-                        supported: FORMAT_VERSION,
-                    });
-                }
-                let counters: Counters = match db.get_cf(meta, keys::COUNTERS).map_err(rocks(data_dir))? {
-                    Some(bytes) => codec::decode(&bytes)?,
-                    None => return Err(StoreError::Corrupt("counters record missing".into())),
-                };
+                let counters = Self::check_format_and_load_counters(&db, meta, data_dir, &format)?;
                 (format.device, format.index_id, counters)
             }
             // A fresh database, or one whose creation was interrupted before the
@@ -290,6 +270,26 @@ impl Store {
             ColumnFamilyDescriptor::new(keys::CF_BLOCKS, blocks),
         ];
         (opts, cfs)
+    }
+
+    /// Refuses a store from a newer psync; loads the allocation counters.
+    fn check_format_and_load_counters(
+        db: &DB,
+        meta: &ColumnFamily,
+        data_dir: &Path,
+        format: &FormatRecord,
+    ) -> Result<Counters> {
+        if format.format_version > FORMAT_VERSION {
+            return Err(StoreError::NewerFormat {
+                path: data_dir.to_path_buf(),
+                found: format.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        match db.get_cf(meta, keys::COUNTERS).map_err(rocks(data_dir))? {
+            Some(bytes) => Ok(codec::decode(&bytes)?),
+            None => Err(StoreError::Corrupt("counters record missing".into())),
+        }
     }
 
     fn is_empty(db: &DB, meta: &ColumnFamily, data_dir: &Path) -> Result<bool> {

@@ -674,18 +674,7 @@ impl<S: SyncStorage> SyncCore<S> {
 
     fn dir_record(&self, path: SyncPath, base: &psync_base::VersionVector, perm: u32, mtime: i64) -> FileRecord {
         let (vv, version) = self.own_version(base);
-        FileRecord {
-            path,
-            kind: RecordKind::Dir,
-            deleted: false,
-            vv,
-            version,
-            size: 0,
-            blocks: Vec::new(),
-            symlink: Vec::new(),
-            perm,
-            mtime,
-        }
+        FileRecord::dir(path, vv, version, perm, mtime)
     }
 
     /// Installs records atomically, keeping the tree whole: a live record's

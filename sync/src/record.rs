@@ -56,6 +56,22 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// A live directory record.
+    pub fn dir(path: SyncPath, vv: VersionVector, version: VersionId, perm: u32, mtime: i64) -> FileRecord {
+        FileRecord {
+            path,
+            kind: RecordKind::Dir,
+            deleted: false,
+            vv,
+            version,
+            size: 0,
+            blocks: Vec::new(),
+            symlink: Vec::new(),
+            perm,
+            mtime,
+        }
+    }
+
     /// Whether two records hold the same thing (ignoring history).
     pub fn same_content(&self, other: &FileRecord) -> bool {
         self.kind == other.kind

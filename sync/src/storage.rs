@@ -153,18 +153,7 @@ impl MemStorage {
     /// Local mkdir.
     pub fn local_mkdir(&mut self, path: &SyncPath, mtime: i64) -> FileRecord {
         let (vv, version) = self.next_version(path);
-        let record = FileRecord {
-            path: path.clone(),
-            kind: RecordKind::Dir,
-            deleted: false,
-            vv,
-            version,
-            size: 0,
-            blocks: Vec::new(),
-            symlink: Vec::new(),
-            perm: 0o755,
-            mtime,
-        };
+        let record = FileRecord::dir(path.clone(), vv, version, 0o755, mtime);
         self.put(record.clone());
         record
     }
