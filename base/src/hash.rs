@@ -7,6 +7,8 @@ pub struct ContentHash(pub [u8; 32]);
 
 /// Serde for a newtype over `[u8; 32]` as a 32-byte string (serde would
 /// otherwise treat the array as a 32-tuple and decode it element by element).
+/// The using crate needs `serde` as a dependency.
+#[macro_export]
 macro_rules! bytes32_serde {
     ($ty:ident) => {
         impl serde::Serialize for $ty {
@@ -36,7 +38,6 @@ macro_rules! bytes32_serde {
         }
     };
 }
-pub(crate) use bytes32_serde;
 
 bytes32_serde!(ContentHash);
 

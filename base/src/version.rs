@@ -10,7 +10,7 @@ use crate::ContentHash;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(pub [u8; 32]);
 
-crate::hash::bytes32_serde!(DeviceId);
+crate::bytes32_serde!(DeviceId);
 
 impl DeviceId {
     /// A fresh random id, for a store created before the device has keys.

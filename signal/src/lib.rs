@@ -1,3 +1,16 @@
-//! The signalling server and its client (see ARCHITECTURE.md).
+//! Device identity and group membership, and (next) the signalling server
+//! and its client.
 //!
-//! Not built yet: the signalling issue fills this crate.
+//! **Invariant:** nothing here trusts the signalling server: group
+//! membership is a log signed by members, relayed messages are signed
+//! end to end by their sender, and peers pin each other's DTLS certificate
+//! fingerprints from the log.
+#![deny(missing_docs)]
+
+pub mod envelope;
+pub mod identity;
+pub mod roster;
+
+pub use envelope::{Envelope, EnvelopeError, ReplayGuard};
+pub use identity::{readable_id, DeviceKey, IdentityError, PublicKey, SignatureBytes};
+pub use roster::{Member, Role, Roster, RosterEntry, RosterError, RosterOp};
