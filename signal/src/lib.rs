@@ -10,6 +10,7 @@
 pub mod envelope;
 pub mod identity;
 pub mod roster;
+pub mod server;
 
 pub use envelope::{Envelope, EnvelopeError, ReplayGuard};
 pub use identity::{readable_id, DeviceKey, IdentityError, PublicKey, SignatureBytes};

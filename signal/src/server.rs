@@ -1,0 +1,391 @@
+//! The signalling server's logic as a state machine: connection events and
+//! client messages in, messages, closes and persistence requests out. The
+//! WebSocket shell only moves frames and writes what it is asked to persist.
+//!
+//! What the server may know: which keys are members of which group (the
+//! roster log, which it stores but cannot forge), who is online. What it
+//! cannot do: add anyone to a group, read or alter relayed messages (they
+//! are signed end to end), or answer anything about a group to a device that
+//! has not proved, by signing a fresh nonce, that it is an active member.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use psync_base::{codec, ContentHash};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::identity::{PublicKey, SignatureBytes};
+use crate::roster::{Roster, RosterEntry};
+
+/// Signature domain of logins.
+pub const LOGIN_DOMAIN: &str = "psync/signal-auth/v1";
+/// Protocol version of client-server messages.
+pub const SIGNAL_PROTOCOL: u32 = 1;
+/// Largest client frame the server accepts.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// A connection silent this long is closed (clients ping every 15 s).
+pub const IDLE_TIMEOUT_MS: u64 = 45_000;
+/// Messages per second a connection may send (burst of the same size).
+pub const MESSAGES_PER_SECOND: u32 = 50;
+/// Groups a server holds at most.
+pub const MAX_GROUPS: usize = 10_000;
+/// Roster entries a group may have.
+pub const MAX_ROSTER_ENTRIES: usize = 10_000;
+
+/// A connection, numbered by the shell.
+pub type ConnId = u64;
+
+/// From a device to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Founds a group: its roster log (verified by the server, new id only).
+    Register {
+        /// The log (its first entry names the group).
+        entries: Vec<RosterEntry>,
+    },
+    /// Proves membership: a signature over the connection's challenge.
+    Login {
+        /// The group.
+        group: ContentHash,
+        /// The device.
+        key: PublicKey,
+        /// Over `LOGIN_DOMAIN`, server id, nonce, group and key.
+        signature: SignatureBytes,
+    },
+    /// Appends a member-signed entry to the group's roster.
+    Append {
+        /// The entry.
+        entry: RosterEntry,
+    },
+    /// Relays a signed envelope to an online member of the group.
+    Relay {
+        /// The envelope.
+        envelope: Envelope,
+    },
+    /// Keeps the connection alive.
+    Ping,
+}
+
+/// Why the server refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame did not decode or was too large.
+    Malformed,
+    /// Not logged in, or the login failed.
+    Unauthorized,
+    /// The group does not exist here.
+    UnknownGroup,
+    /// The roster entry or log was refused.
+    BadRoster,
+    /// The recipient is not online.
+    NotOnline,
+    /// Too many messages.
+    RateLimited,
+    /// The group exists already.
+    Exists,
+    /// A server limit was reached.
+    Full,
+}
+
+/// From the server to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Sent on connect: sign `nonce` to log in.
+    Challenge {
+        /// Protocol version.
+        protocol: u32,
+        /// This server's identity (part of what is signed).
+        server_id: [u8; 16],
+        /// Single-use nonce for this connection.
+        nonce: [u8; 32],
+    },
+    /// Logged in: the group's roster log and who is online.
+    Welcome {
+        /// The roster log.
+        roster: Vec<RosterEntry>,
+        /// Members online now.
+        online: Vec<PublicKey>,
+    },
+    /// A group was registered.
+    Registered {
+        /// Its id.
+        group: ContentHash,
+    },
+    /// A member came online.
+    Online(PublicKey),
+    /// A member went offline.
+    Offline(PublicKey),
+    /// A new roster entry (from any member).
+    RosterAppended(RosterEntry),
+    /// A relayed envelope for this device.
+    Relayed(Envelope),
+    /// Answer to `Ping`.
+    Pong,
+    /// Something was refused.
+    Error {
+        /// What kind.
+        code: ErrorCode,
+        /// For logs and users.
+        message: String,
+    },
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOut {
+    /// Send this on that connection.
+    Send(ConnId, ServerMsg),
+    /// Close that connection.
+    Close(ConnId, String),
+    /// Write this group's roster log to disk.
+    Persist(ContentHash),
+}
+
+#[derive(Debug)]
+struct Conn {
+    nonce: [u8; 32],
+    member: Option<(ContentHash, PublicKey)>,
+    last_seen: u64,
+    tokens: f64,
+    tokens_at: u64,
+}
+
+/// The server's state.
+#[derive(Debug)]
+pub struct ServerState {
+    server_id: [u8; 16],
+    groups: BTreeMap<ContentHash, Roster>,
+    conns: BTreeMap<ConnId, Conn>,
+    online: BTreeMap<ContentHash, BTreeMap<PublicKey, ConnId>>,
+    out: Vec<ServerOut>,
+}
+
+/// The bytes a device signs to log in.
+pub fn login_message(server_id: &[u8; 16], nonce: &[u8; 32], group: &ContentHash, key: &PublicKey) -> Vec<u8> {
+    [server_id.as_slice(), nonce.as_slice(), group.as_bytes().as_slice(), key.0.as_slice()].concat()
+}
+
+impl ServerState {
+    /// A server with these groups (loaded from disk by the shell).
+    pub fn new(server_id: [u8; 16], groups: Vec<Roster>) -> Self {
+        Self {
+            server_id,
+            groups: groups.into_iter().map(|r| (r.group_id(), r)).collect(),
+            conns: BTreeMap::new(),
+            online: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// A group's roster.
+    pub fn roster(&self, group: &ContentHash) -> Option<&Roster> {
+        self.groups.get(group)
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        self.out.push(ServerOut::Send(conn, msg));
+    }
+
+    fn error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
+        self.send(conn, ServerMsg::Error { code, message: message.into() });
+    }
+
+    /// A new connection: it gets a challenge.
+    pub fn connected(&mut self, conn: ConnId, nonce: [u8; 32], now: u64) -> Vec<ServerOut> {
+        self.conns.insert(
+            conn,
+            Conn { nonce, member: None, last_seen: now, tokens: f64::from(MESSAGES_PER_SECOND), tokens_at: now },
+        );
+        self.send(conn, ServerMsg::Challenge { protocol: SIGNAL_PROTOCOL, server_id: self.server_id, nonce });
+        std::mem::take(&mut self.out)
+    }
+
+    /// A connection ended.
+    pub fn disconnected(&mut self, conn: ConnId) -> Vec<ServerOut> {
+        if let Some(Conn { member: Some((group, key)), .. }) = self.conns.remove(&conn) {
+            let gone = self.online.get_mut(&group).is_some_and(|m| {
+                if m.get(&key) == Some(&conn) {
+                    m.remove(&key);
+                    true
+                } else {
+                    false
+                }
+            });
+            if gone {
+                self.announce(&group, ServerMsg::Offline(key), None);
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn announce(&mut self, group: &ContentHash, msg: ServerMsg, except: Option<ConnId>) {
+        let targets: Vec<ConnId> = self
+            .online
+            .get(group)
+            .map(|m| m.values().copied().filter(|c| Some(*c) != except).collect())
+            .unwrap_or_default();
+        for t in targets {
+            self.send(t, msg.clone());
+        }
+    }
+
+    /// A frame from a connection.
+    pub fn frame(&mut self, conn: ConnId, bytes: &[u8], now: u64) -> Vec<ServerOut> {
+        let Some(c) = self.conns.get_mut(&conn) else { return Vec::new() };
+        c.last_seen = now;
+        let elapsed = now.saturating_sub(c.tokens_at) as f64 / 1000.0;
+        c.tokens = (c.tokens + elapsed * f64::from(MESSAGES_PER_SECOND)).min(f64::from(MESSAGES_PER_SECOND));
+        c.tokens_at = now;
+        if c.tokens < 1.0 {
+            self.error(conn, ErrorCode::RateLimited, "too many messages");
+            self.out.push(ServerOut::Close(conn, "rate limited".into()));
+            return std::mem::take(&mut self.out);
+        }
+        c.tokens -= 1.0;
+        if bytes.len() > MAX_FRAME_BYTES {
+            self.error(conn, ErrorCode::Malformed, "frame too large");
+            self.out.push(ServerOut::Close(conn, "frame too large".into()));
+            return std::mem::take(&mut self.out);
+        }
+        match codec::decode::<ClientMsg>(bytes) {
+            Ok(msg) => self.message(conn, msg),
+            Err(e) => {
+                self.error(conn, ErrorCode::Malformed, format!("undecodable message: {e}"));
+                self.out.push(ServerOut::Close(conn, "malformed message".into()));
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn message(&mut self, conn: ConnId, msg: ClientMsg) {
+        let member = self.conns.get(&conn).and_then(|c| c.member);
+        match (msg, member) {
+            (ClientMsg::Ping, _) => self.send(conn, ServerMsg::Pong),
+            (ClientMsg::Register { entries }, _) => self.register(conn, entries),
+            (ClientMsg::Login { group, key, signature }, None) => self.login(conn, group, key, signature),
+            (ClientMsg::Login { .. }, Some(_)) => self.error(conn, ErrorCode::Unauthorized, "already logged in"),
+            (ClientMsg::Append { entry }, Some((group, key))) => self.append(conn, group, key, entry),
+            (ClientMsg::Relay { envelope }, Some((group, key))) => self.relay(conn, group, key, envelope),
+            (ClientMsg::Append { .. } | ClientMsg::Relay { .. }, None) => {
+                self.error(conn, ErrorCode::Unauthorized, "log in first");
+            }
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, entries: Vec<RosterEntry>) {
+        if entries.len() > MAX_ROSTER_ENTRIES {
+            return self.error(conn, ErrorCode::BadRoster, "roster too long");
+        }
+        match Roster::from_entries(entries) {
+            Err(e) => self.error(conn, ErrorCode::BadRoster, e.to_string()),
+            Ok(roster) if self.groups.contains_key(&roster.group_id()) => {
+                self.error(conn, ErrorCode::Exists, "group exists");
+            }
+            Ok(_) if self.groups.len() >= MAX_GROUPS => self.error(conn, ErrorCode::Full, "server is full"),
+            Ok(roster) => {
+                let group = roster.group_id();
+                self.groups.insert(group, roster);
+                self.out.push(ServerOut::Persist(group));
+                self.send(conn, ServerMsg::Registered { group });
+            }
+        }
+    }
+
+    fn login(&mut self, conn: ConnId, group: ContentHash, key: PublicKey, signature: SignatureBytes) {
+        let Some(nonce) = self.conns.get(&conn).map(|c| c.nonce) else { return };
+        // Same answer for an unknown group and a non-member: learn nothing.
+        let member = self.groups.get(&group).is_some_and(|r| r.is_active(&key));
+        let signed =
+            key.verify(LOGIN_DOMAIN, &login_message(&self.server_id, &nonce, &group, &key), &signature).is_ok();
+        if !member || !signed {
+            self.error(conn, ErrorCode::Unauthorized, "login refused");
+            self.out.push(ServerOut::Close(conn, "login refused".into()));
+            return;
+        }
+        // One connection per device: a newer login replaces the older.
+        let previous = self.online.entry(group).or_default().insert(key, conn);
+        if let Some(old) = previous.filter(|old| *old != conn) {
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.member = None;
+            }
+            self.out.push(ServerOut::Close(old, "logged in elsewhere".into()));
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.member = Some((group, key));
+        }
+        let roster = self.groups.get(&group).map(|r| r.entries().to_vec()).unwrap_or_default();
+        let online: Vec<PublicKey> = self.online[&group].keys().copied().filter(|k| *k != key).collect();
+        self.send(conn, ServerMsg::Welcome { roster, online });
+        if previous.is_none() {
+            self.announce(&group, ServerMsg::Online(key), Some(conn));
+        }
+    }
+
+    fn append(&mut self, conn: ConnId, group: ContentHash, _key: PublicKey, entry: RosterEntry) {
+        let Some(roster) = self.groups.get_mut(&group) else {
+            return self.error(conn, ErrorCode::UnknownGroup, "unknown group");
+        };
+        if roster.entries().len() >= MAX_ROSTER_ENTRIES {
+            return self.error(conn, ErrorCode::Full, "roster too long");
+        }
+        if let Err(e) = roster.apply(entry.clone()) {
+            return self.error(conn, ErrorCode::BadRoster, e.to_string());
+        }
+        // Revoked devices lose their connection at once.
+        let revoked: Vec<(PublicKey, ConnId)> = self
+            .online
+            .get(&group)
+            .map(|m| m.iter().filter(|(k, _)| !roster.is_active(k)).map(|(k, c)| (*k, *c)).collect())
+            .unwrap_or_default();
+        self.out.push(ServerOut::Persist(group));
+        self.announce(&group, ServerMsg::RosterAppended(entry), None);
+        for (key, c) in revoked {
+            if let Some(m) = self.online.get_mut(&group) {
+                m.remove(&key);
+            }
+            if let Some(conn) = self.conns.get_mut(&c) {
+                conn.member = None;
+            }
+            self.out.push(ServerOut::Close(c, "device removed from the group".into()));
+            self.announce(&group, ServerMsg::Offline(key), None);
+        }
+    }
+
+    fn relay(&mut self, conn: ConnId, group: ContentHash, key: PublicKey, envelope: Envelope) {
+        // The server checks what it can (sender and group); the recipient
+        // checks the signature, freshness and replay.
+        if envelope.from != key || envelope.group != group {
+            return self.error(conn, ErrorCode::Unauthorized, "an envelope must come from its sender, in its group");
+        }
+        match self.online.get(&group).and_then(|m| m.get(&envelope.to)).copied() {
+            Some(target) => self.send(target, ServerMsg::Relayed(envelope)),
+            None => self.error(conn, ErrorCode::NotOnline, "recipient is not online"),
+        }
+    }
+
+    /// Closes connections idle longer than [`IDLE_TIMEOUT_MS`].
+    pub fn tick(&mut self, now: u64) -> Vec<ServerOut> {
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_seen) > IDLE_TIMEOUT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for conn in idle {
+            out.push(ServerOut::Close(conn, "idle".into()));
+            out.extend(self.disconnected(conn));
+        }
+        out
+    }
+
+    /// Groups, for persistence.
+    pub fn group_ids(&self) -> BTreeSet<ContentHash> {
+        self.groups.keys().copied().collect()
+    }
+}

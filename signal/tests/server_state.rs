@@ -1,0 +1,211 @@
+//! The signalling server's logic, driven directly (no sockets).
+
+// Test code: a failed setup step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use psync_base::{codec, ContentHash};
+use psync_signal::server::{
+    login_message, ClientMsg, ConnId, ErrorCode, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN,
+};
+use psync_signal::{DeviceKey, Envelope, Role, Roster, RosterOp};
+
+const NOW: u64 = 1_900_000_000_000;
+
+struct World {
+    server: ServerState,
+    roster: Roster,
+    founder: DeviceKey,
+    laptop: DeviceKey,
+    next_conn: ConnId,
+}
+
+fn frame(msg: &ClientMsg) -> Vec<u8> {
+    codec::encode(msg).unwrap()
+}
+
+fn sent_to(out: &[ServerOut], conn: ConnId) -> Vec<ServerMsg> {
+    out.iter()
+        .filter_map(|o| match o {
+            ServerOut::Send(c, m) if *c == conn => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(out: &[ServerOut], conn: ConnId) -> bool {
+    out.iter().any(|o| matches!(o, ServerOut::Close(c, _) if *c == conn))
+}
+
+impl World {
+    fn new() -> World {
+        let founder = DeviceKey::generate();
+        let laptop = DeviceKey::generate();
+        let mut roster = Roster::create(&founder, "notes", "desktop", "sha-256 AA", 1);
+        let op = RosterOp::Add {
+            key: laptop.public(),
+            name: "laptop".into(),
+            role: Role::Full,
+            dtls_fingerprint: "sha-256 BB".into(),
+        };
+        roster.apply(roster.sign_next(&founder, op, 2)).unwrap();
+        let mut server = ServerState::new([7; 16], vec![]);
+        let out = server.connected(100, [1; 32], NOW);
+        assert!(matches!(sent_to(&out, 100)[0], ServerMsg::Challenge { .. }));
+        let out = server.frame(100, &frame(&ClientMsg::Register { entries: roster.entries().to_vec() }), NOW);
+        assert!(out.contains(&ServerOut::Persist(roster.group_id())));
+        World { server, roster, founder, laptop, next_conn: 1 }
+    }
+
+    /// Connects and logs `key` in; returns the connection and what it got.
+    fn login(&mut self, key: &DeviceKey, group: ContentHash) -> (ConnId, Vec<ServerOut>) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let nonce = [conn as u8; 32];
+        self.server.connected(conn, nonce, NOW);
+        let signature = key.sign(LOGIN_DOMAIN, &login_message(&[7; 16], &nonce, &group, &key.public()));
+        let out = self.server.frame(conn, &frame(&ClientMsg::Login { group, key: key.public(), signature }), NOW);
+        (conn, out)
+    }
+}
+
+#[test]
+fn members_log_in_see_each_other_and_relay_within_the_group() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let (a, out) = w.login(&founder, group);
+    let ServerMsg::Welcome { roster, online } = &sent_to(&out, a)[0] else { panic!("{out:?}") };
+    assert_eq!(roster.len(), 2);
+    assert!(online.is_empty());
+    let laptop = copy_of(&w.laptop);
+    let (b, out) = w.login(&laptop, group);
+    assert!(sent_to(&out, a).contains(&ServerMsg::Online(laptop.public())), "join announced");
+    let ServerMsg::Welcome { online, .. } = &sent_to(&out, b)[0] else { panic!() };
+    assert_eq!(online, &vec![founder.public()]);
+    let envelope = Envelope::seal(&founder, group, laptop.public(), 1, 1, NOW, b"offer".to_vec());
+    let out = w.server.frame(a, &frame(&ClientMsg::Relay { envelope: envelope.clone() }), NOW);
+    assert_eq!(sent_to(&out, b), vec![ServerMsg::Relayed(envelope)]);
+    let out = w.server.disconnected(b);
+    assert!(sent_to(&out, a).contains(&ServerMsg::Offline(laptop.public())), "leave announced");
+}
+
+#[test]
+fn strangers_learn_nothing() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let stranger = DeviceKey::generate();
+    let (s, out) = w.login(&stranger, group);
+    assert!(matches!(sent_to(&out, s)[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }));
+    assert!(closed(&out, s));
+    // An unknown group gets the very same answer.
+    let (u, out) = w.login(&stranger, ContentHash([9; 32]));
+    assert_eq!(sent_to(&out, u), sent_to(&w.login(&stranger, group).1, u + 1));
+    // Nothing before login.
+    let conn = 500;
+    w.server.connected(conn, [5; 32], NOW);
+    let out = w.server.frame(conn, &frame(&ClientMsg::Append { entry: w.roster.entries()[1].clone() }), NOW);
+    assert!(matches!(sent_to(&out, conn)[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }));
+}
+
+#[test]
+fn a_replayed_or_misdirected_login_is_refused() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    // Capture a valid login for connection 1's nonce, replay it on another connection.
+    let founder = copy_of(&w.founder);
+    let signature = founder.sign(LOGIN_DOMAIN, &login_message(&[7; 16], &[1; 32], &group, &founder.public()));
+    w.server.connected(42, [42; 32], NOW);
+    let out = w.server.frame(42, &frame(&ClientMsg::Login { group, key: founder.public(), signature }), NOW);
+    assert!(closed(&out, 42), "a signature over another connection's nonce does not log in");
+    // A signature made for another server id.
+    w.server.connected(43, [43; 32], NOW);
+    let other = founder.sign(LOGIN_DOMAIN, &login_message(&[8; 16], &[43; 32], &group, &founder.public()));
+    let out = w.server.frame(43, &frame(&ClientMsg::Login { group, key: founder.public(), signature: other }), NOW);
+    assert!(closed(&out, 43));
+}
+
+#[test]
+fn the_server_cannot_be_used_to_add_or_impersonate() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let laptop = copy_of(&w.laptop);
+    let (a, _) = w.login(&founder, group);
+    let (b, _) = w.login(&laptop, group);
+    // An unsigned roster entry is refused and changes nothing.
+    let stranger = DeviceKey::generate();
+    let mut forged = w.roster.sign_next(
+        &founder,
+        RosterOp::Add { key: stranger.public(), name: "x".into(), role: Role::Full, dtls_fingerprint: String::new() },
+        3,
+    );
+    forged.signature = psync_signal::SignatureBytes([0; 64]);
+    let out = w.server.frame(a, &frame(&ClientMsg::Append { entry: forged }), NOW);
+    assert!(matches!(sent_to(&out, a)[0], ServerMsg::Error { code: ErrorCode::BadRoster, .. }));
+    assert_eq!(w.server.roster(&group).unwrap().entries().len(), 2);
+    // A device cannot relay in another device's name.
+    let spoofed = Envelope::seal(&laptop, group, founder.public(), 1, 1, NOW, b"x".to_vec());
+    let out = w.server.frame(a, &frame(&ClientMsg::Relay { envelope: spoofed }), NOW);
+    assert!(sent_to(&out, b).is_empty());
+    assert!(matches!(sent_to(&out, a)[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }));
+}
+
+#[test]
+fn a_revoked_device_is_cut_off_and_refused() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let laptop = copy_of(&w.laptop);
+    let (a, _) = w.login(&founder, group);
+    let (b, _) = w.login(&laptop, group);
+    let removal = w.roster.sign_next(&founder, RosterOp::Remove { key: laptop.public() }, 3);
+    let out = w.server.frame(a, &frame(&ClientMsg::Append { entry: removal }), NOW);
+    assert!(closed(&out, b), "the revoked device's connection is closed");
+    assert!(sent_to(&out, a).contains(&ServerMsg::Offline(laptop.public())));
+    let (c, out) = w.login(&laptop, group);
+    assert!(closed(&out, c), "and it cannot log in again");
+}
+
+#[test]
+fn hostile_frames_close_only_their_connection() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let (a, _) = w.login(&founder, group);
+    w.server.connected(77, [77; 32], NOW);
+    let out = w.server.frame(77, &[0xFF, 0xFF, 0xFF], NOW);
+    assert!(closed(&out, 77) && !closed(&out, a));
+    w.server.connected(78, [78; 32], NOW);
+    let out = w.server.frame(78, &vec![0u8; 70 * 1024], NOW);
+    assert!(closed(&out, 78));
+    w.server.connected(79, [79; 32], NOW);
+    let mut limited = false;
+    for _ in 0..200 {
+        limited |= closed(&w.server.frame(79, &frame(&ClientMsg::Ping), NOW), 79);
+    }
+    assert!(limited, "a flood is cut off");
+    let out = w.server.frame(a, &frame(&ClientMsg::Ping), NOW);
+    assert_eq!(sent_to(&out, a), vec![ServerMsg::Pong], "others are unaffected");
+}
+
+#[test]
+fn silent_connections_time_out_and_go_offline() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let laptop = copy_of(&w.laptop);
+    let (a, _) = w.login(&founder, group);
+    let (b, _) = w.login(&laptop, group);
+    w.server.frame(a, &frame(&ClientMsg::Ping), NOW + 40_000);
+    let out = w.server.tick(NOW + 50_000);
+    assert!(closed(&out, b) && !closed(&out, a));
+    assert!(sent_to(&out, a).contains(&ServerMsg::Offline(laptop.public())));
+}
+
+/// The same key again (`DeviceKey` is deliberately not `Clone`).
+fn copy_of(key: &DeviceKey) -> DeviceKey {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    key.save(&path).unwrap();
+    DeviceKey::load(&path).unwrap()
+}
