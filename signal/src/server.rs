@@ -130,8 +130,10 @@ pub enum ServerMsg {
     },
 }
 
-/// What the shell must do.
+/// What the shell must do. Drained at once after each input, so the size
+/// of the `Send` variant costs nothing worth a box per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum ServerOut {
     /// Send this on that connection.
     Send(ConnId, ServerMsg),
