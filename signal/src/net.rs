@@ -1,0 +1,394 @@
+//! The network around [`ServerState`]: a WebSocket server (tokio-tungstenite)
+//! and the client the daemon uses. Thin: frames in and out, persistence,
+//! reconnection. Plain `ws://` only; TLS termination is the next step.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use psync_base::{codec, ContentHash};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::envelope::Envelope;
+use crate::identity::{DeviceKey, PublicKey};
+use crate::roster::{Roster, RosterEntry};
+use crate::server::{
+    login_message, ClientMsg, ConnId, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN, MAX_FRAME_BYTES,
+};
+
+/// Connections one IP address may hold.
+pub const CONNECTIONS_PER_IP: usize = 64;
+
+/// Why the server or the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// File or socket trouble.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// WebSocket trouble.
+    #[error("websocket: {0}")]
+    Ws(String),
+    /// The server said no.
+    #[error("server refused: {0}")]
+    Refused(String),
+    /// A stored roster failed verification.
+    #[error("stored group {0} is invalid: {1}")]
+    BadStoredRoster(String, String),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close,
+}
+
+/// The server's persistent state: one file per group with its roster log.
+#[derive(Debug, Clone)]
+pub struct ServerDir(PathBuf);
+
+impl ServerDir {
+    /// Uses `dir` (created if missing).
+    pub fn new(dir: &Path) -> Result<Self, NetError> {
+        std::fs::create_dir_all(dir.join("groups")).map_err(|e| NetError::Io(dir.display().to_string(), e))?;
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// This server's identity, made once.
+    pub fn server_id(&self) -> Result<[u8; 16], NetError> {
+        let path = self.0.join("server-id");
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(id) = bytes.try_into() {
+                return Ok(id);
+            }
+        }
+        let id: [u8; 16] = rand::random();
+        std::fs::write(&path, id).map_err(|e| NetError::Io(path.display().to_string(), e))?;
+        Ok(id)
+    }
+
+    /// Every stored group, each verified from its first entry.
+    pub fn load_groups(&self) -> Result<Vec<Roster>, NetError> {
+        let dir = self.0.join("groups");
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| NetError::Io(dir.display().to_string(), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "roster") {
+                continue;
+            }
+            let name = path.display().to_string();
+            let bytes = std::fs::read(&path).map_err(|e| NetError::Io(name.clone(), e))?;
+            let log: Vec<RosterEntry> =
+                codec::decode(&bytes).map_err(|e| NetError::BadStoredRoster(name.clone(), e.to_string()))?;
+            out.push(Roster::from_entries(log).map_err(|e| NetError::BadStoredRoster(name, e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a group's log atomically (temp file, fsync, rename).
+    pub fn store(&self, roster: &Roster) -> Result<(), NetError> {
+        let path = self.0.join("groups").join(format!("{}.roster", roster.group_id().to_hex()));
+        let tmp = path.with_extension("tmp");
+        let bytes = codec::encode(&roster.entries().to_vec()).map_err(|e| NetError::Ws(e.to_string()))?;
+        let io = |e| NetError::Io(tmp.display().to_string(), e);
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+}
+
+struct Shared {
+    state: Mutex<ServerState>,
+    conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    dir: ServerDir,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn dispatch(&self, outs: Vec<ServerOut>) {
+        for out in outs {
+            match out {
+                ServerOut::Send(conn, msg) => {
+                    if let (Ok(bytes), Some(tx)) = (codec::encode(&msg), lock(&self.conns).get(&conn)) {
+                        let _ = tx.send(Outgoing::Frame(bytes));
+                    }
+                }
+                ServerOut::Close(conn, reason) => {
+                    tracing::info!(conn, %reason, "closing connection");
+                    if let Some(tx) = lock(&self.conns).get(&conn) {
+                        let _ = tx.send(Outgoing::Close);
+                    }
+                }
+                ServerOut::Persist(group) => {
+                    let roster = lock(&self.state).roster(&group).cloned();
+                    if let Some(roster) = roster {
+                        if let Err(e) = self.dir.store(&roster) {
+                            tracing::error!("cannot persist group {group}: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves signalling on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError> {
+    let state = ServerState::new(dir.server_id()?, dir.load_groups()?);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        conns: Mutex::new(HashMap::new()),
+        per_ip: Mutex::new(HashMap::new()),
+        dir,
+    });
+    let ticker = shared.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            interval.tick().await;
+            let outs = lock(&ticker.state).tick(now_ms());
+            ticker.dispatch(outs);
+        }
+    });
+    let mut next_conn: ConnId = 1;
+    loop {
+        let (stream, addr) = listener.accept().await.map_err(|e| NetError::Io("accept".into(), e))?;
+        let conn = next_conn;
+        next_conn += 1;
+        {
+            let mut per_ip = lock(&shared.per_ip);
+            let count = per_ip.entry(addr.ip()).or_insert(0);
+            if *count >= CONNECTIONS_PER_IP {
+                tracing::warn!(%addr, "too many connections from this address");
+                continue;
+            }
+            *count += 1;
+        }
+        tokio::spawn(handle_connection(shared.clone(), stream, addr, conn));
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn: ConnId) {
+    let result = async {
+        let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
+            .await
+            .map_err(|e| NetError::Ws(e.to_string()))?;
+        let (mut sink, mut source) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&shared.conns).insert(conn, tx);
+        let nonce: [u8; 32] = rand::random();
+        let outs = lock(&shared.state).connected(conn, nonce, now_ms());
+        shared.dispatch(outs);
+        let writer = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                match out {
+                    Outgoing::Frame(bytes) => {
+                        if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Outgoing::Close => {
+                        let _ = sink.close().await;
+                        break;
+                    }
+                }
+            }
+        });
+        while let Some(frame) = source.next().await {
+            let bytes = match frame {
+                Ok(WsMessage::Binary(bytes)) => bytes.to_vec(),
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                // Text frames are not part of the protocol.
+                Ok(WsMessage::Text(_)) => vec![0xFF],
+                Ok(_) => continue,
+            };
+            let outs = lock(&shared.state).frame(conn, &bytes, now_ms());
+            shared.dispatch(outs);
+            if writer.is_finished() {
+                break;
+            }
+        }
+        writer.abort();
+        Ok::<(), NetError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(%addr, "connection ended: {e}");
+    }
+    lock(&shared.conns).remove(&conn);
+    if let Some(count) = lock(&shared.per_ip).get_mut(&addr.ip()) {
+        *count = count.saturating_sub(1);
+    }
+    let outs = lock(&shared.state).disconnected(conn);
+    shared.dispatch(outs);
+}
+
+/// What the client tells the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Logged in: the group's roster log and who is online.
+    LoggedIn {
+        /// The roster log.
+        roster: Vec<RosterEntry>,
+        /// Members online.
+        online: Vec<PublicKey>,
+    },
+    /// A member came online.
+    Online(PublicKey),
+    /// A member went offline.
+    Offline(PublicKey),
+    /// A relayed envelope (check it with [`Envelope::open`]).
+    Relayed(Envelope),
+    /// The roster grew.
+    RosterAppended(RosterEntry),
+    /// The connection dropped; the client reconnects with backoff.
+    Disconnected(String),
+    /// The server refused something.
+    Refused(String),
+}
+
+/// A logged-in connection to the signalling server that reconnects by itself.
+#[derive(Debug)]
+pub struct SignalClient {
+    tx: mpsc::UnboundedSender<ClientMsg>,
+    /// Events, in order.
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl SignalClient {
+    /// Connects to `url` as `key` in `group`, and keeps reconnecting (1 s
+    /// doubling to 30 s) until dropped.
+    pub fn spawn(url: String, group: ContentHash, key: Arc<DeviceKey>) -> SignalClient {
+        let (tx, mut outgoing) = mpsc::unbounded_channel::<ClientMsg>();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match session(&url, group, &key, &mut outgoing, &events_tx).await {
+                    Ok(()) => return, // the client was dropped
+                    Err(reason) => {
+                        if events_tx.send(ClientEvent::Disconnected(reason)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        SignalClient { tx, events }
+    }
+
+    /// Relays a sealed envelope.
+    pub fn relay(&self, envelope: Envelope) {
+        let _ = self.tx.send(ClientMsg::Relay { envelope });
+    }
+
+    /// Appends a signed roster entry.
+    pub fn append(&self, entry: RosterEntry) {
+        let _ = self.tx.send(ClientMsg::Append { entry });
+    }
+}
+
+async fn session(
+    url: &str,
+    group: ContentHash,
+    key: &DeviceKey,
+    outgoing: &mut mpsc::UnboundedReceiver<ClientMsg>,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+) -> Result<(), String> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let (mut sink, mut source) = ws.split();
+    let decode = |m: WsMessage| -> Option<ServerMsg> {
+        match m {
+            WsMessage::Binary(b) => codec::decode(&b).ok(),
+            _ => None,
+        }
+    };
+    let challenge = loop {
+        match source.next().await {
+            Some(Ok(m)) => {
+                if let Some(msg) = decode(m) {
+                    break msg;
+                }
+            }
+            _ => return Err("connection closed before the challenge".into()),
+        }
+    };
+    let ServerMsg::Challenge { server_id, nonce, .. } = challenge else {
+        return Err("the server did not send a challenge".into());
+    };
+    let signature = key.sign(LOGIN_DOMAIN, &login_message(&server_id, &nonce, &group, &key.public()));
+    let login = codec::encode(&ClientMsg::Login { group, key: key.public(), signature }).map_err(|e| e.to_string())?;
+    sink.send(WsMessage::Binary(login.into())).await.map_err(|e| e.to_string())?;
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            message = outgoing.recv() => {
+                let Some(message) = message else { return Ok(()) };
+                let bytes = codec::encode(&message).map_err(|e| e.to_string())?;
+                sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
+            }
+            frame = source.next() => {
+                let Some(Ok(frame)) = frame else { return Err("connection lost".into()) };
+                let Some(msg) = decode(frame) else { continue };
+                let event = match msg {
+                    ServerMsg::Welcome { roster, online } => ClientEvent::LoggedIn { roster, online },
+                    ServerMsg::Online(k) => ClientEvent::Online(k),
+                    ServerMsg::Offline(k) => ClientEvent::Offline(k),
+                    ServerMsg::Relayed(e) => ClientEvent::Relayed(e),
+                    ServerMsg::RosterAppended(e) => ClientEvent::RosterAppended(e),
+                    ServerMsg::Error { message, .. } => ClientEvent::Refused(message),
+                    ServerMsg::Pong | ServerMsg::Challenge { .. } | ServerMsg::Registered { .. } => continue,
+                };
+                if events.send(event).is_err() {
+                    return Ok(());
+                }
+            }
+            _ = ping.tick() => {
+                let bytes = codec::encode(&ClientMsg::Ping).map_err(|e| e.to_string())?;
+                sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+/// Registers a new group's roster with the server (what `psync init` does).
+pub async fn register(url: &str, roster: &Roster) -> Result<ContentHash, NetError> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+        .await
+        .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
+    let (mut sink, mut source) = ws.split();
+    let bytes = codec::encode(&ClientMsg::Register { entries: roster.entries().to_vec() })
+        .map_err(|e| NetError::Ws(e.to_string()))?;
+    sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| NetError::Ws(e.to_string()))?;
+    while let Some(frame) = source.next().await {
+        let Ok(WsMessage::Binary(b)) = frame else { continue };
+        match codec::decode::<ServerMsg>(&b) {
+            Ok(ServerMsg::Registered { group }) => return Ok(group),
+            Ok(ServerMsg::Error { message, .. }) => return Err(NetError::Refused(message)),
+            _ => {}
+        }
+    }
+    Err(NetError::Ws("connection closed before the server answered".into()))
+}

@@ -1,0 +1,108 @@
+//! The signalling server and client over real WebSockets on 127.0.0.1.
+
+// Test code: a failed setup step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use psync_signal::net::{register, serve, ClientEvent, ServerDir, SignalClient};
+use psync_signal::{DeviceKey, Envelope, ReplayGuard, Role, Roster, RosterOp};
+use tokio::runtime::Runtime;
+
+fn start_server(dir: &std::path::Path, addr: Option<SocketAddr>) -> (Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(async {
+        let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        // The old runtime's socket may linger briefly after a restart.
+        for _ in 0..50 {
+            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot bind {addr}");
+    });
+    let addr = listener.local_addr().unwrap();
+    let dir = ServerDir::new(dir).unwrap();
+    rt.spawn(async move { serve(listener, dir).await });
+    (rt, addr)
+}
+
+async fn next_event(client: &mut SignalClient, want: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, client.events.recv())
+            .await
+            .expect("event in time")
+            .expect("client alive");
+        if want(&event) {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn devices_meet_relay_and_survive_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_rt, addr) = start_server(dir.path(), None);
+    let url = format!("ws://{addr}");
+    let a = Arc::new(DeviceKey::generate());
+    let b = Arc::new(DeviceKey::generate());
+    let mut roster = Roster::create(&a, "notes", "desktop", "sha-256 AA", 1);
+    let op = RosterOp::Add {
+        key: b.public(),
+        name: "laptop".into(),
+        role: Role::Full,
+        dtls_fingerprint: "sha-256 BB".into(),
+    };
+    roster.apply(roster.sign_next(&a, op, 2)).unwrap();
+    let group = roster.group_id();
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (mut ca, mut cb) = client_rt.block_on(async {
+        assert_eq!(register(&url, &roster).await.unwrap(), group);
+        assert!(register(&url, &roster).await.is_err(), "a group is registered once");
+        let mut ca = SignalClient::spawn(url.clone(), group, a.clone());
+        let ClientEvent::LoggedIn { roster: log, online } =
+            next_event(&mut ca, |e| matches!(e, ClientEvent::LoggedIn { .. })).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(log.len(), 2);
+        assert!(online.is_empty());
+        let mut cb = SignalClient::spawn(url.clone(), group, b.clone());
+        next_event(&mut cb, |e| matches!(e, ClientEvent::LoggedIn { .. })).await;
+        assert_eq!(next_event(&mut ca, |e| matches!(e, ClientEvent::Online(_))).await, ClientEvent::Online(b.public()));
+
+        // A signed offer from a to b, checked by b against its own roster.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        ca.relay(Envelope::seal(&a, group, b.public(), 1, 1, now, b"v=0 offer".to_vec()));
+        let ClientEvent::Relayed(envelope) = next_event(&mut cb, |e| matches!(e, ClientEvent::Relayed(_))).await else {
+            unreachable!()
+        };
+        assert_eq!(envelope.open(&roster, &b.public(), now, &mut ReplayGuard::default()).unwrap(), b"v=0 offer");
+
+        // A stranger gets nothing.
+        let mut cs = SignalClient::spawn(url.clone(), group, Arc::new(DeviceKey::generate()));
+        let event = next_event(&mut cs, |e| !matches!(e, ClientEvent::Online(_) | ClientEvent::Offline(_))).await;
+        assert!(matches!(event, ClientEvent::Refused(_) | ClientEvent::Disconnected(_)), "{event:?}");
+        (ca, cb)
+    });
+
+    // The server restarts: the group survives and both clients come back by themselves.
+    server_rt.shutdown_background();
+    let (_server_rt, _) = start_server(dir.path(), Some(addr));
+    client_rt.block_on(async {
+        for client in [&mut ca, &mut cb] {
+            next_event(client, |e| matches!(e, ClientEvent::Disconnected(_))).await;
+            let ClientEvent::LoggedIn { roster: log, .. } =
+                next_event(client, |e| matches!(e, ClientEvent::LoggedIn { .. })).await
+            else {
+                unreachable!()
+            };
+            assert_eq!(log.len(), 2, "the group's roster was persisted");
+        }
+    });
+}
