@@ -2,6 +2,7 @@
 //! library crates and prints results. No logic that a test would want lives here.
 
 mod daemon;
+mod group;
 // The daemon will drive the sync core over this (next issue); tested now.
 #[allow(dead_code)]
 mod sync_storage;
@@ -54,6 +55,30 @@ enum Command {
     },
     /// Show what the store holds.
     Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a signalling server (plain ws:// on loopback for now).
+    Signal {
+        /// Address to listen on, e.g. 127.0.0.1:7700.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+    },
+    /// Create this device's identity and found a new group on a signalling server.
+    Init {
+        /// This device's name, shown to the other devices.
+        #[arg(long)]
+        name: String,
+        /// The signalling server, e.g. ws://127.0.0.1:7700.
+        #[arg(long)]
+        server: String,
+        /// The group's name.
+        #[arg(long, default_value = "vault")]
+        group_name: String,
+    },
+    /// List the group's devices (verified against the signed roster).
+    Devices {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -232,6 +257,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Signal { listen } => group::signal(&data_dir(&cli.global)?, &listen),
+        Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
+        Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),
         Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),

@@ -1,0 +1,165 @@
+//! `psync signal`, `psync init`, `psync devices`: identity and group glue
+//! over `psync-signal`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use psync_base::{codec, ContentHash};
+use psync_signal::net::{register, serve, ClientEvent, ServerDir, SignalClient};
+use psync_signal::{readable_id, DeviceKey, Roster, RosterEntry};
+use serde::{Deserialize, Serialize};
+
+const KEY_FILE: &str = "device.key";
+const IDENTITY_FILE: &str = "identity.json";
+const ROSTER_FILE: &str = "roster.bin";
+
+/// What `psync init` (and later `psync join`) records about this device.
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    name: String,
+    server: String,
+    group: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `psync signal --listen ADDR`.
+pub fn signal(data_dir: &Path, listen: &str) -> Result<ExitCode> {
+    let addr: std::net::SocketAddr =
+        listen.parse().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    if !addr.ip().is_loopback() {
+        bail!("plain ws:// is only for loopback; TLS (--tls-cert/--tls-key) is not implemented yet, so listen on 127.0.0.1 or [::1]");
+    }
+    let dir = ServerDir::new(&data_dir.join("signal"))?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        println!("signalling server listening on ws://{}", listener.local_addr()?);
+        serve(listener, dir).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `psync init --name NAME --server URL`: a new device founding a new group.
+pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Result<ExitCode> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key_path = data_dir.join(KEY_FILE);
+    if key_path.exists() {
+        bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
+    }
+    let key = DeviceKey::generate();
+    // The DTLS certificate (and its pinned fingerprint) arrives with the WebRTC transport.
+    let now = psync_store::Timestamp::now().secs;
+    let roster = Roster::create(&key, group_name, name, "", now);
+    let group = runtime()?
+        .block_on(register(server, &roster))
+        .context("cannot register the group with the signalling server")?;
+    key.save(&key_path)?;
+    save_roster(data_dir, roster.entries())?;
+    let identity = Identity { name: name.to_string(), server: server.to_string(), group: group.to_hex() };
+    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    println!(
+        "device {name} ({}) created group {group_name:?} ({})",
+        readable_id(&key.public().device_id()),
+        &group.to_hex()[..16]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
+    let tmp: PathBuf = data_dir.join(format!("{ROSTER_FILE}.tmp"));
+    std::fs::write(&tmp, codec::encode(&entries.to_vec())?)?;
+    std::fs::rename(&tmp, data_dir.join(ROSTER_FILE))?;
+    Ok(())
+}
+
+fn load_identity(data_dir: &Path) -> Result<(Identity, DeviceKey, ContentHash)> {
+    let text = std::fs::read(data_dir.join(IDENTITY_FILE)).with_context(|| {
+        format!("{} has no device identity; run `psync init` (or `psync join`) first", data_dir.display())
+    })?;
+    let identity: Identity = serde_json::from_slice(&text).context("identity.json is damaged")?;
+    let key = DeviceKey::load(&data_dir.join(KEY_FILE))?;
+    let group = ContentHash::from_hex(&identity.group).context("identity.json has a bad group id")?;
+    Ok((identity, key, group))
+}
+
+/// `psync devices [--json]`: the group's devices, from the server's roster
+/// (verified here), or from the local copy if the server is unreachable.
+pub fn devices(data_dir: &Path, json: bool) -> Result<ExitCode> {
+    let (identity, key, group) = load_identity(data_dir)?;
+    let key = Arc::new(key);
+    let from_server = runtime()?.block_on(async {
+        let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
+        let wait = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(event) = client.events.recv().await {
+                match event {
+                    ClientEvent::LoggedIn { roster, online } => return Some((roster, online)),
+                    ClientEvent::Refused(_) | ClientEvent::Disconnected(_) => return None,
+                    _ => {}
+                }
+            }
+            None
+        });
+        wait.await.ok().flatten()
+    });
+    let (entries, online, source) = match from_server {
+        Some((entries, online)) => (entries, online, "server"),
+        None => {
+            let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
+            (codec::decode::<Vec<RosterEntry>>(&bytes)?, Vec::new(), "local copy (server unreachable)")
+        }
+    };
+    let roster = Roster::from_entries(entries).context("the roster does not verify")?;
+    if roster.group_id() != group {
+        bail!("the roster is for another group");
+    }
+    save_roster(data_dir, roster.entries())?;
+    let mut rows = Vec::new();
+    for m in roster.members() {
+        rows.push(serde_json::json!({
+            "name": m.name,
+            "id": readable_id(&m.key.device_id()),
+            "role": format!("{:?}", m.role),
+            "added_by": readable_id(&m.added_by.device_id()),
+            "added_at": m.added_at,
+            "removed": m.removed,
+            "online": online.contains(&m.key) || m.key == key.public(),
+            "this_device": m.key == key.public(),
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "group": identity.group, "source": source, "devices": rows })
+            )?
+        );
+    } else {
+        println!("group {} ({source})", &identity.group[..16]);
+        for r in &rows {
+            println!(
+                "{:<16} {}  {:<8} {}{}",
+                r["name"].as_str().unwrap_or(""),
+                r["id"].as_str().unwrap_or(""),
+                r["role"].as_str().unwrap_or(""),
+                if r["removed"].as_bool() == Some(true) {
+                    "removed"
+                } else if r["online"].as_bool() == Some(true) {
+                    "online"
+                } else {
+                    "offline"
+                },
+                if r["this_device"].as_bool() == Some(true) { " (this device)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
