@@ -163,3 +163,153 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Waits for the first event `pick` accepts; refusals and disconnections fail.
+async fn wait_for<T>(
+    client: &mut SignalClient,
+    what: &str,
+    mut pick: impl FnMut(ClientEvent) -> Option<T>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let event = tokio::time::timeout_at(deadline, client.events.recv())
+            .await
+            .with_context(|| format!("timed out waiting for {what}"))?
+            .context("the signalling connection ended")?;
+        match event {
+            ClientEvent::Refused(why) => bail!("the server refused: {why}"),
+            ClientEvent::Disconnected(why) => bail!("lost the signalling server ({why}) while waiting for {what}"),
+            other => {
+                if let Some(value) = pick(other) {
+                    return Ok(value);
+                }
+            }
+        }
+    }
+}
+
+/// `psync invite [--yes]`: prints a one-time code, waits for the new device,
+/// shows it, asks for confirmation and signs it into the group.
+pub fn invite(data_dir: &Path, yes: bool) -> Result<ExitCode> {
+    use psync_signal::invite::{InviteCode, InviteMessage, Pake};
+    use std::io::Write;
+    let (identity, key, group) = load_identity(data_dir)?;
+    let key = Arc::new(key);
+    runtime()?.block_on(async {
+        let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
+        let entries = wait_for(&mut client, "login", |e| match e {
+            ClientEvent::LoggedIn { roster, .. } => Some(roster),
+            _ => None,
+        })
+        .await?;
+        let mut roster = Roster::from_entries(entries).context("the server's roster does not verify")?;
+        client.open_invite();
+        let mailbox = wait_for(&mut client, "the invite mailbox", |e| match e {
+            ClientEvent::InviteOpened(m) => Some(m),
+            _ => None,
+        })
+        .await?;
+        let code = InviteCode::generate(mailbox);
+        // First line of stdout, alone, for scripts.
+        println!("{code}");
+        std::io::stdout().flush()?;
+        eprintln!("On the new device run: psync join {code} --name NAME --server {}", identity.server);
+        eprintln!("Waiting up to 10 minutes...");
+        let next_message = async |client: &mut SignalClient| -> Result<InviteMessage> {
+            let bytes = wait_for(client, "the new device", |e| match e {
+                ClientEvent::InviteMsg { mailbox: m, payload } if m == mailbox => Some(payload),
+                _ => None,
+            })
+            .await?;
+            Ok(InviteMessage::decode(&bytes)?)
+        };
+        let InviteMessage::Pake(theirs) = next_message(&mut client).await? else {
+            bail!("unexpected message from the new device")
+        };
+        let (pake, mine) = Pake::start(&code);
+        let shared = pake.finish(&theirs);
+        client.invite_msg(mailbox, InviteMessage::Pake(mine).encode());
+        let introduced = match shared {
+            Ok(shared) => next_message(&mut client).await.and_then(|m| Ok((shared.check_introduction(&m)?, shared))),
+            Err(e) => Err(e.into()),
+        };
+        let ((new_key, name, fingerprint), shared) = match introduced {
+            Ok(ok) => ok,
+            Err(e) => {
+                client.close_invite(mailbox);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Err(
+                    e.context("the new device used another code; this invite is burned, run `psync invite` again")
+                );
+            }
+        };
+        eprintln!("New device: {name} ({})", readable_id(&new_key.device_id()));
+        if !yes {
+            eprint!("Add it to the group? [y/N] ");
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !answer.trim().eq_ignore_ascii_case("y") {
+                client.close_invite(mailbox);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                bail!("not added");
+            }
+        }
+        let now = psync_store::Timestamp::now().secs;
+        let op = psync_signal::RosterOp::Add {
+            key: new_key,
+            name: name.clone(),
+            role: psync_signal::Role::Full,
+            dtls_fingerprint: fingerprint,
+        };
+        let entry = roster.sign_next(&key, op, now);
+        roster.apply(entry.clone()).context("cannot add the device")?;
+        client.append(entry.clone());
+        wait_for(&mut client, "the roster update", |e| {
+            matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
+        })
+        .await?;
+        client.invite_msg(mailbox, shared.welcome(roster.entries().to_vec()).encode());
+        client.close_invite(mailbox);
+        save_roster(data_dir, roster.entries())?;
+        // Let the last messages leave before the runtime stops.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!("added {name} to the group");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `psync join CODE --name NAME --server URL`: the new device's side.
+pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<ExitCode> {
+    use psync_signal::invite::{InviteCode, InviteMessage, Pake};
+    use psync_signal::net::JoinChannel;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key_path = data_dir.join(KEY_FILE);
+    if key_path.exists() {
+        bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
+    }
+    let code = InviteCode::parse(code)?;
+    let key = DeviceKey::generate();
+    let roster = runtime()?.block_on(async {
+        let (pake, mine) = Pake::start(&code);
+        let mut channel = JoinChannel::open(server, code.mailbox, InviteMessage::Pake(mine).encode()).await?;
+        let InviteMessage::Pake(theirs) = InviteMessage::decode(&channel.recv().await?)? else {
+            bail!("unexpected message from the inviting device")
+        };
+        let shared = pake.finish(&theirs)?;
+        channel.send(shared.introduce(key.public(), name, "").encode()).await?;
+        let answer =
+            channel.recv().await.context("the inviting device did not add this device (wrong code, or declined)")?;
+        let entries = shared.check_welcome(InviteMessage::decode(&answer)?)?;
+        let roster = Roster::from_entries(entries).context("the roster from the inviting device does not verify")?;
+        if !roster.is_active(&key.public()) {
+            bail!("the roster does not include this device");
+        }
+        Ok(roster)
+    })?;
+    key.save(&key_path)?;
+    save_roster(data_dir, roster.entries())?;
+    let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
+    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
+    Ok(ExitCode::SUCCESS)
+}

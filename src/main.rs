@@ -77,6 +77,24 @@ enum Command {
         #[arg(long, default_value = "vault")]
         group_name: String,
     },
+    /// Add a device: prints a one-time code (alone on the first line), waits
+    /// for `psync join`, shows the new device and asks before signing it in.
+    Invite {
+        /// Add the device without asking (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Join a group with a code from `psync invite` on a member device.
+    Join {
+        /// The code, e.g. 1234-apple-river.
+        code: String,
+        /// This device's name.
+        #[arg(long)]
+        name: String,
+        /// The signalling server, e.g. ws://127.0.0.1:7700.
+        #[arg(long)]
+        server: String,
+    },
     /// List the group's devices (verified against the signed roster).
     Devices {
         /// Print as JSON.
@@ -260,6 +278,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Signal { listen } => group::signal(&data_dir(&cli.global)?, &listen),
         Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
         Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),
+        Command::Invite { yes } => group::invite(&data_dir(&cli.global)?, yes),
+        Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
         Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),

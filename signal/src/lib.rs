@@ -9,6 +9,7 @@
 
 pub mod envelope;
 pub mod identity;
+pub mod invite;
 pub mod net;
 pub mod roster;
 pub mod server;

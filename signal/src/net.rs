@@ -263,6 +263,15 @@ pub enum ClientEvent {
     Disconnected(String),
     /// The server refused something.
     Refused(String),
+    /// An invite mailbox was opened.
+    InviteOpened(u32),
+    /// A message from the joining device.
+    InviteMsg {
+        /// The mailbox.
+        mailbox: u32,
+        /// Its bytes.
+        payload: Vec<u8>,
+    },
 }
 
 /// A logged-in connection to the signalling server that reconnects by itself.
@@ -305,6 +314,71 @@ impl SignalClient {
     /// Appends a signed roster entry.
     pub fn append(&self, entry: RosterEntry) {
         let _ = self.tx.send(ClientMsg::Append { entry });
+    }
+
+    /// Opens an invite mailbox (answered by [`ClientEvent::InviteOpened`]).
+    pub fn open_invite(&self) {
+        let _ = self.tx.send(ClientMsg::OpenInvite);
+    }
+
+    /// Sends bytes to the joining device.
+    pub fn invite_msg(&self, mailbox: u32, payload: Vec<u8>) {
+        let _ = self.tx.send(ClientMsg::InviteMsg { mailbox, payload });
+    }
+
+    /// Closes (burns) an invite mailbox.
+    pub fn close_invite(&self, mailbox: u32) {
+        let _ = self.tx.send(ClientMsg::CloseInvite { mailbox });
+    }
+}
+
+/// The joining device's side of an invite mailbox (not logged in).
+#[derive(Debug)]
+pub struct JoinChannel {
+    mailbox: u32,
+    sink: futures_util::stream::SplitSink<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+        WsMessage,
+    >,
+    source: futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    >,
+}
+
+impl JoinChannel {
+    /// Enters mailbox `mailbox` on `url` with a first message.
+    pub async fn open(url: &str, mailbox: u32, first: Vec<u8>) -> Result<JoinChannel, NetError> {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+            .await
+            .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
+        let (sink, source) = ws.split();
+        let mut channel = JoinChannel { mailbox, sink, source };
+        channel.send_msg(&ClientMsg::JoinInvite { mailbox, payload: first }).await?;
+        Ok(channel)
+    }
+
+    async fn send_msg(&mut self, msg: &ClientMsg) -> Result<(), NetError> {
+        let bytes = codec::encode(msg).map_err(|e| NetError::Ws(e.to_string()))?;
+        self.sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| NetError::Ws(e.to_string()))
+    }
+
+    /// Sends bytes to the inviter.
+    pub async fn send(&mut self, payload: Vec<u8>) -> Result<(), NetError> {
+        let msg = ClientMsg::InviteMsg { mailbox: self.mailbox, payload };
+        self.send_msg(&msg).await
+    }
+
+    /// The inviter's next message.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
+        while let Some(frame) = self.source.next().await {
+            let Ok(WsMessage::Binary(b)) = frame else { continue };
+            match codec::decode::<ServerMsg>(&b) {
+                Ok(ServerMsg::InviteMsg { payload, .. }) => return Ok(payload),
+                Ok(ServerMsg::Error { message, .. }) => return Err(NetError::Refused(message)),
+                _ => {}
+            }
+        }
+        Err(NetError::Refused("the invite ended (wrong code, or the inviter stopped)".into()))
     }
 }
 
@@ -359,6 +433,8 @@ async fn session(
                     ServerMsg::Relayed(e) => ClientEvent::Relayed(e),
                     ServerMsg::RosterAppended(e) => ClientEvent::RosterAppended(e),
                     ServerMsg::Error { message, .. } => ClientEvent::Refused(message),
+                    ServerMsg::InviteOpened { mailbox } => ClientEvent::InviteOpened(mailbox),
+                    ServerMsg::InviteMsg { mailbox, payload } => ClientEvent::InviteMsg { mailbox, payload },
                     ServerMsg::Pong | ServerMsg::Challenge { .. } | ServerMsg::Registered { .. } => continue,
                 };
                 if events.send(event).is_err() {

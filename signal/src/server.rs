@@ -31,6 +31,17 @@ pub const MESSAGES_PER_SECOND: u32 = 50;
 pub const MAX_GROUPS: usize = 10_000;
 /// Roster entries a group may have.
 pub const MAX_ROSTER_ENTRIES: usize = 10_000;
+/// Open invites at once (server-wide).
+pub const MAX_INVITES: usize = 1_000;
+/// How long an invite mailbox lives.
+pub const INVITE_TTL_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Debug)]
+struct Mailbox {
+    inviter: ConnId,
+    joiner: Option<ConnId>,
+    expires: u64,
+}
 
 /// A connection, numbered by the shell.
 pub type ConnId = u64;
@@ -64,6 +75,27 @@ pub enum ClientMsg {
     },
     /// Keeps the connection alive.
     Ping,
+    /// A member opens a one-use invite mailbox.
+    OpenInvite,
+    /// A new device (not logged in) enters a mailbox with its first message.
+    JoinInvite {
+        /// The mailbox number from the code.
+        mailbox: u32,
+        /// Opaque to the server (a PAKE message).
+        payload: Vec<u8>,
+    },
+    /// A message for the other side of a mailbox.
+    InviteMsg {
+        /// The mailbox.
+        mailbox: u32,
+        /// Opaque to the server.
+        payload: Vec<u8>,
+    },
+    /// The inviter closes (or burns) its mailbox.
+    CloseInvite {
+        /// The mailbox.
+        mailbox: u32,
+    },
 }
 
 /// Why the server refused something.
@@ -121,6 +153,18 @@ pub enum ServerMsg {
     Relayed(Envelope),
     /// Answer to `Ping`.
     Pong,
+    /// A mailbox was opened for the inviter.
+    InviteOpened {
+        /// Its number (part of the code).
+        mailbox: u32,
+    },
+    /// A message from the other side of a mailbox.
+    InviteMsg {
+        /// The mailbox.
+        mailbox: u32,
+        /// Opaque to the server.
+        payload: Vec<u8>,
+    },
     /// Something was refused.
     Error {
         /// What kind.
@@ -159,7 +203,9 @@ pub struct ServerState {
     groups: BTreeMap<ContentHash, Roster>,
     conns: BTreeMap<ConnId, Conn>,
     online: BTreeMap<ContentHash, BTreeMap<PublicKey, ConnId>>,
+    mailboxes: BTreeMap<u32, Mailbox>,
     out: Vec<ServerOut>,
+    now: u64,
 }
 
 /// The bytes a device signs to log in.
@@ -175,7 +221,9 @@ impl ServerState {
             groups: groups.into_iter().map(|r| (r.group_id(), r)).collect(),
             conns: BTreeMap::new(),
             online: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
             out: Vec::new(),
+            now: 0,
         }
     }
 
@@ -209,6 +257,12 @@ impl ServerState {
 
     /// A connection ended.
     pub fn disconnected(&mut self, conn: ConnId) -> Vec<ServerOut> {
+        // An invite dies with its inviter (its joiner is told); a joiner that
+        // leaves has used it up.
+        let orphaned: Vec<u32> = self.mailboxes.iter().filter(|(_, m)| m.inviter == conn).map(|(id, _)| *id).collect();
+        for mailbox in orphaned {
+            self.close_mailbox(mailbox);
+        }
         if let Some(Conn { member: Some((group, key)), .. }) = self.conns.remove(&conn) {
             let gone = self.online.get_mut(&group).is_some_and(|m| {
                 if m.get(&key) == Some(&conn) {
@@ -238,6 +292,7 @@ impl ServerState {
 
     /// A frame from a connection.
     pub fn frame(&mut self, conn: ConnId, bytes: &[u8], now: u64) -> Vec<ServerOut> {
+        self.now = now;
         let Some(c) = self.conns.get_mut(&conn) else { return Vec::new() };
         c.last_seen = now;
         let elapsed = now.saturating_sub(c.tokens_at) as f64 / 1000.0;
@@ -273,7 +328,16 @@ impl ServerState {
             (ClientMsg::Login { .. }, Some(_)) => self.error(conn, ErrorCode::Unauthorized, "already logged in"),
             (ClientMsg::Append { entry }, Some((group, key))) => self.append(conn, group, key, entry),
             (ClientMsg::Relay { envelope }, Some((group, key))) => self.relay(conn, group, key, envelope),
-            (ClientMsg::Append { .. } | ClientMsg::Relay { .. }, None) => {
+            (ClientMsg::OpenInvite, Some(_)) => self.open_invite(conn),
+            (ClientMsg::JoinInvite { mailbox, payload }, None) => self.join_invite(conn, mailbox, payload),
+            (ClientMsg::InviteMsg { mailbox, payload }, _) => self.invite_msg(conn, mailbox, payload),
+            (ClientMsg::CloseInvite { mailbox }, _) => {
+                if self.mailboxes.get(&mailbox).is_some_and(|m| m.inviter == conn) {
+                    self.close_mailbox(mailbox);
+                }
+            }
+            (ClientMsg::JoinInvite { .. }, Some(_)) => self.error(conn, ErrorCode::Unauthorized, "already a member"),
+            (ClientMsg::Append { .. } | ClientMsg::Relay { .. } | ClientMsg::OpenInvite, None) => {
                 self.error(conn, ErrorCode::Unauthorized, "log in first");
             }
         }
@@ -370,8 +434,62 @@ impl ServerState {
         }
     }
 
+    /// Ends a mailbox; a joiner still connected to it is told and let go.
+    fn close_mailbox(&mut self, mailbox: u32) {
+        if let Some(Mailbox { joiner: Some(joiner), .. }) = self.mailboxes.remove(&mailbox) {
+            self.error(joiner, ErrorCode::UnknownGroup, "the invite was closed (wrong code, declined, or done)");
+            self.out.push(ServerOut::Close(joiner, "invite closed".into()));
+        }
+    }
+
+    fn open_invite(&mut self, conn: ConnId) {
+        let now = self.now;
+        self.mailboxes.retain(|_, m| m.expires > now);
+        if self.mailboxes.len() >= MAX_INVITES {
+            return self.error(conn, ErrorCode::Full, "too many open invites");
+        }
+        let mailbox = loop {
+            let n = 1000 + rand::random::<u32>() % 9000;
+            if !self.mailboxes.contains_key(&n) {
+                break n;
+            }
+        };
+        self.mailboxes.insert(mailbox, Mailbox { inviter: conn, joiner: None, expires: now + INVITE_TTL_MS });
+        self.send(conn, ServerMsg::InviteOpened { mailbox });
+    }
+
+    fn join_invite(&mut self, conn: ConnId, mailbox: u32, payload: Vec<u8>) {
+        let now = self.now;
+        // One joiner per invite: a second attempt finds nothing.
+        match self.mailboxes.get_mut(&mailbox) {
+            Some(m) if m.joiner.is_none() && m.expires > now => {
+                m.joiner = Some(conn);
+                let inviter = m.inviter;
+                self.send(inviter, ServerMsg::InviteMsg { mailbox, payload });
+            }
+            _ => {
+                self.error(conn, ErrorCode::UnknownGroup, "no such invite (expired, used, or mistyped)");
+                self.out.push(ServerOut::Close(conn, "no such invite".into()));
+            }
+        }
+    }
+
+    fn invite_msg(&mut self, conn: ConnId, mailbox: u32, payload: Vec<u8>) {
+        let other = match self.mailboxes.get(&mailbox) {
+            Some(m) if m.inviter == conn => m.joiner,
+            Some(m) if m.joiner == Some(conn) => Some(m.inviter),
+            _ => None,
+        };
+        match other {
+            Some(to) => self.send(to, ServerMsg::InviteMsg { mailbox, payload }),
+            None => self.error(conn, ErrorCode::Unauthorized, "not part of this invite"),
+        }
+    }
+
     /// Closes connections idle longer than [`IDLE_TIMEOUT_MS`].
     pub fn tick(&mut self, now: u64) -> Vec<ServerOut> {
+        self.now = now;
+        self.mailboxes.retain(|_, m| m.expires > now);
         let idle: Vec<ConnId> = self
             .conns
             .iter()

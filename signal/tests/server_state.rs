@@ -209,3 +209,40 @@ fn copy_of(key: &DeviceKey) -> DeviceKey {
     key.save(&path).unwrap();
     DeviceKey::load(&path).unwrap()
 }
+
+#[test]
+fn invite_mailboxes_are_single_use_and_private() {
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let (a, _) = w.login(&founder, group);
+    let out = w.server.frame(a, &frame(&ClientMsg::OpenInvite), NOW);
+    let ServerMsg::InviteOpened { mailbox } = sent_to(&out, a)[0] else { panic!("{out:?}") };
+    // The joiner (not logged in) enters; the inviter hears it.
+    w.server.connected(900, [9; 32], NOW);
+    let out = w.server.frame(900, &frame(&ClientMsg::JoinInvite { mailbox, payload: b"pake-j".to_vec() }), NOW);
+    assert_eq!(sent_to(&out, a), vec![ServerMsg::InviteMsg { mailbox, payload: b"pake-j".to_vec() }]);
+    let out = w.server.frame(a, &frame(&ClientMsg::InviteMsg { mailbox, payload: b"pake-i".to_vec() }), NOW);
+    assert_eq!(sent_to(&out, 900), vec![ServerMsg::InviteMsg { mailbox, payload: b"pake-i".to_vec() }]);
+    // A second joiner finds nothing; a bystander cannot write into it.
+    w.server.connected(901, [9; 32], NOW);
+    let out = w.server.frame(901, &frame(&ClientMsg::JoinInvite { mailbox, payload: vec![] }), NOW);
+    assert!(closed(&out, 901));
+    let out = w.server.frame(901, &frame(&ClientMsg::InviteMsg { mailbox, payload: vec![] }), NOW);
+    assert!(sent_to(&out, a).is_empty());
+    // Closed by the inviter (e.g. a wrong code): gone.
+    w.server.frame(a, &frame(&ClientMsg::CloseInvite { mailbox }), NOW);
+    let out = w.server.frame(900, &frame(&ClientMsg::InviteMsg { mailbox, payload: vec![] }), NOW);
+    assert!(matches!(sent_to(&out, 900)[0], ServerMsg::Error { .. }));
+    // Strangers cannot open invites; invites expire.
+    w.server.connected(902, [9; 32], NOW);
+    let out = w.server.frame(902, &frame(&ClientMsg::OpenInvite), NOW);
+    assert!(matches!(sent_to(&out, 902)[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }));
+    let out = w.server.frame(a, &frame(&ClientMsg::OpenInvite), NOW);
+    let ServerMsg::InviteOpened { mailbox } = sent_to(&out, a)[0] else { panic!() };
+    w.server.frame(a, &frame(&ClientMsg::Ping), NOW + 20 * 60 * 1000);
+    w.server.tick(NOW + 20 * 60 * 1000);
+    w.server.connected(903, [9; 32], NOW);
+    let out = w.server.frame(903, &frame(&ClientMsg::JoinInvite { mailbox, payload: vec![] }), NOW + 20 * 60 * 1000);
+    assert!(closed(&out, 903), "expired");
+}

@@ -77,3 +77,74 @@ fn clear_errors_for_signal_and_identity() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot register the group"), "{out:?}");
     assert!(!dev.join("device.key").exists());
 }
+
+/// Starts `psync invite --yes` and returns it with the code from its first line.
+fn start_invite(dev: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_psync"))
+        .arg("--data-dir")
+        .arg(dev)
+        .args(["invite", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start psync invite");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().to_string())
+}
+
+#[test]
+fn invite_and_join_add_a_confirmed_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = start_invite(&a);
+    assert!(regex_like_code(&code), "the first line is the code alone: {code:?}");
+    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    let invited = inviter.wait_with_output().unwrap();
+    assert!(invited.status.success(), "{}", String::from_utf8_lossy(&invited.stderr));
+    for dev in [&a, &b] {
+        let listed = json(&psync(dev, &["devices", "--json"]));
+        let names: Vec<&str> =
+            listed["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"desktop") && names.contains(&"laptop"));
+    }
+    // A code works once.
+    let again = psync(&tmp.path().join("third"), &["join", &code, "--name", "x", "--server", &url]);
+    assert!(!again.status.success());
+}
+
+#[test]
+fn a_wrong_code_burns_the_invite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let a = tmp.path().join("desktop");
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = start_invite(&a);
+    let (mailbox, words) = code.split_once('-').unwrap();
+    let wrong_word = if words.starts_with("apple") { "acid" } else { "apple" };
+    let wrong = format!("{mailbox}-{wrong_word}-{wrong_word}");
+    let attacker = psync(&tmp.path().join("evil"), &["join", &wrong, "--name", "evil", "--server", &url]);
+    assert!(!attacker.status.success());
+    assert!(!tmp.path().join("evil/device.key").exists(), "no identity from a failed join");
+    let invited = inviter.wait_with_output().unwrap();
+    assert!(!invited.status.success());
+    assert!(
+        String::from_utf8_lossy(&invited.stderr).contains("burned"),
+        "{}",
+        String::from_utf8_lossy(&invited.stderr)
+    );
+    // The right code no longer works either: one guess per code.
+    let late = psync(&tmp.path().join("laptop"), &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(!late.status.success());
+    let listed = json(&psync(&a, &["devices", "--json"]));
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 1, "nobody was added");
+}
+
+fn regex_like_code(code: &str) -> bool {
+    let parts: Vec<&str> = code.split('-').collect();
+    parts.len() == 3 && parts[0].len() == 4 && parts[0].chars().all(|c| c.is_ascii_digit())
+}

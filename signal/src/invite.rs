@@ -1,0 +1,254 @@
+//! Adding a device: a short one-time code, a password-authenticated key
+//! exchange (SPAKE2) through a one-use mailbox on the signalling server, and
+//! messages authenticated with the exchanged key. The server learns nothing
+//! that lets it pass the check and gets one guess per code: a wrong guess
+//! fails the key confirmation and the inviter burns the mailbox.
+//!
+//! The code is `NNNN-word-word`: the mailbox number, then the password (two
+//! words of 256, 16 bits, which never leave the two devices).
+
+use psync_base::codec;
+use serde::{Deserialize, Serialize};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+
+use crate::identity::PublicKey;
+use crate::roster::RosterEntry;
+
+/// The words of invite codes.
+pub const WORDS: [&str; 256] = [
+    "acid", "acorn", "actor", "adobe", "agent", "alarm", "album", "alert", "alloy", "amber", "angle", "ankle", "apple",
+    "april", "apron", "arena", "argon", "armor", "arrow", "aspen", "atlas", "atom", "attic", "audio", "autumn",
+    "avenue", "award", "bacon", "badge", "bagel", "baker", "bamboo", "banana", "banjo", "barley", "basil", "basin",
+    "batch", "beach", "beacon", "bean", "beard", "beaver", "bell", "berry", "bike", "birch", "bison", "blade",
+    "blanket", "blaze", "blend", "bloom", "board", "bolt", "bonus", "book", "boot", "border", "bottle", "boulder",
+    "bowl", "brain", "branch", "brass", "bread", "breeze", "brick", "bridge", "brook", "broom", "bubble", "bucket",
+    "buffalo", "bugle", "bunny", "butter", "button", "cabin", "cable", "cactus", "camel", "camera", "candle", "canoe",
+    "canyon", "carbon", "carpet", "carrot", "castle", "cedar", "cement", "cereal", "chalk", "cherry", "chess", "chili",
+    "cider", "circle", "citrus", "clay", "cliff", "clock", "cloud", "clover", "coast", "cobalt", "cocoa", "comet",
+    "coral", "cotton", "cousin", "crane", "crater", "crayon", "creek", "cricket", "crown", "crystal", "cube",
+    "curtain", "cycle", "daisy", "dancer", "delta", "desert", "diamond", "dinner", "dolphin", "domain", "donkey",
+    "dragon", "drum", "eagle", "earth", "echo", "elbow", "ember", "engine", "fabric", "falcon", "feather", "fennel",
+    "fern", "ferry", "fiddle", "field", "finch", "flame", "flute", "fog", "forest", "fossil", "fox", "galaxy",
+    "garden", "garlic", "gecko", "ginger", "glacier", "globe", "glove", "granite", "grape", "gravel", "guitar",
+    "hammer", "harbor", "hazel", "heron", "hill", "honey", "horizon", "island", "ivory", "jacket", "jasmine", "jelly",
+    "jungle", "kayak", "kettle", "kiwi", "ladder", "lagoon", "lake", "lantern", "laser", "lemon", "lentil", "lilac",
+    "lily", "lime", "linen", "lizard", "lobster", "lotus", "magnet", "mango", "maple", "marble", "meadow", "melon",
+    "meteor", "mint", "mirror", "monkey", "moss", "mountain", "muffin", "nectar", "needle", "nickel", "noodle", "oak",
+    "oasis", "ocean", "olive", "onion", "orange", "orbit", "orchid", "otter", "owl", "oyster", "paddle", "palm",
+    "panda", "paper", "parrot", "peach", "pebble", "pepper", "piano", "pillow", "pine", "planet", "plum", "pocket",
+    "pony", "poppy", "prairie", "puzzle", "quartz", "quill", "rabbit", "radar", "radish", "rain", "raven", "reef",
+    "ribbon", "river", "robin", "rocket", "rose", "ruby",
+];
+
+/// A parsed invite code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteCode {
+    /// The mailbox on the server.
+    pub mailbox: u32,
+    /// The password (the two words).
+    pub password: String,
+}
+
+/// Why an invite failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteError {
+    /// Not `NNNN-word-word`.
+    #[error("an invite code looks like 1234-apple-river")]
+    BadCode,
+    /// The other side used another code (or is not who it claims).
+    #[error("the code did not match; the invite is burned, run `psync invite` again")]
+    WrongCode,
+    /// A message did not decode.
+    #[error("unexpected invite message")]
+    Unexpected,
+}
+
+impl InviteCode {
+    /// A new code for `mailbox` with two random words.
+    pub fn generate(mailbox: u32) -> InviteCode {
+        let a = WORDS[rand::random::<u8>() as usize];
+        let b = WORDS[rand::random::<u8>() as usize];
+        InviteCode { mailbox, password: format!("{a}-{b}") }
+    }
+
+    /// Parses `1234-apple-river`.
+    pub fn parse(text: &str) -> Result<InviteCode, InviteError> {
+        let parts: Vec<&str> = text.trim().split('-').collect();
+        let [number, a, b] = parts.as_slice() else { return Err(InviteError::BadCode) };
+        let mailbox: u32 = number.parse().map_err(|_| InviteError::BadCode)?;
+        let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+        if !(1000..10_000).contains(&mailbox) || !WORDS.contains(&a.as_str()) || !WORDS.contains(&b.as_str()) {
+            return Err(InviteError::BadCode);
+        }
+        Ok(InviteCode { mailbox, password: format!("{a}-{b}") })
+    }
+}
+
+impl std::fmt::Display for InviteCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.mailbox, self.password)
+    }
+}
+
+/// What the two devices send each other through the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InviteMessage {
+    /// A SPAKE2 message.
+    Pake(Vec<u8>),
+    /// The new device introduces itself (authenticated by the shared key).
+    Introduce {
+        /// Its public key.
+        key: PublicKey,
+        /// Its name.
+        name: String,
+        /// Its DTLS fingerprint.
+        dtls_fingerprint: String,
+        /// MAC under the exchanged key.
+        mac: [u8; 32],
+    },
+    /// The inviter answers with the group's roster, now including the new device.
+    Welcome {
+        /// The roster log.
+        roster: Vec<RosterEntry>,
+        /// MAC under the exchanged key.
+        mac: [u8; 32],
+    },
+}
+
+impl InviteMessage {
+    /// Encodes for the mailbox.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the mailbox.
+    pub fn decode(bytes: &[u8]) -> Result<InviteMessage, InviteError> {
+        codec::decode(bytes).map_err(|_| InviteError::Unexpected)
+    }
+}
+
+/// One side's half-finished exchange.
+pub struct Pake {
+    state: Spake2<Ed25519Group>,
+}
+
+impl std::fmt::Debug for Pake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pake(..)")
+    }
+}
+
+/// The key both sides derive when they used the same code.
+#[derive(Clone)]
+pub struct SharedKey([u8; 32]);
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(redacted)")
+    }
+}
+
+impl Pake {
+    /// Starts the exchange for `code`; returns the message to send.
+    pub fn start(code: &InviteCode) -> (Pake, Vec<u8>) {
+        let identity = Identity::new(format!("psync-invite-v1:{}", code.mailbox).as_bytes());
+        let (state, message) =
+            Spake2::<Ed25519Group>::start_symmetric(&Password::new(code.password.as_bytes()), &identity);
+        (Pake { state }, message)
+    }
+
+    /// Finishes with the other side's message.
+    pub fn finish(self, theirs: &[u8]) -> Result<SharedKey, InviteError> {
+        let key = self.state.finish(theirs).map_err(|_| InviteError::WrongCode)?;
+        Ok(SharedKey(blake3::derive_key("psync invite v1 mac key", &key)))
+    }
+}
+
+impl SharedKey {
+    fn mac(&self, label: &str, body: &[u8]) -> [u8; 32] {
+        let mut data = label.as_bytes().to_vec();
+        data.push(0);
+        data.extend_from_slice(body);
+        *blake3::keyed_hash(&self.0, &data).as_bytes()
+    }
+
+    /// The new device's introduction.
+    pub fn introduce(&self, key: PublicKey, name: &str, dtls_fingerprint: &str) -> InviteMessage {
+        let body = codec::encode(&(key, name, dtls_fingerprint)).unwrap_or_default();
+        InviteMessage::Introduce {
+            key,
+            name: name.to_string(),
+            dtls_fingerprint: dtls_fingerprint.to_string(),
+            mac: self.mac("introduce", &body),
+        }
+    }
+
+    /// Checks an introduction; a mismatch means another code was used.
+    pub fn check_introduction(&self, message: &InviteMessage) -> Result<(PublicKey, String, String), InviteError> {
+        let InviteMessage::Introduce { key, name, dtls_fingerprint, mac } = message else {
+            return Err(InviteError::Unexpected);
+        };
+        let body = codec::encode(&(key, name, dtls_fingerprint)).unwrap_or_default();
+        if !constant_time_eq(mac, &self.mac("introduce", &body)) {
+            return Err(InviteError::WrongCode);
+        }
+        Ok((*key, name.clone(), dtls_fingerprint.clone()))
+    }
+
+    /// The inviter's answer.
+    pub fn welcome(&self, roster: Vec<RosterEntry>) -> InviteMessage {
+        let body = codec::encode(&roster).unwrap_or_default();
+        InviteMessage::Welcome { mac: self.mac("welcome", &body), roster }
+    }
+
+    /// Checks the answer and returns the roster log.
+    pub fn check_welcome(&self, message: InviteMessage) -> Result<Vec<RosterEntry>, InviteError> {
+        let InviteMessage::Welcome { roster, mac } = message else { return Err(InviteError::Unexpected) };
+        let body = codec::encode(&roster).unwrap_or_default();
+        if !constant_time_eq(&mac, &self.mac("welcome", &body)) {
+            return Err(InviteError::WrongCode);
+        }
+        Ok(roster)
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DeviceKey;
+
+    #[test]
+    fn codes_parse_and_print() {
+        let code = InviteCode::generate(4321);
+        assert_eq!(InviteCode::parse(&code.to_string()).unwrap(), code);
+        assert_eq!(InviteCode::parse("1234-Apple-RIVER").unwrap().password, "apple-river");
+        for bad in ["", "1234", "abcd-apple-river", "1234-apple-notaword", "99-apple-river", "1234-apple-river-x"] {
+            assert_eq!(InviteCode::parse(bad), Err(InviteError::BadCode), "{bad:?}");
+        }
+        assert_eq!(WORDS.iter().collect::<std::collections::BTreeSet<_>>().len(), 256, "words are distinct");
+    }
+
+    #[test]
+    fn the_same_code_agrees_and_a_wrong_one_is_caught() {
+        let code = InviteCode::parse("2048-apple-river").unwrap();
+        let (inviter, msg_i) = Pake::start(&code);
+        let (joiner, msg_j) = Pake::start(&code);
+        let (ki, kj) = (inviter.finish(&msg_j).unwrap(), joiner.finish(&msg_i).unwrap());
+        let device = DeviceKey::generate();
+        let intro = kj.introduce(device.public(), "laptop", "sha-256 AA");
+        assert_eq!(ki.check_introduction(&intro).unwrap().0, device.public());
+        let welcome = ki.welcome(vec![]);
+        assert_eq!(kj.check_welcome(welcome).unwrap(), vec![]);
+
+        let wrong = InviteCode::parse("2048-apple-robin").unwrap();
+        let (inviter, msg_i) = Pake::start(&code);
+        let (attacker, msg_a) = Pake::start(&wrong);
+        let (ki, ka) = (inviter.finish(&msg_a).unwrap(), attacker.finish(&msg_i).unwrap());
+        let intro = ka.introduce(device.public(), "evil", "");
+        assert_eq!(ki.check_introduction(&intro), Err(InviteError::WrongCode));
+    }
+}
