@@ -190,7 +190,7 @@ async fn wait_for<T>(
 
 /// `psync invite [--yes]`: prints a one-time code, waits for the new device,
 /// shows it, asks for confirmation and signs it into the group.
-pub fn invite(data_dir: &Path, yes: bool) -> Result<ExitCode> {
+pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
     use psync_signal::invite::{InviteCode, InviteMessage, Pake};
     use std::io::Write;
     let (identity, key, group) = load_identity(data_dir)?;
@@ -255,12 +255,8 @@ pub fn invite(data_dir: &Path, yes: bool) -> Result<ExitCode> {
             }
         }
         let now = psync_store::Timestamp::now().secs;
-        let op = psync_signal::RosterOp::Add {
-            key: new_key,
-            name: name.clone(),
-            role: psync_signal::Role::Full,
-            dtls_fingerprint: fingerprint,
-        };
+        let role = if read_only { psync_signal::Role::ReadOnly } else { psync_signal::Role::Full };
+        let op = psync_signal::RosterOp::Add { key: new_key, name: name.clone(), role, dtls_fingerprint: fingerprint };
         let entry = roster.sign_next(&key, op, now);
         roster.apply(entry.clone()).context("cannot add the device")?;
         client.append(entry.clone());
@@ -312,4 +308,42 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
     std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `psync remove DEVICE`: revokes a device (by name or id prefix); peers
+/// and the server refuse it from then on.
+pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
+    let (identity, key, group) = load_identity(data_dir)?;
+    let key = Arc::new(key);
+    runtime()?.block_on(async {
+        let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
+        let entries = wait_for(&mut client, "login", |e| match e {
+            ClientEvent::LoggedIn { roster, .. } => Some(roster),
+            _ => None,
+        })
+        .await?;
+        let mut roster = Roster::from_entries(entries).context("the server's roster does not verify")?;
+        let wanted = device.to_ascii_uppercase();
+        let matches: Vec<_> = roster
+            .members()
+            .filter(|m| !m.removed && (m.name == device || readable_id(&m.key.device_id()).starts_with(&wanted)))
+            .map(|m| (m.key, m.name.clone()))
+            .collect();
+        let (target, name) = match matches.as_slice() {
+            [one] => one.clone(),
+            [] => bail!("no active device named or with an id starting {device:?} (see `psync devices`)"),
+            _ => bail!("{device:?} matches {} devices; give more of the id", matches.len()),
+        };
+        let entry =
+            roster.sign_next(&key, psync_signal::RosterOp::Remove { key: target }, psync_store::Timestamp::now().secs);
+        roster.apply(entry.clone()).map_err(|e| anyhow::anyhow!("cannot remove {name}: {e}"))?;
+        client.append(entry.clone());
+        wait_for(&mut client, "the roster update", |e| {
+            matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
+        })
+        .await?;
+        save_roster(data_dir, roster.entries())?;
+        println!("removed {name} ({})", readable_id(&target.device_id()));
+        Ok(ExitCode::SUCCESS)
+    })
 }

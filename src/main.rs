@@ -83,6 +83,14 @@ enum Command {
         /// Add the device without asking (for scripts).
         #[arg(long)]
         yes: bool,
+        /// The new device receives everything but its changes are ignored ("safe mode").
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Revoke a device (by name or id prefix); peers and the server refuse it.
+    Remove {
+        /// The device's name or the start of its id.
+        device: String,
     },
     /// Join a group with a code from `psync invite` on a member device.
     Join {
@@ -278,7 +286,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Signal { listen } => group::signal(&data_dir(&cli.global)?, &listen),
         Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
         Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),
-        Command::Invite { yes } => group::invite(&data_dir(&cli.global)?, yes),
+        Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),
+        Command::Remove { device } => group::remove(&data_dir(&cli.global)?, &device),
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
         Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),

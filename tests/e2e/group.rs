@@ -148,3 +148,39 @@ fn regex_like_code(code: &str) -> bool {
     let parts: Vec<&str> = code.split('-').collect();
     parts.len() == 3 && parts[0].len() == 4 && parts[0].chars().all(|c| c.is_ascii_digit())
 }
+
+#[test]
+fn a_removed_device_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("phone"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let mut inviter = Command::new(env!("CARGO_BIN_EXE_psync"))
+        .arg("--data-dir")
+        .arg(&a)
+        .args(["invite", "--yes", "--read-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut code = String::new();
+    std::io::BufReader::new(inviter.stdout.take().unwrap()).read_line(&mut code).unwrap();
+    assert!(psync(&b, &["join", code.trim(), "--name", "phone", "--server", &url]).status.success());
+    assert!(inviter.wait().unwrap().success());
+    let listed = json(&psync(&a, &["devices", "--json"]));
+    let phone = listed["devices"].as_array().unwrap().iter().find(|d| d["name"] == "phone").unwrap().clone();
+    assert_eq!(phone["role"], "ReadOnly");
+    // A read-only device may not change the roster.
+    let out = psync(&b, &["remove", "desktop"]);
+    assert!(!out.status.success(), "a read-only device cannot remove others");
+    let out = psync(&a, &["remove", "phone"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = json(&psync(&a, &["devices", "--json"]));
+    let phone = listed["devices"].as_array().unwrap().iter().find(|d| d["name"] == "phone").unwrap().clone();
+    assert_eq!(phone["removed"], true);
+    // The server refuses the revoked device: it falls back to its local copy.
+    let listed = json(&psync(&b, &["devices", "--json"]));
+    assert_eq!(listed["source"], "local copy (server unreachable)");
+    let out = psync(&a, &["remove", "desktop"]);
+    assert!(!out.status.success(), "the last full device cannot be removed");
+}
