@@ -22,7 +22,7 @@ use crate::server::{
     login_message, ClientMsg, ConnId, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN, MAX_FRAME_BYTES,
 };
 
-/// Connections one IP address may hold.
+/// Connections one IP address may hold, by default.
 pub const CONNECTIONS_PER_IP: usize = 64;
 
 /// Why the server or the client stopped.
@@ -46,8 +46,25 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the server accepts from clients: small frames, and small buffers
+/// (tungstenite's default 128 KiB read buffer per connection made 1,000
+/// connections cost 349 MB).
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES))
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+}
+
+/// Largest frame a client accepts from the server: a `Welcome` carries the
+/// whole roster log (up to `MAX_ROSTER_ENTRIES` entries of about 250 bytes).
+pub const MAX_SERVER_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+fn client_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_SERVER_FRAME_BYTES))
+        .max_frame_size(Some(MAX_SERVER_FRAME_BYTES))
 }
 
 enum Outgoing {
@@ -115,6 +132,7 @@ struct Shared {
     state: Mutex<ServerState>,
     conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
     dir: ServerDir,
 }
 
@@ -152,11 +170,17 @@ impl Shared {
 
 /// Serves signalling on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError> {
+    serve_with_limit(listener, dir, CONNECTIONS_PER_IP).await
+}
+
+/// [`serve`] with another per-IP connection limit (load tests, NATed offices).
+pub async fn serve_with_limit(listener: TcpListener, dir: ServerDir, max_per_ip: usize) -> Result<(), NetError> {
     let state = ServerState::new(dir.server_id()?, dir.load_groups()?);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         conns: Mutex::new(HashMap::new()),
         per_ip: Mutex::new(HashMap::new()),
+        max_per_ip,
         dir,
     });
     let ticker = shared.clone();
@@ -176,7 +200,7 @@ pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError
         {
             let mut per_ip = lock(&shared.per_ip);
             let count = per_ip.entry(addr.ip()).or_insert(0);
-            if *count >= CONNECTIONS_PER_IP {
+            if *count >= shared.max_per_ip {
                 tracing::warn!(%addr, "too many connections from this address");
                 continue;
             }
@@ -348,7 +372,7 @@ pub struct JoinChannel {
 impl JoinChannel {
     /// Enters mailbox `mailbox` on `url` with a first message.
     pub async fn open(url: &str, mailbox: u32, first: Vec<u8>) -> Result<JoinChannel, NetError> {
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
             .await
             .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
         let (sink, source) = ws.split();
@@ -389,7 +413,7 @@ async fn session(
     outgoing: &mut mpsc::UnboundedReceiver<ClientMsg>,
     events: &mpsc::UnboundedSender<ClientEvent>,
 ) -> Result<(), String> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let (mut sink, mut source) = ws.split();
@@ -451,7 +475,7 @@ async fn session(
 
 /// Registers a new group's roster with the server (what `psync init` does).
 pub async fn register(url: &str, roster: &Roster) -> Result<ContentHash, NetError> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
         .await
         .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
     let (mut sink, mut source) = ws.split();

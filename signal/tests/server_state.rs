@@ -246,3 +246,24 @@ fn invite_mailboxes_are_single_use_and_private() {
     let out = w.server.frame(903, &frame(&ClientMsg::JoinInvite { mailbox, payload: vec![] }), NOW + 20 * 60 * 1000);
     assert!(closed(&out, 903), "expired");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+    /// Arbitrary frames from an unauthenticated connection never panic the
+    /// server, never log it in, and never reach a member.
+    #[test]
+    fn arbitrary_frames_are_harmless(frames in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..8)) {
+        let mut w = World::new();
+        let group = w.roster.group_id();
+        let founder = copy_of(&w.founder);
+        let (a, _) = w.login(&founder, group);
+        w.server.connected(999, [3; 32], NOW);
+        for f in &frames {
+            let out = w.server.frame(999, f, NOW);
+            proptest::prop_assert!(sent_to(&out, a).is_empty());
+            let welcomed = out.iter().any(|o| matches!(o, ServerOut::Send(999, ServerMsg::Welcome { .. })));
+            proptest::prop_assert!(!welcomed);
+        }
+        proptest::prop_assert_eq!(w.server.roster(&group).unwrap().entries().len(), 2);
+    }
+}
