@@ -22,8 +22,20 @@ use crate::server::{
     login_message, ClientMsg, ConnId, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN, MAX_FRAME_BYTES,
 };
 
-/// Connections one IP address may hold, by default.
-pub const CONNECTIONS_PER_IP: usize = 64;
+/// Per-address limits of a server.
+#[derive(Debug, Clone, Copy)]
+pub struct IpLimits {
+    /// Connections one IP address may hold.
+    pub connections: usize,
+    /// Messages per second one IP address may send, over all its connections.
+    pub messages_per_second: f64,
+}
+
+impl Default for IpLimits {
+    fn default() -> Self {
+        Self { connections: 64, messages_per_second: 500.0 }
+    }
+}
 
 /// Why the server or the client stopped.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +144,9 @@ struct Shared {
     state: Mutex<ServerState>,
     conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
+    /// Per-address token buckets: (tokens, at ms).
+    ip_rate: Mutex<HashMap<IpAddr, (f64, u64)>>,
+    limits: IpLimits,
     dir: ServerDir,
 }
 
@@ -141,6 +155,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// One message from `ip`: within its per-address rate?
+    fn ip_allows(&self, ip: IpAddr, now: u64) -> bool {
+        let mut rates = lock(&self.ip_rate);
+        let rate = self.limits.messages_per_second;
+        let (tokens, at) = rates.entry(ip).or_insert((rate, now));
+        *tokens = (*tokens + now.saturating_sub(*at) as f64 / 1000.0 * rate).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
     fn dispatch(&self, outs: Vec<ServerOut>) {
         for out in outs {
             match out {
@@ -170,17 +198,18 @@ impl Shared {
 
 /// Serves signalling on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError> {
-    serve_with_limit(listener, dir, CONNECTIONS_PER_IP).await
+    serve_with_limits(listener, dir, IpLimits::default()).await
 }
 
-/// [`serve`] with another per-IP connection limit (load tests, NATed offices).
-pub async fn serve_with_limit(listener: TcpListener, dir: ServerDir, max_per_ip: usize) -> Result<(), NetError> {
+/// [`serve`] with other per-address limits (load tests, NATed offices).
+pub async fn serve_with_limits(listener: TcpListener, dir: ServerDir, limits: IpLimits) -> Result<(), NetError> {
     let state = ServerState::new(dir.server_id()?, dir.load_groups()?);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         conns: Mutex::new(HashMap::new()),
         per_ip: Mutex::new(HashMap::new()),
-        max_per_ip,
+        ip_rate: Mutex::new(HashMap::new()),
+        limits,
         dir,
     });
     let ticker = shared.clone();
@@ -200,7 +229,7 @@ pub async fn serve_with_limit(listener: TcpListener, dir: ServerDir, max_per_ip:
         {
             let mut per_ip = lock(&shared.per_ip);
             let count = per_ip.entry(addr.ip()).or_insert(0);
-            if *count >= shared.max_per_ip {
+            if *count >= shared.limits.connections {
                 tracing::warn!(%addr, "too many connections from this address");
                 continue;
             }
@@ -244,6 +273,10 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketA
                 Ok(WsMessage::Text(_)) => vec![0xFF],
                 Ok(_) => continue,
             };
+            if !shared.ip_allows(addr.ip(), now_ms()) {
+                tracing::warn!(%addr, "message rate from this address exceeded");
+                break;
+            }
             let outs = lock(&shared.state).frame(conn, &bytes, now_ms());
             shared.dispatch(outs);
             if writer.is_finished() {
