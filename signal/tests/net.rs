@@ -106,3 +106,50 @@ fn devices_meet_relay_and_survive_a_server_restart() {
         }
     });
 }
+
+#[test]
+fn an_address_flooding_through_many_connections_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server_rt, addr) = start_server(dir.path(), None);
+    let url = format!("ws://{addr}");
+    let keys: Vec<Arc<DeviceKey>> = (0..15).map(|_| Arc::new(DeviceKey::generate())).collect();
+    let mut roster = Roster::create(&keys[0], "notes", "d0", "", 1);
+    for k in &keys[1..] {
+        let op = RosterOp::Add { key: k.public(), name: "d".into(), role: Role::Full, dtls_fingerprint: String::new() };
+        roster.apply(roster.sign_next(&keys[0], op, 2)).unwrap();
+    }
+    let group = roster.group_id();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        register(&url, &roster).await.unwrap();
+        let mut clients = Vec::new();
+        for k in &keys {
+            let mut c = SignalClient::spawn(url.clone(), group, k.clone());
+            next_event(&mut c, |e| matches!(e, ClientEvent::LoggedIn { .. })).await;
+            clients.push(c);
+        }
+        // Each connection stays under its own 50-message burst; together
+        // they send 675 messages at once, over the 500/s per address.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        for (i, c) in clients.iter().enumerate() {
+            for seq in 0..45 {
+                c.relay(Envelope::seal(&keys[i], group, keys[0].public(), i as u64, seq, now, vec![0; 16]));
+            }
+        }
+        // The last senders find the address's budget spent.
+        let mut cut = false;
+        for c in clients.iter_mut().rev() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while let Ok(Some(event)) = tokio::time::timeout_at(deadline, c.events.recv()).await {
+                if matches!(event, ClientEvent::Disconnected(_)) {
+                    cut = true;
+                    break;
+                }
+            }
+            if cut {
+                break;
+            }
+        }
+        assert!(cut, "the per-address message rate cut nobody off");
+    });
+}
