@@ -50,11 +50,7 @@ pub fn signal(data_dir: &Path, listen: &str) -> Result<ExitCode> {
 
 /// `psync init --name NAME --server URL`: a new device founding a new group.
 pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Result<ExitCode> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let key_path = data_dir.join(KEY_FILE);
-    if key_path.exists() {
-        bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
-    }
+    fresh_data_dir(data_dir)?;
     let key = DeviceKey::generate();
     // The DTLS certificate (and its pinned fingerprint) arrives with the WebRTC transport.
     let now = psync_store::Timestamp::now().secs;
@@ -62,16 +58,41 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
     let group = runtime()?
         .block_on(register(server, &roster))
         .context("cannot register the group with the signalling server")?;
-    key.save(&key_path)?;
-    save_roster(data_dir, roster.entries())?;
-    let identity = Identity { name: name.to_string(), server: server.to_string(), group: group.to_hex() };
-    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    save_identity(data_dir, &key, &roster, name, server)?;
     println!(
         "device {name} ({}) created group {group_name:?} ({})",
         readable_id(&key.public().device_id()),
         &group.to_hex()[..16]
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The data dir, checked to hold no identity yet (one device per data dir).
+fn fresh_data_dir(data_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    if data_dir.join(KEY_FILE).exists() {
+        bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
+    }
+    Ok(())
+}
+
+/// Writes a new device's key, the group's roster and its identity record.
+fn save_identity(data_dir: &Path, key: &DeviceKey, roster: &Roster, name: &str, server: &str) -> Result<()> {
+    key.save(&data_dir.join(KEY_FILE))?;
+    save_roster(data_dir, roster.entries())?;
+    let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
+    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    Ok(())
+}
+
+/// Logs in and returns the group's roster from the server, verified here.
+async fn logged_in_roster(client: &mut SignalClient) -> Result<Roster> {
+    let entries = wait_for(client, "login", |e| match e {
+        ClientEvent::LoggedIn { roster, .. } => Some(roster),
+        _ => None,
+    })
+    .await?;
+    Roster::from_entries(entries).context("the server's roster does not verify")
 }
 
 fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
@@ -197,12 +218,7 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
     let key = Arc::new(key);
     runtime()?.block_on(async {
         let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
-        let entries = wait_for(&mut client, "login", |e| match e {
-            ClientEvent::LoggedIn { roster, .. } => Some(roster),
-            _ => None,
-        })
-        .await?;
-        let mut roster = Roster::from_entries(entries).context("the server's roster does not verify")?;
+        let mut roster = logged_in_roster(&mut client).await?;
         client.open_invite();
         let mailbox = wait_for(&mut client, "the invite mailbox", |e| match e {
             ClientEvent::InviteOpened(m) => Some(m),
@@ -278,11 +294,7 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
 pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<ExitCode> {
     use psync_signal::invite::{InviteCode, InviteMessage, Pake};
     use psync_signal::net::JoinChannel;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let key_path = data_dir.join(KEY_FILE);
-    if key_path.exists() {
-        bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
-    }
+    fresh_data_dir(data_dir)?;
     let code = InviteCode::parse(code)?;
     let key = DeviceKey::generate();
     let roster = runtime()?.block_on(async {
@@ -302,10 +314,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
         }
         Ok(roster)
     })?;
-    key.save(&key_path)?;
-    save_roster(data_dir, roster.entries())?;
-    let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
-    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    save_identity(data_dir, &key, &roster, name, server)?;
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
 }
@@ -317,12 +326,7 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
     let key = Arc::new(key);
     runtime()?.block_on(async {
         let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
-        let entries = wait_for(&mut client, "login", |e| match e {
-            ClientEvent::LoggedIn { roster, .. } => Some(roster),
-            _ => None,
-        })
-        .await?;
-        let mut roster = Roster::from_entries(entries).context("the server's roster does not verify")?;
+        let mut roster = logged_in_roster(&mut client).await?;
         let wanted = device.to_ascii_uppercase();
         let matches: Vec<_> = roster
             .members()
