@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use psync_base::{codec, ContentHash};
-use psync_signal::net::{register, serve, ClientEvent, ServerDir, SignalClient};
+use psync_signal::net::{register, serve_with_limits, tls_acceptor, ClientEvent, IpLimits, ServerDir, SignalClient};
 use psync_signal::{readable_id, DeviceKey, Roster, RosterEntry};
 use serde::{Deserialize, Serialize};
 
@@ -32,18 +32,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `psync signal --listen ADDR`.
-pub fn signal(data_dir: &Path, listen: &str) -> Result<ExitCode> {
+/// `psync signal --listen ADDR [--tls-cert F --tls-key F]`.
+pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>) -> Result<ExitCode> {
     let addr: std::net::SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
-    if !addr.ip().is_loopback() {
-        bail!("plain ws:// is only for loopback; TLS (--tls-cert/--tls-key) is not implemented yet, so listen on 127.0.0.1 or [::1]");
+    if tls.is_none() && !addr.ip().is_loopback() {
+        bail!("plain ws:// is only for loopback: give --tls-cert and --tls-key to listen on {addr}, or listen on 127.0.0.1");
     }
+    let acceptor = tls.map(|(cert, key)| tls_acceptor(cert, key)).transpose()?;
+    let scheme = if acceptor.is_some() { "wss" } else { "ws" };
     let dir = ServerDir::new(&data_dir.join("signal"))?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        println!("signalling server listening on ws://{}", listener.local_addr()?);
-        serve(listener, dir).await?;
+        println!("signalling server listening on {scheme}://{}", listener.local_addr()?);
+        serve_with_limits(listener, dir, IpLimits::default(), acceptor).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -64,6 +64,12 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:7700.
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: String,
+        /// TLS certificate chain (PEM); with --tls-key, serves wss://.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create this device's identity and found a new group on a signalling server.
     Init {
@@ -283,7 +289,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Signal { listen } => group::signal(&data_dir(&cli.global)?, &listen),
+        Command::Signal { listen, tls_cert, tls_key } => {
+            group::signal(&data_dir(&cli.global)?, &listen, tls_cert.as_deref().zip(tls_key.as_deref()))
+        }
         Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
         Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),
         Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),

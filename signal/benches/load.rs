@@ -30,7 +30,9 @@ fn main() {
             println!("{}", listener.local_addr().unwrap());
             // All clients come from 127.0.0.1: lift the per-address limits.
             let limits = IpLimits { connections: usize::MAX, messages_per_second: f64::INFINITY };
-            serve_with_limits(listener, ServerDir::new(std::path::Path::new(&dir)).unwrap(), limits).await.unwrap();
+            serve_with_limits(listener, ServerDir::new(std::path::Path::new(&dir)).unwrap(), limits, None)
+                .await
+                .unwrap();
         });
         return;
     }

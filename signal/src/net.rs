@@ -1,6 +1,7 @@
-//! The network around [`ServerState`]: a WebSocket server (tokio-tungstenite)
-//! and the client the daemon uses. Thin: frames in and out, persistence,
-//! reconnection. Plain `ws://` only; TLS termination is the next step.
+//! The network around [`ServerState`]: a WebSocket server (tokio-tungstenite,
+//! over TLS with rustls when given a certificate) and the client the daemon
+//! uses (`ws://` or `wss://`). Thin: frames in and out, persistence,
+//! reconnection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use psync_base::{codec, ContentHash};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -196,13 +199,41 @@ impl Shared {
     }
 }
 
-/// Serves signalling on `listener` until the task is dropped.
+/// Serves signalling on `listener` (plain) until the task is dropped.
 pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError> {
-    serve_with_limits(listener, dir, IpLimits::default()).await
+    serve_with_limits(listener, dir, IpLimits::default(), None).await
 }
 
-/// [`serve`] with other per-address limits (load tests, NATed offices).
-pub async fn serve_with_limits(listener: TcpListener, dir: ServerDir, limits: IpLimits) -> Result<(), NetError> {
+/// A TLS acceptor from a PEM certificate chain and a PEM private key.
+pub fn tls_acceptor(cert_pem: &Path, key_pem: &Path) -> Result<tokio_rustls::TlsAcceptor, NetError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .and_then(|it| it.collect())
+        .map_err(|e| NetError::Ws(format!("cannot read certificates from {}: {e}", cert_pem.display())))?;
+    if certs.is_empty() {
+        return Err(NetError::Ws(format!("no certificate in {}", cert_pem.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_pem)
+        .map_err(|e| NetError::Ws(format!("cannot read the private key from {}: {e}", key_pem.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Ws(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| NetError::Ws(format!("certificate and key do not fit: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// [`serve`] with other per-address limits (load tests, NATed offices) and,
+/// with `tls`, over TLS.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    dir: ServerDir,
+    limits: IpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), NetError> {
     let state = ServerState::new(dir.server_id()?, dir.load_groups()?);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -235,11 +266,32 @@ pub async fn serve_with_limits(listener: TcpListener, dir: ServerDir, limits: Ip
             }
             *count += 1;
         }
-        tokio::spawn(handle_connection(shared.clone(), stream, addr, conn));
+        let shared = shared.clone();
+        match tls.clone() {
+            None => {
+                tokio::spawn(handle_connection(shared, stream, addr, conn));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => handle_connection(shared, tls, addr, conn).await,
+                        _ => {
+                            tracing::debug!(%addr, "TLS handshake failed");
+                            if let Some(count) = lock(&shared.per_ip).get_mut(&addr.ip()) {
+                                *count = count.saturating_sub(1);
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, conn: ConnId) {
+async fn handle_connection<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, conn: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let result = async {
         let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
             .await
@@ -296,6 +348,131 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: SocketA
     }
     let outs = lock(&shared.state).disconnected(conn);
     shared.dispatch(outs);
+}
+
+/// A client connection: plain TCP or TLS.
+#[derive(Debug)]
+pub enum ClientStream {
+    /// `ws://`
+    Plain(TcpStream),
+    /// `wss://`
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<ClientStream>;
+
+static EXTRA_ROOTS: std::sync::OnceLock<Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>> =
+    std::sync::OnceLock::new();
+
+fn extra_roots() -> &'static Mutex<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    EXTRA_ROOTS.get_or_init(|| {
+        use rustls_pki_types::pem::PemObject;
+        // A self-hosted server's own CA, e.g. PSYNC_SIGNAL_CA=/etc/psync/ca.pem.
+        let roots = std::env::var_os("PSYNC_SIGNAL_CA")
+            .and_then(|path| rustls_pki_types::CertificateDer::pem_file_iter(path).ok())
+            .map(|it| it.flatten().collect())
+            .unwrap_or_default();
+        Mutex::new(roots)
+    })
+}
+
+/// Trusts `pem` (a CA or self-signed certificate) for `wss://` connections,
+/// besides the public web roots.
+pub fn trust_ca_pem(pem: &[u8]) -> Result<(), NetError> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| NetError::Ws(format!("not a PEM certificate: {e}")))?;
+    lock(extra_roots()).extend(certs);
+    Ok(())
+}
+
+/// Connects to `ws://` or `wss://` and performs the WebSocket handshake.
+async fn connect(url: &str) -> Result<ClientWs, NetError> {
+    let request = url.into_client_request().map_err(|e| NetError::Ws(format!("bad server URL {url:?}: {e}")))?;
+    let uri = request.uri().clone();
+    let host =
+        uri.host().ok_or_else(|| NetError::Ws(format!("no host in {url:?}")))?.trim_matches(['[', ']']).to_string();
+    let tls = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => return Err(NetError::Ws(format!("{url:?}: use ws:// or wss://"))),
+    };
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| NetError::Io(format!("{host}:{port}"), e))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = if tls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in lock(extra_roots()).iter() {
+            let _ = roots.add(cert.clone());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| NetError::Ws(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name =
+            rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| NetError::Ws(format!("{host}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| NetError::Ws(format!("TLS with {host}: {e}")))?;
+        ClientStream::Tls(Box::new(tls))
+    } else {
+        ClientStream::Plain(tcp)
+    };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_ws_config()))
+        .await
+        .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
+    Ok(ws)
 }
 
 /// What the client tells the daemon.
@@ -393,21 +570,14 @@ impl SignalClient {
 #[derive(Debug)]
 pub struct JoinChannel {
     mailbox: u32,
-    sink: futures_util::stream::SplitSink<
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-        WsMessage,
-    >,
-    source: futures_util::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    >,
+    sink: futures_util::stream::SplitSink<ClientWs, WsMessage>,
+    source: futures_util::stream::SplitStream<ClientWs>,
 }
 
 impl JoinChannel {
     /// Enters mailbox `mailbox` on `url` with a first message.
     pub async fn open(url: &str, mailbox: u32, first: Vec<u8>) -> Result<JoinChannel, NetError> {
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
-            .await
-            .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
+        let ws = connect(url).await?;
         let (sink, source) = ws.split();
         let mut channel = JoinChannel { mailbox, sink, source };
         channel.send_msg(&ClientMsg::JoinInvite { mailbox, payload: first }).await?;
@@ -446,9 +616,7 @@ async fn session(
     outgoing: &mut mpsc::UnboundedReceiver<ClientMsg>,
     events: &mpsc::UnboundedSender<ClientEvent>,
 ) -> Result<(), String> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let ws = connect(url).await.map_err(|e| e.to_string())?;
     let (mut sink, mut source) = ws.split();
     let decode = |m: WsMessage| -> Option<ServerMsg> {
         match m {
@@ -508,9 +676,7 @@ async fn session(
 
 /// Registers a new group's roster with the server (what `psync init` does).
 pub async fn register(url: &str, roster: &Roster) -> Result<ContentHash, NetError> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(client_ws_config()), true)
-        .await
-        .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
+    let ws = connect(url).await?;
     let (mut sink, mut source) = ws.split();
     let bytes = codec::encode(&ClientMsg::Register { entries: roster.entries().to_vec() })
         .map_err(|e| NetError::Ws(e.to_string()))?;

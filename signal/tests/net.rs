@@ -153,3 +153,29 @@ fn an_address_flooding_through_many_connections_is_cut_off() {
         assert!(cut, "the per-address message rate cut nobody off");
     });
 }
+
+#[test]
+fn devices_meet_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let acceptor = psync_signal::net::tls_acceptor(&cert_pem, &key_pem).unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_dir = ServerDir::new(&dir.path().join("server")).unwrap();
+    rt.spawn(psync_signal::net::serve_with_limits(listener, server_dir, Default::default(), Some(acceptor)));
+    let url = format!("wss://localhost:{port}");
+    let a = Arc::new(DeviceKey::generate());
+    let roster = Roster::create(&a, "notes", "desktop", "", 1);
+    rt.block_on(async {
+        // Not trusted yet: the handshake fails.
+        assert!(register(&url, &roster).await.is_err(), "an unknown certificate is refused");
+        psync_signal::net::trust_ca_pem(cert.cert.pem().as_bytes()).unwrap();
+        assert_eq!(register(&url, &roster).await.unwrap(), roster.group_id());
+        let mut client = SignalClient::spawn(url.clone(), roster.group_id(), a.clone());
+        next_event(&mut client, |e| matches!(e, ClientEvent::LoggedIn { .. })).await;
+    });
+}

@@ -67,6 +67,8 @@ fn clear_errors_for_signal_and_identity() {
     let tmp = tempfile::tempdir().unwrap();
     let out = psync(tmp.path(), &["signal", "--listen", "0.0.0.0:7700"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only for loopback"), "{out:?}");
+    let out = psync(tmp.path(), &["signal", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read certificates"), "{out:?}");
     let out = psync(tmp.path(), &["devices"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("run `psync init`"), "{out:?}");
     // No server at that address: init fails and leaves no half identity behind.
