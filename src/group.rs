@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use psync_base::{codec, ContentHash};
+use psync_signal::dtls::DtlsCertificate;
 use psync_signal::net::{register, serve_with_limits, tls_acceptor, ClientEvent, IpLimits, ServerDir, SignalClient};
 use psync_signal::{readable_id, DeviceKey, Roster, RosterEntry};
 use serde::{Deserialize, Serialize};
@@ -54,13 +55,14 @@ pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>) -> Res
 pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Result<ExitCode> {
     fresh_data_dir(data_dir)?;
     let key = DeviceKey::generate();
-    // The DTLS certificate (and its pinned fingerprint) arrives with the WebRTC transport.
+    // Made once and kept: peers pin its fingerprint from the roster.
+    let dtls = DtlsCertificate::generate()?;
     let now = psync_store::Timestamp::now().secs;
-    let roster = Roster::create(&key, group_name, name, "", now);
+    let roster = Roster::create(&key, group_name, name, &dtls.fingerprint(), now);
     let group = runtime()?
         .block_on(register(server, &roster))
         .context("cannot register the group with the signalling server")?;
-    save_identity(data_dir, &key, &roster, name, server)?;
+    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     println!(
         "device {name} ({}) created group {group_name:?} ({})",
         readable_id(&key.public().device_id()),
@@ -78,9 +80,17 @@ fn fresh_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a new device's key, the group's roster and its identity record.
-fn save_identity(data_dir: &Path, key: &DeviceKey, roster: &Roster, name: &str, server: &str) -> Result<()> {
+/// Writes a new device's key, DTLS certificate, the group's roster and its identity record.
+fn save_identity(
+    data_dir: &Path,
+    key: &DeviceKey,
+    dtls: &DtlsCertificate,
+    roster: &Roster,
+    name: &str,
+    server: &str,
+) -> Result<()> {
     key.save(&data_dir.join(KEY_FILE))?;
+    dtls.save(data_dir)?;
     save_roster(data_dir, roster.entries())?;
     let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
     std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
@@ -154,6 +164,7 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<ExitCode> {
             "added_by": readable_id(&m.added_by.device_id()),
             "added_at": m.added_at,
             "removed": m.removed,
+            "dtls_fingerprint": m.dtls_fingerprint,
             "online": online.contains(&m.key) || m.key == key.public(),
             "this_device": m.key == key.public(),
         }));
@@ -299,6 +310,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
     fresh_data_dir(data_dir)?;
     let code = InviteCode::parse(code)?;
     let key = DeviceKey::generate();
+    let dtls = DtlsCertificate::generate()?;
     let roster = runtime()?.block_on(async {
         let (pake, mine) = Pake::start(&code);
         let mut channel = JoinChannel::open(server, code.mailbox, InviteMessage::Pake(mine).encode()).await?;
@@ -306,7 +318,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
             bail!("unexpected message from the inviting device")
         };
         let shared = pake.finish(&theirs)?;
-        channel.send(shared.introduce(key.public(), name, "").encode()).await?;
+        channel.send(shared.introduce(key.public(), name, &dtls.fingerprint()).encode()).await?;
         let answer =
             channel.recv().await.context("the inviting device did not add this device (wrong code, or declined)")?;
         let entries = shared.check_welcome(InviteMessage::decode(&answer)?)?;
@@ -316,7 +328,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
         }
         Ok(roster)
     })?;
-    save_identity(data_dir, &key, &roster, name, server)?;
+    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
 }

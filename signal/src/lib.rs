@@ -7,6 +7,7 @@
 //! fingerprints from the log.
 #![deny(missing_docs)]
 
+pub mod dtls;
 pub mod envelope;
 pub mod identity;
 pub mod invite;

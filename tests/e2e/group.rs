@@ -113,6 +113,10 @@ fn invite_and_join_add_a_confirmed_device() {
             listed["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(names.contains(&"desktop") && names.contains(&"laptop"));
+        // Each device's saved DTLS certificate is pinned in the roster.
+        let me = listed["devices"].as_array().unwrap().iter().find(|d| d["this_device"] == true).unwrap().clone();
+        let saved = psync_signal::dtls::DtlsCertificate::load(dev).unwrap();
+        assert_eq!(me["dtls_fingerprint"], saved.fingerprint());
     }
     // A code works once.
     let again = psync(&tmp.path().join("third"), &["join", &code, "--name", "x", "--server", &url]);
