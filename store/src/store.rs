@@ -749,12 +749,6 @@ impl Store {
         attrs: NodeAttrs,
         now: Timestamp,
     ) -> Result<Inode> {
-        validate_name(name)?;
-        if let NewNode::Symlink(target) = node {
-            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
-                return Err(StoreError::Invalid("symlink target must be 1..=4096 bytes without NUL"));
-            }
-        }
         self.mutate(false, |txn| txn.create_node(parent, name, node, attrs, now))
     }
 
@@ -1130,6 +1124,13 @@ impl Txn<'_> {
         attrs: NodeAttrs,
         now: Timestamp,
     ) -> Result<Inode> {
+        // Every creation passes here, local or from a peer: validate here.
+        validate_name(name)?;
+        if let NewNode::Symlink(target) = node {
+            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+                return Err(StoreError::Invalid("symlink target must be 1..=4096 bytes without NUL"));
+            }
+        }
         let txn = self;
         let mut dir = txn.dir(parent)?;
         if txn.dirent(parent, name)?.is_some() {

@@ -577,3 +577,25 @@ fn remote_versions_install_atomically_with_their_structure() {
     assert!(entry(&dst.store, "notes/n.md").unwrap().deleted);
     assert_clean(&dst.store);
 }
+
+#[test]
+fn remote_versions_are_validated_like_local_ones() {
+    let f = fixture();
+    let mut vv = psync_base::VersionVector::new();
+    vv.set(DeviceId([9; 32]), 1);
+    let bad_link = PathVersion {
+        path: b"link".to_vec(),
+        kind: NodeKind::Symlink,
+        deleted: false,
+        vv,
+        dot: (DeviceId([9; 32]), 1),
+        size: 0,
+        blocks: vec![],
+        symlink: b"a\0b".to_vec(),
+        perm: 0o777,
+        mtime: 1,
+    };
+    assert!(matches!(f.store.install_versions(&[bad_link], t(1)), Err(StoreError::Invalid(_))));
+    assert!(matches!(f.store.resolve(b"link"), Err(StoreError::NotFound)), "nothing half-applied");
+    assert_clean(&f.store);
+}
