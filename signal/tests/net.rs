@@ -131,9 +131,18 @@ fn an_address_flooding_through_many_connections_is_cut_off() {
         // Each connection stays under its own 50-message burst; together
         // they send 675 messages at once, over the 500/s per address.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        for (i, c) in clients.iter().enumerate() {
-            for seq in 0..45 {
-                c.relay(Envelope::seal(&keys[i], group, keys[0].public(), i as u64, seq, now, vec![0; 16]));
+        // Sign first, then send in one burst: the burst must not depend on
+        // how fast this machine signs.
+        let sealed: Vec<Vec<Envelope>> = (0..clients.len())
+            .map(|i| {
+                (0..45)
+                    .map(|seq| Envelope::seal(&keys[i], group, keys[0].public(), i as u64, seq, now, vec![0; 16]))
+                    .collect()
+            })
+            .collect();
+        for (c, envelopes) in clients.iter().zip(sealed) {
+            for e in envelopes {
+                c.relay(e);
             }
         }
         // The last senders find the address's budget spent.
