@@ -6,6 +6,7 @@ mod group;
 // The daemon will drive the sync core over this (next issue); tested now.
 #[allow(dead_code)]
 mod sync_storage;
+mod transport;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

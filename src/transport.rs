@@ -1,0 +1,416 @@
+//! The WebRTC shell: one peer connection and one reliable, ordered data channel
+//! per pair of devices, carrying opaque frames. It knows nothing of the sync
+//! protocol; it only refuses a peer whose SDP does not carry the DTLS
+//! fingerprint pinned in the roster (DTLS then checks the certificate against
+//! that fingerprint, so a signalling server in the middle cannot stand in).
+//!
+//! Offers and answers are exchanged whole (non-trickle): gathering host
+//! candidates on explicit bind addresses takes a few milliseconds, and one
+//! signed envelope per direction is simpler to authenticate than a stream of
+//! candidates.
+
+// The daemon's sync loop (issue 6) is the user of this module; until it lands
+// only the tests call it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use psync_signal::dtls::DtlsCertificate;
+use psync_signal::envelope::sdp_matches_fingerprint;
+use psync_sync::message::MAX_FRAME_BYTES;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+/// The one data channel's label.
+const CHANNEL_LABEL: &str = "psync";
+/// Bytes a sender may queue in the SCTP stack before `send` waits: a 1 GiB
+/// transfer never buffers more than this per peer.
+const SEND_BUFFER_LIMIT: usize = 4 << 20;
+/// Frames received but not yet taken by the sync loop; when full, the channel
+/// stops reading and SCTP's window pushes back on the sender.
+const RECEIVE_QUEUE: usize = 256;
+/// SCTP messages stay at the size every WebRTC stack accepts (RFC 8841's
+/// default); larger frames travel as pieces, each led by one marker byte.
+const PIECE_BYTES: usize = 64 * 1024 - 1;
+const MORE_FOLLOWS: u8 = 0;
+const LAST_PIECE: u8 = 1;
+/// How long host-candidate gathering may take.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the transport binds and which servers help it through NATs.
+#[derive(Debug, Clone)]
+pub struct IceConfig {
+    /// Local UDP addresses to bind (port 0 for any). Never a wildcard in tests:
+    /// that would advertise every interface.
+    pub bind: Vec<SocketAddr>,
+    /// `stun:` / `turn:` URLs; empty for loopback and LAN use.
+    pub servers: Vec<String>,
+}
+
+impl IceConfig {
+    /// Loopback only, no STUN: the tests and the local demo.
+    pub fn loopback() -> Self {
+        Self { bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))], servers: Vec::new() }
+    }
+}
+
+/// Connection events the handler forwards to the owning task.
+struct Events {
+    gathered: mpsc::Sender<()>,
+    remote_channel: mpsc::Sender<Arc<dyn DataChannel>>,
+    failed: mpsc::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "peer connection state");
+        if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+            let _ = self.failed.try_send(state);
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let _ = self.remote_channel.try_send(channel);
+    }
+}
+
+/// A connection being negotiated.
+pub struct Negotiation {
+    connection: Arc<dyn PeerConnection>,
+    gathered: mpsc::Receiver<()>,
+    remote_channel: mpsc::Receiver<Arc<dyn DataChannel>>,
+    failed: mpsc::Receiver<RTCPeerConnectionState>,
+    local_channel: Option<Arc<dyn DataChannel>>,
+}
+
+impl std::fmt::Debug for Negotiation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Negotiation")
+    }
+}
+
+/// The device's certificate in the form the WebRTC stack takes.
+fn rtc_certificate(certificate: &DtlsCertificate) -> Result<RTCCertificate> {
+    let crypto =
+        webrtc::peer_connection::crypto::default_provider().map_err(|e| anyhow!("no WebRTC crypto provider: {e}"))?;
+    // The stack's PEM names the PKCS#8 block `PRIVATE_KEY`; the body is the same.
+    let key = certificate.key_pem().replace("PRIVATE KEY-----", "PRIVATE_KEY-----");
+    let pem = format!("{key}\n{}", certificate.cert_pem);
+    let dtls = rtc::dtls::crypto::Certificate::from_pem(&pem, crypto.crypto())
+        .map_err(|e| anyhow!("the DTLS certificate does not load: {e}"))?;
+    // The fingerprint, not the expiry, is what peers pin.
+    let expires = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    Ok(RTCCertificate::from_existing(dtls, expires))
+}
+
+impl Negotiation {
+    /// A new, unconnected peer connection presenting `certificate`.
+    pub async fn new(certificate: &DtlsCertificate, ice: &IceConfig) -> Result<Self> {
+        let (gathered_tx, gathered) = mpsc::channel(1);
+        let (remote_tx, remote_channel) = mpsc::channel(1);
+        let (failed_tx, failed) = mpsc::channel(1);
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
+            .with_include_loopback_candidate(true)
+            .build();
+        let servers = if ice.servers.is_empty() {
+            Vec::new()
+        } else {
+            vec![RTCIceServer { urls: ice.servers.clone(), ..Default::default() }]
+        };
+        let configuration = RTCConfigurationBuilder::new()
+            .with_ice_servers(servers)
+            .with_certificates(vec![rtc_certificate(certificate)?])
+            .build();
+        let connection = PeerConnectionBuilder::new()
+            .with_configuration(configuration)
+            .with_setting_engine(settings)
+            .with_handler(Arc::new(Events { gathered: gathered_tx, remote_channel: remote_tx, failed: failed_tx }))
+            .with_udp_addrs(ice.bind.clone())
+            .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
+            .build()
+            .await
+            .map_err(|e| anyhow!("cannot create a WebRTC peer connection: {e}"))?;
+        Ok(Self { connection: Arc::new(connection), gathered, remote_channel, failed, local_channel: None })
+    }
+
+    async fn local_sdp(&mut self) -> Result<String> {
+        tokio::time::timeout(GATHER_TIMEOUT, self.gathered.recv()).await.context("ICE gathering did not finish")?;
+        let description = self.connection.local_description().await.ok_or_else(|| anyhow!("no local description"))?;
+        Ok(description.sdp)
+    }
+
+    /// The offering side: opens the channel and returns the SDP offer.
+    pub async fn offer(&mut self) -> Result<String> {
+        let channel = self
+            .connection
+            .create_data_channel(CHANNEL_LABEL, None)
+            .await
+            .map_err(|e| anyhow!("cannot create the data channel: {e}"))?;
+        self.local_channel = Some(channel);
+        let offer = self.connection.create_offer(None).await.map_err(|e| anyhow!("cannot create an offer: {e}"))?;
+        self.connection.set_local_description(offer).await.map_err(|e| anyhow!("local offer refused: {e}"))?;
+        self.local_sdp().await
+    }
+
+    /// The answering side: checks the offer's fingerprint against the one the
+    /// roster pins for its sender, then returns the SDP answer.
+    pub async fn answer(&mut self, offer_sdp: &str, pinned_fingerprint: &str) -> Result<String> {
+        if !sdp_matches_fingerprint(offer_sdp, pinned_fingerprint) {
+            bail!("the offer's DTLS fingerprint is not the one pinned for its sender");
+        }
+        let offer = RTCSessionDescription::offer(offer_sdp.to_string()).map_err(|e| anyhow!("bad offer: {e}"))?;
+        self.connection.set_remote_description(offer).await.map_err(|e| anyhow!("offer refused: {e}"))?;
+        let answer = self.connection.create_answer(None).await.map_err(|e| anyhow!("cannot create an answer: {e}"))?;
+        self.connection.set_local_description(answer).await.map_err(|e| anyhow!("local answer refused: {e}"))?;
+        self.local_sdp().await
+    }
+
+    /// The offering side, once the answer arrives.
+    pub async fn accept(&mut self, answer_sdp: &str, pinned_fingerprint: &str) -> Result<()> {
+        if !sdp_matches_fingerprint(answer_sdp, pinned_fingerprint) {
+            bail!("the answer's DTLS fingerprint is not the one pinned for its sender");
+        }
+        let answer = RTCSessionDescription::answer(answer_sdp.to_string()).map_err(|e| anyhow!("bad answer: {e}"))?;
+        self.connection.set_remote_description(answer).await.map_err(|e| anyhow!("answer refused: {e}"))
+    }
+
+    /// Waits until the data channel is open.
+    pub async fn connect(mut self, timeout: Duration) -> Result<Link> {
+        let wait = async {
+            let channel = match self.local_channel.take() {
+                Some(channel) => channel,
+                None => tokio::select! {
+                    channel = self.remote_channel.recv() => channel.ok_or_else(|| anyhow!("connection dropped"))?,
+                    state = self.failed.recv() => bail!("connection {}", state.map(|s| s.to_string()).unwrap_or_default()),
+                },
+            };
+            loop {
+                tokio::select! {
+                    event = channel.poll() => match event {
+                        Some(DataChannelEvent::OnOpen) => return Ok(channel),
+                        Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before opening"),
+                        Some(_) => {}
+                    },
+                    state = self.failed.recv() => bail!("connection {}", state.map(|s| s.to_string()).unwrap_or_default()),
+                }
+            }
+        };
+        let channel = tokio::time::timeout(timeout, wait).await.context("the peer did not connect in time")??;
+        let (frames_tx, frames) = mpsc::channel(RECEIVE_QUEUE);
+        let reader = tokio::spawn(read_frames(self.connection.clone(), channel.clone(), frames_tx));
+        Ok(Link { connection: self.connection, channel, frames, reader })
+    }
+}
+
+/// Reassembles frames from pieces and forwards them until the channel closes,
+/// the link is dropped, or the peer misbehaves (a frame over the sync core's
+/// limit, an unknown marker): then the connection is closed.
+async fn read_frames(
+    connection: Arc<dyn PeerConnection>,
+    channel: Arc<dyn DataChannel>,
+    frames: mpsc::Sender<Vec<u8>>,
+) {
+    let mut frame = Vec::new();
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnMessage(message) => {
+                let Some((&marker, piece)) = message.data.split_first() else {
+                    tracing::warn!("peer sent an empty message; closing the connection");
+                    break;
+                };
+                if frame.len() + piece.len() > MAX_FRAME_BYTES {
+                    tracing::warn!(limit = MAX_FRAME_BYTES, "peer sent an oversized frame; closing the connection");
+                    break;
+                }
+                frame.extend_from_slice(piece);
+                match marker {
+                    MORE_FOLLOWS => {}
+                    LAST_PIECE => {
+                        if frames.send(std::mem::take(&mut frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(marker, "peer sent an unknown piece marker; closing the connection");
+                        break;
+                    }
+                }
+            }
+            DataChannelEvent::OnClose => return,
+            _ => {}
+        }
+    }
+    let _ = channel.close().await;
+    let _ = connection.close().await;
+}
+
+/// An open connection to one peer.
+pub struct Link {
+    connection: Arc<dyn PeerConnection>,
+    channel: Arc<dyn DataChannel>,
+    frames: mpsc::Receiver<Vec<u8>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+impl Link {
+    /// Sends one frame (at most the sync core's frame limit); waits while the
+    /// send buffer is full.
+    pub async fn send(&self, frame: &[u8]) -> Result<()> {
+        if frame.len() > MAX_FRAME_BYTES {
+            bail!("frame of {} bytes is over the {MAX_FRAME_BYTES}-byte limit", frame.len());
+        }
+        let mut pieces = frame.chunks(PIECE_BYTES).peekable();
+        if pieces.peek().is_none() {
+            return self.send_piece(LAST_PIECE, &[]).await;
+        }
+        while let Some(piece) = pieces.next() {
+            let marker = if pieces.peek().is_some() { MORE_FOLLOWS } else { LAST_PIECE };
+            self.send_piece(marker, piece).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_piece(&self, marker: u8, piece: &[u8]) -> Result<()> {
+        let mut message = BytesMut::with_capacity(piece.len() + 1);
+        message.extend_from_slice(&[marker]);
+        message.extend_from_slice(piece);
+        self.channel.send(message).await.map_err(|e| anyhow!("send to peer failed: {e}"))
+    }
+
+    /// The next frame, or `None` once the peer is gone.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.frames.recv().await
+    }
+
+    /// Closes the channel and the connection.
+    pub async fn close(self) {
+        let _ = self.channel.close().await;
+        let _ = self.connection.close().await;
+        self.reader.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every candidate either side offers is on loopback: the tests never send
+    /// a packet anywhere else.
+    fn assert_loopback_only(sdp: &str) {
+        let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+        assert!(!candidates.is_empty(), "no candidates in {sdp}");
+        for line in candidates {
+            let address = line.split_whitespace().nth(4).unwrap();
+            assert!(address == "127.0.0.1" || address == "::1", "non-loopback candidate: {line}");
+        }
+    }
+
+    async fn pair() -> (Link, Link) {
+        let (a_cert, b_cert) = (DtlsCertificate::generate().unwrap(), DtlsCertificate::generate().unwrap());
+        let mut a = Negotiation::new(&a_cert, &IceConfig::loopback()).await.unwrap();
+        let mut b = Negotiation::new(&b_cert, &IceConfig::loopback()).await.unwrap();
+        let offer = a.offer().await.unwrap();
+        assert_loopback_only(&offer);
+        let answer = b.answer(&offer, &a_cert.fingerprint()).await.unwrap();
+        assert_loopback_only(&answer);
+        a.accept(&answer, &b_cert.fingerprint()).await.unwrap();
+        let limit = Duration::from_secs(30);
+        let (a, b) = tokio::join!(a.connect(limit), b.connect(limit));
+        (a.unwrap(), b.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_cross_a_loopback_connection_in_order_both_ways() {
+        let (a, mut b) = pair().await;
+        // Small frames, an empty one and one at the sync core's frame limit (many pieces).
+        let frames: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                if i == 100 {
+                    vec![7u8; MAX_FRAME_BYTES]
+                } else if i == 101 {
+                    Vec::new()
+                } else {
+                    i.to_le_bytes().repeat(i as usize % 50 + 1)
+                }
+            })
+            .collect();
+        let sender = {
+            let frames = frames.clone();
+            async move {
+                for frame in &frames {
+                    a.send(frame).await.unwrap();
+                }
+                a
+            }
+        };
+        let receiver = async {
+            let mut got = Vec::new();
+            while got.len() < frames.len() {
+                got.push(b.recv().await.expect("the link stays up"));
+            }
+            got
+        };
+        let (mut a, got) = tokio::join!(sender, receiver);
+        assert_eq!(got, frames);
+        b.send(b"reply").await.unwrap();
+        assert_eq!(a.recv().await.unwrap(), b"reply");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_frame_is_refused_by_the_sender_and_ends_the_link_at_the_receiver() {
+        let (a, mut b) = pair().await;
+        let refused = a.send(&vec![0u8; MAX_FRAME_BYTES + 1]).await.unwrap_err();
+        assert!(refused.to_string().contains("over the"), "{refused}");
+        a.send(b"still fine").await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), b"still fine");
+        // A hostile sender that never ends its frame: the receiver gives up at the limit.
+        for _ in 0..=MAX_FRAME_BYTES / PIECE_BYTES {
+            a.send_piece(MORE_FOLLOWS, &[1u8; PIECE_BYTES]).await.unwrap();
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(30), b.recv()).await.unwrap();
+        assert_eq!(ended, None, "the receiver closes instead of buffering without bound");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fingerprint_other_than_the_pinned_one_is_refused() {
+        let (a_cert, b_cert) = (DtlsCertificate::generate().unwrap(), DtlsCertificate::generate().unwrap());
+        let impostor = DtlsCertificate::generate().unwrap();
+        let mut a = Negotiation::new(&a_cert, &IceConfig::loopback()).await.unwrap();
+        let mut b = Negotiation::new(&b_cert, &IceConfig::loopback()).await.unwrap();
+        let offer = a.offer().await.unwrap();
+        let refused = b.answer(&offer, &impostor.fingerprint()).await.unwrap_err();
+        assert!(refused.to_string().contains("not the one pinned"), "{refused}");
+        let answer = b.answer(&offer, &a_cert.fingerprint()).await.unwrap();
+        let refused = a.accept(&answer, &impostor.fingerprint()).await.unwrap_err();
+        assert!(refused.to_string().contains("not the one pinned"), "{refused}");
+    }
+}
