@@ -19,8 +19,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
+use psync_base::{codec, ContentHash};
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::envelope::sdp_matches_fingerprint;
+use psync_signal::peer_hello::{decode_challenge, decode_proof, Handshake};
+use psync_signal::{DeviceKey, PublicKey, Roster};
 use psync_sync::message::MAX_FRAME_BYTES;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
@@ -44,6 +47,8 @@ const RECEIVE_QUEUE: usize = 256;
 const PIECE_BYTES: usize = 64 * 1024 - 1;
 const MORE_FOLLOWS: u8 = 0;
 const LAST_PIECE: u8 = 1;
+/// How long the signed hello may take once the channel is open.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long host-candidate gathering may take.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -307,6 +312,28 @@ impl Link {
         self.frames.recv().await
     }
 
+    /// Runs the signed hello (see `psync_signal::peer_hello`) before any sync
+    /// frame; returns the peer's roster head. Any failure means: close the link.
+    pub async fn hello(
+        &mut self,
+        me: &DeviceKey,
+        peer: PublicKey,
+        roster: &Roster,
+        fingerprints: (&str, &str),
+    ) -> Result<ContentHash> {
+        let (mine, theirs) = fingerprints;
+        let (handshake, challenge) = Handshake::start(roster, me.public(), peer, mine, theirs);
+        let exchange = async {
+            self.send(&codec::encode(&challenge)?).await?;
+            let their_challenge =
+                decode_challenge(&self.recv().await.ok_or_else(|| anyhow!("peer left during hello"))?)?;
+            self.send(&codec::encode(&handshake.prove(me, &their_challenge, roster.head()))?).await?;
+            let proof = decode_proof(&self.recv().await.ok_or_else(|| anyhow!("peer left during hello"))?)?;
+            Ok::<_, anyhow::Error>(handshake.verify(roster, &proof)?)
+        };
+        tokio::time::timeout(HELLO_TIMEOUT, exchange).await.context("the peer did not complete the hello in time")?
+    }
+
     /// Closes the channel and the connection.
     pub async fn close(self) {
         let _ = self.channel.close().await;
@@ -398,6 +425,47 @@ mod tests {
         assert_eq!(ended, None, "the receiver closes instead of buffering without bound");
         a.close().await;
         b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_signed_hello_passes_between_members_and_fails_for_a_stranger() {
+        use psync_signal::{Role, RosterOp};
+        let (a_key, b_key) = (DeviceKey::generate(), DeviceKey::generate());
+        let mut roster = Roster::create(&a_key, "notes", "laptop", "sha-256 AA", 1);
+        let add = RosterOp::Add {
+            key: b_key.public(),
+            name: "phone".into(),
+            role: Role::Full,
+            dtls_fingerprint: "sha-256 BB".into(),
+        };
+        let entry = roster.sign_next(&a_key, add, 2);
+        roster.apply(entry).unwrap();
+        let fingerprints = ("sha-256 AA", "sha-256 BB");
+        let swapped = (fingerprints.1, fingerprints.0);
+
+        let (mut a, mut b) = pair().await;
+        let (heard_by_a, heard_by_b) = tokio::join!(
+            a.hello(&a_key, b_key.public(), &roster, fingerprints),
+            b.hello(&b_key, a_key.public(), &roster, swapped)
+        );
+        assert_eq!(heard_by_a.unwrap(), roster.head());
+        assert_eq!(heard_by_b.unwrap(), roster.head());
+        a.send(b"first sync frame").await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), b"first sync frame");
+        a.close().await;
+        b.close().await;
+
+        // A device outside the roster, on an otherwise fine connection.
+        let stranger = DeviceKey::generate();
+        let (mut a, mut s) = pair().await;
+        let (heard_by_a, _) = tokio::join!(
+            a.hello(&a_key, b_key.public(), &roster, fingerprints),
+            s.hello(&stranger, a_key.public(), &roster, swapped)
+        );
+        let refused = heard_by_a.unwrap_err().to_string();
+        assert!(refused.contains("another device"), "{refused}");
+        a.close().await;
+        s.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

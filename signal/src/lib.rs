@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod identity;
 pub mod invite;
 pub mod net;
+pub mod peer_hello;
 pub mod roster;
 pub mod server;
 
