@@ -69,6 +69,34 @@ impl IceConfig {
     }
 }
 
+/// What devices relay to each other through the signalling server, inside
+/// signed envelopes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PeerSignal {
+    /// A complete SDP offer (candidates included).
+    Offer(String),
+    /// A complete SDP answer.
+    Answer(String),
+}
+
+impl PeerSignal {
+    /// Encoded for an envelope's payload.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decoded from an opened envelope's payload.
+    pub fn decode(payload: &[u8]) -> Result<Self> {
+        codec::decode(payload).context("malformed signal payload from a peer")
+    }
+}
+
+/// Which of two devices makes the offer: the one with the smaller key. Both
+/// sides agree without a message, so two devices never offer at once.
+pub fn offers_to(me: &PublicKey, peer: &PublicKey) -> bool {
+    me < peer
+}
+
 /// Connection events the handler forwards to the owning task.
 struct Events {
     gathered: mpsc::Sender<()>,
@@ -466,6 +494,93 @@ mod tests {
         assert!(refused.contains("another device"), "{refused}");
         a.close().await;
         s.close().await;
+    }
+
+    /// The whole path a daemon takes: a real signalling server on loopback
+    /// relays the signed offer and answer, each side checks the envelope and
+    /// the fingerprint the roster pins, DTLS connects, and the hello passes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_devices_connect_through_the_signalling_server() {
+        use psync_signal::net::{register, serve, ClientEvent, ServerDir, SignalClient};
+        use psync_signal::{Envelope, ReplayGuard, Role, RosterOp};
+
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let server_dir = ServerDir::new(dir.path()).unwrap();
+        tokio::spawn(async move { serve(listener, server_dir).await });
+
+        let (x, y) = (Arc::new(DeviceKey::generate()), Arc::new(DeviceKey::generate()));
+        let (offerer, answerer) = if offers_to(&x.public(), &y.public()) { (x, y) } else { (y, x) };
+        assert!(!offers_to(&answerer.public(), &offerer.public()), "exactly one side offers");
+        let (o_cert, a_cert) = (DtlsCertificate::generate().unwrap(), DtlsCertificate::generate().unwrap());
+        let mut roster = Roster::create(&offerer, "notes", "laptop", &o_cert.fingerprint(), 1);
+        let add = RosterOp::Add {
+            key: answerer.public(),
+            name: "desktop".into(),
+            role: Role::Full,
+            dtls_fingerprint: a_cert.fingerprint(),
+        };
+        let entry = roster.sign_next(&offerer, add, 2);
+        roster.apply(entry).unwrap();
+        let group = register(&url, &roster).await.unwrap();
+        let mut o_client = SignalClient::spawn(url.clone(), group, offerer.clone());
+        let mut a_client = SignalClient::spawn(url, group, answerer.clone());
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+
+        async fn relayed(client: &mut SignalClient) -> Envelope {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(20), client.events.recv()).await.unwrap().unwrap() {
+                    ClientEvent::Relayed(envelope) => return envelope,
+                    ClientEvent::Refused(why) => panic!("server refused: {why}"),
+                    _ => {}
+                }
+            }
+        }
+        // Wait until the answerer is online so the offer is not dropped.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), o_client.events.recv()).await.unwrap().unwrap() {
+                ClientEvent::LoggedIn { online, .. } if online.contains(&answerer.public()) => break,
+                ClientEvent::Online(who) if who == answerer.public() => break,
+                _ => {}
+            }
+        }
+
+        let answerer_side = async {
+            let mut negotiation = Negotiation::new(&a_cert, &IceConfig::loopback()).await.unwrap();
+            let envelope = relayed(&mut a_client).await;
+            let payload = envelope.open(&roster, &answerer.public(), now(), &mut ReplayGuard::default()).unwrap();
+            let PeerSignal::Offer(offer) = PeerSignal::decode(payload).unwrap() else { panic!("expected an offer") };
+            let pinned = roster.fingerprint(&envelope.from).unwrap();
+            let answer = negotiation.answer(&offer, pinned).await.unwrap();
+            let payload = PeerSignal::Answer(answer).encode().unwrap();
+            a_client.relay(Envelope::seal(&answerer, group, envelope.from, 7, 1, now(), payload));
+            let mut link = negotiation.connect(Duration::from_secs(30)).await.unwrap();
+            let fingerprints = (a_cert.fingerprint(), pinned.to_string());
+            link.hello(&answerer, envelope.from, &roster, (&fingerprints.0, &fingerprints.1)).await.unwrap();
+            link
+        };
+        let offerer_side = async {
+            let mut negotiation = Negotiation::new(&o_cert, &IceConfig::loopback()).await.unwrap();
+            let offer = negotiation.offer().await.unwrap();
+            let payload = PeerSignal::Offer(offer).encode().unwrap();
+            o_client.relay(Envelope::seal(&offerer, group, answerer.public(), 3, 1, now(), payload));
+            let envelope = relayed(&mut o_client).await;
+            let payload = envelope.open(&roster, &offerer.public(), now(), &mut ReplayGuard::default()).unwrap();
+            let PeerSignal::Answer(answer) = PeerSignal::decode(payload).unwrap() else { panic!("expected an answer") };
+            let pinned = roster.fingerprint(&envelope.from).unwrap();
+            negotiation.accept(&answer, pinned).await.unwrap();
+            let mut link = negotiation.connect(Duration::from_secs(30)).await.unwrap();
+            let fingerprints = (o_cert.fingerprint(), pinned.to_string());
+            link.hello(&offerer, envelope.from, &roster, (&fingerprints.0, &fingerprints.1)).await.unwrap();
+            link
+        };
+        let (mut a_link, o_link) = tokio::join!(answerer_side, offerer_side);
+        o_link.send(b"index update").await.unwrap();
+        assert_eq!(a_link.recv().await.unwrap(), b"index update");
+        assert!(PeerSignal::decode(&[9, 9, 9]).is_err(), "garbage payload is an error, not a panic");
+        o_link.close().await;
+        a_link.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
