@@ -146,18 +146,18 @@ impl SyncStorage for StoreSync {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use psync_store::{NewNode, NodeAttrs, RenameMode, ROOT_INO};
     use psync_sync::{Input, Output, SyncConfig, SyncCore};
 
-    struct Device {
-        _dir: tempfile::TempDir,
-        store: Arc<Store>,
-        core: SyncCore<StoreSync>,
+    pub(crate) struct Device {
+        pub(crate) _dir: tempfile::TempDir,
+        pub(crate) store: Arc<Store>,
+        pub(crate) core: SyncCore<StoreSync>,
     }
 
-    fn devices(n: u8) -> Vec<Device> {
+    pub(crate) fn devices(n: u8) -> Vec<Device> {
         let ids: Vec<DeviceId> = (1..=n).map(|i| DeviceId([i; 32])).collect();
         ids.iter()
             .enumerate()
@@ -203,21 +203,21 @@ mod tests {
         }
     }
 
-    fn write(d: &Device, parent: u64, name: &str, data: &[u8]) -> u64 {
+    pub(crate) fn write(d: &Store, parent: u64, name: &str, data: &[u8]) -> u64 {
         let now = Timestamp::now();
-        let node = match d.store.lookup(parent, name.as_bytes()) {
+        let node = match d.lookup(parent, name.as_bytes()) {
             Ok(n) => n,
-            Err(_) => d.store.create(parent, name.as_bytes(), NewNode::File, NodeAttrs::perm(0o644), now).unwrap(),
+            Err(_) => d.create(parent, name.as_bytes(), NewNode::File, NodeAttrs::perm(0o644), now).unwrap(),
         };
-        d.store.truncate(node.ino, 0, now).unwrap();
-        d.store.write(node.ino, 0, data, now).unwrap();
-        d.store.commit(node.ino, now, false).unwrap();
+        d.truncate(node.ino, 0, now).unwrap();
+        d.write(node.ino, 0, data, now).unwrap();
+        d.commit(node.ino, now, false).unwrap();
         node.ino
     }
 
-    fn read(d: &Device, path: &str) -> Option<Vec<u8>> {
-        let node = d.store.resolve(path.as_bytes()).ok()?;
-        Some(d.store.read(node.ino, 0, u32::MAX).unwrap())
+    pub(crate) fn read(d: &Store, path: &str) -> Option<Vec<u8>> {
+        let node = d.resolve(path.as_bytes()).ok()?;
+        Some(d.read(node.ino, 0, u32::MAX).unwrap())
     }
 
     #[test]
@@ -226,26 +226,26 @@ mod tests {
         let mut now = 1_000_000;
         let notes =
             devs[0].store.create(ROOT_INO, b"notes", NewNode::Dir, NodeAttrs::perm(0o755), Timestamp::now()).unwrap();
-        write(&devs[0], notes.ino, "a.md", b"# A");
+        write(&devs[0].store, notes.ino, "a.md", b"# A");
         let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
-        write(&devs[0], ROOT_INO, "paper.pdf", &big);
+        write(&devs[0].store, ROOT_INO, "paper.pdf", &big);
         devs[0].core.handle(now, Input::LocalChanged).unwrap();
         run(&mut devs, &mut now, true);
-        assert_eq!(read(&devs[1], "notes/a.md").unwrap(), b"# A");
-        assert_eq!(read(&devs[1], "paper.pdf").unwrap(), big);
+        assert_eq!(read(&devs[1].store, "notes/a.md").unwrap(), b"# A");
+        assert_eq!(read(&devs[1].store, "paper.pdf").unwrap(), big);
 
         // A rename on 1 arrives on 0 without data being re-sent.
         let now_ts = Timestamp::now();
         devs[1].store.rename(ROOT_INO, b"paper.pdf", ROOT_INO, b"renamed.pdf", RenameMode::Replace, now_ts).unwrap();
         devs[1].core.handle(now, Input::LocalChanged).unwrap();
         run(&mut devs, &mut now, false);
-        assert_eq!(read(&devs[0], "renamed.pdf").unwrap(), big);
-        assert!(read(&devs[0], "paper.pdf").is_none());
+        assert_eq!(read(&devs[0].store, "renamed.pdf").unwrap(), big);
+        assert!(read(&devs[0].store, "paper.pdf").is_none());
 
         // Concurrent edits: both kept, the same way on both devices.
-        write(&devs[0], notes.ino, "a.md", b"edit on 0");
+        write(&devs[0].store, notes.ino, "a.md", b"edit on 0");
         let notes1 = devs[1].store.resolve(b"notes").unwrap().ino;
-        write(&devs[1], notes1, "a.md", b"edit on 1");
+        write(&devs[1].store, notes1, "a.md", b"edit on 1");
         for d in devs.iter_mut() {
             d.core.handle(now, Input::LocalChanged).unwrap();
         }
@@ -272,7 +272,7 @@ mod tests {
         devs[0].store.unlink(ROOT_INO, b"renamed.pdf", Timestamp::now()).unwrap();
         devs[0].core.handle(now, Input::LocalChanged).unwrap();
         run(&mut devs, &mut now, false);
-        assert!(read(&devs[1], "renamed.pdf").is_none());
+        assert!(read(&devs[1].store, "renamed.pdf").is_none());
         for d in &devs {
             let report = d.store.fsck().unwrap();
             assert!(report.is_clean(), "{:?}", report.problems);

@@ -9,9 +9,6 @@
 //! signed envelope per direction is simpler to authenticate than a stream of
 //! candidates.
 
-// The daemon's sync loop (issue 6) is the user of this module; until it lands
-// only the tests call it.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -296,6 +293,28 @@ async fn read_frames(
     let _ = connection.close().await;
 }
 
+async fn send_frame(channel: &Arc<dyn DataChannel>, frame: &[u8]) -> Result<()> {
+    if frame.len() > MAX_FRAME_BYTES {
+        bail!("frame of {} bytes is over the {MAX_FRAME_BYTES}-byte limit", frame.len());
+    }
+    let mut pieces = frame.chunks(PIECE_BYTES).peekable();
+    if pieces.peek().is_none() {
+        return send_piece(channel, LAST_PIECE, &[]).await;
+    }
+    while let Some(piece) = pieces.next() {
+        let marker = if pieces.peek().is_some() { MORE_FOLLOWS } else { LAST_PIECE };
+        send_piece(channel, marker, piece).await?;
+    }
+    Ok(())
+}
+
+async fn send_piece(channel: &Arc<dyn DataChannel>, marker: u8, piece: &[u8]) -> Result<()> {
+    let mut message = BytesMut::with_capacity(piece.len() + 1);
+    message.extend_from_slice(&[marker]);
+    message.extend_from_slice(piece);
+    channel.send(message).await.map_err(|e| anyhow!("send to peer failed: {e}"))
+}
+
 /// An open connection to one peer.
 pub struct Link {
     connection: Arc<dyn PeerConnection>,
@@ -314,25 +333,12 @@ impl Link {
     /// Sends one frame (at most the sync core's frame limit); waits while the
     /// send buffer is full.
     pub async fn send(&self, frame: &[u8]) -> Result<()> {
-        if frame.len() > MAX_FRAME_BYTES {
-            bail!("frame of {} bytes is over the {MAX_FRAME_BYTES}-byte limit", frame.len());
-        }
-        let mut pieces = frame.chunks(PIECE_BYTES).peekable();
-        if pieces.peek().is_none() {
-            return self.send_piece(LAST_PIECE, &[]).await;
-        }
-        while let Some(piece) = pieces.next() {
-            let marker = if pieces.peek().is_some() { MORE_FOLLOWS } else { LAST_PIECE };
-            self.send_piece(marker, piece).await?;
-        }
-        Ok(())
+        send_frame(&self.channel, frame).await
     }
 
+    #[cfg(test)]
     async fn send_piece(&self, marker: u8, piece: &[u8]) -> Result<()> {
-        let mut message = BytesMut::with_capacity(piece.len() + 1);
-        message.extend_from_slice(&[marker]);
-        message.extend_from_slice(piece);
-        self.channel.send(message).await.map_err(|e| anyhow!("send to peer failed: {e}"))
+        send_piece(&self.channel, marker, piece).await
     }
 
     /// The next frame, or `None` once the peer is gone.
@@ -362,6 +368,12 @@ impl Link {
         tokio::time::timeout(HELLO_TIMEOUT, exchange).await.context("the peer did not complete the hello in time")?
     }
 
+    /// Separates the sending half (for a writer task) from the receiving one.
+    pub fn split(self) -> (LinkSender, LinkReceiver) {
+        let sender = LinkSender { connection: self.connection, channel: self.channel };
+        (sender, LinkReceiver { frames: self.frames, reader: self.reader })
+    }
+
     /// Closes the channel and the connection.
     pub async fn close(self) {
         let _ = self.channel.close().await;
@@ -370,8 +382,59 @@ impl Link {
     }
 }
 
+/// The sending half of a [`Link`]; dropping it does not close the link,
+/// [`LinkSender::close`] does.
+pub struct LinkSender {
+    connection: Arc<dyn PeerConnection>,
+    channel: Arc<dyn DataChannel>,
+}
+
+impl std::fmt::Debug for LinkSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSender")
+    }
+}
+
+impl LinkSender {
+    /// Like [`Link::send`].
+    pub async fn send(&self, frame: &[u8]) -> Result<()> {
+        send_frame(&self.channel, frame).await
+    }
+
+    /// Closes the channel and the connection (the receiving half then ends).
+    pub async fn close(self) {
+        let _ = self.channel.close().await;
+        let _ = self.connection.close().await;
+    }
+}
+
+/// The receiving half of a [`Link`].
+pub struct LinkReceiver {
+    frames: mpsc::Receiver<Vec<u8>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LinkReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkReceiver")
+    }
+}
+
+impl LinkReceiver {
+    /// Like [`Link::recv`].
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.frames.recv().await
+    }
+}
+
+impl Drop for LinkReceiver {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Every candidate either side offers is on loopback: the tests never send
@@ -385,7 +448,7 @@ mod tests {
         }
     }
 
-    async fn pair() -> (Link, Link) {
+    pub(crate) async fn pair() -> (Link, Link) {
         let (a_cert, b_cert) = (DtlsCertificate::generate().unwrap(), DtlsCertificate::generate().unwrap());
         let mut a = Negotiation::new(&a_cert, &IceConfig::loopback()).await.unwrap();
         let mut b = Negotiation::new(&b_cert, &IceConfig::loopback()).await.unwrap();
