@@ -6,6 +6,8 @@ mod group;
 // The mount daemon will start the sync loop (the rest of issue 6); until then
 // the loop, the store adapter and the transport are exercised by their tests.
 #[allow(dead_code)]
+mod peering;
+#[allow(dead_code)]
 mod sync_loop;
 #[allow(dead_code)]
 mod sync_storage;

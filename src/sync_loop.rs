@@ -4,7 +4,6 @@
 //! loop itself only translates: links and timers become core inputs, core
 //! outputs become frames, dropped links and installed paths.
 
-
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -9,7 +9,6 @@
 //! signed envelope per direction is simpler to authenticate than a stream of
 //! candidates.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
