@@ -130,7 +130,10 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     }
     signals.thread_block()?;
 
-    let store = match Store::open_or_create(data_dir, DeviceId(rand::random())) {
+    let sync_setup = crate::group::sync_setup(data_dir)?;
+    // A device with an identity is known to its group by its key.
+    let device = sync_setup.as_ref().map_or_else(|| DeviceId(rand::random()), |s| s.key.public().device_id());
+    let store = match Store::open_or_create(data_dir, device) {
         Ok(store) => Arc::new(store),
         Err(StoreError::Locked(_)) => bail!(
             "data dir {} is in use by another psync process (mounted elsewhere? see `psync status` or {})",
@@ -139,7 +142,18 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
         ),
         Err(e) => return Err(e.into()),
     };
-    let core = Arc::new(FsCore::new(store, None)?);
+    let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
+    let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
+    if let Some(setup) = sync_setup {
+        if store.device() == setup.key.public().device_id() {
+            crate::sync_daemon::start(store.clone(), setup, fs_events_rx)?;
+        } else {
+            tracing::error!(
+                "this data dir's store was created before the device joined a group; sync is off \
+                 (move the data dir aside, mount a fresh one and copy the files in)"
+            );
+        }
+    }
     let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
     std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;

@@ -365,3 +365,42 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// What the mount daemon needs to sync: present once the device has an
+/// identity (`psync init` or `psync join`).
+#[derive(Debug)]
+pub struct SyncSetup {
+    /// Signalling server URL.
+    pub server: String,
+    /// The group id.
+    pub group: ContentHash,
+    /// This device's key.
+    pub key: Arc<DeviceKey>,
+    /// Its DTLS certificate.
+    pub certificate: Arc<DtlsCertificate>,
+    /// The local, verified roster copy (the server's replaces it if longer).
+    pub roster: Roster,
+}
+
+/// `None` when the data dir has no identity yet (the mount then runs
+/// without sync); an error when it has one that does not load.
+pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
+    if !data_dir.join(IDENTITY_FILE).exists() {
+        return Ok(None);
+    }
+    let (identity, key, group) = load_identity(data_dir)?;
+    let certificate = DtlsCertificate::load(data_dir)?;
+    let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
+    let roster = Roster::from_entries(codec::decode::<Vec<RosterEntry>>(&bytes)?)
+        .context("the local roster copy does not verify")?;
+    if roster.group_id() != group {
+        bail!("the local roster copy is for another group than identity.json");
+    }
+    Ok(Some(SyncSetup {
+        server: identity.server,
+        group,
+        key: Arc::new(key),
+        certificate: Arc::new(certificate),
+        roster,
+    }))
+}

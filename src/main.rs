@@ -7,6 +7,7 @@ mod group;
 // the loop, the store adapter and the transport are exercised by their tests.
 #[allow(dead_code)]
 mod peering;
+mod sync_daemon;
 #[allow(dead_code)]
 mod sync_loop;
 #[allow(dead_code)]

@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::mount::psync;
+use crate::mount::{psync, Mounted};
 
 struct Server(Child);
 
@@ -189,4 +189,47 @@ fn a_removed_device_is_refused() {
     assert_eq!(listed["source"], "local copy (server unreachable)");
     let out = psync(&a, &["remove", "desktop"]);
     assert!(!out.status.success(), "the last full device cannot be removed");
+}
+
+/// Two devices of one group, each mounted: files written through one mount
+/// appear through the other, over the signalling server and WebRTC on
+/// loopback, both ways.
+#[test]
+fn files_written_on_one_mount_appear_on_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = start_invite(&a);
+    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    assert!(inviter.wait_with_output().unwrap().status.success());
+
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    let pdf: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::create_dir(ma.path("notes")).unwrap();
+    std::fs::write(ma.path("notes/today.md"), b"# Today\n- sync works\n").unwrap();
+    std::fs::write(ma.path("paper.pdf"), &pdf).unwrap();
+    std::fs::write(mb.path("from-laptop.md"), b"written on the laptop").unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let arrived = |m: &Mounted, rel: &str, want: &[u8]| std::fs::read(m.path(rel)).is_ok_and(|got| got == want);
+    while !(arrived(&mb, "notes/today.md", b"# Today\n- sync works\n")
+        && arrived(&mb, "paper.pdf", &pdf)
+        && arrived(&ma, "from-laptop.md", b"written on the laptop"))
+    {
+        if std::time::Instant::now() > deadline {
+            let log = |d: &Path| std::fs::read_to_string(d.join("psync.log")).unwrap_or_default();
+            panic!("the mounts did not converge\n--- desktop log\n{}\n--- laptop log\n{}", log(&a), log(&b));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for dev in [&a, &b] {
+        let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
+        assert!(log.contains("connected"), "the daemon logs its peer connection:\n{log}");
+    }
+    ma.unmount();
+    mb.unmount();
+    ma.fsck();
+    mb.fsck();
 }

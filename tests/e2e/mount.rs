@@ -48,6 +48,16 @@ impl Mounted {
         m
     }
 
+    /// Mounts an existing data dir (e.g. one `psync init` made).
+    pub fn with_data(data: PathBuf) -> Mounted {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let m = Mounted { tmp, data, mnt };
+        m.mount();
+        m
+    }
+
     pub fn mount(&self) {
         let out = psync(&self.data, &["mount", self.mnt.to_str().unwrap()]);
         assert!(

@@ -1,0 +1,77 @@
+//! Starts sync inside `psync mount`: the signalling client, peering and the
+//! sync loop on their own tokio runtime thread, fed by the filesystem's
+//! commit events. The mount works the same whether or not any of it can
+//! reach the network (offline first).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use psync_fs::FsEvent;
+use psync_signal::net::SignalClient;
+use psync_store::Store;
+use psync_sync::{SyncConfig, SyncCore};
+use tokio::sync::mpsc;
+
+use crate::group::SyncSetup;
+use crate::peering::{self, Me};
+use crate::sync_loop::{self, now_ms, Control};
+use crate::sync_storage::StoreSync;
+use crate::transport::IceConfig;
+
+/// Comma-separated UDP addresses WebRTC binds (default: loopback only, for
+/// the local demo and the tests; a LAN or internet setup names its own).
+pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
+
+fn ice_config() -> Result<IceConfig> {
+    let mut ice = IceConfig::loopback();
+    if let Ok(list) = std::env::var(ICE_BIND_ENV) {
+        ice.bind = list
+            .split(',')
+            .map(|a| a.trim().parse::<SocketAddr>().with_context(|| format!("{ICE_BIND_ENV}: bad address {a:?}")))
+            .collect::<Result<_>>()?;
+    }
+    Ok(ice)
+}
+
+/// Spawns the sync thread; returns once it is running.
+pub fn start(store: Arc<Store>, setup: SyncSetup, fs_events: std::sync::mpsc::Receiver<FsEvent>) -> Result<()> {
+    let ice = ice_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("psync-sync")
+        .enable_all()
+        .build()
+        .context("cannot start the sync runtime")?;
+    let group: Vec<_> = setup.roster.members().filter(|m| !m.removed).map(|m| m.key.device_id()).collect();
+    let core = SyncCore::new(StoreSync::new(store), SyncConfig::new(group), rand::random(), now_ms());
+    let (control, control_rx) = mpsc::channel::<Control>(64);
+
+    // Commits from the filesystem, coalesced: one pending LocalChanged is enough.
+    let local = control.clone();
+    std::thread::Builder::new().name("psync-fs-events".into()).spawn(move || {
+        while fs_events.recv().is_ok() {
+            while fs_events.try_recv().is_ok() {}
+            if local.blocking_send(Control::LocalChanged).is_err() {
+                return;
+            }
+        }
+    })?;
+
+    std::thread::Builder::new().name("psync-sync".into()).spawn(move || {
+        runtime.block_on(async move {
+            let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
+            let me = Me { key: setup.key, certificate: setup.certificate, ice };
+            tokio::spawn(peering::run(me, setup.roster, client, control));
+            // Remote installs reach the store directly; showing them through
+            // the mount (inotify) is the next step.
+            let (installed, mut installed_rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move { while installed_rx.recv().await.is_some() {} });
+            match sync_loop::run(core, control_rx, installed).await {
+                Ok(_) => tracing::info!("sync stopped"),
+                Err(e) => tracing::error!("sync stopped: {e:#}"),
+            }
+        })
+    })?;
+    Ok(())
+}
