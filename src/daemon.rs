@@ -144,9 +144,31 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     };
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
+    let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
-            crate::sync_daemon::start(store.clone(), setup, fs_events_rx)?;
+            let notifier = session.notifier();
+            let resolver = store.clone();
+            // The kernel caches entries and, with the writeback cache, file
+            // sizes: drop what it holds for each path a peer changed so the
+            // next lookup sees the store.
+            let invalidate = move |paths: Vec<psync_sync::SyncPath>| {
+                for path in paths {
+                    let parent = match path.parent() {
+                        Some(dir) => match resolver.resolve(dir.as_str().as_bytes()) {
+                            Ok(node) => node.ino,
+                            Err(_) => continue,
+                        },
+                        None => psync_store::ROOT_INO,
+                    };
+                    let name = std::ffi::OsStr::new(path.name());
+                    if let Ok(node) = resolver.resolve(path.as_str().as_bytes()) {
+                        let _ = notifier.inval_inode(fuser::INodeNo(node.ino), 0, 0);
+                    }
+                    let _ = notifier.inval_entry(fuser::INodeNo(parent), name);
+                }
+            };
+            crate::sync_daemon::start(store.clone(), setup, fs_events_rx, Box::new(invalidate))?;
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \
@@ -154,7 +176,6 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
             );
         }
     }
-    let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
     std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
     tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use psync_fs::FsEvent;
 use psync_signal::net::SignalClient;
 use psync_store::Store;
-use psync_sync::{SyncConfig, SyncCore};
+use psync_sync::{SyncConfig, SyncCore, SyncPath};
 use tokio::sync::mpsc;
 
 use crate::group::SyncSetup;
@@ -35,7 +35,14 @@ fn ice_config() -> Result<IceConfig> {
 }
 
 /// Spawns the sync thread; returns once it is running.
-pub fn start(store: Arc<Store>, setup: SyncSetup, fs_events: std::sync::mpsc::Receiver<FsEvent>) -> Result<()> {
+/// `on_installed` is called with the paths peers changed (to drop the
+/// kernel's caches of them).
+pub fn start(
+    store: Arc<Store>,
+    setup: SyncSetup,
+    fs_events: std::sync::mpsc::Receiver<FsEvent>,
+    on_installed: Box<dyn Fn(Vec<SyncPath>) + Send>,
+) -> Result<()> {
     let ice = ice_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -63,10 +70,15 @@ pub fn start(store: Arc<Store>, setup: SyncSetup, fs_events: std::sync::mpsc::Re
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
             let me = Me { key: setup.key, certificate: setup.certificate, ice };
             tokio::spawn(peering::run(me, setup.roster, client, control));
-            // Remote installs reach the store directly; showing them through
-            // the mount (inotify) is the next step.
-            let (installed, mut installed_rx) = mpsc::unbounded_channel();
-            tokio::spawn(async move { while installed_rx.recv().await.is_some() {} });
+            // Remote installs reach the store directly and the kernel's
+            // caches are dropped; raising inotify events (applying through
+            // the mount) is the next step.
+            let (installed, mut installed_rx) = mpsc::unbounded_channel::<Vec<SyncPath>>();
+            std::thread::spawn(move || {
+                while let Some(paths) = installed_rx.blocking_recv() {
+                    on_installed(paths);
+                }
+            });
             match sync_loop::run(core, control_rx, installed).await {
                 Ok(_) => tracing::info!("sync stopped"),
                 Err(e) => tracing::error!("sync stopped: {e:#}"),

@@ -224,6 +224,20 @@ fn files_written_on_one_mount_appear_on_the_other() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // An edit of a file the other mount has read (and the kernel cached)
+    // shows there too, once longer and once shorter.
+    for edit in [&b"# Today\n- sync works\n- edited on the laptop, a longer line\n"[..], b"# short"] {
+        std::fs::write(mb.path("notes/today.md"), edit).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while !arrived(&ma, "notes/today.md", edit) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the edit did not arrive: {:?}",
+                std::fs::read(ma.path("notes/today.md"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     for dev in [&a, &b] {
         let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
         assert!(log.contains("connected"), "the daemon logs its peer connection:\n{log}");
