@@ -197,13 +197,7 @@ fn a_removed_device_is_refused() {
 #[test]
 fn files_written_on_one_mount_appear_on_the_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, url) = start_server(&tmp.path().join("server"));
-    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
-    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let (inviter, code) = start_invite(&a);
-    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
-    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-    assert!(inviter.wait_with_output().unwrap().status.success());
+    let (_server, a, b) = group_of_two(tmp.path());
 
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
     let pdf: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
@@ -242,6 +236,56 @@ fn files_written_on_one_mount_appear_on_the_other() {
         let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
         assert!(log.contains("connected"), "the daemon logs its peer connection:\n{log}");
     }
+    ma.unmount();
+    mb.unmount();
+    ma.fsck();
+    mb.fsck();
+}
+
+/// A signalling server and two devices of one group (not mounted).
+fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    let (server, url) = start_server(&tmp.join("server"));
+    let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = start_invite(&a);
+    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    assert!(inviter.wait_with_output().unwrap().status.success());
+    (server, a, b)
+}
+
+fn wait_for_content(m: &Mounted, rel: &str, want: &[u8]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while std::fs::read(m.path(rel)).ok().as_deref() != Some(want) {
+        assert!(std::time::Instant::now() < deadline, "{rel} did not arrive: {:?}", std::fs::read(m.path(rel)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Unmount = offline: changes made elsewhere meanwhile arrive when the
+/// device mounts again, and its own offline changes go out.
+#[test]
+fn an_unmounted_device_catches_up_when_mounted_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::write(ma.path("first.md"), b"before").unwrap();
+    wait_for_content(&mb, "first.md", b"before");
+
+    mb.unmount();
+    std::fs::write(ma.path("first.md"), b"changed while the laptop was away").unwrap();
+    std::fs::write(ma.path("new.md"), b"created while the laptop was away").unwrap();
+    std::fs::remove_file(ma.path("first.md")).unwrap();
+    std::fs::write(ma.path("first.md"), b"recreated").unwrap();
+    ma.unmount();
+    // Both offline now; the laptop changes something of its own.
+    mb.mount();
+    std::fs::write(mb.path("offline.md"), b"written offline on the laptop").unwrap();
+    ma.mount();
+
+    wait_for_content(&mb, "new.md", b"created while the laptop was away");
+    wait_for_content(&mb, "first.md", b"recreated");
+    wait_for_content(&ma, "offline.md", b"written offline on the laptop");
     ma.unmount();
     mb.unmount();
     ma.fsck();
