@@ -291,3 +291,50 @@ fn an_unmounted_device_catches_up_when_mounted_again() {
     ma.fsck();
     mb.fsck();
 }
+
+/// Both devices edit the same note while apart: after they meet, both
+/// mounts show the same winner and the same conflict copy, and neither
+/// edit is lost.
+#[test]
+fn concurrent_edits_keep_both_versions_identically_on_both_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::write(ma.path("plan.md"), b"shared start").unwrap();
+    wait_for_content(&mb, "plan.md", b"shared start");
+
+    mb.unmount();
+    std::fs::write(ma.path("plan.md"), b"edited on the desktop").unwrap();
+    ma.unmount();
+    mb.mount();
+    std::fs::write(mb.path("plan.md"), b"edited on the laptop").unwrap();
+    ma.mount();
+
+    let listing = |m: &Mounted| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&m.mnt)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let (la, lb) = (listing(&ma), listing(&mb));
+        if la == lb && la.len() == 2 {
+            let contents: Vec<&[u8]> = la.iter().map(|(_, c)| c.as_slice()).collect();
+            assert!(contents.contains(&&b"edited on the desktop"[..]), "{la:?}");
+            assert!(contents.contains(&&b"edited on the laptop"[..]), "{la:?}");
+            assert!(la.iter().any(|(n, _)| n == "plan.md"), "{la:?}");
+            assert!(la.iter().any(|(n, _)| n.starts_with("plan.sync-conflict-") && n.ends_with(".md")), "{la:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no agreement:\n{la:?}\n{lb:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ma.unmount();
+    mb.unmount();
+    ma.fsck();
+    mb.fsck();
+}
