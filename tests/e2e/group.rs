@@ -363,3 +363,24 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     ma.fsck();
     mb.fsck();
 }
+
+/// A 256 MiB file crosses and verifies (correctness only; no timing is
+/// asserted).
+#[test]
+fn a_256_mib_file_transfers_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    let big: Vec<u8> = (0..256u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(ma.path("archive.bin"), &big).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while std::fs::metadata(mb.path("archive.bin")).map(|m| m.len()).ok() != Some(big.len() as u64) {
+        assert!(std::time::Instant::now() < deadline, "256 MiB did not arrive in 10 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let got = std::fs::read(mb.path("archive.bin")).unwrap();
+    assert!(got == big, "the received file differs");
+    ma.unmount();
+    mb.unmount();
+    mb.fsck();
+}
