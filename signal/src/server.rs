@@ -33,6 +33,9 @@ pub const MAX_GROUPS: usize = 10_000;
 pub const MAX_ROSTER_ENTRIES: usize = 10_000;
 /// Open invites at once (server-wide).
 pub const MAX_INVITES: usize = 1_000;
+/// Connections one device may hold at once (its daemon and a few CLI
+/// commands beside it); a newer login past this closes the oldest.
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 4;
 /// How long an invite mailbox lives.
 pub const INVITE_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -202,7 +205,9 @@ pub struct ServerState {
     server_id: [u8; 16],
     groups: BTreeMap<ContentHash, Roster>,
     conns: BTreeMap<ConnId, Conn>,
-    online: BTreeMap<ContentHash, BTreeMap<PublicKey, ConnId>>,
+    /// Per group, each online device's connections, oldest first (a daemon
+    /// and the CLI commands run beside it).
+    online: BTreeMap<ContentHash, BTreeMap<PublicKey, Vec<ConnId>>>,
     mailboxes: BTreeMap<u32, Mailbox>,
     out: Vec<ServerOut>,
     now: u64,
@@ -265,7 +270,9 @@ impl ServerState {
         }
         if let Some(Conn { member: Some((group, key)), .. }) = self.conns.remove(&conn) {
             let gone = self.online.get_mut(&group).is_some_and(|m| {
-                if m.get(&key) == Some(&conn) {
+                let Some(conns) = m.get_mut(&key) else { return false };
+                conns.retain(|c| *c != conn);
+                if conns.is_empty() {
                     m.remove(&key);
                     true
                 } else {
@@ -283,7 +290,7 @@ impl ServerState {
         let targets: Vec<ConnId> = self
             .online
             .get(group)
-            .map(|m| m.values().copied().filter(|c| Some(*c) != except).collect())
+            .map(|m| m.values().flatten().copied().filter(|c| Some(*c) != except).collect())
             .unwrap_or_default();
         for t in targets {
             self.send(t, msg.clone());
@@ -373,13 +380,20 @@ impl ServerState {
             self.out.push(ServerOut::Close(conn, "login refused".into()));
             return;
         }
-        // One connection per device: a newer login replaces the older.
-        let previous = self.online.entry(group).or_default().insert(key, conn);
-        if let Some(old) = previous.filter(|old| *old != conn) {
+        // A few connections per device (its daemon and CLI commands beside
+        // it); past the cap the oldest goes.
+        let conns = self.online.entry(group).or_default().entry(key).or_default();
+        let first = conns.is_empty();
+        if !conns.contains(&conn) {
+            conns.push(conn);
+        }
+        let evicted: Vec<ConnId> =
+            if conns.len() > MAX_CONNECTIONS_PER_DEVICE { conns.drain(..1).collect() } else { Vec::new() };
+        for old in evicted {
             if let Some(c) = self.conns.get_mut(&old) {
                 c.member = None;
             }
-            self.out.push(ServerOut::Close(old, "logged in elsewhere".into()));
+            self.out.push(ServerOut::Close(old, "too many connections for this device".into()));
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.member = Some((group, key));
@@ -387,7 +401,7 @@ impl ServerState {
         let roster = self.groups.get(&group).map(|r| r.entries().to_vec()).unwrap_or_default();
         let online: Vec<PublicKey> = self.online[&group].keys().copied().filter(|k| *k != key).collect();
         self.send(conn, ServerMsg::Welcome { roster, online });
-        if previous.is_none() {
+        if first {
             self.announce(&group, ServerMsg::Online(key), Some(conn));
         }
     }
@@ -403,21 +417,23 @@ impl ServerState {
             return self.error(conn, ErrorCode::BadRoster, e.to_string());
         }
         // Revoked devices lose their connection at once.
-        let revoked: Vec<(PublicKey, ConnId)> = self
+        let revoked: Vec<(PublicKey, Vec<ConnId>)> = self
             .online
             .get(&group)
-            .map(|m| m.iter().filter(|(k, _)| !roster.is_active(k)).map(|(k, c)| (*k, *c)).collect())
+            .map(|m| m.iter().filter(|(k, _)| !roster.is_active(k)).map(|(k, c)| (*k, c.clone())).collect())
             .unwrap_or_default();
         self.out.push(ServerOut::Persist(group));
         self.announce(&group, ServerMsg::RosterAppended(entry), None);
-        for (key, c) in revoked {
+        for (key, conns) in revoked {
             if let Some(m) = self.online.get_mut(&group) {
                 m.remove(&key);
             }
-            if let Some(conn) = self.conns.get_mut(&c) {
-                conn.member = None;
+            for c in conns {
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    conn.member = None;
+                }
+                self.out.push(ServerOut::Close(c, "device removed from the group".into()));
             }
-            self.out.push(ServerOut::Close(c, "device removed from the group".into()));
             self.announce(&group, ServerMsg::Offline(key), None);
         }
     }
@@ -428,9 +444,14 @@ impl ServerState {
         if envelope.from != key || envelope.group != group {
             return self.error(conn, ErrorCode::Unauthorized, "an envelope must come from its sender, in its group");
         }
-        match self.online.get(&group).and_then(|m| m.get(&envelope.to)).copied() {
-            Some(target) => self.send(target, ServerMsg::Relayed(envelope)),
-            None => self.error(conn, ErrorCode::NotOnline, "recipient is not online"),
+        // Every connection of the recipient gets it; its daemon acts on it.
+        match self.online.get(&group).and_then(|m| m.get(&envelope.to)).cloned() {
+            Some(targets) if !targets.is_empty() => {
+                for target in targets {
+                    self.send(target, ServerMsg::Relayed(envelope.clone()));
+                }
+            }
+            _ => self.error(conn, ErrorCode::NotOnline, "recipient is not online"),
         }
     }
 

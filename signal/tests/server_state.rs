@@ -267,3 +267,50 @@ proptest::proptest! {
         proptest::prop_assert_eq!(w.server.roster(&group).unwrap().entries().len(), 2);
     }
 }
+
+/// A device's daemon and a CLI command beside it (e.g. `psync invite`) are
+/// both logged in: neither pushes the other out, envelopes reach both,
+/// presence changes only with the first and the last, and past the cap the
+/// oldest connection goes.
+#[test]
+fn a_device_may_hold_a_few_connections_at_once() {
+    use psync_signal::server::MAX_CONNECTIONS_PER_DEVICE;
+    let mut w = World::new();
+    let group = w.roster.group_id();
+    let founder = copy_of(&w.founder);
+    let laptop = copy_of(&w.laptop);
+    let (watcher, _) = w.login(&founder, group);
+    let (daemon, out) = w.login(&laptop, group);
+    assert!(sent_to(&out, watcher).contains(&ServerMsg::Online(laptop.public())));
+    let (cli, out) = w.login(&laptop, group);
+    assert!(!closed(&out, daemon), "the daemon keeps its connection");
+    assert!(sent_to(&out, watcher).is_empty(), "no second Online for the same device");
+
+    let envelope = Envelope::seal(&founder, group, laptop.public(), 1, 1, NOW, b"offer".to_vec());
+    let out = w.server.frame(watcher, &frame(&ClientMsg::Relay { envelope: envelope.clone() }), NOW);
+    for conn in [daemon, cli] {
+        assert_eq!(sent_to(&out, conn), vec![ServerMsg::Relayed(envelope.clone())]);
+    }
+
+    let out = w.server.disconnected(cli);
+    assert!(sent_to(&out, watcher).is_empty(), "still online through the daemon");
+    let envelope = Envelope::seal(&founder, group, laptop.public(), 1, 2, NOW, b"again".to_vec());
+    let out = w.server.frame(watcher, &frame(&ClientMsg::Relay { envelope: envelope.clone() }), NOW);
+    assert_eq!(sent_to(&out, daemon), vec![ServerMsg::Relayed(envelope)]);
+
+    let mut extra = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_DEVICE {
+        let (conn, out) = w.login(&laptop, group);
+        // The cap is passed by the last login: the oldest (the daemon) goes.
+        assert_eq!(closed(&out, daemon), i + 1 == MAX_CONNECTIONS_PER_DEVICE, "login {i}");
+        extra.push(conn);
+    }
+    let out = w.server.disconnected(daemon);
+    assert!(sent_to(&out, watcher).is_empty(), "the others are still there");
+    for conn in extra {
+        w.server.disconnected(conn);
+    }
+    let (_, out) = w.login(&founder, group);
+    let ServerMsg::Welcome { online, .. } = &sent_to(&out, w.next_conn - 1)[0] else { panic!("{out:?}") };
+    assert!(!online.contains(&laptop.public()), "offline once the last connection is gone: {online:?}");
+}

@@ -384,3 +384,25 @@ fn a_256_mib_file_transfers_and_verifies() {
     mb.unmount();
     mb.fsck();
 }
+
+/// `psync invite` on a device whose daemon is running: both hold a
+/// signalling connection; the invite completes and the new device syncs.
+#[test]
+fn invite_works_while_the_inviter_is_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let ma = Mounted::with_data(a.clone());
+    std::fs::write(ma.path("welcome.md"), b"hello new device").unwrap();
+    let (inviter, code) = start_invite(&a);
+    std::thread::sleep(std::time::Duration::from_secs(2)); // past the daemon's 1 s reconnect
+    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    assert!(inviter.wait_with_output().unwrap().status.success());
+    let mb = Mounted::with_data(b.clone());
+    // The desktop's daemon learns of the new member from the roster and connects.
+    wait_for_content(&mb, "welcome.md", b"hello new device");
+    ma.unmount();
+    mb.unmount();
+}
