@@ -77,6 +77,15 @@ fn fresh_data_dir(data_dir: &Path) -> Result<()> {
     if data_dir.join(KEY_FILE).exists() {
         bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
     }
+    // The store records every change under the device id; a device in a
+    // group is known by its key, so the store must be made after it.
+    if data_dir.join(psync_store::DB_DIR_NAME).join("CURRENT").exists() {
+        bail!(
+            "{} already holds a store made before this device had an identity, so it cannot sync; \
+             run init/join with a fresh --data-dir, mount it, and copy the files in through the mount",
+            data_dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -406,3 +406,18 @@ fn invite_works_while_the_inviter_is_mounted() {
     ma.unmount();
     mb.unmount();
 }
+
+/// A data dir whose store predates the identity cannot sync (the store's
+/// device id is not the key's): init refuses it with a way forward.
+#[test]
+fn init_refuses_a_data_dir_with_an_older_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let m = Mounted::new();
+    m.unmount();
+    let out = psync(&m.data, &["init", "--name", "desktop", "--server", &url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fresh --data-dir"), "{err}");
+    assert!(!m.data.join("identity.json").exists(), "nothing half-made");
+}
