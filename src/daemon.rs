@@ -147,27 +147,8 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
-            let notifier = session.notifier();
-            let resolver = store.clone();
-            // The kernel caches entries and, with the writeback cache, file
-            // sizes: drop what it holds for each path a peer changed so the
-            // next lookup sees the store.
-            let invalidate = move |paths: Vec<psync_sync::SyncPath>| {
-                for path in paths {
-                    let parent = match path.parent() {
-                        Some(dir) => match resolver.resolve(dir.as_str().as_bytes()) {
-                            Ok(node) => node.ino,
-                            Err(_) => continue,
-                        },
-                        None => psync_store::ROOT_INO,
-                    };
-                    let name = std::ffi::OsStr::new(path.name());
-                    if let Ok(node) = resolver.resolve(path.as_str().as_bytes()) {
-                        let _ = notifier.inval_inode(fuser::INodeNo(node.ino), 0, 0);
-                    }
-                    let _ = notifier.inval_entry(fuser::INodeNo(parent), name);
-                }
-            };
+            let (notifier, resolver) = (session.notifier(), store.clone());
+            let invalidate = move |paths: Vec<psync_sync::SyncPath>| forget_kernel_caches(&notifier, &resolver, paths);
             crate::sync_daemon::start(store.clone(), setup, fs_events_rx, Box::new(invalidate))?;
         } else {
             tracing::error!(
@@ -215,6 +196,24 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     result.context("filesystem session ended with an error")?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel caches entries and, with the writeback cache, file sizes: drop
+/// what it holds for each path a peer changed so the next lookup sees the store.
+fn forget_kernel_caches(notifier: &fuser::Notifier, store: &Store, paths: Vec<psync_sync::SyncPath>) {
+    for path in paths {
+        let parent = match path.parent() {
+            Some(dir) => match store.resolve(dir.as_str().as_bytes()) {
+                Ok(node) => node.ino,
+                Err(_) => continue,
+            },
+            None => psync_store::ROOT_INO,
+        };
+        if let Ok(node) = store.resolve(path.as_str().as_bytes()) {
+            let _ = notifier.inval_inode(fuser::INodeNo(node.ino), 0, 0);
+        }
+        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(path.name()));
+    }
 }
 
 /// `psync unmount`: flushes (the daemon commits and syncs on unmount),

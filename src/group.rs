@@ -123,6 +123,11 @@ fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
     Ok(())
 }
 
+fn load_roster(data_dir: &Path) -> Result<Vec<RosterEntry>> {
+    let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
+    Ok(codec::decode(&bytes)?)
+}
+
 fn load_identity(data_dir: &Path) -> Result<(Identity, DeviceKey, ContentHash)> {
     let text = std::fs::read(data_dir.join(IDENTITY_FILE)).with_context(|| {
         format!("{} has no device identity; run `psync init` (or `psync join`) first", data_dir.display())
@@ -154,10 +159,7 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<ExitCode> {
     });
     let (entries, online, source) = match from_server {
         Some((entries, online)) => (entries, online, "server"),
-        None => {
-            let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
-            (codec::decode::<Vec<RosterEntry>>(&bytes)?, Vec::new(), "local copy (server unreachable)")
-        }
+        None => (load_roster(data_dir)?, Vec::new(), "local copy (server unreachable)"),
     };
     let roster = Roster::from_entries(entries).context("the roster does not verify")?;
     if roster.group_id() != group {
@@ -399,9 +401,7 @@ pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
     }
     let (identity, key, group) = load_identity(data_dir)?;
     let certificate = DtlsCertificate::load(data_dir)?;
-    let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
-    let roster = Roster::from_entries(codec::decode::<Vec<RosterEntry>>(&bytes)?)
-        .context("the local roster copy does not verify")?;
+    let roster = Roster::from_entries(load_roster(data_dir)?).context("the local roster copy does not verify")?;
     if roster.group_id() != group {
         bail!("the local roster copy is for another group than identity.json");
     }

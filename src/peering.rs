@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::sync_storage::tests::{read, write};
     use crate::sync_storage::StoreSync;
-    use psync_signal::net::{register, serve, ServerDir};
+    use psync_signal::net::register;
     use psync_signal::{Role, RosterOp};
     use psync_store::{Store, ROOT_INO};
     use psync_sync::{SyncConfig, SyncCore};
@@ -192,11 +192,7 @@ mod tests {
     /// other, connect over WebRTC and converge.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_devices_find_each_other_and_converge() {
-        let server_dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}", listener.local_addr().unwrap());
-        let dir = ServerDir::new(server_dir.path()).unwrap();
-        tokio::spawn(async move { serve(listener, dir).await });
+        let (_server_dir, url) = crate::transport::tests::signal_server().await;
 
         let keys = [Arc::new(DeviceKey::generate()), Arc::new(DeviceKey::generate())];
         let certs = [Arc::new(DtlsCertificate::generate().unwrap()), Arc::new(DtlsCertificate::generate().unwrap())];

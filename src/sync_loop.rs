@@ -75,8 +75,7 @@ pub async fn run<S: SyncStorage>(
                             Ok(message) => core.handle(now_ms(), Input::Message(device, message))?,
                             Err(e) => {
                                 tracing::warn!(peer = %device, "malformed frame, dropping the connection: {e}");
-                                peers.remove(&device);
-                                core.handle(now_ms(), Input::Disconnected(device))?;
+                                drop_peer(&mut core, &mut peers, device)?;
                             }
                         }
                     }
@@ -84,8 +83,7 @@ pub async fn run<S: SyncStorage>(
                 Inbound::Closed(device, generation) => {
                     if peers.get(&device).is_some_and(|p| p.generation == generation) {
                         tracing::info!(peer = %device, "connection closed");
-                        peers.remove(&device);
-                        core.handle(now_ms(), Input::Disconnected(device))?;
+                        drop_peer(&mut core, &mut peers, device)?;
                     }
                 }
             },
@@ -108,18 +106,26 @@ pub async fn run<S: SyncStorage>(
                 }
                 Output::Violation(device, why) => {
                     tracing::warn!(peer = %device, "protocol violation, dropping the connection: {why}");
-                    peers.remove(&device);
-                    core.handle(now_ms(), Input::Disconnected(device))?;
+                    drop_peer(&mut core, &mut peers, device)?;
                 }
                 Output::Inactive(device) => {
                     tracing::info!(peer = %device, "peer silent too long, dropping the connection");
-                    peers.remove(&device);
-                    core.handle(now_ms(), Input::Disconnected(device))?;
+                    drop_peer(&mut core, &mut peers, device)?;
                 }
             }
         }
     }
     Ok(core)
+}
+
+/// Forgets a peer's link (its writer ends and closes it) and tells the core.
+fn drop_peer<S: SyncStorage>(
+    core: &mut SyncCore<S>,
+    peers: &mut HashMap<DeviceId, Peer>,
+    device: DeviceId,
+) -> anyhow::Result<()> {
+    peers.remove(&device);
+    Ok(core.handle(now_ms(), Input::Disconnected(device))?)
 }
 
 /// Spawns the reader and writer of one link. Dropping the returned

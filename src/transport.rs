@@ -246,7 +246,8 @@ impl Negotiation {
         let channel = tokio::time::timeout(timeout, wait).await.context("the peer did not connect in time")??;
         let (frames_tx, frames) = mpsc::channel(RECEIVE_QUEUE);
         let reader = tokio::spawn(read_frames(self.connection.clone(), channel.clone(), frames_tx));
-        Ok(Link { connection: self.connection, channel, frames, reader })
+        let sender = LinkSender { connection: self.connection, channel };
+        Ok(Link { sender, receiver: LinkReceiver { frames, reader } })
     }
 }
 
@@ -316,10 +317,8 @@ async fn send_piece(channel: &Arc<dyn DataChannel>, marker: u8, piece: &[u8]) ->
 
 /// An open connection to one peer.
 pub struct Link {
-    connection: Arc<dyn PeerConnection>,
-    channel: Arc<dyn DataChannel>,
-    frames: mpsc::Receiver<Vec<u8>>,
-    reader: tokio::task::JoinHandle<()>,
+    sender: LinkSender,
+    receiver: LinkReceiver,
 }
 
 impl std::fmt::Debug for Link {
@@ -332,17 +331,17 @@ impl Link {
     /// Sends one frame (at most the sync core's frame limit); waits while the
     /// send buffer is full.
     pub async fn send(&self, frame: &[u8]) -> Result<()> {
-        send_frame(&self.channel, frame).await
+        self.sender.send(frame).await
     }
 
     #[cfg(test)]
     async fn send_piece(&self, marker: u8, piece: &[u8]) -> Result<()> {
-        send_piece(&self.channel, marker, piece).await
+        send_piece(&self.sender.channel, marker, piece).await
     }
 
     /// The next frame, or `None` once the peer is gone.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.frames.recv().await
+        self.receiver.recv().await
     }
 
     /// Runs the signed hello (see `psync_signal::peer_hello`) before any sync
@@ -369,15 +368,12 @@ impl Link {
 
     /// Separates the sending half (for a writer task) from the receiving one.
     pub fn split(self) -> (LinkSender, LinkReceiver) {
-        let sender = LinkSender { connection: self.connection, channel: self.channel };
-        (sender, LinkReceiver { frames: self.frames, reader: self.reader })
+        (self.sender, self.receiver)
     }
 
-    /// Closes the channel and the connection.
+    /// Closes the channel and the connection (the reader ends with it).
     pub async fn close(self) {
-        let _ = self.channel.close().await;
-        let _ = self.connection.close().await;
-        self.reader.abort();
+        self.sender.close().await;
     }
 }
 
@@ -445,6 +441,16 @@ pub(crate) mod tests {
             let address = line.split_whitespace().nth(4).unwrap();
             assert!(address == "127.0.0.1" || address == "::1", "non-loopback candidate: {line}");
         }
+    }
+
+    /// A real signalling server on loopback; returns its data dir and URL.
+    pub(crate) async fn signal_server() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let server_dir = psync_signal::net::ServerDir::new(dir.path()).unwrap();
+        tokio::spawn(async move { psync_signal::net::serve(listener, server_dir).await });
+        (dir, url)
     }
 
     pub(crate) async fn pair() -> (Link, Link) {
@@ -563,14 +569,10 @@ pub(crate) mod tests {
     /// the fingerprint the roster pins, DTLS connects, and the hello passes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_devices_connect_through_the_signalling_server() {
-        use psync_signal::net::{register, serve, ClientEvent, ServerDir, SignalClient};
+        use psync_signal::net::{register, ClientEvent, SignalClient};
         use psync_signal::{Envelope, ReplayGuard, Role, RosterOp};
 
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}", listener.local_addr().unwrap());
-        let server_dir = ServerDir::new(dir.path()).unwrap();
-        tokio::spawn(async move { serve(listener, server_dir).await });
+        let (_dir, url) = signal_server().await;
 
         let (x, y) = (Arc::new(DeviceKey::generate()), Arc::new(DeviceKey::generate()));
         let (offerer, answerer) = if offers_to(&x.public(), &y.public()) { (x, y) } else { (y, x) };

@@ -222,15 +222,7 @@ fn files_written_on_one_mount_appear_on_the_other() {
     // shows there too, once longer and once shorter.
     for edit in [&b"# Today\n- sync works\n- edited on the laptop, a longer line\n"[..], b"# short"] {
         std::fs::write(mb.path("notes/today.md"), edit).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        while !arrived(&ma, "notes/today.md", edit) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edit did not arrive: {:?}",
-                std::fs::read(ma.path("notes/today.md"))
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_for_content(&ma, "notes/today.md", edit);
     }
     for dev in [&a, &b] {
         let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
