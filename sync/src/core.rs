@@ -96,6 +96,44 @@ pub enum Output {
     Inactive(DeviceId),
 }
 
+/// One connected peer as the core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The peer.
+    pub device: DeviceId,
+    /// Hellos exchanged: the session is usable.
+    pub ready: bool,
+    /// The peer's latest sequence number we know of.
+    pub their_seq: u64,
+    /// Their records decided here, up to this sequence number.
+    pub applied: u64,
+    /// Their records that wait for blocks here.
+    pub waiting_records: usize,
+    /// Our sequence number the peer has acknowledged.
+    pub acked: u64,
+    /// Our latest sequence number.
+    pub our_seq: u64,
+    /// When we last heard from the peer.
+    pub last_heard: Millis,
+}
+
+impl PeerProgress {
+    /// Both sides have applied everything the other has announced.
+    pub fn in_sync(&self) -> bool {
+        self.ready && self.applied >= self.their_seq && self.waiting_records == 0 && self.acked >= self.our_seq
+    }
+
+    /// Their records not yet decided here.
+    pub fn incoming(&self) -> u64 {
+        self.their_seq.saturating_sub(self.applied)
+    }
+
+    /// Our records they have not acknowledged.
+    pub fn outgoing(&self) -> u64 {
+        self.our_seq.saturating_sub(self.acked)
+    }
+}
+
 /// What can stop the core.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -275,6 +313,30 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Connected peers and our sequence number each has acknowledged.
     pub fn peer_acks(&self) -> Vec<(DeviceId, u64)> {
         self.peers.keys().map(|d| (*d, self.storage.peer_state(d).map(|s| s.acked).unwrap_or(0))).collect()
+    }
+
+    /// Where each connected peer stands (for `psync status`).
+    pub fn peer_progress(&self) -> Result<Vec<PeerProgress>, SyncError> {
+        let our_seq = self.storage.seq();
+        let mut out = Vec::with_capacity(self.peers.len());
+        for (device, p) in &self.peers {
+            out.push(PeerProgress {
+                device: *device,
+                ready: p.hello,
+                their_seq: p.their_seq,
+                applied: p.applied,
+                waiting_records: p.pending_seqs.len(),
+                acked: self.storage.peer_state(device)?.acked,
+                our_seq,
+                last_heard: p.last_heard,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Blocks this device still has to fetch.
+    pub fn wanted_blocks(&self) -> usize {
+        self.wants.len()
     }
 
     /// The Merkle root of the live records.

@@ -537,3 +537,35 @@ fn merkle_trees_find_only_what_differs() {
     assert_eq!(inner, vec!["f57.md"]);
     assert_eq!(Tree::build(&records).root, b.root, "deterministic");
 }
+
+#[test]
+fn peer_progress_says_in_sync_only_when_both_sides_have_everything() {
+    let in_sync = |m: &Mesh, i: usize| -> Vec<bool> {
+        m.cores[i].peer_progress().unwrap().iter().map(|p| p.in_sync()).collect::<Vec<_>>()
+    };
+    let mut m = Mesh::new(2, |_| {});
+    m.storage(0).local_write(&path("a.md"), &big(300_000, 1), 1);
+    m.connect_all();
+    assert_eq!(in_sync(&m, 0), vec![false], "before the hellos nothing is in sync");
+    m.run(10_000);
+    assert_eq!(in_sync(&m, 0), vec![true]);
+    assert_eq!(in_sync(&m, 1), vec![true]);
+
+    // A local change not yet acknowledged: out of sync on the writer, and on
+    // the reader while the blocks are still missing.
+    m.storage(1).local_write(&path("b.md"), &big(200_000, 2), 2);
+    m.local_change(1);
+    let progress = &m.cores[1].peer_progress().unwrap()[0];
+    assert!(!progress.in_sync());
+    assert_eq!(progress.outgoing(), 1);
+    m.drop_if = Some(Box::new(|_, _, msg| matches!(msg, Message::BlockResponse { .. })));
+    m.run(3_000);
+    let waiting = &m.cores[0].peer_progress().unwrap()[0];
+    assert!(!waiting.in_sync() && waiting.waiting_records == 1, "{waiting:?}");
+    assert!(m.cores[0].wanted_blocks() > 0);
+    m.drop_if = None;
+    m.run(60_000);
+    assert_eq!(in_sync(&m, 0), vec![true]);
+    assert_eq!(in_sync(&m, 1), vec![true]);
+    assert_eq!(m.cores[0].wanted_blocks(), 0);
+}
