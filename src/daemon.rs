@@ -145,11 +145,25 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
     let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
+    let mut status = crate::status::Source {
+        data_dir: data_dir.to_path_buf(),
+        mountpoint: mountpoint.to_path_buf(),
+        store: store.clone(),
+        identity: None,
+        sync: None,
+        started: Instant::now(),
+    };
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
+            status.identity = Some(crate::status::Identity {
+                name: setup.name.clone(),
+                id: store.device(),
+                server: setup.server.clone(),
+            });
             let (notifier, resolver) = (session.notifier(), store.clone());
             let invalidate = move |paths: Vec<psync_sync::SyncPath>| forget_kernel_caches(&notifier, &resolver, paths);
-            crate::sync_daemon::start(store.clone(), setup, fs_events_rx, Box::new(invalidate))?;
+            status.sync =
+                Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, Box::new(invalidate))?);
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \
@@ -157,6 +171,7 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
             );
         }
     }
+    crate::status::serve(status)?;
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
     std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
     tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());
@@ -193,6 +208,7 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     }
     let result = joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))?;
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
+    let _ = std::fs::remove_file(data_dir.join(crate::status::SOCKET_FILE));
     result.context("filesystem session ended with an error")?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)

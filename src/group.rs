@@ -116,7 +116,7 @@ async fn logged_in_roster(client: &mut SignalClient) -> Result<Roster> {
     Roster::from_entries(entries).context("the server's roster does not verify")
 }
 
-fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
+pub fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
     let tmp: PathBuf = data_dir.join(format!("{ROSTER_FILE}.tmp"));
     std::fs::write(&tmp, codec::encode(&entries.to_vec())?)?;
     std::fs::rename(&tmp, data_dir.join(ROSTER_FILE))?;
@@ -381,6 +381,8 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
 /// identity (`psync init` or `psync join`).
 #[derive(Debug)]
 pub struct SyncSetup {
+    /// This device's name in the group.
+    pub name: String,
     /// Signalling server URL.
     pub server: String,
     /// The group id.
@@ -406,6 +408,7 @@ pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
         bail!("the local roster copy is for another group than identity.json");
     }
     Ok(Some(SyncSetup {
+        name: identity.name,
         server: identity.server,
         group,
         key: Arc::new(key),

@@ -3,16 +3,11 @@
 
 mod daemon;
 mod group;
-// The mount daemon will start the sync loop (the rest of issue 6); until then
-// the loop, the store adapter and the transport are exercised by their tests.
-#[allow(dead_code)]
 mod peering;
+mod status;
 mod sync_daemon;
-#[allow(dead_code)]
 mod sync_loop;
-#[allow(dead_code)]
 mod sync_storage;
-#[allow(dead_code)]
 mod transport;
 
 use std::io::{Read, Write};
@@ -139,6 +134,16 @@ enum Command {
         #[arg(long)]
         lazy: bool,
     },
+    /// Show this device, the daemon, the signalling server and every peer:
+    /// online, connected, in sync or what is pending; conflicts; recent errors.
+    Status {
+        /// Print as JSON (a stable interface for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted (with --json: one line per refresh).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -187,12 +192,14 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(status::RecentErrors)
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -307,6 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
         Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
+        Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

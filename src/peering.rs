@@ -4,16 +4,17 @@
 //! envelope against the roster, the SDP fingerprint against the pinned one,
 //! then run the signed hello. Only then does the link reach the sync loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::net::{ClientEvent, SignalClient};
-use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Roster};
+use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::status::{SharedLive, SignallingState};
 use crate::sync_loop::{now_ms, Control};
 use crate::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
 
@@ -21,6 +22,11 @@ use crate::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long ICE, DTLS and the data channel may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often online peers without a link are looked at again.
+const REDIAL_TICK: Duration = Duration::from_secs(2);
+/// Waits between failed attempts to reach one peer: doubling up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What this device brings to every connection.
 #[derive(Debug, Clone)]
@@ -33,52 +39,143 @@ pub struct Me {
     pub ice: IceConfig,
 }
 
-/// Runs until the signalling client or the sync loop goes away.
-pub async fn run(me: Me, mut roster: Roster, mut client: SignalClient, sync: mpsc::Sender<Control>) {
+/// The group as the sync core needs it: all active devices, and the read-only ones.
+fn group_of(roster: &Roster) -> Control {
+    let active = || roster.members().filter(|m| !m.removed);
+    Control::Group {
+        devices: active().map(|m| m.key.device_id()).collect(),
+        read_only: active().filter(|m| m.role == Role::ReadOnly).map(|m| m.key.device_id()).collect(),
+    }
+}
+
+/// Attempts to reach one peer: at most one at a time, with growing waits
+/// between failures.
+#[derive(Debug, Default)]
+struct Attempts {
+    running: HashSet<PublicKey>,
+    failures: HashMap<PublicKey, (u32, tokio::time::Instant)>,
+}
+
+impl Attempts {
+    fn may_start(&self, peer: &PublicKey, now: tokio::time::Instant) -> bool {
+        !self.running.contains(peer) && self.failures.get(peer).is_none_or(|(_, retry_at)| now >= *retry_at)
+    }
+
+    fn finished(&mut self, peer: PublicKey, ok: bool, now: tokio::time::Instant) {
+        self.running.remove(&peer);
+        if ok {
+            self.failures.remove(&peer);
+        } else {
+            let count = self.failures.get(&peer).map_or(0, |(n, _)| *n);
+            let wait = FIRST_BACKOFF.saturating_mul(1 << count.min(6)).min(MAX_BACKOFF);
+            self.failures.insert(peer, (count + 1, now + wait));
+        }
+    }
+}
+
+/// Runs until the signalling client or the sync loop goes away. `live`
+/// shows what peering knows (for `psync status`, and the links the sync
+/// loop holds); `on_roster` is called with each newer verified roster.
+pub async fn run(
+    me: Me,
+    mut roster: Roster,
+    mut client: SignalClient,
+    sync: mpsc::Sender<Control>,
+    live: SharedLive,
+    on_roster: Box<dyn Fn(&Roster) + Send>,
+) {
     let group = roster.group_id();
     let mut replay = ReplayGuard::default();
     let mut waiting_answers: HashMap<(PublicKey, u64), oneshot::Sender<String>> = HashMap::new();
     let (relay_tx, mut relay_rx) = mpsc::unbounded_channel::<Envelope>();
     let (answer_slot_tx, mut answer_slot_rx) = mpsc::unbounded_channel::<((PublicKey, u64), oneshot::Sender<String>)>();
+    let (attempt_tx, mut attempt_rx) = mpsc::unbounded_channel::<(PublicKey, bool)>();
+    let mut attempts = Attempts::default();
+    let mut online: HashSet<PublicKey> = HashSet::new();
+    let mut tick = tokio::time::interval(REDIAL_TICK);
+    live.update(|l| l.roster = Some(roster.clone()));
+    let _ = sync.send(group_of(&roster)).await;
     loop {
         let event = tokio::select! {
             event = client.events.recv() => match event { Some(e) => e, None => return },
             Some(envelope) = relay_rx.recv() => { client.relay(envelope); continue }
             Some((slot, tx)) = answer_slot_rx.recv() => { waiting_answers.insert(slot, tx); continue }
+            Some((peer, ok)) = attempt_rx.recv() => {
+                attempts.finished(peer, ok, tokio::time::Instant::now());
+                continue
+            }
+            _ = tick.tick() => {
+                // Links lost or attempts failed: try again those still online.
+                let linked = live.read(|l| l.linked.clone());
+                let now = tokio::time::Instant::now();
+                for peer in online.iter().copied() {
+                    if !linked.contains(&peer.device_id())
+                        && offers_to(&me.key.public(), &peer)
+                        && roster.is_active(&peer)
+                        && attempts.may_start(&peer, now)
+                    {
+                        attempts.running.insert(peer);
+                        spawn_dial(&me, &roster, peer, &sync, &relay_tx, &answer_slot_tx, &attempt_tx);
+                    }
+                }
+                continue
+            }
         };
         if sync.is_closed() {
             return;
         }
-        let dial = |peer: PublicKey, roster: &Roster| {
-            if peer != me.key.public() && roster.is_active(&peer) && offers_to(&me.key.public(), &peer) {
-                let (me, roster, sync, relay, slots) =
-                    (me.clone(), roster.clone(), sync.clone(), relay_tx.clone(), answer_slot_tx.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = dial(me, roster, peer, sync, relay, slots).await {
-                        tracing::warn!(peer = %peer.device_id(), "could not connect: {e:#}");
-                    }
-                });
+        let dial = |peer: PublicKey, roster: &Roster, attempts: &mut Attempts| {
+            if peer != me.key.public()
+                && roster.is_active(&peer)
+                && offers_to(&me.key.public(), &peer)
+                && !attempts.running.contains(&peer)
+            {
+                // The peer just appeared: no waiting out earlier failures.
+                attempts.failures.remove(&peer);
+                attempts.running.insert(peer);
+                spawn_dial(&me, roster, peer, &sync, &relay_tx, &answer_slot_tx, &attempt_tx);
             }
         };
         match event {
-            ClientEvent::LoggedIn { roster: entries, online } => {
+            ClientEvent::LoggedIn { roster: entries, online: now_online } => {
                 match Roster::from_entries(entries) {
                     Ok(fresh) if fresh.group_id() == group && fresh.entries().len() >= roster.entries().len() => {
-                        roster = fresh
+                        if fresh.entries().len() > roster.entries().len() {
+                            on_roster(&fresh);
+                        }
+                        roster = fresh;
+                        let _ = sync.send(group_of(&roster)).await;
                     }
                     Ok(_) => tracing::warn!("the server's roster is older or for another group; keeping ours"),
                     Err(e) => tracing::warn!("the server's roster does not verify; keeping ours: {e}"),
                 }
-                for peer in online {
-                    dial(peer, &roster);
+                online = now_online.iter().copied().filter(|p| *p != me.key.public()).collect();
+                live.update(|l| {
+                    l.signalling = SignallingState::Connected;
+                    l.online = online.iter().map(PublicKey::device_id).collect();
+                    l.roster = Some(roster.clone());
+                });
+                for peer in now_online {
+                    dial(peer, &roster, &mut attempts);
                 }
             }
-            ClientEvent::Online(peer) => dial(peer, &roster),
-            ClientEvent::RosterAppended(entry) => {
-                if let Err(e) = roster.apply(entry) {
-                    tracing::warn!("refused a roster entry: {e}");
-                }
+            ClientEvent::Online(peer) => {
+                online.insert(peer);
+                live.update(|l| l.online.insert(peer.device_id()));
+                dial(peer, &roster, &mut attempts)
             }
+            ClientEvent::Offline(peer) => {
+                online.remove(&peer);
+                live.update(|l| l.online.remove(&peer.device_id()));
+            }
+            ClientEvent::RosterAppended(entry) => match roster.apply(entry) {
+                Ok(()) => {
+                    on_roster(&roster);
+                    live.update(|l| l.roster = Some(roster.clone()));
+                    let _ = sync.send(group_of(&roster)).await;
+                }
+                Err(e) => tracing::warn!("refused a roster entry: {e}"),
+            },
             ClientEvent::Relayed(envelope) => {
                 let payload = match envelope.open(&roster, &me.key.public(), now_ms(), &mut replay) {
                     Ok(payload) => payload.to_vec(),
@@ -106,11 +203,41 @@ pub async fn run(me: Me, mut roster: Roster, mut client: SignalClient, sync: mps
                     Err(e) => tracing::warn!(from = %envelope.from.device_id(), "{e:#}"),
                 }
             }
-            ClientEvent::Disconnected(why) => tracing::info!("signalling server connection lost: {why}"),
-            ClientEvent::Refused(why) => tracing::warn!("signalling server refused: {why}"),
-            ClientEvent::Offline(_) | ClientEvent::InviteOpened(_) | ClientEvent::InviteMsg { .. } => {}
+            ClientEvent::Disconnected(why) => {
+                tracing::info!("signalling server connection lost: {why}");
+                online.clear();
+                live.update(|l| {
+                    l.signalling = SignallingState::Lost(why);
+                    l.online.clear();
+                });
+            }
+            ClientEvent::Refused(why) => {
+                tracing::warn!("signalling server refused: {why}");
+                live.update(|l| l.signalling = SignallingState::Refused(why));
+            }
+            ClientEvent::InviteOpened(_) | ClientEvent::InviteMsg { .. } => {}
         }
     }
+}
+
+fn spawn_dial(
+    me: &Me,
+    roster: &Roster,
+    peer: PublicKey,
+    sync: &mpsc::Sender<Control>,
+    relay: &mpsc::UnboundedSender<Envelope>,
+    slots: &mpsc::UnboundedSender<((PublicKey, u64), oneshot::Sender<String>)>,
+    done: &mpsc::UnboundedSender<(PublicKey, bool)>,
+) {
+    let (me, roster, sync, relay, slots, done) =
+        (me.clone(), roster.clone(), sync.clone(), relay.clone(), slots.clone(), done.clone());
+    tokio::spawn(async move {
+        let result = dial(me, roster, peer, sync, relay, slots).await;
+        if let Err(e) = &result {
+            tracing::warn!(peer = %peer.device_id(), "could not connect: {e:#}");
+        }
+        let _ = done.send((peer, result.is_ok()));
+    });
 }
 
 fn pinned(roster: &Roster, peer: &PublicKey) -> Result<String> {
@@ -216,10 +343,11 @@ mod tests {
             let store = Arc::new(Store::open_or_create(dir.path(), ids[i]).unwrap());
             let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, now_ms());
             let (control, control_rx) = mpsc::channel(16);
-            tokio::spawn(crate::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0));
+            let live = SharedLive::default();
+            tokio::spawn(crate::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0, live.clone()));
             let client = SignalClient::spawn(url.clone(), group, keys[i].clone());
             let me = Me { key: keys[i].clone(), certificate: certs[i].clone(), ice: IceConfig::loopback() };
-            tokio::spawn(run(me, roster.clone(), client, control.clone()));
+            tokio::spawn(run(me, roster.clone(), client, control.clone(), live, Box::new(|_| {})));
             stores.push(store);
             controls.push(control);
             dirs.push(dir);

@@ -4,17 +4,20 @@
 //! reach the network (offline first).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use psync_fs::FsEvent;
 use psync_signal::net::SignalClient;
+use psync_signal::Roster;
 use psync_store::Store;
 use psync_sync::{SyncConfig, SyncCore, SyncPath};
 use tokio::sync::mpsc;
 
 use crate::group::SyncSetup;
 use crate::peering::{self, Me};
+use crate::status::SharedLive;
 use crate::sync_loop::{self, now_ms, Control};
 use crate::sync_storage::StoreSync;
 use crate::transport::IceConfig;
@@ -34,15 +37,17 @@ fn ice_config() -> Result<IceConfig> {
     Ok(ice)
 }
 
-/// Spawns the sync thread; returns once it is running.
+/// Spawns the sync thread; returns once it is running, with what
+/// `psync status` reads: the shared live state and the loop's control channel.
 /// `on_installed` is called with the paths peers changed (to drop the
 /// kernel's caches of them).
 pub fn start(
+    data_dir: &Path,
     store: Arc<Store>,
     setup: SyncSetup,
     fs_events: std::sync::mpsc::Receiver<FsEvent>,
     on_installed: Box<dyn Fn(Vec<SyncPath>) + Send>,
-) -> Result<()> {
+) -> Result<(SharedLive, mpsc::Sender<Control>)> {
     let ice = ice_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,6 +58,14 @@ pub fn start(
     let group: Vec<_> = setup.roster.members().filter(|m| !m.removed).map(|m| m.key.device_id()).collect();
     let core = SyncCore::new(StoreSync::new(store), SyncConfig::new(group), rand::random(), now_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
+    let live = SharedLive::default();
+    let handles = (live.clone(), control.clone());
+    let roster_dir = data_dir.to_path_buf();
+    let save_roster = move |roster: &Roster| {
+        if let Err(e) = crate::group::save_roster(&roster_dir, roster.entries()) {
+            tracing::warn!("cannot save the newer roster: {e:#}");
+        }
+    };
 
     // Commits from the filesystem, coalesced: one pending LocalChanged is enough.
     let local = control.clone();
@@ -69,7 +82,7 @@ pub fn start(
         runtime.block_on(async move {
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
             let me = Me { key: setup.key, certificate: setup.certificate, ice };
-            tokio::spawn(peering::run(me, setup.roster, client, control));
+            tokio::spawn(peering::run(me, setup.roster, client, control, live.clone(), Box::new(save_roster)));
             // Remote installs reach the store directly and the kernel's
             // caches are dropped; raising inotify events (applying through
             // the mount) is the next step.
@@ -79,11 +92,11 @@ pub fn start(
                     on_installed(paths);
                 }
             });
-            match sync_loop::run(core, control_rx, installed).await {
+            match sync_loop::run(core, control_rx, installed, live).await {
                 Ok(_) => tracing::info!("sync stopped"),
                 Err(e) => tracing::error!("sync stopped: {e:#}"),
             }
         })
     })?;
-    Ok(())
+    Ok(handles)
 }

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{Input, Millis, Output, SyncCore, SyncPath, SyncStorage};
+use psync_sync::{Input, Millis, Output, PeerProgress, SyncCore, SyncPath, SyncStorage};
 use tokio::sync::mpsc;
 
+use crate::status::SharedLive;
 use crate::transport::{Link, LinkSender};
 
 /// Frames queued for one peer before the core waits.
@@ -26,6 +27,23 @@ pub enum Control {
     Connected(DeviceId, Link),
     /// The filesystem committed a change.
     LocalChanged,
+    /// The roster changed: the group's devices and the read-only ones.
+    Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
+    /// `psync status` asks where sync stands.
+    Status(std::sync::mpsc::Sender<SyncSnapshot>),
+}
+
+/// Where sync stands, for `psync status`.
+#[derive(Debug, Clone, Default)]
+pub struct SyncSnapshot {
+    /// Every peer with a link, and how far each side is.
+    pub peers: Vec<PeerProgress>,
+    /// When each peer was last heard from, connected or not (this run).
+    pub last_seen: HashMap<DeviceId, Millis>,
+    /// Records waiting for blocks, from all peers.
+    pub waiting_records: usize,
+    /// Blocks still to fetch.
+    pub wanted_blocks: usize,
 }
 
 enum Inbound {
@@ -45,37 +63,52 @@ pub fn now_ms() -> Millis {
 
 /// Runs until `control` is closed. Paths installed from peers go to
 /// `installed` (for the filesystem to show); an error means the store failed.
+/// `live.linked` is kept equal to the peers with a link.
 pub async fn run<S: SyncStorage>(
     mut core: SyncCore<S>,
     mut control: mpsc::Receiver<Control>,
     installed: mpsc::UnboundedSender<Vec<SyncPath>>,
+    live: SharedLive,
 ) -> anyhow::Result<SyncCore<S>> {
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(OUTBOUND_QUEUE);
     let mut peers: HashMap<DeviceId, Peer> = HashMap::new();
     let mut generation = 0u64;
+    let mut last_seen: HashMap<DeviceId, Millis> = HashMap::new();
     loop {
         let wait = core.poll_timeout().map_or(IDLE_WAKEUP, |at| Duration::from_millis(at.saturating_sub(now_ms())));
         tokio::select! {
             event = control.recv() => match event {
                 None => break,
                 Some(Control::LocalChanged) => core.handle(now_ms(), Input::LocalChanged)?,
+                Some(Control::Group { devices, read_only }) => core.set_group(devices, read_only),
+                Some(Control::Status(reply)) => {
+                    let snapshot = SyncSnapshot {
+                        peers: core.peer_progress()?,
+                        last_seen: last_seen.clone(),
+                        waiting_records: core.pending_count(),
+                        wanted_blocks: core.wanted_blocks(),
+                    };
+                    let _ = reply.send(snapshot);
+                }
                 Some(Control::Connected(device, link)) => {
                     generation += 1;
                     if peers.remove(&device).is_some() {
                         core.handle(now_ms(), Input::Disconnected(device))?;
                     }
                     peers.insert(device, start_peer(device, generation, link, inbound_tx.clone()));
+                    live.update(|l| l.linked.insert(device));
                     core.handle(now_ms(), Input::Connected(device))?;
                 }
             },
             Some(event) = inbound.recv() => match event {
                 Inbound::Frame(device, generation, frame) => {
                     if peers.get(&device).is_some_and(|p| p.generation == generation) {
+                        last_seen.insert(device, now_ms());
                         match decode_frame(&frame) {
                             Ok(message) => core.handle(now_ms(), Input::Message(device, message))?,
                             Err(e) => {
                                 tracing::warn!(peer = %device, "malformed frame, dropping the connection: {e}");
-                                drop_peer(&mut core, &mut peers, device)?;
+                                drop_peer(&mut core, &mut peers, device, &live)?;
                             }
                         }
                     }
@@ -83,7 +116,7 @@ pub async fn run<S: SyncStorage>(
                 Inbound::Closed(device, generation) => {
                     if peers.get(&device).is_some_and(|p| p.generation == generation) {
                         tracing::info!(peer = %device, "connection closed");
-                        drop_peer(&mut core, &mut peers, device)?;
+                        drop_peer(&mut core, &mut peers, device, &live)?;
                     }
                 }
             },
@@ -106,11 +139,11 @@ pub async fn run<S: SyncStorage>(
                 }
                 Output::Violation(device, why) => {
                     tracing::warn!(peer = %device, "protocol violation, dropping the connection: {why}");
-                    drop_peer(&mut core, &mut peers, device)?;
+                    drop_peer(&mut core, &mut peers, device, &live)?;
                 }
                 Output::Inactive(device) => {
                     tracing::info!(peer = %device, "peer silent too long, dropping the connection");
-                    drop_peer(&mut core, &mut peers, device)?;
+                    drop_peer(&mut core, &mut peers, device, &live)?;
                 }
             }
         }
@@ -123,8 +156,10 @@ fn drop_peer<S: SyncStorage>(
     core: &mut SyncCore<S>,
     peers: &mut HashMap<DeviceId, Peer>,
     device: DeviceId,
+    live: &SharedLive,
 ) -> anyhow::Result<()> {
     peers.remove(&device);
+    live.update(|l| l.linked.remove(&device));
     Ok(core.handle(now_ms(), Input::Disconnected(device))?)
 }
 
@@ -185,8 +220,8 @@ mod tests {
         let (a_ctl, a_rx) = mpsc::channel(16);
         let (b_ctl, b_rx) = mpsc::channel(16);
         let (installed_tx, mut installed) = mpsc::unbounded_channel();
-        let a_loop = tokio::spawn(run(a.core, a_rx, mpsc::unbounded_channel().0));
-        let b_loop = tokio::spawn(run(b.core, b_rx, installed_tx));
+        let a_loop = tokio::spawn(run(a.core, a_rx, mpsc::unbounded_channel().0, SharedLive::default()));
+        let b_loop = tokio::spawn(run(b.core, b_rx, installed_tx, SharedLive::default()));
 
         let big: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
         write(&a_store, ROOT_INO, "note.md", b"# from a");

@@ -20,11 +20,6 @@ impl StoreSync {
     pub fn new(store: Arc<Store>) -> Self {
         Self { store }
     }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
 }
 
 fn err(e: impl std::fmt::Display) -> StorageError {

@@ -315,6 +315,13 @@ impl<S: SyncStorage> SyncCore<S> {
         self.peers.keys().map(|d| (*d, self.storage.peer_state(d).map(|s| s.acked).unwrap_or(0))).collect()
     }
 
+    /// The roster changed: the group's devices (for tombstone collection)
+    /// and the read-only ones (whose changes are ignored from now on).
+    pub fn set_group(&mut self, devices: Vec<DeviceId>, read_only: Vec<DeviceId>) {
+        self.config.group = devices;
+        self.config.read_only = read_only;
+    }
+
     /// Where each connected peer stands (for `psync status`).
     pub fn peer_progress(&self) -> Result<Vec<PeerProgress>, SyncError> {
         let our_seq = self.storage.seq();

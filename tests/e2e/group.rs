@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::mount::{psync, Mounted};
 
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -15,7 +15,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(data: &Path) -> (Server, String) {
+pub fn start_server(data: &Path) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_psync"))
         .arg("--data-dir")
@@ -30,7 +30,7 @@ fn start_server(data: &Path) -> (Server, String) {
     (Server(child), format!("ws://127.0.0.1:{port}"))
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
+pub fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -81,7 +81,7 @@ fn clear_errors_for_signal_and_identity() {
 }
 
 /// Starts `psync invite --yes` and returns it with the code from its first line.
-fn start_invite(dev: &Path) -> (Child, String) {
+pub fn start_invite(dev: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_psync"))
         .arg("--data-dir")
         .arg(dev)

@@ -9,3 +9,4 @@ mod cli;
 mod conformance;
 mod group;
 mod mount;
+mod three;

@@ -1,0 +1,602 @@
+//! `psync status`: what the daemon knows, served on a control socket in the
+//! data dir (owner only; one request line in, one JSON document out), and
+//! the command that reads it, or explains that no daemon runs and shows what
+//! the data dir alone can tell.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use psync_base::DeviceId;
+use psync_signal::{readable_id, Role, Roster};
+use psync_store::Store;
+use psync_sync::record::is_conflict_copy;
+use psync_sync::SyncStorage;
+use serde::{Deserialize, Serialize};
+
+use crate::sync_loop::{now_ms, Control, SyncSnapshot};
+use crate::sync_storage::StoreSync;
+
+/// The control socket, in the data dir.
+pub const SOCKET_FILE: &str = "control.sock";
+/// Requests are one short line.
+const MAX_REQUEST: u64 = 1024;
+/// How long the sync loop may take to answer.
+const SYNC_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Warnings and errors kept for `psync status`.
+const RECENT_ERRORS: usize = 20;
+
+/// The signalling connection as peering last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "why", rename_all = "snake_case")]
+pub enum SignallingState {
+    /// Not connected yet.
+    #[default]
+    Connecting,
+    /// Logged in.
+    Connected,
+    /// The connection ended; the client is reconnecting.
+    Lost(String),
+    /// The server refused this device.
+    Refused(String),
+}
+
+/// What peering and the sync loop share with the status socket.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The signalling connection.
+    pub signalling: SignallingState,
+    /// Group devices the server says are online.
+    pub online: BTreeSet<DeviceId>,
+    /// Devices with an authenticated link in the sync loop.
+    pub linked: BTreeSet<DeviceId>,
+    /// The newest verified roster.
+    pub roster: Option<Roster>,
+}
+
+/// [`Live`] behind a lock that a panic elsewhere does not poison for us.
+#[derive(Debug, Clone, Default)]
+pub struct SharedLive(Arc<Mutex<Live>>);
+
+impl SharedLive {
+    /// Changes it.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Live) -> T) -> T {
+        change(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads it.
+    pub fn read<T>(&self, look: impl FnOnce(&Live) -> T) -> T {
+        look(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A `tracing` layer that keeps the latest warnings and errors for `psync status`.
+pub struct RecentErrors;
+
+static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0.insert_str(0, &format!("{value:?} "));
+                } else {
+                    self.0.push_str(&format!("{}={value:?} ", field.name()));
+                }
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let line = format!("{} {}", now_ms() / 1000, fields.0.trim_end());
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(line);
+    }
+}
+
+fn recent_errors() -> Vec<String> {
+    RECENT.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+}
+
+/// What `psync status --json` prints. Fields are only ever added.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This device.
+    pub device: DeviceStatus,
+    /// The running daemon, if any.
+    pub daemon: Option<DaemonStatus>,
+    /// The signalling server, if this device belongs to a group.
+    pub signalling: Option<SignallingStatus>,
+    /// Every other device of the group.
+    pub peers: Vec<PeerStatus>,
+    /// What this device holds.
+    pub local: LocalStatus,
+    /// Conflict copies present (paths).
+    pub conflicts: Vec<String>,
+    /// The daemon's latest warnings and errors (seconds since the epoch first).
+    pub recent_errors: Vec<String>,
+}
+
+/// This device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its name in the group (empty without an identity).
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Where it is mounted, if it is.
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// The daemon serving the mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// Whether sync runs (it does not for a device without a group).
+    pub syncing: bool,
+}
+
+/// The signalling server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignallingStatus {
+    /// Its URL.
+    pub server: String,
+    /// Whether this device is logged in.
+    pub connected: bool,
+    /// Details of the connection state.
+    pub state: SignallingState,
+}
+
+/// One other device of the group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// `full` or `read_only`.
+    pub role: String,
+    /// Online at the signalling server.
+    pub online: bool,
+    /// Whether this device has a sync link to it.
+    pub connected: bool,
+    /// How: `webrtc` when connected.
+    pub connection: Option<String>,
+    /// Seconds since it was last heard from over a link (this daemon run).
+    pub last_seen_secs_ago: Option<u64>,
+    /// Connected, and each side has applied everything the other announced.
+    pub in_sync: bool,
+    /// Its changes not yet applied here (records).
+    pub incoming_records: u64,
+    /// Our changes it has not acknowledged (records).
+    pub outgoing_records: u64,
+    /// Our latest sequence number it has acknowledged.
+    pub acked_seq: u64,
+    /// Round-trip time; not measured yet.
+    pub rtt_ms: Option<u64>,
+}
+
+/// What this device holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalStatus {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    /// The latest local sequence number.
+    pub seq: u64,
+    /// Records from peers waiting for blocks.
+    pub waiting_records: usize,
+    /// Blocks still to fetch.
+    pub wanted_blocks: usize,
+}
+
+/// Who this device is in its group.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: DeviceId,
+    /// The signalling server.
+    pub server: String,
+}
+
+/// What the daemon answers from.
+pub struct Source {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The open store.
+    pub store: Arc<Store>,
+    /// Present when the device belongs to a group.
+    pub identity: Option<Identity>,
+    /// Sync, when it runs.
+    pub sync: Option<(SharedLive, tokio::sync::mpsc::Sender<Control>)>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl Source {
+    fn collect(&self) -> Result<Status> {
+        let stats = self.store.stats()?;
+        let (live, snapshot) = match &self.sync {
+            Some((live, control)) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                control.blocking_send(Control::Status(tx)).context("the sync loop has stopped")?;
+                let snapshot = rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?;
+                (Some(live), snapshot)
+            }
+            None => (None, SyncSnapshot::default()),
+        };
+        let conflicts = StoreSync::new(self.store.clone())
+            .live_records()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .filter(|r| !r.deleted && is_conflict_copy(&r.path))
+            .map(|r| r.path.as_str().to_string())
+            .collect();
+        let mut status = Status {
+            device: DeviceStatus {
+                name: self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+                id: readable_id(&self.store.device()),
+                data_dir: self.data_dir.clone(),
+                mountpoint: Some(self.mountpoint.clone()),
+            },
+            daemon: Some(DaemonStatus {
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                syncing: self.sync.is_some(),
+            }),
+            signalling: None,
+            peers: Vec::new(),
+            local: LocalStatus {
+                files: stats.files,
+                dirs: stats.dirs,
+                bytes: stats.logical_bytes,
+                seq: stats.seq,
+                waiting_records: snapshot.waiting_records,
+                wanted_blocks: snapshot.wanted_blocks,
+            },
+            conflicts,
+            recent_errors: recent_errors(),
+        };
+        if let (Some(identity), Some(live)) = (&self.identity, live) {
+            live.read(|l| {
+                status.signalling = Some(SignallingStatus {
+                    server: identity.server.clone(),
+                    connected: l.signalling == SignallingState::Connected,
+                    state: l.signalling.clone(),
+                });
+                if let Some(roster) = &l.roster {
+                    status.peers = peers(roster, identity.id, |id| {
+                        let progress = snapshot.peers.iter().find(|p| p.device == id);
+                        let seen = snapshot.last_seen.get(&id).map(|t| now_ms().saturating_sub(*t) / 1000);
+                        (l.online.contains(&id), l.linked.contains(&id), progress.cloned(), seen)
+                    });
+                }
+            });
+        }
+        Ok(status)
+    }
+}
+
+/// One row per other active member; `state` says what is known of each.
+fn peers(
+    roster: &Roster,
+    me: DeviceId,
+    state: impl Fn(DeviceId) -> (bool, bool, Option<psync_sync::PeerProgress>, Option<u64>),
+) -> Vec<PeerStatus> {
+    let mut rows = Vec::new();
+    for member in roster.members().filter(|m| !m.removed) {
+        let id = member.key.device_id();
+        if id == me {
+            continue;
+        }
+        let (online, linked, progress, last_seen_secs_ago) = state(id);
+        let connected = linked && progress.as_ref().is_some_and(|p| p.ready);
+        rows.push(PeerStatus {
+            name: member.name.clone(),
+            id: readable_id(&id),
+            role: match member.role {
+                Role::Full => "full",
+                Role::ReadOnly => "read_only",
+            }
+            .into(),
+            online,
+            connected,
+            connection: connected.then(|| "webrtc".to_string()),
+            last_seen_secs_ago,
+            in_sync: connected && progress.as_ref().is_some_and(|p| p.in_sync()),
+            incoming_records: progress.as_ref().map_or(0, |p| p.incoming()),
+            outgoing_records: progress.as_ref().map_or(0, |p| p.outgoing()),
+            acked_seq: progress.as_ref().map_or(0, |p| p.acked),
+            rtt_ms: None,
+        });
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    rows
+}
+
+/// Serves the control socket on its own thread until the process exits.
+pub fn serve(source: Source) -> Result<()> {
+    let path = source.data_dir.join(SOCKET_FILE);
+    // A socket left by a killed daemon: nobody answers on it any more.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let uid = nix::unistd::getuid();
+    std::thread::Builder::new().name("psync-control".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let allowed = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .is_ok_and(|cred| cred.uid() == uid.as_raw() || cred.uid() == 0);
+            if !allowed {
+                tracing::warn!("refused a control connection from another user");
+                continue;
+            }
+            if let Err(e) = answer(&source, stream) {
+                tracing::debug!("control request failed: {e:#}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    request: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Status(Box<Status>),
+    Error(String),
+}
+
+fn answer(source: &Source, stream: UnixStream) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(r) if r.request == "status" => match source.collect() {
+            Ok(status) => Answer::Status(Box::new(status)),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Ok(r) => Answer::Error(format!("unknown request {:?}", r.request)),
+        Err(e) => Answer::Error(format!("malformed request: {e}")),
+    };
+    let mut stream = stream;
+    serde_json::to_writer(&mut stream, &reply)?;
+    stream.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Asks the daemon serving `data_dir`; `None` when no daemon answers.
+fn ask_daemon(data_dir: &Path) -> Result<Option<Status>> {
+    let path = data_dir.join(SOCKET_FILE);
+    let Ok(mut stream) = UnixStream::connect(&path) else { return Ok(None) };
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    serde_json::to_writer(&mut stream, &Request { request: "status".into() })?;
+    stream.write_all(b"\n")?;
+    let mut text = String::new();
+    stream.take(64 << 20).read_to_string(&mut text).context("no answer from the daemon's control socket")?;
+    match serde_json::from_str::<Answer>(&text).context("the daemon's answer is malformed")? {
+        Answer::Status(status) => Ok(Some(*status)),
+        Answer::Error(e) => anyhow::bail!("the daemon could not answer: {e}"),
+    }
+}
+
+/// What the data dir alone says, with no daemon running.
+fn offline_status(data_dir: &Path) -> Result<Status> {
+    let store = if data_dir.join(psync_store::DB_DIR_NAME).exists() {
+        Some(Arc::new(match Store::open(data_dir) {
+            // A daemon that holds the store but does not answer (starting, or stuck).
+            Err(psync_store::StoreError::Locked(_)) => Store::open_read_only(data_dir)?,
+            other => other?,
+        }))
+    } else {
+        None
+    };
+    let local = match &store {
+        Some(store) => {
+            let s = store.stats()?;
+            LocalStatus {
+                files: s.files,
+                dirs: s.dirs,
+                bytes: s.logical_bytes,
+                seq: s.seq,
+                waiting_records: 0,
+                wanted_blocks: 0,
+            }
+        }
+        None => LocalStatus { files: 0, dirs: 0, bytes: 0, seq: 0, waiting_records: 0, wanted_blocks: 0 },
+    };
+    let conflicts = match &store {
+        Some(store) => StoreSync::new(store.clone())
+            .live_records()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .filter(|r| !r.deleted && is_conflict_copy(&r.path))
+            .map(|r| r.path.as_str().to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let setup = crate::group::sync_setup(data_dir)?;
+    let device_id = match (&setup, &store) {
+        (Some(s), _) => readable_id(&s.key.public().device_id()),
+        (None, Some(store)) => readable_id(&store.device()),
+        (None, None) => String::new(),
+    };
+    let mut status = Status {
+        device: DeviceStatus {
+            name: setup.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            id: device_id,
+            data_dir: data_dir.to_path_buf(),
+            mountpoint: None,
+        },
+        daemon: None,
+        signalling: None,
+        peers: Vec::new(),
+        local,
+        conflicts,
+        recent_errors: Vec::new(),
+    };
+    if let Some(setup) = setup {
+        status.signalling = Some(SignallingStatus {
+            server: setup.server.clone(),
+            connected: false,
+            state: SignallingState::Lost("no daemon is running".into()),
+        });
+        status.peers = peers(&setup.roster, setup.key.public().device_id(), |_| (false, false, None, None));
+    }
+    Ok(status)
+}
+
+/// `psync status [--json] [--watch]`.
+pub fn command(data_dir: &Path, json: bool, watch: bool) -> Result<std::process::ExitCode> {
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    // The most blocks wanted since the current transfer began: the bar's 100%.
+    let mut peak_wanted = 0usize;
+    loop {
+        let status = match ask_daemon(&data_dir)? {
+            Some(status) => status,
+            None => offline_status(&data_dir)?,
+        };
+        if json {
+            println!(
+                "{}",
+                if watch { serde_json::to_string(&status)? } else { serde_json::to_string_pretty(&status)? }
+            );
+        } else {
+            if watch {
+                // Clear the screen and go home: a live view.
+                print!("\x1b[2J\x1b[H");
+            }
+            peak_wanted = if status.local.wanted_blocks == 0 { 0 } else { peak_wanted.max(status.local.wanted_blocks) };
+            print!("{}", render(&status, peak_wanted));
+        }
+        std::io::stdout().flush()?;
+        if !watch {
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (n as f64, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A text bar for `done` of `total`.
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    format!("[{}{}]", "#".repeat(filled as usize), "-".repeat((WIDTH - filled) as usize))
+}
+
+fn render(s: &Status, peak_wanted: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let name = if s.device.name.is_empty() { "(no group)" } else { &s.device.name };
+    let _ = writeln!(out, "device      {name}  {}", s.device.id);
+    let _ = writeln!(out, "data dir    {}", s.device.data_dir.display());
+    match (&s.daemon, &s.device.mountpoint) {
+        (Some(d), Some(m)) => {
+            let sync = if d.syncing { "syncing" } else { "not syncing: this device belongs to no group" };
+            let _ = writeln!(out, "mounted at  {} (daemon pid {}, up {} s, {sync})", m.display(), d.pid, d.uptime_secs);
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "not running no daemon serves this data dir: nothing is mounted and nothing syncs \
+                 (start with `psync mount DIR`)"
+            );
+        }
+    }
+    if let Some(sig) = &s.signalling {
+        let state = match &sig.state {
+            SignallingState::Connected => "connected".to_string(),
+            SignallingState::Connecting => "connecting".to_string(),
+            SignallingState::Lost(why) => format!("not connected ({why})"),
+            SignallingState::Refused(why) => format!("REFUSED: {why}"),
+        };
+        let _ = writeln!(out, "signalling  {}  {state}", sig.server);
+    }
+    let l = &s.local;
+    let _ = writeln!(out, "local       {} files, {} dirs, {}  (sequence {})", l.files, l.dirs, bytes(l.bytes), l.seq);
+    if l.waiting_records > 0 || l.wanted_blocks > 0 {
+        let peak = peak_wanted.max(l.wanted_blocks) as u64;
+        let _ = writeln!(
+            out,
+            "receiving   {} {} changes waiting for {} blocks (up to {} to go)",
+            bar(peak - l.wanted_blocks as u64, peak),
+            l.waiting_records,
+            l.wanted_blocks,
+            bytes(l.wanted_blocks as u64 * psync_store::BLOCK_SIZE)
+        );
+    }
+    if !s.peers.is_empty() {
+        let _ = writeln!(out, "peers");
+    }
+    for p in &s.peers {
+        let presence = if p.online { "online" } else { "offline" };
+        let link = if p.connected { "connected (WebRTC)" } else { "not connected" };
+        let sync = if p.in_sync {
+            "in sync".to_string()
+        } else if p.connected {
+            format!("syncing: {} changes to receive, {} to send", p.incoming_records, p.outgoing_records)
+        } else {
+            "-".to_string()
+        };
+        let seen = p.last_seen_secs_ago.map(|s| format!(", heard {s} s ago")).unwrap_or_default();
+        let read_only = if p.role == "read_only" { " [read-only]" } else { "" };
+        let _ = writeln!(out, "  {:<14} {}  {presence:<7} {link:<18} {sync}{seen}{read_only}", p.name, p.id);
+    }
+    if s.conflicts.is_empty() {
+        let _ = writeln!(out, "conflicts   none");
+    } else {
+        let _ = writeln!(out, "conflicts   {} (both versions kept):", s.conflicts.len());
+        for c in &s.conflicts {
+            let _ = writeln!(out, "  {c}");
+        }
+    }
+    if !s.recent_errors.is_empty() {
+        let _ = writeln!(out, "recent warnings and errors (newest last):");
+        for e in &s.recent_errors {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
+    out
+}
