@@ -13,6 +13,8 @@ use psync_base::DeviceId;
 use psync_fs::mount;
 use psync_fs::FsCore;
 use psync_store::{Store, StoreError};
+
+use crate::replay::Replayer;
 use serde::{Deserialize, Serialize};
 
 /// Written to the data dir while a daemon serves it.
@@ -144,7 +146,7 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     };
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
-    let session = mount::mount(core, mountpoint, &data_dir.display().to_string())?;
+    let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string())?;
     let mut status = crate::status::Source {
         data_dir: data_dir.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),
@@ -160,10 +162,8 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
                 id: store.device(),
                 server: setup.server.clone(),
             });
-            let (notifier, resolver) = (session.notifier(), store.clone());
-            let invalidate = move |paths: Vec<psync_sync::SyncPath>| forget_kernel_caches(&notifier, &resolver, paths);
-            status.sync =
-                Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, Box::new(invalidate))?);
+            let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
+            status.sync = Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, replayer)?);
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \
@@ -212,24 +212,6 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
     result.context("filesystem session ended with an error")?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// The kernel caches entries and, with the writeback cache, file sizes: drop
-/// what it holds for each path a peer changed so the next lookup sees the store.
-fn forget_kernel_caches(notifier: &fuser::Notifier, store: &Store, paths: Vec<psync_sync::SyncPath>) {
-    for path in paths {
-        let parent = match path.parent() {
-            Some(dir) => match store.resolve(dir.as_str().as_bytes()) {
-                Ok(node) => node.ino,
-                Err(_) => continue,
-            },
-            None => psync_store::ROOT_INO,
-        };
-        if let Ok(node) = store.resolve(path.as_str().as_bytes()) {
-            let _ = notifier.inval_inode(fuser::INodeNo(node.ino), 0, 0);
-        }
-        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(path.name()));
-    }
 }
 
 /// `psync unmount`: flushes (the daemon commits and syncs on unmount),

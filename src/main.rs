@@ -4,6 +4,7 @@
 mod daemon;
 mod group;
 mod peering;
+mod replay;
 mod status;
 mod sync_daemon;
 mod sync_loop;

@@ -12,11 +12,12 @@ use psync_fs::FsEvent;
 use psync_signal::net::SignalClient;
 use psync_signal::Roster;
 use psync_store::Store;
-use psync_sync::{SyncConfig, SyncCore, SyncPath};
+use psync_sync::{Change, SyncConfig, SyncCore};
 use tokio::sync::mpsc;
 
 use crate::group::SyncSetup;
 use crate::peering::{self, Me};
+use crate::replay::Replayer;
 use crate::status::SharedLive;
 use crate::sync_loop::{self, now_ms, Control};
 use crate::sync_storage::StoreSync;
@@ -39,14 +40,13 @@ fn ice_config() -> Result<IceConfig> {
 
 /// Spawns the sync thread; returns once it is running, with what
 /// `psync status` reads: the shared live state and the loop's control channel.
-/// `on_installed` is called with the paths peers changed (to drop the
-/// kernel's caches of them).
+/// `replayer` shows what peers changed to applications watching the mount.
 pub fn start(
     data_dir: &Path,
     store: Arc<Store>,
     setup: SyncSetup,
     fs_events: std::sync::mpsc::Receiver<FsEvent>,
-    on_installed: Box<dyn Fn(Vec<SyncPath>) + Send>,
+    replayer: Replayer,
 ) -> Result<(SharedLive, mpsc::Sender<Control>)> {
     let ice = ice_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -83,15 +83,14 @@ pub fn start(
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
             let me = Me { key: setup.key, certificate: setup.certificate, ice };
             tokio::spawn(peering::run(me, setup.roster, client, control, live.clone(), Box::new(save_roster)));
-            // Remote installs reach the store directly and the kernel's
-            // caches are dropped; raising inotify events (applying through
-            // the mount) is the next step.
-            let (installed, mut installed_rx) = mpsc::unbounded_channel::<Vec<SyncPath>>();
-            std::thread::spawn(move || {
-                while let Some(paths) = installed_rx.blocking_recv() {
-                    on_installed(paths);
-                }
-            });
+            // Not a runtime thread: replaying blocks in syscalls on the mount.
+            let (installed, installed_rx) = mpsc::unbounded_channel::<Vec<Change>>();
+            let replay =
+                std::thread::Builder::new().name("psync-replay".into()).spawn(move || replayer.run(installed_rx));
+            if let Err(e) = replay {
+                tracing::error!("cannot start the replay thread: {e}");
+                return;
+            }
             match sync_loop::run(core, control_rx, installed, live).await {
                 Ok(_) => tracing::info!("sync stopped"),
                 Err(e) => tracing::error!("sync stopped: {e:#}"),

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{Input, Millis, Output, PeerProgress, SyncCore, SyncPath, SyncStorage};
+use psync_sync::{Change, Input, Millis, Output, PeerProgress, SyncCore, SyncStorage};
 use tokio::sync::mpsc;
 
 use crate::status::SharedLive;
@@ -67,7 +67,7 @@ pub fn now_ms() -> Millis {
 pub async fn run<S: SyncStorage>(
     mut core: SyncCore<S>,
     mut control: mpsc::Receiver<Control>,
-    installed: mpsc::UnboundedSender<Vec<SyncPath>>,
+    installed: mpsc::UnboundedSender<Vec<Change>>,
     live: SharedLive,
 ) -> anyhow::Result<SyncCore<S>> {
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(OUTBOUND_QUEUE);

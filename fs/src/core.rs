@@ -11,6 +11,10 @@ use psync_store::{Inode, NewNode, NodeAttrs, NodeKind, RenameMode, SetAttr, Stor
 
 use crate::error::{FsError, FsResult};
 
+#[path = "replay.rs"]
+mod replay;
+pub use replay::Replay;
+
 /// What the filesystem tells the sync engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FsEvent {
@@ -119,6 +123,7 @@ pub struct FsCore {
     /// The kernel caches writes (FUSE writeback cache): offsets it sends are
     /// final, including for O_APPEND, which it resolves itself.
     kernel_writeback: AtomicBool,
+    replay: replay::ReplayState,
 }
 
 impl std::fmt::Debug for FsCore {
@@ -145,6 +150,7 @@ impl FsCore {
             next_fh: AtomicU64::new(1),
             events,
             kernel_writeback: AtomicBool::new(false),
+            replay: replay::ReplayState::default(),
         };
         let dirty = core.store.dirty_files()?;
         if !dirty.is_empty() {

@@ -127,6 +127,9 @@ impl Filesystem for PsyncFs {
         // Let the kernel gather small writes into large ones (a 4 KiB write
         // would otherwise rewrite a whole 64 KiB block). The kernel then owns
         // append positions and the cached size; see FsCore::set_kernel_writeback.
+        // open(O_TRUNC) as one open, not a path truncate first: a path
+        // truncate commits at once and peers would see an empty version.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         let writeback = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok();
         self.core.set_kernel_writeback(writeback);
         Ok(())
@@ -136,8 +139,13 @@ impl Filesystem for PsyncFs {
         self.core.destroy();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(parent.0, name(n)) {
+    fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let found = if self.core.is_replay(req.pid()) {
+            self.core.replay_lookup(parent.0, name(n))
+        } else {
+            self.core.lookup(parent.0, name(n))
+        };
+        match found {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("lookup", &e)),
         }
@@ -156,7 +164,7 @@ impl Filesystem for PsyncFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -172,6 +180,7 @@ impl Filesystem for PsyncFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let caller = caller(req);
         let req = SetAttrRequest {
             mode,
             uid,
@@ -181,7 +190,12 @@ impl Filesystem for PsyncFs {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        match self.core.setattr(ino.0, req) {
+        let result = if self.core.is_replay(caller.pid) {
+            self.core.replay_setattr(ino.0)
+        } else {
+            self.core.setattr(ino.0, req)
+        };
+        match result {
             Ok(node) => reply.attr(&TTL, &attr(&node)),
             Err(e) => reply.error(errno("setattr", &e)),
         }
@@ -202,28 +216,48 @@ impl Filesystem for PsyncFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.core.mkdir(parent.0, name(n), mode, umask, caller(req)) {
+        let made = if self.core.is_replay(req.pid()) {
+            self.core.replay_appear(parent.0, name(n), None).map(|(node, _)| node)
+        } else {
+            self.core.mkdir(parent.0, name(n), mode, umask, caller(req))
+        };
+        match made {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("mkdir", &e)),
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match self.core.unlink(parent.0, name(n)) {
+    fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let done = if self.core.is_replay(req.pid()) {
+            self.core.replay_vanish(parent.0, name(n))
+        } else {
+            self.core.unlink(parent.0, name(n))
+        };
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", &e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match self.core.rmdir(parent.0, name(n)) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let done = if self.core.is_replay(req.pid()) {
+            self.core.replay_vanish(parent.0, name(n))
+        } else {
+            self.core.rmdir(parent.0, name(n))
+        };
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", &e)),
         }
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        match self.core.symlink(parent.0, name(link_name), target.as_os_str().as_bytes(), caller(req)) {
+        let made = if self.core.is_replay(req.pid()) {
+            self.core.replay_appear(parent.0, name(link_name), None).map(|(node, _)| node)
+        } else {
+            self.core.symlink(parent.0, name(link_name), target.as_os_str().as_bytes(), caller(req))
+        };
+        match made {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("symlink", &e)),
         }
@@ -434,7 +468,12 @@ impl Filesystem for PsyncFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.core.create(parent.0, name(n), mode, umask, flags, caller(req)) {
+        let made = if self.core.is_replay(req.pid()) {
+            self.core.replay_appear(parent.0, name(n), Some(flags))
+        } else {
+            self.core.create(parent.0, name(n), mode, umask, flags, caller(req))
+        };
+        match made {
             Ok((node, fh)) => reply.created(&TTL, &attr(&node), Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("create", &e)),
         }

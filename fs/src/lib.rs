@@ -13,6 +13,6 @@ mod error;
 mod fuse;
 pub mod mount;
 
-pub use crate::core::{Caller, FsCore, FsEvent, FsStats, Listing, SetAttrRequest, TimeSet};
+pub use crate::core::{Caller, FsCore, FsEvent, FsStats, Listing, Replay, SetAttrRequest, TimeSet};
 pub use error::{FsError, FsResult};
 pub use fuse::PsyncFs;

@@ -89,11 +89,24 @@ pub enum Output {
     Send(DeviceId, Message),
     /// These paths changed in the store because of peers (for the
     /// filesystem to show, e.g. to raise inotify events).
-    Installed(Vec<SyncPath>),
+    Installed(Vec<Change>),
     /// The peer broke the protocol; the shell should drop the connection.
     Violation(DeviceId, String),
     /// The peer has been silent too long.
     Inactive(DeviceId),
+}
+
+/// A path that records from peers changed here: what it was before and
+/// what it is now (`None`: absent or deleted), so the filesystem can show
+/// the change as the matching create, modify or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The path.
+    pub path: SyncPath,
+    /// Its kind before, if it was live.
+    pub before: Option<RecordKind>,
+    /// Its kind now, if it is live.
+    pub after: Option<RecordKind>,
 }
 
 /// One connected peer as the core sees it.
@@ -816,7 +829,6 @@ impl<S: SyncStorage> SyncCore<S> {
         if batch.is_empty() {
             return Ok(());
         }
-        let paths: Vec<SyncPath> = batch.keys().cloned().collect();
         // Parents first, so the store never sees a child before its directory.
         let mut ordered: Vec<FileRecord> = batch.into_values().collect();
         ordered.sort_by_key(|r| (r.path.depth(), r.path.clone()));
@@ -839,11 +851,17 @@ impl<S: SyncStorage> SyncCore<S> {
                 }
             }
         }
+        let mut changes = Vec::with_capacity(ordered.len());
+        for record in &ordered {
+            let before = self.storage.record(&record.path)?.filter(|r| !r.deleted).map(|r| r.kind);
+            let after = (!record.deleted).then_some(record.kind);
+            changes.push(Change { path: record.path.clone(), before, after });
+        }
         self.storage.install(ordered)?;
         for gone in obsolete {
             self.release_origin(gone.origin)?;
         }
-        self.outputs.push_back(Output::Installed(paths));
+        self.outputs.push_back(Output::Installed(changes));
         self.schedule_announce();
         Ok(())
     }

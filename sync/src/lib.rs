@@ -17,7 +17,7 @@ pub mod path;
 pub mod record;
 pub mod storage;
 
-pub use crate::core::{Input, Millis, Output, PeerProgress, SyncConfig, SyncCore, SyncError};
+pub use crate::core::{Change, Input, Millis, Output, PeerProgress, SyncConfig, SyncCore, SyncError};
 pub use message::Message;
 pub use path::SyncPath;
 pub use record::{FileRecord, RecordKind, VersionId};

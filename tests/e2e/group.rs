@@ -413,3 +413,93 @@ fn init_refuses_a_data_dir_with_an_older_store() {
     assert!(err.contains("fresh --data-dir"), "{err}");
     assert!(!m.data.join("identity.json").exists(), "nothing half-made");
 }
+
+/// Applications watching the receiving mount (Obsidian, editors: inotify)
+/// hear of a peer's creates, edits, deletes and renames as if a local
+/// program had made them, and the replay that raises the events is not
+/// synced back as a change of the receiving device.
+#[test]
+fn inotify_events_fire_on_the_receiving_mount_for_remote_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::create_dir(ma.path("dir")).unwrap();
+    std::fs::write(ma.path("dir/inner.md"), b"inner").unwrap();
+    std::fs::write(ma.path("edit.md"), b"first").unwrap();
+    std::fs::write(ma.path("gone.md"), b"to be deleted").unwrap();
+    wait_for_content(&mb, "dir/inner.md", b"inner");
+    wait_for_content(&mb, "edit.md", b"first");
+    wait_for_content(&mb, "gone.md", b"to be deleted");
+
+    let mut watch = Command::new("inotifywait")
+        .args(["-m", "-r", "--format", "%e %w%f"])
+        .arg(&mb.mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("inotifywait (Debian package inotify-tools, installed by scripts/install-deps.sh)");
+    let mut ready = String::new();
+    let mut stderr = std::io::BufReader::new(watch.stderr.take().unwrap());
+    while !ready.contains("Watches established") {
+        assert!(stderr.read_line(&mut ready).unwrap() > 0, "inotifywait failed: {ready}");
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    std::fs::write(ma.path("new.md"), b"created on the desktop").unwrap();
+    std::fs::write(ma.path("edit.md"), b"edited on the desktop").unwrap();
+    std::fs::remove_file(ma.path("gone.md")).unwrap();
+    std::fs::create_dir(ma.path("made")).unwrap();
+    std::fs::rename(ma.path("dir/inner.md"), ma.path("dir/renamed.md")).unwrap();
+
+    let m = mb.mnt.display().to_string();
+    let mut want: Vec<(String, String)> = vec![
+        ("CREATE".into(), format!("{m}/new.md")),
+        ("MODIFY".into(), format!("{m}/edit.md")),
+        ("CLOSE_WRITE".into(), format!("{m}/edit.md")),
+        ("DELETE".into(), format!("{m}/gone.md")),
+        ("CREATE,ISDIR".into(), format!("{m}/made")),
+        ("DELETE".into(), format!("{m}/dir/inner.md")),
+        ("CREATE".into(), format!("{m}/dir/renamed.md")),
+    ];
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !want.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no inotify events for {want:?}; saw {seen:#?}"));
+        if let Some((events, path)) = line.split_once(' ') {
+            let events: Vec<&str> = events.split(',').collect();
+            want.retain(|(e, p)| !(p == path && e.split(',').all(|one| events.contains(&one))));
+        }
+        seen.push(line);
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // What the events announced is what the mount shows.
+    assert_eq!(std::fs::read(mb.path("new.md")).unwrap(), b"created on the desktop");
+    assert_eq!(std::fs::read(mb.path("edit.md")).unwrap(), b"edited on the desktop");
+    assert_eq!(std::fs::read(mb.path("dir/renamed.md")).unwrap(), b"inner");
+    assert!(!mb.path("gone.md").exists() && !mb.path("dir/inner.md").exists() && mb.path("made").is_dir());
+
+    // The replay is not a change of the laptop's: both sides hold the same
+    // history for the edited file, and it has exactly the desktop's two versions.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = |dir: &Path| json(&psync(dir, &["store", "log", "edit.md", "--json"]));
+    let (log_a, log_b) = (log(&a), log(&b));
+    let sizes =
+        |log: &serde_json::Value| log.as_array().unwrap().iter().map(|v| v["size"].as_u64()).collect::<Vec<_>>();
+    assert_eq!(sizes(&log_a), vec![Some(5), Some(21)], "{log_a:#}");
+    assert_eq!(sizes(&log_b), sizes(&log_a), "{log_b:#}");
+    ma.unmount();
+    mb.unmount();
+    ma.fsck();
+    mb.fsck();
+}

@@ -1,0 +1,118 @@
+//! Replaying peers' changes through the mount. A peer's change goes into
+//! the store directly, and Linux raises inotify events only for operations
+//! that pass through the VFS, so editors watching the mount would never
+//! hear of it. The daemon therefore repeats each change as a syscall on its
+//! own mount from one dedicated thread (never a FUSE worker: that would
+//! deadlock). Requests from that thread are recognised by thread id and
+//! answered from the store as it already is: they change nothing, so
+//! nothing is committed or synced back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use psync_store::{Content, Inode, NodeKind};
+
+use super::{lock, FsCore, Handle};
+use crate::error::{FsError, FsResult};
+
+/// Inode numbers from here on are stand-ins for entries already gone from
+/// the store; the store allocates from 1 upwards and never gets here.
+const STAND_IN_BASE: u64 = 1 << 62;
+
+/// What the replaying thread is about to do to one directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The entry is in the store already; the kernel must see it created.
+    Appear,
+    /// The entry is gone from the store already; the kernel must see it removed.
+    Vanish(NodeKind),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ReplayState {
+    /// Kernel thread id of the replaying thread (0: none yet).
+    tid: AtomicU32,
+    planned: Mutex<HashMap<(u64, Vec<u8>), Replay>>,
+    next_stand_in: AtomicU64,
+}
+
+impl FsCore {
+    /// Makes the calling thread the replaying thread.
+    pub fn become_replayer(&self) {
+        self.replay.tid.store(nix::unistd::gettid().as_raw() as u32, Ordering::Relaxed);
+    }
+
+    /// Whether a request comes from the replaying thread (FUSE reports the
+    /// calling thread's id).
+    pub fn is_replay(&self, pid: u32) -> bool {
+        pid != 0 && pid == self.replay.tid.load(Ordering::Relaxed)
+    }
+
+    /// Announces what the replaying thread's next syscall on `parent/name`
+    /// stands for; [`FsCore::replay_done`] withdraws it.
+    pub fn plan_replay(&self, parent: u64, name: &[u8], replay: Replay) {
+        lock(&self.replay.planned).insert((parent, name.to_vec()), replay);
+    }
+
+    /// The replay of `parent/name` is over (whether or not the kernel asked).
+    pub fn replay_done(&self, parent: u64, name: &[u8]) {
+        lock(&self.replay.planned).remove(&(parent, name.to_vec()));
+    }
+
+    fn planned(&self, parent: u64, name: &[u8]) -> Option<Replay> {
+        lock(&self.replay.planned).get(&(parent, name.to_vec())).copied()
+    }
+
+    /// `lookup` for the replaying thread: an entry about to appear is not
+    /// there yet; one about to vanish is still there (as a stand-in when
+    /// the store has dropped its inode).
+    pub fn replay_lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        match self.planned(parent, name) {
+            None => self.lookup(parent, name),
+            Some(Replay::Appear) => Err(FsError::posix(libc::ENOENT, "replay: not there yet")),
+            Some(Replay::Vanish(kind)) => {
+                let mut node = self.store.inode(parent)?;
+                node.ino = STAND_IN_BASE + self.replay.next_stand_in.fetch_add(1, Ordering::Relaxed);
+                node.kind = kind;
+                node.perm = if kind == NodeKind::Dir { 0o755 } else { 0o644 };
+                node.links.clear();
+                node.subdirs = 0;
+                node.content = Content::default();
+                Ok(node)
+            }
+        }
+    }
+
+    /// `create`, `mkdir` or `symlink` by the replaying thread: the entry the
+    /// store already has, with a handle if `open_flags` is given.
+    pub fn replay_appear(&self, parent: u64, name: &[u8], open_flags: Option<i32>) -> FsResult<(Inode, u64)> {
+        if self.planned(parent, name) != Some(Replay::Appear) {
+            return Err(FsError::posix(libc::EEXIST, "replay: nothing planned to appear"));
+        }
+        let node = self.lookup(parent, name)?;
+        let fh = match open_flags {
+            Some(flags) => self.new_handle(Handle {
+                ino: node.ino,
+                append: false,
+                writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            }),
+            None => 0,
+        };
+        Ok((node, fh))
+    }
+
+    /// `unlink` or `rmdir` by the replaying thread: already done in the store.
+    pub fn replay_vanish(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        match self.planned(parent, name) {
+            Some(Replay::Vanish(_)) => Ok(()),
+            _ => Err(FsError::posix(libc::ENOENT, "replay: nothing planned to vanish")),
+        }
+    }
+
+    /// `setattr` by the replaying thread (a same-size truncate that makes
+    /// the kernel report a modification): changes nothing.
+    pub fn replay_setattr(&self, ino: u64) -> FsResult<Inode> {
+        self.getattr(ino)
+    }
+}
