@@ -189,6 +189,9 @@ impl FsCore {
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.store.pin(handle.ino, 1);
+        if handle.writable {
+            self.store.writer_opened(handle.ino);
+        }
         lock(&self.handles).insert(fh, handle);
         fh
     }
@@ -468,6 +471,11 @@ impl FsCore {
             return Err(FsError::posix(libc::EBADF, "release of an unknown handle"));
         };
         let committed = self.commit(handle.ino, false);
+        if handle.writable {
+            self.store.writer_closed(handle.ino);
+            // Peers' versions held back while it was open can be decided now.
+            self.emit(FsEvent::Changed);
+        }
         self.store.unpin(handle.ino, 1)?;
         committed
     }

@@ -33,6 +33,9 @@ pub struct Store {
     /// An unlinked inode that is pinned becomes an orphan and lives until
     /// its last pin goes (as ext4 keeps an inode the kernel still uses).
     pins: Mutex<HashMap<u64, u64>>,
+    /// Open handles that may write, per inode: content the kernel may
+    /// still hold or send, so a peer's version must not replace it.
+    writers: Mutex<HashMap<u64, u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,6 +179,7 @@ impl Store {
             writer: Mutex::new(counters),
             read_only: true,
             pins: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -235,6 +239,7 @@ impl Store {
             writer: Mutex::new(counters),
             read_only: false,
             pins: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         };
         store.reap_orphans()?;
         Ok(store)
@@ -687,6 +692,27 @@ impl Store {
     }
 
     // ---- pins (open handles, kernel references) --------------------------------
+
+    /// A handle that may write `ino` was opened.
+    pub fn writer_opened(&self, ino: u64) {
+        *self.writers.lock().unwrap_or_else(|p| p.into_inner()).entry(ino).or_insert(0) += 1;
+    }
+
+    /// That handle was closed (after its content was committed).
+    pub fn writer_closed(&self, ino: u64) {
+        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = writers.get_mut(&ino) {
+            *count -= 1;
+            if *count == 0 {
+                writers.remove(&ino);
+            }
+        }
+    }
+
+    /// Whether `ino` is open for writing.
+    pub(crate) fn has_writer(&self, ino: u64) -> bool {
+        self.writers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&ino)
+    }
 
     fn pins(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         self.pins.lock().unwrap_or_else(|p| p.into_inner())

@@ -423,13 +423,31 @@ impl Store {
 
     /// Applies peers' versions in one atomic batch. Parents come before
     /// children; every referenced block is already stored.
-    pub fn install_versions(&self, versions: &[PathVersion], now: Timestamp) -> Result<()> {
+    ///
+    /// Returns the paths whose file has local changes the store may not
+    /// have yet (open for writing, or written and not committed): if there
+    /// are any, nothing is installed, so a peer's version never replaces
+    /// them; ask again once they are closed.
+    pub fn install_versions(&self, versions: &[PathVersion], now: Timestamp) -> Result<Vec<Vec<u8>>> {
         self.mutate(false, |txn| {
+            let mut busy = Vec::new();
+            for v in versions {
+                // A path under directories that do not exist yet holds no file.
+                if let Ok((_, _, Some(entry))) = txn.locate(&v.path) {
+                    if entry.kind == NodeKind::File && (txn.store.has_writer(entry.ino) || txn.inode(entry.ino)?.dirty)
+                    {
+                        busy.push(v.path.clone());
+                    }
+                }
+            }
+            if !busy.is_empty() {
+                return Ok(busy);
+            }
             txn.remote = true;
             for v in versions {
                 txn.install_version(v, now)?;
             }
-            Ok(())
+            Ok(busy)
         })
     }
 

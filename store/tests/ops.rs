@@ -570,9 +570,18 @@ fn remote_versions_install_atomically_with_their_structure() {
     let got = entry(&dst.store, "notes/n.md").unwrap();
     assert_eq!((got.vv.clone(), got.dot, got.blocks.clone()), (moved.vv.clone(), moved.dot, moved.blocks.clone()));
     assert_eq!(dst.store.versions(node.file_id).unwrap().len(), 1, "a remote version is history too");
-    // A remote delete removes the file; the entry remembers it.
+    // A file open for writing, or written and not committed, is not
+    // replaced: nothing of the batch is installed and the path is reported.
     let gone = PathVersion { deleted: true, size: 0, blocks: vec![], ..got };
-    dst.store.install_versions(&[gone], t(3)).unwrap();
+    dst.store.writer_opened(node.ino);
+    assert_eq!(dst.store.install_versions(std::slice::from_ref(&gone), t(3)).unwrap(), vec![b"notes/n.md".to_vec()]);
+    dst.store.write(node.ino, 0, b"local", t(3)).unwrap();
+    dst.store.writer_closed(node.ino);
+    assert_eq!(dst.store.install_versions(std::slice::from_ref(&gone), t(3)).unwrap(), vec![b"notes/n.md".to_vec()]);
+    assert_eq!(dst.store.read(node.ino, 0, 5).unwrap(), b"local");
+    dst.store.commit(node.ino, t(3), false).unwrap();
+    // A remote delete removes the file; the entry remembers it.
+    assert!(dst.store.install_versions(&[gone], t(3)).unwrap().is_empty());
     assert!(matches!(dst.store.resolve(b"notes/n.md"), Err(StoreError::NotFound)));
     assert!(entry(&dst.store, "notes/n.md").unwrap().deleted);
     assert_clean(&dst.store);

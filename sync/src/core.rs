@@ -242,6 +242,8 @@ pub struct SyncCore<S: SyncStorage> {
     now: Millis,
     peers: BTreeMap<DeviceId, Peer>,
     pending: BTreeMap<SyncPath, Vec<Pending>>,
+    /// Complete records whose file is open for writing here (see `finalize`).
+    held: Vec<FileRecord>,
     wants: BTreeMap<ContentHash, Want>,
     outputs: VecDeque<Output>,
     announce_at: Option<Millis>,
@@ -270,6 +272,7 @@ impl<S: SyncStorage> SyncCore<S> {
             now,
             peers: BTreeMap::new(),
             pending: BTreeMap::new(),
+            held: Vec::new(),
             wants: BTreeMap::new(),
             outputs: VecDeque::new(),
             announce_at: None,
@@ -476,7 +479,10 @@ impl<S: SyncStorage> SyncCore<S> {
                 p.inactive = false;
                 self.on_message(peer, message)?;
             }
-            Input::LocalChanged => self.schedule_announce(),
+            Input::LocalChanged => {
+                self.schedule_announce();
+                self.retry_held()?;
+            }
         }
         self.pump()
     }
@@ -717,12 +723,15 @@ impl<S: SyncStorage> SyncCore<S> {
     }
 
     /// All of `record`'s blocks are here: decide against the current local
-    /// state (which may have changed since it arrived) and install.
+    /// state (which may have changed since it arrived) and install. A file
+    /// open for writing here is not replaced: the record is held and decided
+    /// again after the next local change (the close commits what was
+    /// written, and the rules then keep both versions if both changed).
     fn finalize(&mut self, record: FileRecord) -> Result<(), SyncError> {
         let local = self.storage.record(&record.path)?;
         let records = match resolve(local.as_ref(), &record) {
             Resolution::Keep => return Ok(()),
-            Resolution::Take => vec![record],
+            Resolution::Take => vec![record.clone()],
             Resolution::Conflict { merged, copy } => {
                 let mut out = vec![*merged];
                 if let Some(copy) = copy {
@@ -731,7 +740,23 @@ impl<S: SyncStorage> SyncCore<S> {
                 out
             }
         };
-        self.install(records)
+        if !self.install(records)? && !self.held.iter().any(|h| h.path == record.path && h.vv == record.vv) {
+            self.held.push(record);
+        }
+        Ok(())
+    }
+
+    /// Decides held records again (a local change or a timer came).
+    fn retry_held(&mut self) -> Result<(), SyncError> {
+        for record in std::mem::take(&mut self.held) {
+            self.finalize(record)?;
+        }
+        Ok(())
+    }
+
+    /// Records held because the file they would replace is open for writing.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// A conflict copy is a record like any other: it is placed only if it
@@ -762,7 +787,9 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Installs records atomically, keeping the tree whole: a live record's
     /// parents are (re)created as directories; a directory is not deleted
     /// while it still has live children here (it is re-asserted instead).
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<(), SyncError> {
+    /// `false`: a file it would replace is open for writing here, nothing
+    /// was installed.
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, SyncError> {
         let mut batch: BTreeMap<SyncPath, FileRecord> = BTreeMap::new();
         let mtime = (self.now / 1000) as i64;
         for record in records {
@@ -827,43 +854,45 @@ impl<S: SyncStorage> SyncCore<S> {
             batch.insert(record.path.clone(), record);
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         // Parents first, so the store never sees a child before its directory.
         let mut ordered: Vec<FileRecord> = batch.into_values().collect();
         ordered.sort_by_key(|r| (r.path.depth(), r.path.clone()));
-        // Versions still waiting for blocks that what we install has seen are
-        // obsolete: drop them now, or one could land later, after the record
-        // that superseded it was garbage-collected, and come back to life.
-        let mut obsolete = Vec::new();
-        for record in &ordered {
-            if let Some(waiting) = self.pending.get_mut(&record.path) {
-                let (gone, kept): (Vec<Pending>, Vec<Pending>) = waiting.drain(..).partition(|w| {
-                    matches!(
-                        w.record.vv.compare(&record.vv),
-                        psync_base::Causality::Dominated | psync_base::Causality::Equal
-                    )
-                });
-                *waiting = kept;
-                obsolete.extend(gone);
-                if waiting.is_empty() {
-                    self.pending.remove(&record.path);
-                }
-            }
-        }
         let mut changes = Vec::with_capacity(ordered.len());
         for record in &ordered {
             let before = self.storage.record(&record.path)?.filter(|r| !r.deleted).map(|r| r.kind);
             let after = (!record.deleted).then_some(record.kind);
             changes.push(Change { path: record.path.clone(), before, after });
         }
-        self.storage.install(ordered)?;
+        let installed: Vec<(SyncPath, psync_base::VersionVector)> =
+            ordered.iter().map(|r| (r.path.clone(), r.vv.clone())).collect();
+        let busy = self.storage.install(ordered)?;
+        if !busy.is_empty() {
+            return Ok(false);
+        }
+        // Versions still waiting for blocks that what we installed has seen
+        // are obsolete: drop them now, or one could land later, after the
+        // record that superseded it was garbage-collected, and come back to life.
+        let mut obsolete = Vec::new();
+        for (path, vv) in &installed {
+            if let Some(waiting) = self.pending.get_mut(path) {
+                let (gone, kept): (Vec<Pending>, Vec<Pending>) = waiting.drain(..).partition(|w| {
+                    matches!(w.record.vv.compare(vv), psync_base::Causality::Dominated | psync_base::Causality::Equal)
+                });
+                *waiting = kept;
+                obsolete.extend(gone);
+                if waiting.is_empty() {
+                    self.pending.remove(path);
+                }
+            }
+        }
         for gone in obsolete {
             self.release_origin(gone.origin)?;
         }
         self.outputs.push_back(Output::Installed(changes));
         self.schedule_announce();
-        Ok(())
+        Ok(true)
     }
 
     fn on_block(&mut self, peer: DeviceId, hash: ContentHash, data: Option<Vec<u8>>) -> Result<(), SyncError> {
@@ -1027,6 +1056,7 @@ impl<S: SyncStorage> SyncCore<S> {
         }
         if self.next_heartbeat <= self.now {
             self.next_heartbeat = self.now + self.config.heartbeat_ms;
+            self.retry_held()?;
             let root = self.root()?;
             let seq = self.storage.seq();
             let timeout = self.config.peer_timeout_ms;

@@ -53,8 +53,10 @@ pub trait SyncStorage {
     fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError>;
     /// Installs records (remote versions, merges, conflict copies,
     /// tombstones) in one atomic step; each gets a new local sequence number.
-    /// Every block they reference is present.
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<(), StorageError>;
+    /// Every block they reference is present. Returns the paths whose file
+    /// has local changes not recorded yet (open for writing): if there are
+    /// any, nothing was installed, and the caller asks again later.
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<Vec<SyncPath>, StorageError>;
     /// Forgets tombstones (every device has them).
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError>;
     /// What we remember about `peer`.
@@ -74,6 +76,8 @@ pub struct MemStorage {
     by_seq: BTreeMap<u64, SyncPath>,
     blocks: HashMap<ContentHash, Vec<u8>>,
     peers: HashMap<DeviceId, PeerState>,
+    /// Paths "open for writing" (see [`MemStorage::set_busy`]).
+    busy: std::collections::BTreeSet<SyncPath>,
 }
 
 impl MemStorage {
@@ -87,6 +91,16 @@ impl MemStorage {
             by_seq: BTreeMap::new(),
             blocks: HashMap::new(),
             peers: HashMap::new(),
+            busy: Default::default(),
+        }
+    }
+
+    /// Marks `path` as open for writing (installs refuse it) or not.
+    pub fn set_busy(&mut self, path: &SyncPath, busy: bool) {
+        if busy {
+            self.busy.insert(path.clone());
+        } else {
+            self.busy.remove(path);
         }
     }
 
@@ -232,11 +246,15 @@ impl SyncStorage for MemStorage {
         Ok(())
     }
 
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<(), StorageError> {
-        for record in records {
-            self.put(record);
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<Vec<SyncPath>, StorageError> {
+        let busy: Vec<SyncPath> =
+            records.iter().filter(|r| self.busy.contains(&r.path)).map(|r| r.path.clone()).collect();
+        if busy.is_empty() {
+            for record in records {
+                self.put(record);
+            }
         }
-        Ok(())
+        Ok(busy)
     }
 
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {

@@ -569,3 +569,46 @@ fn peer_progress_says_in_sync_only_when_both_sides_have_everything() {
     assert_eq!(in_sync(&m, 1), vec![true]);
     assert_eq!(m.cores[0].wanted_blocks(), 0);
 }
+
+/// A file open for writing is never replaced by a peer's version: the
+/// version is held; after the close, the rules decide: both contents survive
+/// when both changed, the peer's version simply lands when nothing did.
+#[test]
+fn a_file_open_for_writing_is_not_replaced_and_both_versions_survive() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.storage(0).local_write(&path("a.md"), b"v1", 1);
+    m.storage(0).local_write(&path("b.md"), b"v1", 1);
+    m.local_change(0);
+    m.run(5_000);
+    assert_eq!(m.content(1, "a.md").unwrap(), b"v1");
+
+    // Device 1 has both open for writing; device 0 edits both.
+    m.storage(1).set_busy(&path("a.md"), true);
+    m.storage(1).set_busy(&path("b.md"), true);
+    m.storage(0).local_write(&path("a.md"), b"remote edit", 2);
+    m.storage(0).local_write(&path("b.md"), b"remote edit", 2);
+    m.local_change(0);
+    m.run(10_000);
+    assert_eq!(m.content(1, "a.md").unwrap(), b"v1", "an open file is not replaced");
+    assert_eq!(m.cores[1].held_count(), 2);
+
+    // a.md: written locally, then closed. b.md: closed without a change.
+    m.storage(1).local_write(&path("a.md"), b"local edit", 3);
+    m.storage(1).set_busy(&path("a.md"), false);
+    m.storage(1).set_busy(&path("b.md"), false);
+    m.local_change(1);
+    m.run(30_000);
+    assert_eq!(m.cores[1].held_count(), 0);
+    for i in 0..2 {
+        assert_eq!(m.content(i, "b.md").unwrap(), b"remote edit");
+        let a_versions: Vec<Vec<u8>> = m.cores[i]
+            .storage()
+            .all()
+            .filter(|r| !r.deleted && r.path.as_str().starts_with('a'))
+            .filter_map(|r| m.cores[i].storage().content(r))
+            .collect();
+        assert_eq!(a_versions.len(), 2, "winner and conflict copy on device {i}");
+        assert!(a_versions.contains(&b"local edit".to_vec()) && a_versions.contains(&b"remote edit".to_vec()));
+    }
+}
