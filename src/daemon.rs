@@ -14,6 +14,7 @@ use psync_fs::mount;
 use psync_fs::FsCore;
 use psync_store::{Store, StoreError};
 
+use crate::config::{MountOptions, Settings};
 use crate::replay::Replayer;
 use serde::{Deserialize, Serialize};
 
@@ -49,10 +50,24 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// How the daemon is asked to run: its config file, log filter and flags.
+#[derive(Debug, Clone)]
+pub struct DaemonArgs {
+    /// `--config`, if given.
+    pub config: Option<PathBuf>,
+    /// `--log-level`, if given.
+    pub log_level: Option<String>,
+    /// `psync mount`'s own flags.
+    pub options: MountOptions,
+}
+
 /// `psync mount`.
-pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool) -> Result<ExitCode> {
+pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool, args: &DaemonArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    // Read before detaching, so a mistake in the file or a flag shows here.
+    let config_file = crate::config::locate(args.config.as_deref(), &data_dir)?;
+    let settings = crate::config::load(config_file.as_deref(), &args.options)?;
     if let Some(info) = read_daemon_info(&data_dir) {
         bail!(
             "data dir {} is already mounted at {} (daemon pid {}); run `psync unmount {}` first",
@@ -64,15 +79,15 @@ pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool) -> Result<Exi
     }
     let mountpoint = mount::prepare_mountpoint(mountpoint)?;
     if foreground {
-        serve(&data_dir, &mountpoint)
+        serve(&data_dir, &mountpoint, settings)
     } else {
-        detach_and_wait(&data_dir, &mountpoint)
+        detach_and_wait(&data_dir, &mountpoint, &settings, args)
     }
 }
 
 /// Starts `psync mount --foreground` as a detached child with its output in
 /// the log, and returns once it says the mount is ready (or has failed).
-fn detach_and_wait(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
+fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args: &DaemonArgs) -> Result<ExitCode> {
     let log_path = data_dir.join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -80,12 +95,20 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
         .open(&log_path)
         .with_context(|| format!("cannot open log {}", log_path.display()))?;
     let start_of_log = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--data-dir")
-        .arg(data_dir)
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--data-dir").arg(data_dir);
+    // The same file, even if the daemon's environment would find another.
+    if let Some(file) = &settings.config_file {
+        command.arg("--config").arg(file);
+    }
+    if let Some(level) = &args.log_level {
+        command.arg("--log-level").arg(level);
+    }
+    let mut child = command
         .arg("mount")
         .arg(mountpoint)
         .arg("--foreground")
+        .args(args.options.to_args())
         .env(NOTIFY_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -119,7 +142,7 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
 
 /// Runs the filesystem in this process until it is unmounted or a signal
 /// (SIGINT, SIGTERM, SIGHUP) asks for a clean unmount.
-fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
+fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitCode> {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
     if notify {
         // Leave the terminal's session so its hangup does not reach us.
@@ -154,6 +177,7 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
         identity: None,
         sync: None,
         started: Instant::now(),
+        settings: settings.clone(),
     };
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
@@ -163,7 +187,8 @@ fn serve(data_dir: &Path, mountpoint: &Path) -> Result<ExitCode> {
                 server: setup.server.clone(),
             });
             let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
-            status.sync = Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, replayer)?);
+            status.sync =
+                Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?);
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \

@@ -1,6 +1,7 @@
 //! The `psync` command. Glue only: parses arguments, opens the store, calls
 //! library crates and prints results. No logic that a test would want lives here.
 
+mod config;
 mod daemon;
 mod group;
 mod peering;
@@ -10,18 +11,32 @@ mod sync_daemon;
 mod sync_loop;
 mod sync_storage;
 mod transport;
+mod udp_runtime;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use psync_base::DeviceId;
 use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, BLOCK_SIZE, ROOT_INO};
 
 #[derive(Parser, Debug)]
-#[command(name = "psync", version, about = "Peer-to-peer folder sync that is a filesystem")]
+#[command(
+    name = "psync",
+    version,
+    about = "Peer-to-peer folder sync that is a filesystem",
+    after_help = "Getting started (one machine runs the signalling server):
+  psync signal --listen 0.0.0.0:7700 --tls-cert cert.pem --tls-key key.pem
+  psync init --name desktop --server wss://signal.example.org:7700
+  psync invite                              # prints a code; on the new device:
+  psync join CODE --name laptop --server wss://signal.example.org:7700
+  psync mount ~/Vault                       # on each device; then:
+  psync status
+
+Try it locally first: ./scripts/demo.sh in the source tree."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -35,6 +50,15 @@ struct Global {
     /// Default: $XDG_DATA_HOME/psync (~/.local/share/psync).
     #[arg(long, global = true, env = "PSYNC_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The config file. Default: DATA_DIR/config.toml, else
+    /// $XDG_CONFIG_HOME/psync/config.toml, if either exists.
+    #[arg(long, global = true, env = "PSYNC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// What to log: error, warn, info, debug, trace, or a filter like
+    /// psync=debug,webrtc=warn. RUST_LOG, when set, wins. Default: the config
+    /// file's log_level, else info for the daemon and warn for commands.
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = config::parse_log_level)]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,6 +150,8 @@ enum Command {
         /// Stay in the foreground (logs to stderr) instead of detaching.
         #[arg(long)]
         foreground: bool,
+        #[command(flatten)]
+        options: config::MountOptions,
     },
     /// Flush everything and unmount; the daemon exits.
     Unmount {
@@ -148,6 +174,17 @@ enum Command {
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print shell completions, e.g. `psync completions bash > /usr/share/bash-completion/completions/psync`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`psync man | man -l -`), or write one page per command into a directory.
+    Man {
+        /// Write psync.1, psync-mount.1, ... here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,14 +232,14 @@ enum StoreCommand {
 fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(&cli)));
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(status::RecentErrors)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -210,6 +247,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log filter when `RUST_LOG` is not set: the flag, the config file's
+/// (a broken file is reported by the commands that read it), or a default.
+fn log_filter(cli: &Cli) -> String {
+    if let Some(level) = &cli.global.log_level {
+        return level.clone();
+    }
+    let from_file = data_dir(&cli.global)
+        .ok()
+        .and_then(|dir| config::locate(cli.global.config.as_deref(), &dir).ok().flatten())
+        .and_then(|file| config::load(Some(&file), &config::MountOptions::default()).ok())
+        .and_then(|settings| settings.log_level);
+    from_file.unwrap_or_else(|| if matches!(cli.command, Command::Mount { .. }) { "info" } else { "warn" }.into())
 }
 
 fn data_dir(global: &Global) -> Result<PathBuf> {
@@ -313,10 +364,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),
         Command::Remove { device } => group::remove(&data_dir(&cli.global)?, &device),
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
-        Command::Mount { mountpoint, foreground } => daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground),
+        Command::Mount { mountpoint, foreground, options } => {
+            let args = daemon::DaemonArgs {
+                config: cli.global.config.clone(),
+                log_level: cli.global.log_level.clone(),
+                options,
+            };
+            daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground, &args)
+        }
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "psync", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            println!("wrote man pages into {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -151,6 +151,8 @@ pub struct DaemonStatus {
     pub uptime_secs: u64,
     /// Whether sync runs (it does not for a device without a group).
     pub syncing: bool,
+    /// The settings in force (config file, flags).
+    pub settings: crate::config::Settings,
 }
 
 /// The signalling server.
@@ -189,8 +191,12 @@ pub struct PeerStatus {
     pub outgoing_records: u64,
     /// Our latest sequence number it has acknowledged.
     pub acked_seq: u64,
-    /// Round-trip time; not measured yet.
-    pub rtt_ms: Option<u64>,
+    /// Round-trip time of the connection's ICE checks.
+    pub rtt_ms: Option<f64>,
+    /// Bytes sent to it over the current connection (UDP payload on the wire).
+    pub bytes_sent: Option<u64>,
+    /// Bytes received from it over the current connection.
+    pub bytes_received: Option<u64>,
 }
 
 /// What this device holds.
@@ -208,6 +214,8 @@ pub struct LocalStatus {
     pub waiting_records: usize,
     /// Blocks still to fetch.
     pub wanted_blocks: usize,
+    /// Peers' versions waiting until a file open for writing here is closed.
+    pub held_records: usize,
 }
 
 /// Who this device is in its group.
@@ -235,6 +243,8 @@ pub struct Source {
     pub sync: Option<(SharedLive, tokio::sync::mpsc::Sender<Control>)>,
     /// When the daemon started.
     pub started: Instant,
+    /// The settings it runs with.
+    pub settings: crate::config::Settings,
 }
 
 impl Source {
@@ -267,6 +277,7 @@ impl Source {
                 pid: std::process::id(),
                 uptime_secs: self.started.elapsed().as_secs(),
                 syncing: self.sync.is_some(),
+                settings: self.settings.clone(),
             }),
             signalling: None,
             peers: Vec::new(),
@@ -277,6 +288,7 @@ impl Source {
                 seq: stats.seq,
                 waiting_records: snapshot.waiting_records,
                 wanted_blocks: snapshot.wanted_blocks,
+                held_records: snapshot.held_records,
             },
             conflicts,
             recent_errors: recent_errors(),
@@ -289,10 +301,16 @@ impl Source {
                     state: l.signalling.clone(),
                 });
                 if let Some(roster) = &l.roster {
-                    status.peers = peers(roster, identity.id, |id| {
-                        let progress = snapshot.peers.iter().find(|p| p.device == id);
-                        let seen = snapshot.last_seen.get(&id).map(|t| now_ms().saturating_sub(*t) / 1000);
-                        (l.online.contains(&id), l.linked.contains(&id), progress.cloned(), seen)
+                    status.peers = peers(roster, identity.id, |id| PeerLive {
+                        online: l.online.contains(&id),
+                        linked: l.linked.contains(&id),
+                        // A held version is not applied yet: not in sync.
+                        progress: snapshot.peers.iter().find(|p| p.device == id).cloned().map(|mut p| {
+                            p.waiting_records += snapshot.held_records;
+                            p
+                        }),
+                        last_seen_secs_ago: snapshot.last_seen.get(&id).map(|t| now_ms().saturating_sub(*t) / 1000),
+                        link: snapshot.links.get(&id).copied(),
                     });
                 }
             });
@@ -301,19 +319,25 @@ impl Source {
     }
 }
 
+/// What the daemon knows of one peer right now.
+#[derive(Debug, Default)]
+struct PeerLive {
+    online: bool,
+    linked: bool,
+    progress: Option<psync_sync::PeerProgress>,
+    last_seen_secs_ago: Option<u64>,
+    link: Option<crate::transport::LinkStats>,
+}
+
 /// One row per other active member; `state` says what is known of each.
-fn peers(
-    roster: &Roster,
-    me: DeviceId,
-    state: impl Fn(DeviceId) -> (bool, bool, Option<psync_sync::PeerProgress>, Option<u64>),
-) -> Vec<PeerStatus> {
+fn peers(roster: &Roster, me: DeviceId, state: impl Fn(DeviceId) -> PeerLive) -> Vec<PeerStatus> {
     let mut rows = Vec::new();
     for member in roster.members().filter(|m| !m.removed) {
         let id = member.key.device_id();
         if id == me {
             continue;
         }
-        let (online, linked, progress, last_seen_secs_ago) = state(id);
+        let PeerLive { online, linked, progress, last_seen_secs_ago, link } = state(id);
         let connected = linked && progress.as_ref().is_some_and(|p| p.ready);
         rows.push(PeerStatus {
             name: member.name.clone(),
@@ -331,7 +355,9 @@ fn peers(
             incoming_records: progress.as_ref().map_or(0, |p| p.incoming()),
             outgoing_records: progress.as_ref().map_or(0, |p| p.outgoing()),
             acked_seq: progress.as_ref().map_or(0, |p| p.acked),
-            rtt_ms: None,
+            rtt_ms: link.and_then(|l| l.rtt_ms).map(|ms| (ms * 100.0).round() / 100.0),
+            bytes_sent: link.map(|l| l.bytes_sent),
+            bytes_received: link.map(|l| l.bytes_received),
         });
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
@@ -429,9 +455,12 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
                 seq: s.seq,
                 waiting_records: 0,
                 wanted_blocks: 0,
+                held_records: 0,
             }
         }
-        None => LocalStatus { files: 0, dirs: 0, bytes: 0, seq: 0, waiting_records: 0, wanted_blocks: 0 },
+        None => {
+            LocalStatus { files: 0, dirs: 0, bytes: 0, seq: 0, waiting_records: 0, wanted_blocks: 0, held_records: 0 }
+        }
     };
     let conflicts = match &store {
         Some(store) => StoreSync::new(store.clone())
@@ -469,7 +498,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
             connected: false,
             state: SignallingState::Lost("no daemon is running".into()),
         });
-        status.peers = peers(&setup.roster, setup.key.public().device_id(), |_| (false, false, None, None));
+        status.peers = peers(&setup.roster, setup.key.public().device_id(), |_| PeerLive::default());
     }
     Ok(status)
 }
@@ -567,6 +596,13 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             bytes(l.wanted_blocks as u64 * psync_store::BLOCK_SIZE)
         );
     }
+    if l.held_records > 0 {
+        let _ = writeln!(
+            out,
+            "held        {} peer versions wait until files open for writing here are closed (both versions will be kept)",
+            l.held_records
+        );
+    }
     if !s.peers.is_empty() {
         let _ = writeln!(out, "peers");
     }
@@ -581,8 +617,9 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             "-".to_string()
         };
         let seen = p.last_seen_secs_ago.map(|s| format!(", heard {s} s ago")).unwrap_or_default();
+        let rtt = p.rtt_ms.map(|ms| format!(", rtt {ms:.1} ms")).unwrap_or_default();
         let read_only = if p.role == "read_only" { " [read-only]" } else { "" };
-        let _ = writeln!(out, "  {:<14} {}  {presence:<7} {link:<18} {sync}{seen}{read_only}", p.name, p.id);
+        let _ = writeln!(out, "  {:<14} {}  {presence:<7} {link:<18} {sync}{seen}{rtt}{read_only}", p.name, p.id);
     }
     if s.conflicts.is_empty() {
         let _ = writeln!(out, "conflicts   none");

@@ -3,7 +3,6 @@
 //! commit events. The mount works the same whether or not any of it can
 //! reach the network (offline first).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,28 +14,13 @@ use psync_store::Store;
 use psync_sync::{Change, SyncConfig, SyncCore};
 use tokio::sync::mpsc;
 
+use crate::config::Settings;
 use crate::group::SyncSetup;
 use crate::peering::{self, Me};
 use crate::replay::Replayer;
 use crate::status::SharedLive;
 use crate::sync_loop::{self, now_ms, Control};
 use crate::sync_storage::StoreSync;
-use crate::transport::IceConfig;
-
-/// Comma-separated UDP addresses WebRTC binds (default: loopback only, for
-/// the local demo and the tests; a LAN or internet setup names its own).
-pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
-
-fn ice_config() -> Result<IceConfig> {
-    let mut ice = IceConfig::loopback();
-    if let Ok(list) = std::env::var(ICE_BIND_ENV) {
-        ice.bind = list
-            .split(',')
-            .map(|a| a.trim().parse::<SocketAddr>().with_context(|| format!("{ICE_BIND_ENV}: bad address {a:?}")))
-            .collect::<Result<_>>()?;
-    }
-    Ok(ice)
-}
 
 /// Spawns the sync thread; returns once it is running, with what
 /// `psync status` reads: the shared live state and the loop's control channel.
@@ -47,8 +31,9 @@ pub fn start(
     setup: SyncSetup,
     fs_events: std::sync::mpsc::Receiver<FsEvent>,
     replayer: Replayer,
+    settings: &Settings,
 ) -> Result<(SharedLive, mpsc::Sender<Control>)> {
-    let ice = ice_config()?;
+    let ice = settings.ice();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("psync-sync")
@@ -56,7 +41,13 @@ pub fn start(
         .build()
         .context("cannot start the sync runtime")?;
     let group: Vec<_> = setup.roster.members().filter(|m| !m.removed).map(|m| m.key.device_id()).collect();
-    let core = SyncCore::new(StoreSync::new(store), SyncConfig::new(group), rand::random(), now_ms());
+    let config = SyncConfig {
+        debounce_ms: settings.debounce_ms,
+        upload_bytes_per_sec: settings.upload_bytes_per_sec,
+        download_bytes_per_sec: settings.download_bytes_per_sec,
+        ..SyncConfig::new(group)
+    };
+    let core = SyncCore::new(StoreSync::new(store), config, rand::random(), now_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();
     let handles = (live.clone(), control.clone());

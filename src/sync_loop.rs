@@ -13,12 +13,14 @@ use psync_sync::{Change, Input, Millis, Output, PeerProgress, SyncCore, SyncStor
 use tokio::sync::mpsc;
 
 use crate::status::SharedLive;
-use crate::transport::{Link, LinkSender};
+use crate::transport::{Link, LinkProbe, LinkSender, LinkStats};
 
 /// Frames queued for one peer before the core waits.
 const OUTBOUND_QUEUE: usize = 64;
 /// Longest sleep when the core has no timer (it always has a heartbeat).
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// How long `psync status` waits for one link's counters.
+const STATS_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// What the rest of the daemon tells the loop.
 #[derive(Debug)]
@@ -44,6 +46,10 @@ pub struct SyncSnapshot {
     pub waiting_records: usize,
     /// Blocks still to fetch.
     pub wanted_blocks: usize,
+    /// Peers' versions held back while the local file is open for writing.
+    pub held_records: usize,
+    /// Each current link's counters.
+    pub links: HashMap<DeviceId, LinkStats>,
 }
 
 enum Inbound {
@@ -54,6 +60,7 @@ enum Inbound {
 struct Peer {
     generation: u64,
     outbound: mpsc::Sender<Vec<u8>>,
+    probe: LinkProbe,
 }
 
 /// Wall-clock milliseconds; the core only compares them.
@@ -82,11 +89,19 @@ pub async fn run<S: SyncStorage>(
                 Some(Control::LocalChanged) => core.handle(now_ms(), Input::LocalChanged)?,
                 Some(Control::Group { devices, read_only }) => core.set_group(devices, read_only),
                 Some(Control::Status(reply)) => {
+                    let mut links = HashMap::new();
+                    for (device, peer) in &peers {
+                        if let Ok(stats) = tokio::time::timeout(STATS_TIMEOUT, peer.probe.stats()).await {
+                            links.insert(*device, stats);
+                        }
+                    }
                     let snapshot = SyncSnapshot {
+                        links,
                         peers: core.peer_progress()?,
                         last_seen: last_seen.clone(),
                         waiting_records: core.pending_count(),
                         wanted_blocks: core.wanted_blocks(),
+                        held_records: core.held_count(),
                     };
                     let _ = reply.send(snapshot);
                 }
@@ -166,6 +181,7 @@ fn drop_peer<S: SyncStorage>(
 /// Spawns the reader and writer of one link. Dropping the returned
 /// [`Peer`] ends the writer, which closes the link, which ends the reader.
 fn start_peer(device: DeviceId, generation: u64, link: Link, inbound: mpsc::Sender<Inbound>) -> Peer {
+    let probe = link.probe();
     let (sender, mut receiver) = link.split();
     let (outbound, mut frames) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
     tokio::spawn(async move {
@@ -180,7 +196,7 @@ fn start_peer(device: DeviceId, generation: u64, link: Link, inbound: mpsc::Send
         }
         let _ = inbound.send(Inbound::Closed(device, generation)).await;
     });
-    Peer { generation, outbound }
+    Peer { generation, outbound, probe }
 }
 
 async fn write_frames(sender: &LinkSender, frames: &mut mpsc::Receiver<Vec<u8>>) {

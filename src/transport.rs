@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
@@ -28,6 +28,7 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    StatsSelector,
 };
 
 /// The one data channel's label.
@@ -175,6 +176,7 @@ impl Negotiation {
             .with_handler(Arc::new(Events { gathered: gathered_tx, remote_channel: remote_tx, failed: failed_tx }))
             .with_udp_addrs(ice.bind.clone())
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
+            .with_runtime(crate::udp_runtime::LargeUdpBuffers::shared())
             .build()
             .await
             .map_err(|e| anyhow!("cannot create a WebRTC peer connection: {e}"))?;
@@ -327,7 +329,53 @@ impl std::fmt::Debug for Link {
     }
 }
 
+/// What a connection's ICE layer counted: UDP payload as sent on the wire
+/// (DTLS and SCTP framing included), and the round-trip time of its checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkStats {
+    /// Bytes sent over this connection.
+    pub bytes_sent: u64,
+    /// Bytes received over this connection.
+    pub bytes_received: u64,
+    /// Round-trip time of the pair in use, once measured.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Reads a link's [`LinkStats`] while its halves are busy elsewhere.
+#[derive(Clone)]
+pub struct LinkProbe(Arc<dyn PeerConnection>);
+
+impl std::fmt::Debug for LinkProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkProbe")
+    }
+}
+
+impl LinkProbe {
+    /// The connection's counters now.
+    pub async fn stats(&self) -> LinkStats {
+        let report = self.0.get_stats(Instant::now(), StatsSelector::None).await;
+        let mut stats = LinkStats::default();
+        let mut busiest = 0;
+        for pair in report.candidate_pairs() {
+            stats.bytes_sent += pair.bytes_sent;
+            stats.bytes_received += pair.bytes_received;
+            let traffic = pair.bytes_sent + pair.bytes_received;
+            if traffic >= busiest && pair.current_round_trip_time > 0.0 {
+                busiest = traffic;
+                stats.rtt_ms = Some(pair.current_round_trip_time * 1000.0);
+            }
+        }
+        stats
+    }
+}
+
 impl Link {
+    /// A handle for reading this link's counters.
+    pub fn probe(&self) -> LinkProbe {
+        LinkProbe(self.sender.connection.clone())
+    }
+
     /// Sends one frame (at most the sync core's frame limit); waits while the
     /// send buffer is full.
     pub async fn send(&self, frame: &[u8]) -> Result<()> {
@@ -502,6 +550,12 @@ pub(crate) mod tests {
         assert_eq!(got, frames);
         b.send(b"reply").await.unwrap();
         assert_eq!(a.recv().await.unwrap(), b"reply");
+        // The wire carried at least the payload (plus DTLS and SCTP framing).
+        let payload: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        let (sa, sb) = (a.probe().stats().await, b.probe().stats().await);
+        assert!(sa.bytes_sent >= payload && sa.bytes_sent < payload * 2, "{sa:?} for {payload} bytes");
+        assert!(sb.bytes_received >= payload, "{sb:?} for {payload} bytes");
+        assert!(sa.rtt_ms.is_some_and(|ms| (0.0..1000.0).contains(&ms)), "{sa:?}");
         a.close().await;
         b.close().await;
     }

@@ -503,3 +503,107 @@ fn inotify_events_fire_on_the_receiving_mount_for_remote_changes() {
     ma.fsck();
     mb.fsck();
 }
+
+/// A file open for writing on one mount is not replaced by a peer's edit
+/// while it is open (the edit is held, and status says so); when it is
+/// closed, both contents survive on both mounts (winner and conflict copy).
+#[test]
+fn a_file_open_for_writing_keeps_its_content_when_a_peer_edits_it() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::write(ma.path("draft.md"), b"shared start\n").unwrap();
+    wait_for_content(&mb, "draft.md", b"shared start\n");
+
+    let mut open = std::fs::OpenOptions::new().write(true).truncate(true).open(mb.path("draft.md")).unwrap();
+    open.write_all(b"laptop, still typing\n").unwrap();
+    open.sync_data().unwrap();
+    std::fs::write(ma.path("draft.md"), b"desktop's edit\n").unwrap();
+    // Time for the edit to reach the laptop (it shows as held in status).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while json(&psync(&b, &["status", "--json"]))["local"]["held_records"].as_u64() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "the desktop's edit was never held on the laptop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    open.write_all(b"and done\n").unwrap();
+    drop(open);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let contents = |m: &Mounted| {
+        let mut all: Vec<Vec<u8>> = std::fs::read_dir(&m.mnt)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("draft"))
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .collect();
+        all.sort();
+        all
+    };
+    // Both final texts, identically on both mounts. (If the laptop's fsync'd
+    // first text reached the desktop after its edit, that was a conflict
+    // too, and it is kept as well.)
+    let done = |c: &Vec<Vec<u8>>| {
+        c.contains(&b"desktop's edit\n".to_vec()) && c.contains(&b"laptop, still typing\nand done\n".to_vec())
+    };
+    while !done(&contents(&ma)) || contents(&ma) != contents(&mb) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both versions should survive on both: {:?} {:?}",
+            contents(&ma),
+            contents(&mb)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ma.unmount();
+    mb.unmount();
+    ma.fsck();
+    mb.fsck();
+}
+
+/// The config file and `psync mount`'s flags reach the daemon (status
+/// reports the settings it runs with, flags over the file); a mistake in
+/// the file stops the mount with an error naming the file and the key.
+#[test]
+fn the_config_file_and_mount_flags_reach_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    std::fs::write(b.join("config.toml"), "debounce = 5\n").unwrap();
+    let mnt = tmp.path().join("laptop-mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let refused = psync(&b, &["mount", mnt.to_str().unwrap()]);
+    let says = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(says.contains("unknown field `debounce`") && says.contains("config.toml"), "{says}");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(mnt.to_str().unwrap()),
+        "nothing is mounted after a refused config"
+    );
+    let bad_flag = psync(&b, &["mount", mnt.to_str().unwrap(), "--upload-limit", "lots"]);
+    assert!(!bad_flag.status.success() && String::from_utf8_lossy(&bad_flag.stderr).contains("--upload-limit"));
+
+    std::fs::write(
+        a.join("config.toml"),
+        "debounce_ms = 40\nupload_limit = \"8MiB\"\n[ice]\nbind = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    std::fs::write(b.join("config.toml"), "download_limit = \"4MiB\"\n").unwrap();
+    let ma = Mounted::with_flags(a.clone(), &["--debounce-ms", "0"]);
+    let mb = Mounted::with_data(b.clone());
+    let settings = |data: &Path| json(&psync(data, &["status", "--json"]))["daemon"]["settings"].clone();
+    let sa = settings(&a);
+    assert_eq!(sa["debounce_ms"], 0, "the flag wins over the file: {sa:#}");
+    assert_eq!(sa["upload_bytes_per_sec"], 8 << 20);
+    assert!(sa["download_bytes_per_sec"].is_null());
+    assert_eq!(sa["config_file"], a.join("config.toml").canonicalize().unwrap().to_str().unwrap());
+    let sb = settings(&b);
+    assert_eq!((sb["debounce_ms"].clone(), sb["download_bytes_per_sec"].clone()), (100.into(), (4 << 20).into()));
+    assert_eq!(sb["ice_bind"], serde_json::json!(["127.0.0.1:0"]));
+
+    // And they sync with them.
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(ma.path("limited.bin"), &data).unwrap();
+    wait_for_content(&mb, "limited.bin", &data);
+    ma.unmount();
+    mb.unmount();
+}

@@ -14,6 +14,8 @@ pub struct Mounted {
     pub tmp: tempfile::TempDir,
     pub data: PathBuf,
     pub mnt: PathBuf,
+    /// Extra `psync mount` flags, used at every mount.
+    pub flags: Vec<String>,
 }
 
 pub fn psync(data: &Path, args: &[&str]) -> std::process::Output {
@@ -43,23 +45,30 @@ impl Mounted {
         let data = tmp.path().join("data");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let m = Mounted { tmp, data, mnt };
+        let m = Mounted { tmp, data, mnt, flags: Vec::new() };
         m.mount();
         m
     }
 
     /// Mounts an existing data dir (e.g. one `psync init` made).
     pub fn with_data(data: PathBuf) -> Mounted {
+        Self::with_flags(data, &[])
+    }
+
+    /// Mounts an existing data dir with extra `psync mount` flags.
+    pub fn with_flags(data: PathBuf, flags: &[&str]) -> Mounted {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let m = Mounted { tmp, data, mnt };
+        let m = Mounted { tmp, data, mnt, flags: flags.iter().map(|f| f.to_string()).collect() };
         m.mount();
         m
     }
 
     pub fn mount(&self) {
-        let out = psync(&self.data, &["mount", self.mnt.to_str().unwrap()]);
+        let mut args = vec!["mount", self.mnt.to_str().unwrap()];
+        args.extend(self.flags.iter().map(String::as_str));
+        let out = psync(&self.data, &args);
         assert!(
             out.status.success(),
             "psync mount failed (FUSE must work for these tests; as root, with fuse3 installed): {}{}",
@@ -88,7 +97,7 @@ impl Mounted {
         assert!(out.status.success(), "fsck: {}", String::from_utf8_lossy(&out.stdout));
     }
 
-    fn is_mounted(&self) -> bool {
+    pub fn is_mounted(&self) -> bool {
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()

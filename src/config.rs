@@ -1,0 +1,311 @@
+//! The daemon's settings: defaults, then a TOML config file, then the
+//! `PSYNC_ICE_BIND` environment variable, then command-line flags (each
+//! later source wins). The file is the first that exists of `--config FILE`,
+//! `DATA_DIR/config.toml` (one per device, so several devices can live on
+//! one machine) and `$XDG_CONFIG_HOME/psync/config.toml`.
+//!
+//! ```toml
+//! debounce_ms = 100          # local changes within this window go out together
+//! upload_limit = "2MiB"      # per second; "0" or absent: unlimited
+//! download_limit = "10MiB"
+//! log_level = "info"         # or a RUST_LOG-style filter; RUST_LOG wins
+//!
+//! [ice]
+//! bind = ["192.168.1.20:0"]  # UDP addresses WebRTC binds (default: loopback only)
+//! servers = ["stun:stun.l.google.com:19302"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::transport::IceConfig;
+
+/// The config file's name in the data dir and the XDG config dir.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Comma-separated UDP addresses WebRTC binds, overriding the file.
+pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
+/// Larger than any sane debounce: a typo like `debounce_ms = 100000000` is refused.
+const DEBOUNCE_MS_MAX: u64 = 60_000;
+
+/// The config file as written; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    debounce_ms: Option<u64>,
+    upload_limit: Option<String>,
+    download_limit: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    ice: IceSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IceSection {
+    bind: Option<Vec<String>>,
+    servers: Option<Vec<String>>,
+}
+
+/// What `psync mount` takes on its command line (each overrides the file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MountOptions {
+    /// Local changes within this window go out as one update [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub debounce_ms: Option<u64>,
+    /// Upload limit per second, e.g. 500KiB or 2MiB; 0 for none [default: none].
+    #[arg(long, value_name = "RATE", value_parser = rate_arg)]
+    pub upload_limit: Option<String>,
+    /// Download limit per second, e.g. 500KiB or 2MiB; 0 for none [default: none].
+    #[arg(long, value_name = "RATE", value_parser = rate_arg)]
+    pub download_limit: Option<String>,
+}
+
+impl MountOptions {
+    /// The same options as arguments, for the detached daemon.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(ms) = self.debounce_ms {
+            args.extend(["--debounce-ms".to_string(), ms.to_string()]);
+        }
+        if let Some(rate) = &self.upload_limit {
+            args.extend(["--upload-limit".to_string(), rate.clone()]);
+        }
+        if let Some(rate) = &self.download_limit {
+            args.extend(["--download-limit".to_string(), rate.clone()]);
+        }
+        args
+    }
+}
+
+/// The settings in force, as `psync status` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The config file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Local changes within this window go out as one update.
+    pub debounce_ms: u64,
+    /// Bytes per second served to peers; `None`: unlimited.
+    pub upload_bytes_per_sec: Option<u64>,
+    /// Bytes per second fetched from peers; `None`: unlimited.
+    pub download_bytes_per_sec: Option<u64>,
+    /// The log filter when `RUST_LOG` is not set.
+    pub log_level: Option<String>,
+    /// UDP addresses WebRTC binds.
+    pub ice_bind: Vec<SocketAddr>,
+    /// STUN/TURN servers.
+    pub ice_servers: Vec<String>,
+}
+
+impl Settings {
+    /// For the transport.
+    pub fn ice(&self) -> IceConfig {
+        IceConfig { bind: self.ice_bind.clone(), servers: self.ice_servers.clone() }
+    }
+}
+
+/// Which config file applies: `explicit` must exist; the others are used if present.
+pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Result<Option<PathBuf>> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("config file {} does not exist", path.display());
+        }
+        return Ok(Some(path.to_path_buf()));
+    }
+    let in_data_dir = data_dir.join(CONFIG_FILE);
+    if in_data_dir.is_file() {
+        return Ok(Some(in_data_dir));
+    }
+    let xdg = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")),
+    };
+    Ok(xdg.map(|dir| dir.join("psync").join(CONFIG_FILE)).filter(|p| p.is_file()))
+}
+
+/// Reads the settings: the file (if any), the environment, then `flags`.
+pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
+    let parsed = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<ConfigFile>(&text).with_context(|| format!("config file {}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let in_file = |what: &str| match file {
+        Some(path) => format!("{what} in {}", path.display()),
+        None => what.to_string(),
+    };
+    let mut ice = IceConfig::loopback();
+    if let Some(bind) = &parsed.ice.bind {
+        ice.bind = parse_addrs(bind.iter().map(String::as_str)).with_context(|| in_file("[ice] bind"))?;
+    }
+    if let Some(servers) = parsed.ice.servers {
+        for url in &servers {
+            if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:")) {
+                bail!("{}: {url:?} is not a stun:, turn: or turns: URL", in_file("[ice] servers"));
+            }
+        }
+        ice.servers = servers;
+    }
+    if let Ok(list) = std::env::var(ICE_BIND_ENV) {
+        ice.bind = parse_addrs(list.split(',')).with_context(|| format!("environment variable {ICE_BIND_ENV}"))?;
+    }
+    if ice.bind.is_empty() {
+        bail!("{}: no address to bind", in_file("[ice] bind"));
+    }
+    let (debounce_ms, debounce_from) = match (flags.debounce_ms, parsed.debounce_ms) {
+        (Some(ms), _) => (ms, "--debounce-ms".to_string()),
+        (None, Some(ms)) => (ms, in_file("debounce_ms")),
+        (None, None) => (100, String::new()),
+    };
+    if debounce_ms > DEBOUNCE_MS_MAX {
+        bail!("{debounce_from}: {debounce_ms} ms is more than the maximum of {DEBOUNCE_MS_MAX} ms");
+    }
+    let rate = |flag: &Option<String>, in_config: &Option<String>, name: &str| -> Result<Option<u64>> {
+        match (flag, in_config) {
+            (Some(text), _) => parse_rate(text).with_context(|| format!("--{}", name.replace('_', "-"))),
+            (None, Some(text)) => parse_rate(text).with_context(|| in_file(name)),
+            (None, None) => Ok(None),
+        }
+    };
+    if let Some(level) = &parsed.log_level {
+        parse_log_level(level).map_err(anyhow::Error::msg).with_context(|| in_file("log_level"))?;
+    }
+    Ok(Settings {
+        config_file: file.map(Path::to_path_buf),
+        debounce_ms,
+        upload_bytes_per_sec: rate(&flags.upload_limit, &parsed.upload_limit, "upload_limit")?,
+        download_bytes_per_sec: rate(&flags.download_limit, &parsed.download_limit, "download_limit")?,
+        log_level: parsed.log_level,
+        ice_bind: ice.bind,
+        ice_servers: ice.servers,
+    })
+}
+
+/// A rate flag is checked as it is parsed (and kept as written, for the daemon).
+fn rate_arg(text: &str) -> Result<String, String> {
+    parse_rate(text).map(|_| text.to_string()).map_err(|e| format!("{e:#}"))
+}
+
+/// A level name, or a filter with `target=level` directives.
+pub fn parse_log_level(text: &str) -> Result<String, String> {
+    let plain = ["off", "error", "warn", "info", "debug", "trace"];
+    if plain.contains(&text.to_ascii_lowercase().as_str()) || text.contains('=') {
+        tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+    } else {
+        Err(format!("{text:?}: want one of {} or a filter like psync=debug", plain.join(", ")))
+    }
+}
+
+fn parse_addrs<'a>(list: impl Iterator<Item = &'a str>) -> Result<Vec<SocketAddr>> {
+    list.map(|a| a.trim().parse::<SocketAddr>().with_context(|| format!("bad address {a:?} (want IP:PORT)"))).collect()
+}
+
+/// `"2MiB"`, `"500KiB"`, `"1.5MB"`, `"300000"` (bytes) per second; `"0"`: unlimited.
+pub fn parse_rate(text: &str) -> Result<Option<u64>> {
+    let text = text.trim().trim_end_matches("/s");
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let Ok(number) = number.parse::<f64>() else { bail!("{text:?} is not a rate like 500KiB or 2MiB") };
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB or GB)"),
+    };
+    let bytes = number * multiplier;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        bail!("{text:?} is too large");
+    }
+    Ok(match bytes as u64 {
+        0 => None,
+        // Below one block a second, a transfer would never make progress.
+        b if b < psync_store::BLOCK_SIZE => bail!("{text:?} is below the minimum of 64KiB per second"),
+        b => Some(b),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join(CONFIG_FILE);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn rates_take_common_units_and_zero_means_unlimited() {
+        assert_eq!(parse_rate("2MiB").unwrap(), Some(2 << 20));
+        assert_eq!(parse_rate("500 KiB/s").unwrap(), Some(500 * 1024));
+        assert_eq!(parse_rate("1.5MB").unwrap(), Some(1_500_000));
+        assert_eq!(parse_rate("100000").unwrap(), Some(100_000));
+        assert_eq!(parse_rate("0").unwrap(), None);
+        for bad in ["", "fast", "10 parsecs", "-1MiB", "1KiB", "1e30GiB"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_without_a_file_are_loopback_and_unlimited() {
+        let s = load(None, &MountOptions::default()).unwrap();
+        assert_eq!(s.debounce_ms, 100);
+        assert_eq!((s.upload_bytes_per_sec, s.download_bytes_per_sec), (None, None));
+        assert!(s.ice_bind.iter().all(|a| a.ip().is_loopback()));
+        assert!(s.ice_servers.is_empty());
+    }
+
+    #[test]
+    fn the_file_sets_values_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "debounce_ms = 250\nupload_limit = \"1MiB\"\nlog_level = \"debug\"\n\
+             [ice]\nbind = [\"127.0.0.2:0\", \"[::1]:0\"]\nservers = [\"stun:stun.example.org:3478\"]\n",
+        );
+        assert_eq!(locate(None, dir.path()).unwrap(), Some(path.clone()));
+        let s = load(Some(&path), &MountOptions::default()).unwrap();
+        assert_eq!(s.debounce_ms, 250);
+        assert_eq!(s.upload_bytes_per_sec, Some(1 << 20));
+        assert_eq!(s.log_level.as_deref(), Some("debug"));
+        assert_eq!(s.ice_bind.len(), 2);
+        assert_eq!(s.ice_servers, vec!["stun:stun.example.org:3478"]);
+
+        let flags =
+            MountOptions { debounce_ms: Some(0), upload_limit: Some("0".into()), download_limit: Some("3MiB".into()) };
+        let s = load(Some(&path), &flags).unwrap();
+        assert_eq!((s.debounce_ms, s.upload_bytes_per_sec, s.download_bytes_per_sec), (0, None, Some(3 << 20)));
+        // The detached daemon gets the same flags back.
+        assert_eq!(flags.to_args(), ["--debounce-ms", "0", "--upload-limit", "0", "--download-limit", "3MiB"]);
+    }
+
+    #[test]
+    fn mistakes_in_the_file_are_clear_errors_that_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, says) in [
+            ("debounce = 5\n", "unknown field `debounce`"),
+            ("debounce_ms = \"fast\"\n", "debounce_ms"),
+            ("upload_limit = \"lots\"\n", "upload_limit"),
+            ("[ice]\nbind = [\"localhost\"]\n", "localhost"),
+            ("[ice]\nbind = []\n", "no address"),
+            ("[ice]\nservers = [\"http://x\"]\n", "not a stun:"),
+            ("debounce_ms = 99999999\n", "maximum"),
+            ("log_level = \"loud\"\n", "log_level"),
+            ("this is not toml", "config file"),
+        ] {
+            let path = write(dir.path(), text);
+            let err = format!("{:#}", load(Some(&path), &MountOptions::default()).unwrap_err());
+            assert!(err.contains(says), "{text:?}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{text:?}: {err}");
+        }
+        assert!(locate(Some(&dir.path().join("missing.toml")), dir.path()).is_err());
+    }
+}
