@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what PSync needs, builds it, and shows PSync on one device: a
-# generated notes vault imported into a store (deduplication, history,
-# restore, fsck), then mounted as a folder that any program can use.
+# A tour of the store on one device: a generated notes vault imported into
+# a store (deduplication, history, restore, fsck), then mounted as a folder
+# that any program can use. (The two-device demo is ./scripts/demo.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -44,34 +44,6 @@ echo "written through the mount" > "$demo/mnt/projects/new-note.md"
 printf -- '- edited in the mount\n' >> "$demo/mnt/projects/psync.md"
 sleep 1  # the edits above are committed when the files are released
 "$psync" store log projects/psync.md
-
-echo; echo "== two devices of one group, syncing over WebRTC on this machine"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$psync" --data-dir "$demo/server" signal --listen "127.0.0.1:$port" > "$demo/server.log" 2>&1 &
-server_pid=$!
-sleep 1
-desktop="$demo/desktop"; laptop="$demo/laptop"
-"$psync" --data-dir "$desktop" init --name desktop --server "ws://127.0.0.1:$port"
-coproc invite { "$psync" --data-dir "$desktop" invite --yes; }
-read -r code <&"${invite[0]}"
-"$psync" --data-dir "$laptop" join "$code" --name laptop --server "ws://127.0.0.1:$port"
-wait "$invite_PID" || true
-"$psync" --data-dir "$laptop" devices
-mkdir -p "$demo/desktop-mnt" "$demo/laptop-mnt"
-"$psync" --data-dir "$desktop" mount "$demo/desktop-mnt"
-"$psync" --data-dir "$laptop" mount "$demo/laptop-mnt"
-cp -r "$vault/." "$demo/desktop-mnt/"
-echo "written on the laptop" > "$demo/laptop-mnt/from-laptop.md"
-for _ in $(seq 1 100); do
-    if cmp -s "$vault/paper.pdf" "$demo/laptop-mnt/paper.pdf" && [ -f "$demo/desktop-mnt/from-laptop.md" ]; then break; fi
-    sleep 0.2
-done
-echo "laptop sees:"; ls "$demo/laptop-mnt" "$demo/laptop-mnt/daily" | head -12
-cmp "$vault/paper.pdf" "$demo/laptop-mnt/paper.pdf" && echo "paper.pdf arrived byte for byte"
-echo "desktop sees: $(cat "$demo/desktop-mnt/from-laptop.md")"
-"$psync" --data-dir "$desktop" unmount "$demo/desktop-mnt"
-"$psync" --data-dir "$laptop" unmount "$demo/laptop-mnt"
-kill "$server_pid"
 
 echo
 echo "The vault is mounted at $demo/mnt: open it in an editor or Obsidian, then"

@@ -139,3 +139,49 @@ fn fsck_exits_non_zero_on_damage() {
 fn psync_stdout(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(psync(data_dir, args).stdout).unwrap()
 }
+
+/// Completions and man pages come from the command's own definitions, so
+/// they list every subcommand and flag.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bash = ok(tmp.path(), &["completions", "bash"]);
+    for word in ["mount", "unmount", "status", "invite", "join", "--debounce-ms", "--upload-limit", "--config"] {
+        assert!(bash.contains(word), "bash completions lack {word}");
+    }
+    assert!(ok(tmp.path(), &["completions", "zsh"]).contains("#compdef psync"));
+    assert!(ok(tmp.path(), &["completions", "fish"]).contains("complete -c psync"));
+    assert!(fail(tmp.path(), &["completions", "tcsh"]).contains("invalid value"));
+
+    let man = ok(tmp.path(), &["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH psync"), "{}", &man[..200.min(man.len())]);
+    assert!(man.contains("psync\\-mount(1)") || man.contains("psync-mount"), "the page lists the subcommands");
+    let pages = tmp.path().join("man");
+    ok(tmp.path(), &["man", "--dir", pages.to_str().unwrap()]);
+    let mount_page = std::fs::read_to_string(pages.join("psync-mount.1")).unwrap();
+    assert!(mount_page.contains("debounce") && mount_page.contains("download"), "{mount_page}");
+    assert!(pages.join("psync-store-restore.1").exists());
+}
+
+/// The systemd unit example's command lines are ones psync accepts.
+#[test]
+fn the_systemd_unit_runs_commands_psync_accepts() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd/psync-vault.service")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("Vault");
+    for key in ["ExecStart=", "ExecStop="] {
+        let line = unit.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+        let words: Vec<String> = line[key.len()..]
+            .split_whitespace()
+            .skip(1) // the binary
+            .map(|w| w.replace("%h/Vault", missing.to_str().unwrap()))
+            .collect();
+        let args: Vec<&str> = words.iter().map(String::as_str).collect();
+        let out = psync(tmp.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Refused for the missing folder, not for its arguments (clap exits 2).
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(err.contains(missing.to_str().unwrap()), "{key}: {err}");
+    }
+}

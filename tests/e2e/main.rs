@@ -7,6 +7,7 @@
 
 mod cli;
 mod conformance;
+mod demo;
 mod group;
 mod mount;
 mod three;
