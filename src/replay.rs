@@ -1,6 +1,6 @@
 //! Shows peers' changes to applications watching the mount: each change the
 //! sync core installed in the store is repeated as the matching syscall on
-//! the mount (create, mkdir, symlink, a size-keeping fallocate for an edit,
+//! the mount (create, mkdir, symlink, a truncate to the new size for an edit,
 //! unlink, rmdir) from this one thread, so the kernel raises the inotify
 //! events an editor expects and drops what it had cached. The filesystem
 //! recognises this thread and answers from the store without changing it
@@ -31,13 +31,6 @@ fn node_kind(kind: RecordKind) -> NodeKind {
         RecordKind::Dir => NodeKind::Dir,
         RecordKind::Symlink => NodeKind::Symlink,
     }
-}
-
-/// Makes the kernel report a modification of `file` without touching its
-/// size or cached pages (a local program may be writing it right now):
-/// a size-keeping `fallocate`, which the filesystem treats as a no-op.
-fn announce_modification(file: &std::fs::File) -> std::io::Result<()> {
-    nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 1).map_err(std::io::Error::from)
 }
 
 impl Replayer {
@@ -125,7 +118,7 @@ impl Replayer {
                 .create(true)
                 .truncate(false)
                 .open(&target)
-                .and_then(|file| if node.content.size > 0 { announce_modification(&file) } else { Ok(()) }),
+                .and_then(|file| if node.content.size > 0 { file.set_len(node.content.size) } else { Ok(()) }),
         };
         self.fs.replay_done(parent, name);
         if let Err(e) = result {
@@ -135,13 +128,17 @@ impl Replayer {
     }
 
     fn edit(&self, path: &SyncPath) {
-        // The kernel's pages and size are of the old content (dirty pages
-        // of a local writer are written back first, not dropped).
+        let Ok(node) = self.store().resolve(path.as_str().as_bytes()) else { return };
+        // The kernel's pages and size are of the old content. Open, truncate
+        // to the store's size, close: the events of an edit (OPEN, MODIFY,
+        // CLOSE_WRITE), and the kernel takes the new size (with the
+        // writeback cache it takes none from us otherwise). The filesystem
+        // refuses the truncate while a local writer has the file open.
         self.forget(path);
         let result = std::fs::OpenOptions::new()
             .write(true)
             .open(self.on_mount(path))
-            .and_then(|file| announce_modification(&file));
+            .and_then(|file| file.set_len(node.content.size));
         if let Err(e) = result {
             tracing::debug!("replaying the edit of {path}: {e}");
             self.forget(path);

@@ -109,6 +109,15 @@ struct Handle {
     ino: u64,
     append: bool,
     writable: bool,
+    /// Opened by the replaying thread, which never writes data: not a
+    /// local writer (see `Store::has_writer`).
+    replay: bool,
+}
+
+impl Handle {
+    fn local_writer(&self) -> bool {
+        self.writable && !self.replay
+    }
 }
 
 /// POSIX filesystem semantics over a [`Store`].
@@ -189,7 +198,7 @@ impl FsCore {
     fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.store.pin(handle.ino, 1);
-        if handle.writable {
+        if handle.local_writer() {
             self.store.writer_opened(handle.ino);
         }
         lock(&self.handles).insert(fh, handle);
@@ -402,6 +411,7 @@ impl FsCore {
             ino: node.ino,
             append: flags & libc::O_APPEND != 0,
             writable: flags & O_ACCMODE != libc::O_RDONLY,
+            replay: false,
         });
         Ok((node, fh))
     }
@@ -420,7 +430,7 @@ impl FsCore {
         if writable && flags & libc::O_TRUNC != 0 && node.content.size != 0 {
             self.store.truncate(ino, 0, Timestamp::now())?;
         }
-        Ok(self.new_handle(Handle { ino, append: flags & libc::O_APPEND != 0, writable }))
+        Ok(self.new_handle(Handle { ino, append: flags & libc::O_APPEND != 0, writable, replay: false }))
     }
 
     /// `read`: holes and the gap past a block's data read as zeros.
@@ -471,7 +481,7 @@ impl FsCore {
             return Err(FsError::posix(libc::EBADF, "release of an unknown handle"));
         };
         let committed = self.commit(handle.ino, false);
-        if handle.writable {
+        if handle.local_writer() {
             self.store.writer_closed(handle.ino);
             // Peers' versions held back while it was open can be decided now.
             self.emit(FsEvent::Changed);

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use psync_store::{Inode, NodeKind, Timestamp};
 
@@ -190,7 +190,10 @@ impl Filesystem for PsyncFs {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        let result = if self.core.is_replay(caller.pid) {
+        // Only the replay's own truncate is a replay: other requests its
+        // syscalls make the kernel send (writing back a local writer's
+        // times, say) are applied as usual.
+        let result = if self.core.is_replay(caller.pid) && req.size.is_some() {
             self.core.replay_setattr(ino.0)
         } else {
             self.core.setattr(ino.0, req)
@@ -286,8 +289,13 @@ impl Filesystem for PsyncFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = if self.core.is_replay(req.pid()) {
+            self.core.replay_open(ino.0, flags.0)
+        } else {
+            self.core.open(ino.0, flags.0)
+        };
+        match opened {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", &e)),
         }
@@ -493,6 +501,22 @@ impl Filesystem for PsyncFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", &e)),
         }
+    }
+
+    /// What ext4 answers for a regular file: no ioctls (programs probe with
+    /// TCGETS on every open; fuser's default logs a warning each time).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(errno("ioctl", &FsError::posix(libc::ENOTTY, "no ioctls")));
     }
 }
 

@@ -96,10 +96,22 @@ impl FsCore {
                 ino: node.ino,
                 append: false,
                 writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                replay: true,
             }),
             None => 0,
         };
         Ok((node, fh))
+    }
+
+    /// `open` by the replaying thread (an edit: open, truncate, close, as an
+    /// editor would): a handle that changes nothing and is no local writer.
+    pub fn replay_open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let node = self.store.inode(ino)?;
+        if node.kind != NodeKind::File {
+            return Err(FsError::posix(libc::EISDIR, "replay: open of a non-file"));
+        }
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        Ok(self.new_handle(Handle { ino, append: false, writable, replay: true }))
     }
 
     /// `unlink` or `rmdir` by the replaying thread: already done in the store.
@@ -110,9 +122,17 @@ impl FsCore {
         }
     }
 
-    /// `setattr` by the replaying thread (a same-size truncate that makes
-    /// the kernel report a modification): changes nothing.
+    /// `setattr` by the replaying thread: a truncate to the size the store
+    /// already has, so the kernel reports a modification and takes the new
+    /// size (with the writeback cache it never takes a size from us
+    /// otherwise). Changes nothing in the store. Refused while a local
+    /// writer has the file open: the kernel may hold its unwritten pages,
+    /// which a truncate must not cut (its close commits them, and the sync
+    /// rules then keep both versions).
     pub fn replay_setattr(&self, ino: u64) -> FsResult<Inode> {
+        if self.store.has_writer(ino) {
+            return Err(FsError::posix(libc::EBUSY, "replay: a local writer has the file open"));
+        }
         self.getattr(ino)
     }
 }

@@ -710,7 +710,7 @@ impl Store {
     }
 
     /// Whether `ino` is open for writing.
-    pub(crate) fn has_writer(&self, ino: u64) -> bool {
+    pub fn has_writer(&self, ino: u64) -> bool {
         self.writers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&ino)
     }
 

@@ -607,3 +607,34 @@ fn the_config_file_and_mount_flags_reach_the_daemon() {
     ma.unmount();
     mb.unmount();
 }
+
+/// Regression: with the kernel's writeback cache the kernel keeps file
+/// sizes itself, so a peer's edit that changes a cached file's length by a
+/// byte used to read back cut to the old size. A reader polls the file the
+/// whole time (as the latency benchmark does), keeping it in B's cache.
+#[test]
+fn edits_of_a_file_a_reader_keeps_cached_show_in_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    for i in 0..12usize {
+        // Lengths go up and down by a byte or two.
+        let text = format!("# trial {i}\n{}\n", "7".repeat(10 + (i * 7) % 5));
+        std::fs::write(ma.path("hot.md"), &text).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let seen = std::fs::read(mb.path("hot.md")).unwrap_or_default();
+            if seen == text.as_bytes() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "edit {i} never showed in full: {:?} instead of {text:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    ma.unmount();
+    mb.unmount();
+}

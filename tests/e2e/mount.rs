@@ -107,6 +107,15 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // A failing test shows what the daemon said (its data dir goes with it).
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data.join("psync.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {}/psync.log:", self.data.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if self.is_mounted() {
             let _ = psync(&self.data, &["unmount", "--lazy", self.mnt.to_str().unwrap()]);
         }
