@@ -20,6 +20,9 @@ use crate::storage::{PeerState, StorageError, SyncStorage};
 /// Milliseconds since the Unix epoch (simulations may start anywhere).
 pub type Millis = u64;
 
+/// Versions remembered per peer so as not to send them back (memory bound).
+const MAX_HELD_VERSIONS_PER_PEER: usize = 200_000;
+
 /// Tunables. Defaults follow the user's design doc.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -174,6 +177,9 @@ struct Peer {
     tree_sync_after: Millis,
     /// Their sequence numbers whose records wait for blocks here.
     pending_seqs: BTreeSet<u64>,
+    /// Versions they sent on this connection: ours equal to one of these
+    /// need not go back (a record's block list alone is 33 bytes a block).
+    holds: BTreeMap<SyncPath, psync_base::VersionVector>,
 }
 
 #[derive(Debug)]
@@ -453,6 +459,7 @@ impl<S: SyncStorage> SyncCore<S> {
                         in_flight: 0,
                         tree_sync_after: self.now,
                         pending_seqs: BTreeSet::new(),
+                        holds: BTreeMap::new(),
                     },
                 );
                 let hello = Message::Hello {
@@ -618,6 +625,12 @@ impl<S: SyncStorage> SyncCore<S> {
                 self.violation(peer, what);
                 return Ok(());
             }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.holds.len() + records.len() > MAX_HELD_VERSIONS_PER_PEER {
+                p.holds.clear(); // only an optimisation: forget it rather than grow
+            }
+            p.holds.extend(records.iter().map(|(_, r)| (r.path.clone(), r.vv.clone())));
         }
         for (seq, record) in records {
             self.receive_record(record, peer, Some(seq))?;
@@ -1118,8 +1131,13 @@ impl<S: SyncStorage> SyncCore<S> {
         let seq = self.storage.seq();
         let index_id = self.storage.index_id();
         loop {
-            let records = self.storage.records_since(from, MAX_RECORDS_PER_UPDATE)?;
+            let mut records = self.storage.records_since(from, MAX_RECORDS_PER_UPDATE)?;
             let to = if records.len() < MAX_RECORDS_PER_UPDATE { seq } else { records.last().map_or(seq, |(s, _)| *s) };
+            // What the peer sent us itself is left out; the range still
+            // covers it, so its accounting of our index is unchanged.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                records.retain(|(_, r)| p.holds.remove(&r.path).is_none_or(|vv| vv != r.vv));
+            }
             self.send(peer, Message::IndexUpdate { index_id, from, to, records });
             from = to;
             if from >= seq {

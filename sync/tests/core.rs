@@ -212,6 +212,39 @@ fn reconnect_after_a_small_change_sends_a_small_index() {
     assert_eq!(records_sent, 1, "a reconnect sends only what changed since the last acknowledged sequence");
 }
 
+/// A version installed from a peer is not streamed back to it (a record of
+/// a large file is mostly its block list); the range still covers it, so
+/// both sides end in sync. A third device still gets it from either.
+#[test]
+fn records_are_not_echoed_back_to_the_device_that_sent_them() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect(0, 1);
+    m.run(5_000);
+    m.storage(0).local_write(&path("big.pdf"), &big(3 * 65_536 + 10, 9), 1);
+    m.local_change(0);
+    m.log.clear();
+    m.run(10_000);
+    assert!(m.content(1, "big.pdf").is_some());
+    let records = |m: &Mesh, from: usize, to: usize| -> usize {
+        m.log
+            .iter()
+            .filter_map(|(f, t, msg)| match msg {
+                Message::IndexUpdate { records, .. } if *f == from && *t == to => Some(records.len()),
+                _ => None,
+            })
+            .sum()
+    };
+    assert_eq!(records(&m, 0, 1), 1);
+    assert_eq!(records(&m, 1, 0), 0, "device 1 must not send device 0 its own record back");
+    assert!(m.cores[0].peer_progress().unwrap().iter().all(|p| p.in_sync()));
+    assert!(m.cores[1].peer_progress().unwrap().iter().all(|p| p.in_sync()));
+    // Device 2 meets only device 1 and gets it from there.
+    m.connect(1, 2);
+    m.run(10_000);
+    assert_eq!(m.content(2, "big.pdf"), m.content(0, "big.pdf"));
+    assert_eq!(records(&m, 2, 1), 0, "nor device 2 to device 1");
+}
+
 #[test]
 fn replies_to_an_index_request_wait_a_random_delay() {
     let mut m = Mesh::new(2, |c| c.reply_jitter_ms = 500);
