@@ -81,6 +81,20 @@ def tree_digest(root):
     return out
 
 
+def tree_sizes(root):
+    """{relative path: size}: a cheap check to poll before hashing."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not (name.startswith(".") or name.startswith("~syncthing")):
+                try:
+                    out[os.path.relpath(os.path.join(dirpath, name), root)] = os.path.getsize(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+    return out
+
+
 def make_vault(root, files=500, folders=20, seed=7):
     """About 2.5 MiB of Markdown-like text in `folders` folders."""
     rng = random.Random(seed)
@@ -331,6 +345,7 @@ def vault_to_new_device(system, tmp):
     make_vault(src)
     shutil.copytree(src, system.folder("a"), dirs_exist_ok=True)
     want = tree_digest(src)
+    want_sizes = tree_sizes(src)
     if isinstance(system, Syncthing):
         wait_until("A to scan the vault", lambda: system.get("a", "/rest/db/status?folder=bench")["localFiles"]
                    >= len(want) and system.get("a", "/rest/db/status?folder=bench")["state"] == "idle", poll=0.1)
@@ -338,7 +353,8 @@ def vault_to_new_device(system, tmp):
         time.sleep(1)
     start = time.monotonic()
     system.mount("b")
-    wait_until("the vault on B", lambda: tree_digest(system.folder("b")) == want, poll=0.02)
+    complete = lambda: tree_sizes(system.folder("b")) == want_sizes and tree_digest(system.folder("b")) == want
+    wait_until("the vault on B", complete, poll=0.01)
     return {"vault_s": time.monotonic() - start, "vault_files": len(want),
             "vault_mib": sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(src) for f in fs) / MIB}
 
@@ -362,7 +378,7 @@ def wait_idle(system, device="a"):
 
 
 def big_file(system, tmp, size):
-    data = random.Random(1).randbytes(size)
+    data = os.urandom(size)
     path_a, path_b = os.path.join(system.folder("a"), "big.bin"), os.path.join(system.folder("b"), "big.bin")
     write_and_close(path_a, data)
     start = time.monotonic()
@@ -378,7 +394,7 @@ def big_file(system, tmp, size):
 
 
 def one_byte_edit(system, size):
-    data = bytearray(random.Random(2).randbytes(size))
+    data = bytearray(os.urandom(size))
     path_a, path_b = os.path.join(system.folder("a"), "edit.bin"), os.path.join(system.folder("b"), "edit.bin")
     write_and_close(path_a, data)
     wait_until("the 64 MiB file on B", lambda: os.path.exists(path_b) and os.path.getsize(path_b) == size, poll=0.05)
@@ -532,7 +548,10 @@ def main():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
-    finally:
+    except BaseException:
+        print(f"(failed: logs kept in {tmp})", file=sys.stderr)
+        raise
+    else:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
