@@ -62,7 +62,7 @@ impl SyncConfig {
             heartbeat_ms: 2_000,
             peer_timeout_ms: 10_000,
             block_timeout_ms: 5_000,
-            blocks_in_flight: 16,
+            blocks_in_flight: 64,
             reply_jitter_ms: 200,
             tombstone_min_age_secs: 3 * 24 * 3600,
             gc_interval_ms: 60_000,
@@ -251,6 +251,9 @@ pub struct SyncCore<S: SyncStorage> {
     /// Complete records whose file is open for writing here (see `finalize`).
     held: Vec<FileRecord>,
     wants: BTreeMap<ContentHash, Want>,
+    /// Deadlines of block requests, oldest first (so `poll_timeout` need
+    /// not walk every want); entries whose want moved on are skipped.
+    ask_deadlines: VecDeque<(Millis, ContentHash)>,
     outputs: VecDeque<Output>,
     announce_at: Option<Millis>,
     next_heartbeat: Millis,
@@ -280,6 +283,7 @@ impl<S: SyncStorage> SyncCore<S> {
             pending: BTreeMap::new(),
             held: Vec::new(),
             wants: BTreeMap::new(),
+            ask_deadlines: VecDeque::new(),
             outputs: VecDeque::new(),
             announce_at: None,
             tree: None,
@@ -390,9 +394,7 @@ impl<S: SyncStorage> SyncCore<S> {
         for peer in self.peers.values() {
             consider(peer.reply_at.map(|(t, _)| t));
         }
-        for want in self.wants.values() {
-            consider(want.asked.map(|(_, deadline)| deadline));
-        }
+        consider(self.ask_deadlines.iter().find(|(deadline, hash)| self.asked_until(hash, *deadline)).map(|(d, _)| *d));
         if !self.upload_queue.is_empty() {
             consider(self.upload.ready_at(BLOCK_SIZE));
         }
@@ -1196,7 +1198,14 @@ impl<S: SyncStorage> SyncCore<S> {
         let window = self.config.blocks_in_flight;
         let deadline = self.now + self.config.block_timeout_ms;
         let mut requests = Vec::new();
+        // Request slots open across peers: once they are used up no other
+        // want can be asked, so the walk stops (else every message would
+        // walk every wanted block: quadratic in a large file's blocks).
+        let mut free: usize = self.peers.values().filter(|p| p.hello).map(|p| window.saturating_sub(p.in_flight)).sum();
         for (hash, want) in self.wants.iter_mut() {
+            if free == 0 {
+                break;
+            }
             if want.asked.is_some() {
                 continue;
             }
@@ -1218,11 +1227,24 @@ impl<S: SyncStorage> SyncCore<S> {
             }
             want.asked = Some((source, deadline));
             requests.push((source, *hash));
+            free -= 1;
         }
         for (peer, hash) in requests {
+            self.ask_deadlines.push_back((deadline, hash));
             self.send(peer, Message::BlockRequest { hash });
         }
+        while let Some((deadline, hash)) = self.ask_deadlines.front() {
+            if self.asked_until(hash, *deadline) {
+                break;
+            }
+            self.ask_deadlines.pop_front();
+        }
         Ok(())
+    }
+
+    /// Whether `hash` is still asked for with this deadline.
+    fn asked_until(&self, hash: &ContentHash, deadline: Millis) -> bool {
+        self.wants.get(hash).and_then(|w| w.asked).is_some_and(|(_, d)| d == deadline)
     }
 }
 

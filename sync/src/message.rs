@@ -73,7 +73,9 @@ pub enum Message {
     BlockResponse {
         /// The block asked for.
         hash: ContentHash,
-        /// Its bytes.
+        /// Its bytes (decoded as one slice, not byte by byte; the same
+        /// encoding either way).
+        #[serde(with = "serde_bytes")]
         data: Option<Vec<u8>>,
     },
     /// Periodic liveness and anti-entropy: the root of the sender's tree.
