@@ -241,8 +241,9 @@ class Syncthing:
             cfg.remove(old)
         folder = ET.SubElement(cfg, "folder", id="bench", label="bench", path=self.folder(device), type="sendreceive",
                                rescanIntervalS="3600", fsWatcherEnabled="true", ignorePerms="false", autoNormalize="true")
-        if self.delay is not None:
-            folder.set("fsWatcherDelayS", str(self.delay))
+        # Always explicit: an absent attribute reads as 0, not the default 10,
+        # and the watcher then never fires (seen with 1.19).
+        folder.set("fsWatcherDelayS", str(self.delay if self.delay is not None else 10))
         for other in devices:
             ET.SubElement(folder, "device", id=self.ids[other])
             dev = ET.SubElement(cfg, "device", id=self.ids[other], name=other, compression="metadata",
@@ -301,6 +302,12 @@ class Syncthing:
                 return None
             raise
 
+    def post(self, device, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[device][1]}{path}", data=b"", method="POST",
+                                     headers={"X-API-Key": self.api[device]})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read()
+
     def wire_bytes(self, device):
         total = self.get(device, "/rest/system/connections")["total"]
         return total["inBytesTotal"] + total["outBytesTotal"]
@@ -347,6 +354,7 @@ def vault_to_new_device(system, tmp):
     want = tree_digest(src)
     want_sizes = tree_sizes(src)
     if isinstance(system, Syncthing):
+        system.post("a", "/rest/db/scan?folder=bench")  # setup, not measured
         wait_until("A to scan the vault", lambda: system.get("a", "/rest/db/status?folder=bench")["localFiles"]
                    >= len(want) and system.get("a", "/rest/db/status?folder=bench")["state"] == "idle", poll=0.1)
     else:

@@ -87,7 +87,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a signalling server (plain ws:// on loopback for now).
+    /// Run a signalling server: wss:// with --tls-cert and --tls-key; plain ws:// only on loopback.
     Signal {
         /// Address to listen on, e.g. 127.0.0.1:7700.
         #[arg(long, default_value = "127.0.0.1:7700")]
@@ -143,7 +143,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Mount the synced folder (creating the store on first use).
+    /// Mount the folder (creating the store on first use); on a device of a group it also syncs.
+    /// Settings come from the config file (see --config) and these flags.
     Mount {
         /// An empty directory to mount on.
         mountpoint: PathBuf,

@@ -512,7 +512,10 @@ impl<S: SyncStorage> SyncCore<S> {
             Message::Hello { protocol, index_id, seq } => self.on_hello(peer, protocol, index_id, seq)?,
             Message::IndexRequest { index_id, since } => {
                 let since = if index_id == self.storage.index_id() { since.min(self.storage.seq()) } else { 0 };
-                let delay = self.random(self.config.reply_jitter_ms + 1);
+                // Anti-swarming: with several peers asking at once (a device
+                // joining a group), replies are spread out; one peer alone
+                // need not wait.
+                let delay = if self.peers.len() > 1 { self.random(self.config.reply_jitter_ms + 1) } else { 0 };
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.reply_at = Some((self.now + delay, since));
                 }

@@ -247,15 +247,18 @@ fn records_are_not_echoed_back_to_the_device_that_sent_them() {
 
 #[test]
 fn replies_to_an_index_request_wait_a_random_delay() {
-    let mut m = Mesh::new(2, |c| c.reply_jitter_ms = 500);
+    // Device 0 has two peers asking at once: its replies are spread out.
+    let mut m = Mesh::new(3, |c| c.reply_jitter_ms = 500);
     m.storage(0).local_write(&path("a.md"), b"x", 1);
     m.connect(0, 1);
+    m.connect(0, 2);
     // Deliver the hellos and index requests, but no timers.
     for _ in 0..3 {
-        for i in 0..2 {
+        for i in 0..3 {
             while let Some(out) = m.cores[i].poll_output() {
                 if let Output::Send(to, message) = out {
-                    assert!(!matches!(message, Message::IndexUpdate { .. }), "replied at once");
+                    let update = matches!(message, Message::IndexUpdate { .. });
+                    assert!(!(i == 0 && update), "replied at once");
                     let j = m.index(&to);
                     let from = m.id(i);
                     m.cores[j].handle(m.now, Input::Message(from, message)).unwrap();
@@ -265,6 +268,26 @@ fn replies_to_an_index_request_wait_a_random_delay() {
     }
     let wake = m.cores[0].poll_timeout().unwrap();
     assert!(wake > m.now && wake <= m.now + 500, "the reply is scheduled within the jitter window");
+}
+
+/// With one peer there is nothing to swarm: the reply is not delayed.
+#[test]
+fn a_single_peer_gets_its_index_reply_without_delay() {
+    let mut m = Mesh::new(2, |c| c.reply_jitter_ms = 500);
+    m.storage(0).local_write(&path("a.md"), b"x", 1);
+    m.connect(0, 1);
+    for _ in 0..3 {
+        for i in 0..2 {
+            while let Some(out) = m.cores[i].poll_output() {
+                if let Output::Send(to, message) = out {
+                    let j = m.index(&to);
+                    let from = m.id(i);
+                    m.cores[j].handle(m.now, Input::Message(from, message)).unwrap();
+                }
+            }
+        }
+    }
+    assert_eq!(m.cores[0].poll_timeout(), Some(m.now), "the reply is due now");
 }
 
 #[test]
