@@ -61,6 +61,13 @@ def read_or_none(path):
         return None
 
 
+def size_or_none(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
 def write_and_close(path, data):
     with open(path, "wb") as f:
         f.write(data)
@@ -390,14 +397,14 @@ def big_file(system, tmp, size):
     path_a, path_b = os.path.join(system.folder("a"), "big.bin"), os.path.join(system.folder("b"), "big.bin")
     write_and_close(path_a, data)
     start = time.monotonic()
-    wait_until("the big file on B", lambda: os.path.exists(path_b) and os.path.getsize(path_b) == size, poll=0.01)
+    wait_until("the big file on B", lambda: size_or_none(path_b) == size, poll=0.01)
     seconds = time.monotonic() - start
     if read_or_none(path_b) != data:
         # Syncthing renames its temp file into place whole; PSync installs atomically.
         wait_until("the big file's content", lambda: read_or_none(path_b) == data, timeout=120, poll=0.1)
         seconds = time.monotonic() - start
     os.remove(path_a)
-    wait_until("the big file's removal", lambda: not os.path.exists(path_b), poll=0.05)
+    wait_until("the big file's removal", lambda: size_or_none(path_b) is None, poll=0.05)
     return {"big_s": seconds, "big_mb_s": size / 1e6 / seconds, "big_mib": size / MIB}
 
 
@@ -405,7 +412,7 @@ def one_byte_edit(system, size):
     data = bytearray(os.urandom(size))
     path_a, path_b = os.path.join(system.folder("a"), "edit.bin"), os.path.join(system.folder("b"), "edit.bin")
     write_and_close(path_a, data)
-    wait_until("the 64 MiB file on B", lambda: os.path.exists(path_b) and os.path.getsize(path_b) == size, poll=0.05)
+    wait_until("the 64 MiB file on B", lambda: size_or_none(path_b) == size, poll=0.05)
     wait_idle(system)
     time.sleep(2)
     before = system.wire_bytes("a")
@@ -417,9 +424,13 @@ def one_byte_edit(system, size):
         f.write(new)
 
     def changed():
-        with open(path_b, "rb") as f:
-            f.seek(middle)
-            return f.read(1) == new
+        # Syncthing renames a temp file into place: a poll may miss the file.
+        try:
+            with open(path_b, "rb") as f:
+                f.seek(middle)
+                return f.read(1) == new
+        except OSError:
+            return False
     wait_until("the 1-byte change on B", changed, poll=0.002)
     seconds = time.monotonic() - start
     wait_idle(system)
@@ -537,6 +548,7 @@ def main():
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
     results = {}
+    keep = False
     tmp = tempfile.mkdtemp(prefix="psync-bench-")
     try:
         print("== PSync (debounce 100 ms, the default)", flush=True)
@@ -545,7 +557,11 @@ def main():
             for delay in [None, 1]:
                 key = f"syncthing (fsWatcherDelayS={delay if delay else 'default 10'})"
                 print(f"== {key}", flush=True)
-                results[key] = run_system(Syncthing(os.path.join(tmp, f"st-{delay}"), delay), tmp, args)
+                try:
+                    results[key] = run_system(Syncthing(os.path.join(tmp, f"st-{delay}"), delay), tmp, args)
+                except Exception as e:  # report PSync's figures all the same
+                    print(f"(syncthing run failed: {e!r}; its logs are in {tmp})", flush=True)
+                    keep = True
         elif not args.no_syncthing:
             print("(syncthing is not installed: PSync figures only)")
         if args.rss_files:
@@ -560,7 +576,8 @@ def main():
         print(f"(failed: logs kept in {tmp})", file=sys.stderr)
         raise
     else:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
