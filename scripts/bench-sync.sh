@@ -5,7 +5,7 @@
 # asserted. As root it runs inside a new network namespace that has only a
 # loopback interface, so no packet can leave the machine.
 #
-#   ./scripts/bench-sync.sh                   everything (about 15 minutes)
+#   ./scripts/bench-sync.sh                   everything (about 10 minutes; FUSE table included)
 #   ./scripts/bench-sync.sh --no-syncthing    PSync only
 #   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --json out.json
 #   FUSE=0 ./scripts/bench-sync.sh            without the FUSE table (5.: scripts/bench-fs.sh)

@@ -510,21 +510,25 @@ def report(results):
         ("   latency p95 (ms)", lambda r: lat(r, 95), "lower"),
         ("   latency max (ms)", lambda r: max(r["latency_ms"]), "lower"),
         ("2. 500-file vault to a new device (s)", lambda r: r["vault_s"], "lower"),
-        (f"3. {ps['big_mib']} MiB file (s)", lambda r: r["big_s"], "lower"),
-        (f"   {ps['big_mib']} MiB file (MB/s)", lambda r: r["big_mb_s"], "higher"),
+        (f"3. {ps['big_mib']:.0f} MiB file (s)", lambda r: r["big_s"], "lower"),
+        (f"   {ps['big_mib']:.0f} MiB file (MB/s)", lambda r: r["big_mb_s"], "higher"),
         ("4. 1-byte edit of 64 MiB: on the wire (KiB)", lambda r: r["edit_wire_kib"], "lower"),
         ("   1-byte edit of 64 MiB: until seen (ms)", lambda r: r["edit_s"] * 1000, "lower"),
         ("   idle traffic (bytes/s)", lambda r: r["idle_bytes_per_s"], "lower"),
     ]
     header = ["workload", "PSync"] + [name for name, _ in others] + (["ratio (best Syncthing / PSync)"] if others else [])
+    num = lambda v: f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     for label, get, better in metrics:
-        row = [label, f"{get(ps):.1f}"]
+        row = [label, num(get(ps))]
         values = [get(r) for _, r in others]
-        row += [f"{v:.1f}" for v in values]
+        row += [num(v) for v in values]
         if values:
             best = min(values) if better == "lower" else max(values)
-            ratio = best / get(ps) if better == "lower" else get(ps) / best
-            row.append(f"PSync {ratio:.1f}x {'better' if ratio >= 1 else 'worse'}")
+            if best == 0 or get(ps) == 0:
+                row.append("-")
+            else:
+                ratio = best / get(ps) if better == "lower" else get(ps) / best
+                row.append(f"PSync {ratio:.2f}x {'better' if ratio >= 1 else 'worse'}" if ratio < 1 else f"PSync {ratio:.1f}x better")
         rows.append(row)
     if "rss" in results:
         r = results["rss"]
