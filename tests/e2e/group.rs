@@ -228,10 +228,7 @@ fn files_written_on_one_mount_appear_on_the_other() {
         let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
         assert!(log.contains("connected"), "the daemon logs its peer connection:\n{log}");
     }
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// A signalling server and two devices of one group (not mounted).
@@ -244,6 +241,16 @@ fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) 
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
     assert!(inviter.wait_with_output().unwrap().status.success());
     (server, a, b)
+}
+
+/// Unmounts every device, then checks every store is consistent.
+fn unmount_and_fsck(mounts: &[&Mounted]) {
+    for m in mounts {
+        m.unmount();
+    }
+    for m in mounts {
+        m.fsck();
+    }
 }
 
 fn wait_for_content(m: &Mounted, rel: &str, want: &[u8]) {
@@ -278,10 +285,7 @@ fn an_unmounted_device_catches_up_when_mounted_again() {
     wait_for_content(&mb, "new.md", b"created while the laptop was away");
     wait_for_content(&mb, "first.md", b"recreated");
     wait_for_content(&ma, "offline.md", b"written offline on the laptop");
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// Both devices edit the same note while apart: after they meet, both
@@ -325,10 +329,7 @@ fn concurrent_edits_keep_both_versions_identically_on_both_mounts() {
         assert!(std::time::Instant::now() < deadline, "no agreement:\n{la:?}\n{lb:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// The receiving daemon is SIGKILLed in the middle of a transfer: after a
@@ -350,10 +351,7 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     mb.mount(); // recovers the dead daemon's mount first
     wait_for_content(&mb, "video.bin", &big);
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// A 256 MiB file crosses and verifies (correctness only; no timing is
@@ -498,10 +496,7 @@ fn inotify_events_fire_on_the_receiving_mount_for_remote_changes() {
         |log: &serde_json::Value| log.as_array().unwrap().iter().map(|v| v["size"].as_u64()).collect::<Vec<_>>();
     assert_eq!(sizes(&log_a), vec![Some(5), Some(21)], "{log_a:#}");
     assert_eq!(sizes(&log_b), sizes(&log_a), "{log_b:#}");
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// A file open for writing on one mount is not replaced by a peer's edit
@@ -555,10 +550,7 @@ fn a_file_open_for_writing_keeps_its_content_when_a_peer_edits_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    ma.unmount();
-    mb.unmount();
-    ma.fsck();
-    mb.fsck();
+    unmount_and_fsck(&[&ma, &mb]);
 }
 
 /// The config file and `psync mount`'s flags reach the daemon (status
