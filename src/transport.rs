@@ -48,6 +48,13 @@ const LAST_PIECE: u8 = 1;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long host-candidate gathering may take.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// SCTP packet size when every address we bind is loopback (whose MTU is
+/// 64 KiB): fewer, larger DTLS records; elsewhere webrtc's default (1191
+/// bytes, safe through TURN and IPv6) stays.
+const LOOPBACK_SCTP_MTU: u32 = 8000;
+/// UDP datagrams up to this size are received whole (a loopback peer's
+/// SCTP packets plus DTLS overhead).
+const RECEIVE_MTU: usize = 9000;
 
 /// Where the transport binds and which servers help it through NATs.
 #[derive(Debug, Clone)]
@@ -156,11 +163,15 @@ impl Negotiation {
         let (gathered_tx, gathered) = mpsc::channel(1);
         let (remote_tx, remote_channel) = mpsc::channel(1);
         let (failed_tx, failed) = mpsc::channel(1);
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
             .with_include_loopback_candidate(true)
-            .build();
+            .with_receive_mtu(RECEIVE_MTU);
+        if ice.bind.iter().all(|a| a.ip().is_loopback()) {
+            settings = settings.with_sctp_mtu(LOOPBACK_SCTP_MTU);
+        }
+        let settings = settings.build();
         let servers = if ice.servers.is_empty() {
             Vec::new()
         } else {
