@@ -200,7 +200,7 @@ pub struct PeerStatus {
 }
 
 /// What this device holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LocalStatus {
     /// Regular files.
     pub files: u64,
@@ -458,9 +458,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
                 held_records: 0,
             }
         }
-        None => {
-            LocalStatus { files: 0, dirs: 0, bytes: 0, seq: 0, waiting_records: 0, wanted_blocks: 0, held_records: 0 }
-        }
+        None => LocalStatus::default(),
     };
     let conflicts = match &store {
         Some(store) => StoreSync::new(store.clone())

@@ -119,15 +119,10 @@ impl SyncStorage for StoreSync {
         self.store.put_verified_block(&hash, &data).map_err(err)
     }
 
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<Vec<SyncPath>, StorageError> {
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError> {
         let versions: Vec<PathVersion> = records.into_iter().map(from_record).collect();
         let busy = self.store.install_versions(&versions, Timestamp::now()).map_err(err)?;
-        busy.into_iter()
-            .map(|path| {
-                let text = String::from_utf8(path).map_err(|_| StorageError("a non-UTF-8 path".into()))?;
-                SyncPath::new(&text).map_err(err)
-            })
-            .collect()
+        Ok(busy.is_empty())
     }
 
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {

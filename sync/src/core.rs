@@ -21,7 +21,7 @@ use crate::storage::{PeerState, StorageError, SyncStorage};
 pub type Millis = u64;
 
 /// Versions remembered per peer so as not to send them back (memory bound).
-const MAX_HELD_VERSIONS_PER_PEER: usize = 200_000;
+const MAX_SENT_US_PER_PEER: usize = 200_000;
 
 /// Tunables. Defaults follow the user's design doc.
 #[derive(Debug, Clone)]
@@ -179,7 +179,7 @@ struct Peer {
     pending_seqs: BTreeSet<u64>,
     /// Versions they sent on this connection: ours equal to one of these
     /// need not go back (a record's block list alone is 33 bytes a block).
-    holds: BTreeMap<SyncPath, psync_base::VersionVector>,
+    sent_us: BTreeMap<SyncPath, psync_base::VersionVector>,
 }
 
 #[derive(Debug)]
@@ -461,7 +461,7 @@ impl<S: SyncStorage> SyncCore<S> {
                         in_flight: 0,
                         tree_sync_after: self.now,
                         pending_seqs: BTreeSet::new(),
-                        holds: BTreeMap::new(),
+                        sent_us: BTreeMap::new(),
                     },
                 );
                 let hello = Message::Hello {
@@ -632,10 +632,10 @@ impl<S: SyncStorage> SyncCore<S> {
             }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
-            if p.holds.len() + records.len() > MAX_HELD_VERSIONS_PER_PEER {
-                p.holds.clear(); // only an optimisation: forget it rather than grow
+            if p.sent_us.len() + records.len() > MAX_SENT_US_PER_PEER {
+                p.sent_us.clear(); // only an optimisation: forget it rather than grow
             }
-            p.holds.extend(records.iter().map(|(_, r)| (r.path.clone(), r.vv.clone())));
+            p.sent_us.extend(records.iter().map(|(_, r)| (r.path.clone(), r.vv.clone())));
         }
         for (seq, record) in records {
             self.receive_record(record, peer, Some(seq))?;
@@ -885,8 +885,7 @@ impl<S: SyncStorage> SyncCore<S> {
         }
         let installed: Vec<(SyncPath, psync_base::VersionVector)> =
             ordered.iter().map(|r| (r.path.clone(), r.vv.clone())).collect();
-        let busy = self.storage.install(ordered)?;
-        if !busy.is_empty() {
+        if !self.storage.install(ordered)? {
             return Ok(false);
         }
         // Versions still waiting for blocks that what we installed has seen
@@ -1141,7 +1140,7 @@ impl<S: SyncStorage> SyncCore<S> {
             // What the peer sent us itself is left out; the range still
             // covers it, so its accounting of our index is unchanged.
             if let Some(p) = self.peers.get_mut(&peer) {
-                records.retain(|(_, r)| p.holds.remove(&r.path).is_none_or(|vv| vv != r.vv));
+                records.retain(|(_, r)| p.sent_us.remove(&r.path).is_none_or(|vv| vv != r.vv));
             }
             self.send(peer, Message::IndexUpdate { index_id, from, to, records });
             from = to;

@@ -53,10 +53,10 @@ pub trait SyncStorage {
     fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError>;
     /// Installs records (remote versions, merges, conflict copies,
     /// tombstones) in one atomic step; each gets a new local sequence number.
-    /// Every block they reference is present. Returns the paths whose file
-    /// has local changes not recorded yet (open for writing): if there are
-    /// any, nothing was installed, and the caller asks again later.
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<Vec<SyncPath>, StorageError>;
+    /// Every block they reference is present. `false`: a file they would
+    /// replace has local changes not recorded yet (open for writing), so
+    /// nothing was installed, and the caller asks again later.
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError>;
     /// Forgets tombstones (every device has them).
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError>;
     /// What we remember about `peer`.
@@ -246,15 +246,14 @@ impl SyncStorage for MemStorage {
         Ok(())
     }
 
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<Vec<SyncPath>, StorageError> {
-        let busy: Vec<SyncPath> =
-            records.iter().filter(|r| self.busy.contains(&r.path)).map(|r| r.path.clone()).collect();
-        if busy.is_empty() {
-            for record in records {
-                self.put(record);
-            }
+    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError> {
+        if records.iter().any(|r| self.busy.contains(&r.path)) {
+            return Ok(false);
         }
-        Ok(busy)
+        for record in records {
+            self.put(record);
+        }
+        Ok(true)
     }
 
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {

@@ -668,3 +668,39 @@ fn a_file_open_for_writing_is_not_replaced_and_both_versions_survive() {
         assert!(a_versions.contains(&b"local edit".to_vec()) && a_versions.contains(&b"remote edit".to_vec()));
     }
 }
+
+/// The e2e case: the laptop's fsync'd text reaches the desktop after the
+/// desktop's own edit (a conflict there: merged record and copy), while the
+/// laptop still has the file open; then it writes more and closes. Its final
+/// text must survive.
+#[test]
+fn a_held_conflict_does_not_swallow_the_writers_final_text() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.storage(0).local_write(&path("draft.md"), b"shared start", 1);
+    m.local_change(0);
+    m.run(5_000);
+    m.storage(1).set_busy(&path("draft.md"), true);
+    m.disconnect(0, 1);
+    m.storage(1).local_write(&path("draft.md"), b"laptop, still typing", 2);
+    m.local_change(1);
+    m.storage(0).local_write(&path("draft.md"), b"desktop's edit", 2);
+    m.local_change(0);
+    m.connect(0, 1);
+    m.run(10_000);
+    assert!(m.cores[1].held_count() >= 1);
+    m.storage(1).local_write(&path("draft.md"), b"laptop, still typing and done", 3);
+    m.storage(1).set_busy(&path("draft.md"), false);
+    m.local_change(1);
+    m.run(30_000);
+    for i in 0..2 {
+        let texts: Vec<Vec<u8>> = m.cores[i]
+            .storage()
+            .all()
+            .filter(|r| !r.deleted && r.path.as_str().starts_with("draft"))
+            .filter_map(|r| m.cores[i].storage().content(r))
+            .collect();
+        assert!(texts.contains(&b"laptop, still typing and done".to_vec()), "device {i}: {texts:?}");
+        assert!(texts.contains(&b"desktop's edit".to_vec()), "device {i}: {texts:?}");
+    }
+}

@@ -542,12 +542,22 @@ fn a_file_open_for_writing_keeps_its_content_when_a_peer_edits_it() {
         c.contains(&b"desktop's edit\n".to_vec()) && c.contains(&b"laptop, still typing\nand done\n".to_vec())
     };
     while !done(&contents(&ma)) || contents(&ma) != contents(&mb) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "both versions should survive on both: {:?} {:?}",
-            contents(&ma),
-            contents(&mb)
-        );
+        if std::time::Instant::now() >= deadline {
+            let history = |m: &Mounted| {
+                String::from_utf8_lossy(&psync(&m.data, &["store", "log", "draft.md"]).stdout).into_owned()
+            };
+            let names =
+                |m: &Mounted| std::fs::read_dir(&m.mnt).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
+            panic!(
+                "both versions should survive on both: {:?} {:?}\ndesktop {:?}:\n{}\nlaptop {:?}:\n{}",
+                contents(&ma),
+                contents(&mb),
+                names(&ma),
+                history(&ma),
+                names(&mb),
+                history(&mb)
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     unmount_and_fsck(&[&ma, &mb]);
