@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use psync_base::{ContentHash, DeviceId};
+use psync_base::{ContentHash, DeviceId, VersionVector};
 use psync_store::{NodeKind, PathVersion, PeerRecord, Store, Timestamp};
 use psync_sync::{FileRecord, PeerState, RecordKind, StorageError, SyncPath, SyncStorage, VersionId};
 
@@ -119,9 +119,15 @@ impl SyncStorage for StoreSync {
         self.store.put_verified_block(&hash, &data).map_err(err)
     }
 
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError> {
+    fn install(
+        &mut self,
+        records: Vec<FileRecord>,
+        decided_on: &[(SyncPath, Option<VersionVector>)],
+    ) -> Result<bool, StorageError> {
         let versions: Vec<PathVersion> = records.into_iter().map(from_record).collect();
-        let busy = self.store.install_versions(&versions, Timestamp::now()).map_err(err)?;
+        let decided_on: Vec<(Vec<u8>, Option<VersionVector>)> =
+            decided_on.iter().map(|(p, vv)| (p.as_str().as_bytes().to_vec(), vv.clone())).collect();
+        let busy = self.store.install_versions(&versions, &decided_on, Timestamp::now()).map_err(err)?;
         Ok(busy.is_empty())
     }
 

@@ -424,13 +424,27 @@ impl Store {
     /// Applies peers' versions in one atomic batch. Parents come before
     /// children; every referenced block is already stored.
     ///
-    /// Returns the paths whose file has local changes the store may not
-    /// have yet (open for writing, or written and not committed): if there
-    /// are any, nothing is installed, so a peer's version never replaces
-    /// them; ask again once they are closed.
-    pub fn install_versions(&self, versions: &[PathVersion], now: Timestamp) -> Result<Vec<Vec<u8>>> {
+    /// `decided_on`: the local version (its history; `None`: no entry) each
+    /// path had when the caller decided to install. Returns the paths whose
+    /// file has local changes the store may not have yet (open for writing,
+    /// or written and not committed) or that changed since that decision (a
+    /// writer's close committed in between): if there are any, nothing is
+    /// installed, so a peer's version never replaces them; decide again.
+    pub fn install_versions(
+        &self,
+        versions: &[PathVersion],
+        decided_on: &[(Vec<u8>, Option<VersionVector>)],
+        now: Timestamp,
+    ) -> Result<Vec<Vec<u8>>> {
         self.mutate(false, |txn| {
             let mut busy = Vec::new();
+            // Under the writer lock: no commit can slip in after this check.
+            for (path, vv) in decided_on {
+                let current = txn.store.get_record::<PathEntry>(&path_key(path))?.map(|e| e.vv);
+                if current.as_ref() != vv.as_ref() {
+                    busy.push(path.clone());
+                }
+            }
             for v in versions {
                 // A path under directories that do not exist yet holds no file.
                 if let Ok((_, _, Some(entry))) = txn.locate(&v.path) {

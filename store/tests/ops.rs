@@ -564,7 +564,7 @@ fn remote_versions_install_atomically_with_their_structure() {
         dst.store.put_verified_block(hash, &data).unwrap();
     }
     assert!(dst.store.put_verified_block(&v.blocks[0].unwrap(), b"wrong").is_err());
-    dst.store.install_versions(&[dir.clone(), moved.clone()], t(2)).unwrap();
+    dst.store.install_versions(&[dir.clone(), moved.clone()], &[], t(2)).unwrap();
     let node = dst.store.resolve(b"notes/n.md").unwrap();
     assert_eq!(dst.store.read(node.ino, 0, 200_000).unwrap(), vec![5u8; 100_000]);
     let got = entry(&dst.store, "notes/n.md").unwrap();
@@ -574,14 +574,30 @@ fn remote_versions_install_atomically_with_their_structure() {
     // replaced: nothing of the batch is installed and the path is reported.
     let gone = PathVersion { deleted: true, size: 0, blocks: vec![], ..got };
     dst.store.writer_opened(node.ino);
-    assert_eq!(dst.store.install_versions(std::slice::from_ref(&gone), t(3)).unwrap(), vec![b"notes/n.md".to_vec()]);
+    assert_eq!(
+        dst.store.install_versions(std::slice::from_ref(&gone), &[], t(3)).unwrap(),
+        vec![b"notes/n.md".to_vec()]
+    );
     dst.store.write(node.ino, 0, b"local", t(3)).unwrap();
     dst.store.writer_closed(node.ino);
-    assert_eq!(dst.store.install_versions(std::slice::from_ref(&gone), t(3)).unwrap(), vec![b"notes/n.md".to_vec()]);
+    assert_eq!(
+        dst.store.install_versions(std::slice::from_ref(&gone), &[], t(3)).unwrap(),
+        vec![b"notes/n.md".to_vec()]
+    );
     assert_eq!(dst.store.read(node.ino, 0, 5).unwrap(), b"local");
+    let decided_on = vec![(b"notes/n.md".to_vec(), Some(gone.vv.clone()))];
     dst.store.commit(node.ino, t(3), false).unwrap();
-    // A remote delete removes the file; the entry remembers it.
-    assert!(dst.store.install_versions(&[gone], t(3)).unwrap().is_empty());
+    // Decided against the version before that commit (a writer's close
+    // committed in between): refused, the local content stays.
+    assert_eq!(
+        dst.store.install_versions(std::slice::from_ref(&gone), &decided_on, t(3)).unwrap(),
+        vec![b"notes/n.md".to_vec()]
+    );
+    assert_eq!(dst.store.read(node.ino, 0, 5).unwrap(), b"local");
+    // A remote delete decided against the current version removes the
+    // file; the entry remembers it.
+    let current = vec![(b"notes/n.md".to_vec(), Some(entry(&dst.store, "notes/n.md").unwrap().vv))];
+    assert!(dst.store.install_versions(&[gone], &current, t(3)).unwrap().is_empty());
     assert!(matches!(dst.store.resolve(b"notes/n.md"), Err(StoreError::NotFound)));
     assert!(entry(&dst.store, "notes/n.md").unwrap().deleted);
     assert_clean(&dst.store);
@@ -604,7 +620,7 @@ fn remote_versions_are_validated_like_local_ones() {
         perm: 0o777,
         mtime: 1,
     };
-    assert!(matches!(f.store.install_versions(&[bad_link], t(1)), Err(StoreError::Invalid(_))));
+    assert!(matches!(f.store.install_versions(&[bad_link], &[], t(1)), Err(StoreError::Invalid(_))));
     assert!(matches!(f.store.resolve(b"link"), Err(StoreError::NotFound)), "nothing half-applied");
     assert_clean(&f.store);
 }

@@ -758,7 +758,9 @@ impl<S: SyncStorage> SyncCore<S> {
                 out
             }
         };
-        if !self.install(records)? && !self.held.iter().any(|h| h.path == record.path && h.vv == record.vv) {
+        let decided_on = [(record.path.clone(), local.map(|l| l.vv))];
+        if !self.install(records, &decided_on)? && !self.held.iter().any(|h| h.path == record.path && h.vv == record.vv)
+        {
             self.held.push(record);
         }
         Ok(())
@@ -805,9 +807,13 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Installs records atomically, keeping the tree whole: a live record's
     /// parents are (re)created as directories; a directory is not deleted
     /// while it still has live children here (it is re-asserted instead).
-    /// `false`: a file it would replace is open for writing here, nothing
-    /// was installed.
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, SyncError> {
+    /// `false`: a file it would replace is open for writing here, or a path
+    /// in `decided_on` changed since the decision; nothing was installed.
+    fn install(
+        &mut self,
+        records: Vec<FileRecord>,
+        decided_on: &[(SyncPath, Option<psync_base::VersionVector>)],
+    ) -> Result<bool, SyncError> {
         let mut batch: BTreeMap<SyncPath, FileRecord> = BTreeMap::new();
         let mtime = (self.now / 1000) as i64;
         for record in records {
@@ -885,7 +891,7 @@ impl<S: SyncStorage> SyncCore<S> {
         }
         let installed: Vec<(SyncPath, psync_base::VersionVector)> =
             ordered.iter().map(|r| (r.path.clone(), r.vv.clone())).collect();
-        if !self.storage.install(ordered)? {
+        if !self.storage.install(ordered, decided_on)? {
             return Ok(false);
         }
         // Versions still waiting for blocks that what we installed has seen

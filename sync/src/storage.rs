@@ -53,10 +53,17 @@ pub trait SyncStorage {
     fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError>;
     /// Installs records (remote versions, merges, conflict copies,
     /// tombstones) in one atomic step; each gets a new local sequence number.
-    /// Every block they reference is present. `false`: a file they would
-    /// replace has local changes not recorded yet (open for writing), so
-    /// nothing was installed, and the caller asks again later.
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError>;
+    /// Every block they reference is present. `decided_on`: the local
+    /// history each path had when the caller decided (`None`: no record).
+    /// `false`: a file they would replace has local changes not recorded
+    /// yet (open for writing), or a path changed since that decision, so
+    /// nothing was installed, and the caller decides again later. The check
+    /// and the install are one atomic step.
+    fn install(
+        &mut self,
+        records: Vec<FileRecord>,
+        decided_on: &[(SyncPath, Option<VersionVector>)],
+    ) -> Result<bool, StorageError>;
     /// Forgets tombstones (every device has them).
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError>;
     /// What we remember about `peer`.
@@ -246,9 +253,18 @@ impl SyncStorage for MemStorage {
         Ok(())
     }
 
-    fn install(&mut self, records: Vec<FileRecord>) -> Result<bool, StorageError> {
+    fn install(
+        &mut self,
+        records: Vec<FileRecord>,
+        decided_on: &[(SyncPath, Option<VersionVector>)],
+    ) -> Result<bool, StorageError> {
         if records.iter().any(|r| self.busy.contains(&r.path)) {
             return Ok(false);
+        }
+        for (path, vv) in decided_on {
+            if self.records.get(path).map(|(_, r)| &r.vv) != vv.as_ref() {
+                return Ok(false);
+            }
         }
         for record in records {
             self.put(record);

@@ -321,7 +321,7 @@ fn a_corrupt_block_is_never_stored_and_is_fetched_again() {
     m.storage(2).local_write(&path("doc.pdf"), &data, 1);
     // Make 2 agree with 0 (same record), so both can serve the blocks.
     let record = m.cores[0].storage().live(&path("doc.pdf")).unwrap().clone();
-    m.storage(2).install(vec![record]).unwrap();
+    m.storage(2).install(vec![record], &[]).unwrap();
     // The first answer for every block arrives corrupted, whoever sends it.
     let mut seen = std::collections::HashSet::new();
     m.tamper = Some(Box::new(move |_, _, msg| {
