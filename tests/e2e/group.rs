@@ -342,9 +342,14 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     std::fs::write(ma.path("ready.md"), b"connected").unwrap();
     wait_for_content(&mb, "ready.md", b"connected");
 
-    let big: Vec<u8> = (0..48_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..144_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(ma.path("video.bin"), &big).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Kill as soon as the receiver is fetching (a fixed sleep raced faster transfers).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while json(&psync(&b, &["status", "--json"]))["local"]["wanted_blocks"].as_u64().unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     // Files appear only when complete, so this means: not yet transferred.
     assert!(std::fs::metadata(mb.path("video.bin")).is_err(), "the transfer must still be running when killed");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(mb.daemon_pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
