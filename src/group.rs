@@ -79,7 +79,7 @@ fn fresh_data_dir(data_dir: &Path) -> Result<()> {
     }
     // The store records every change under the device id; a device in a
     // group is known by its key, so the store must be made after it.
-    if data_dir.join(psync_store::DB_DIR_NAME).join("CURRENT").exists() {
+    if psync_store::Store::exists(data_dir) {
         bail!(
             "{} already holds a store made before this device had an identity, so it cannot sync; \
              run init/join with a fresh --data-dir, mount it, and copy the files in through the mount",

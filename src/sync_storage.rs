@@ -6,8 +6,11 @@
 use std::sync::Arc;
 
 use psync_base::{ContentHash, DeviceId, VersionVector};
-use psync_store::{NodeKind, PathVersion, PeerRecord, Store, Timestamp};
-use psync_sync::{FileRecord, PeerState, RecordKind, StorageError, SyncPath, SyncStorage, VersionId};
+use psync_store::{BlockRefs, Content, InstallResult, NodeKind, PathVersion, PeerRecord, Store, StoreError, Timestamp};
+use psync_sync::record::LISTED_BLOCKS_MAX;
+use psync_sync::{
+    Blocks, FileRecord, InstallOutcome, PeerState, RecordKind, StorageError, SyncPath, SyncStorage, VersionId,
+};
 
 /// A store as sync storage.
 #[derive(Debug, Clone)]
@@ -20,32 +23,71 @@ impl StoreSync {
     pub fn new(store: Arc<Store>) -> Self {
         Self { store }
     }
+
+    fn to_record(&self, v: PathVersion) -> Result<FileRecord, StorageError> {
+        let text = String::from_utf8(v.path).map_err(|_| failed("a non-UTF-8 path in the sync index"))?;
+        let kind = match v.kind {
+            NodeKind::File => RecordKind::File,
+            NodeKind::Dir => RecordKind::Dir,
+            NodeKind::Symlink => RecordKind::Symlink,
+            other => return Err(failed(format!("{other:?} in the sync index"))),
+        };
+        let path = SyncPath::new(&text).map_err(failed)?;
+        if path.as_str() != text {
+            // The store indexes only NFC paths; anything else is a bug, and
+            // must not become another path on the wire.
+            return Err(failed(format!("{text:?} is not in NFC form")));
+        }
+        let blocks = match v.blocks {
+            BlockRefs::Pages(pages) if v.size.div_ceil(psync_base::BLOCK_SIZE) as usize <= LISTED_BLOCKS_MAX => {
+                let list = self.store.block_list(&Content { size: v.size, pages }).map_err(err)?;
+                Blocks::Listed(list)
+            }
+            BlockRefs::Pages(pages) => Blocks::Paged(pages),
+            BlockRefs::Blocks(list) => Blocks::of_file(list).0,
+        };
+        Ok(FileRecord {
+            path,
+            kind,
+            deleted: v.deleted,
+            vv: v.vv,
+            version: VersionId { device: v.dot.0, counter: v.dot.1 },
+            size: v.size,
+            blocks,
+            symlink: v.symlink,
+            perm: v.perm,
+            mtime: v.mtime,
+        })
+    }
+
+    /// Converts index entries, leaving out (and logging) any that cannot
+    /// travel, so one odd entry never stops the rest.
+    fn to_records<T>(&self, versions: Vec<(T, PathVersion)>) -> Vec<(T, FileRecord)> {
+        versions
+            .into_iter()
+            .filter_map(|(key, v)| {
+                let shown = String::from_utf8_lossy(&v.path).into_owned();
+                match self.to_record(v) {
+                    Ok(record) => Some((key, record)),
+                    Err(e) => {
+                        tracing::warn!("{shown} is left out of sync: {e}");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
-fn err(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
+fn failed(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Failed(e.to_string())
 }
 
-fn to_record(v: PathVersion) -> Result<FileRecord, StorageError> {
-    let text = String::from_utf8(v.path).map_err(|_| StorageError("a non-UTF-8 path in the sync index".into()))?;
-    let kind = match v.kind {
-        NodeKind::File => RecordKind::File,
-        NodeKind::Dir => RecordKind::Dir,
-        NodeKind::Symlink => RecordKind::Symlink,
-        other => return Err(StorageError(format!("{other:?} in the sync index"))),
-    };
-    Ok(FileRecord {
-        path: SyncPath::new(&text).map_err(err)?,
-        kind,
-        deleted: v.deleted,
-        vv: v.vv,
-        version: VersionId { device: v.dot.0, counter: v.dot.1 },
-        size: v.size,
-        blocks: v.blocks,
-        symlink: v.symlink,
-        perm: v.perm,
-        mtime: v.mtime,
-    })
+fn err(e: StoreError) -> StorageError {
+    match e {
+        StoreError::DiskFull => StorageError::DiskFull,
+        other => StorageError::Failed(other.to_string()),
+    }
 }
 
 fn from_record(r: FileRecord) -> PathVersion {
@@ -60,7 +102,10 @@ fn from_record(r: FileRecord) -> PathVersion {
         vv: r.vv,
         dot: (r.version.device, r.version.counter),
         size: r.size,
-        blocks: r.blocks,
+        blocks: match r.blocks {
+            Blocks::Listed(list) => BlockRefs::Blocks(list),
+            Blocks::Paged(pages) => BlockRefs::Pages(pages),
+        },
         symlink: r.symlink,
         perm: r.perm,
         mtime: r.mtime,
@@ -81,17 +126,16 @@ impl SyncStorage for StoreSync {
     }
 
     fn record(&self, path: &SyncPath) -> Result<Option<FileRecord>, StorageError> {
-        self.store.path_version(path.as_str().as_bytes()).map_err(err)?.map(to_record).transpose()
+        self.store.path_version(path.as_str().as_bytes()).map_err(err)?.map(|v| self.to_record(v)).transpose()
     }
 
     fn records_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, FileRecord)>, StorageError> {
-        let versions = self.store.path_versions_since(since, limit).map_err(err)?;
-        versions.into_iter().map(|(seq, v)| Ok((seq, to_record(v)?))).collect()
+        Ok(self.to_records(self.store.path_versions_since(since, limit).map_err(err)?))
     }
 
     fn live_records(&self) -> Result<Vec<FileRecord>, StorageError> {
         let versions = self.store.path_versions(false).map_err(err)?;
-        versions.into_iter().map(|(_, v)| to_record(v)).collect()
+        Ok(self.to_records(versions).into_iter().map(|(_, r)| r).collect())
     }
 
     fn has_live_children(&self, dir: &SyncPath) -> Result<bool, StorageError> {
@@ -99,8 +143,7 @@ impl SyncStorage for StoreSync {
     }
 
     fn tombstones(&self) -> Result<Vec<(u64, FileRecord)>, StorageError> {
-        let versions = self.store.path_versions(true).map_err(err)?;
-        versions.into_iter().map(|(seq, v)| Ok((seq, to_record(v)?))).collect()
+        Ok(self.to_records(self.store.path_versions(true).map_err(err)?))
     }
 
     fn has_block(&self, hash: &ContentHash) -> Result<bool, StorageError> {
@@ -110,7 +153,13 @@ impl SyncStorage for StoreSync {
     fn block(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError> {
         match self.store.block(hash) {
             Ok(data) => Ok(Some(data)),
-            Err(psync_store::StoreError::Corrupt(_)) if !self.store.has_block(hash).map_err(err)? => Ok(None),
+            // Missing or damaged here: the peer asks elsewhere.
+            Err(StoreError::Corrupt(why)) => {
+                if self.store.has_block(hash).map_err(err)? {
+                    tracing::error!("a peer asked for block {hash}, which is damaged here: {why}");
+                }
+                Ok(None)
+            }
             Err(e) => Err(err(e)),
         }
     }
@@ -119,16 +168,31 @@ impl SyncStorage for StoreSync {
         self.store.put_verified_block(&hash, &data).map_err(err)
     }
 
+    fn page(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError> {
+        let bytes = self.store.page_bytes(hash).map_err(err)?;
+        Ok(bytes.filter(|b| ContentHash::of(b) == *hash))
+    }
+
+    fn put_page(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError> {
+        self.store.put_verified_page(&hash, &data).map_err(err)
+    }
+
     fn install(
         &mut self,
         records: Vec<FileRecord>,
         decided_on: &[(SyncPath, Option<VersionVector>)],
-    ) -> Result<bool, StorageError> {
+    ) -> Result<InstallOutcome, StorageError> {
         let versions: Vec<PathVersion> = records.into_iter().map(from_record).collect();
         let decided_on: Vec<(Vec<u8>, Option<VersionVector>)> =
             decided_on.iter().map(|(p, vv)| (p.as_str().as_bytes().to_vec(), vv.clone())).collect();
-        let busy = self.store.install_versions(&versions, &decided_on, Timestamp::now()).map_err(err)?;
-        Ok(busy.is_empty())
+        Ok(match self.store.install_versions(&versions, &decided_on, Timestamp::now()).map_err(err)? {
+            InstallResult::Installed => InstallOutcome::Installed,
+            InstallResult::Busy(_) => InstallOutcome::Busy,
+            InstallResult::Moved(_) => InstallOutcome::Moved,
+            InstallResult::Blocked { path, reason } => {
+                InstallOutcome::Blocked(format!("{}: {reason}", String::from_utf8_lossy(&path)))
+            }
+        })
     }
 
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {

@@ -8,10 +8,13 @@
 pub mod codec;
 mod hash;
 mod name;
+pub mod page;
+mod syncable;
 mod version;
 
 pub use hash::{ContentHash, HashParseError};
 pub use name::{validate_name, NameError, NAME_MAX_BYTES};
+pub use syncable::{check_syncable, nfc_key, LocalOnly, MAX_SYNC_PATH_BYTES};
 pub use version::{Causality, DeviceId, VersionVector};
 
 /// Bytes per content block, shared by the store and the sync protocol.

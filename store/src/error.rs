@@ -55,6 +55,10 @@ pub enum StoreError {
     /// The disk is full; the failed mutation was not applied.
     #[error("no space left on device; the last change was not saved, earlier ones are intact")]
     DiskFull,
+    /// A peer's version cannot be installed at its path now (local files
+    /// that do not sync are in the way); nothing was changed.
+    #[error("{0}")]
+    Blocked(String),
     /// The store was opened read-only (a snapshot beside a running daemon).
     #[error("the store is open read-only (a daemon is using it); unmount it to change it")]
     ReadOnly,

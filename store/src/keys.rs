@@ -18,6 +18,7 @@
 //! | `meta`   | `x` path:bytes                        | `PathEntry`          | sync index: version of a path (or deleted)|
 //! | `meta`   | `q` seq:u64                           | path bytes           | sync index in sequence order              |
 //! | `meta`   | `r` device:32                         | `PeerRecord`         | what this device knows of a peer          |
+//! | `meta`   | `n` path in NFC:bytes                 | `LocalOnlyPath`      | a local path that does not sync, and why  |
 //! | `blocks` | hash:32                               | raw bytes (<=64 KiB) | block content, BLAKE3(value) == key       |
 //!
 //! Invariants (checked by fsck): every `d` entry names an existing inode

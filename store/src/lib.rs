@@ -26,4 +26,4 @@ pub use gc::{GcPolicy, GcReport};
 pub use records::*;
 pub use stats::StoreStats;
 pub use store::{Change, NewNode, NodeAttrs, RenameMode, SetAttr, Store, DB_DIR_NAME};
-pub use sync_index::{PathVersion, PeerRecord};
+pub use sync_index::{BlockRefs, InstallResult, LocalOnlyPath, PathVersion, PeerRecord};

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 pub use psync_base::BLOCK_SIZE;
 /// Block hashes per page; one page covers 16 MiB of a file.
-pub const BLOCKS_PER_PAGE: u64 = 256;
+pub const BLOCKS_PER_PAGE: u64 = psync_base::page::BLOCKS_PER_PAGE as u64;
 /// Largest file the store accepts (1 PiB; far beyond any vault).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
@@ -93,6 +93,19 @@ impl NodeKind {
     /// FIFOs, sockets and device nodes: they have no content and stay local.
     pub fn is_special(self) -> bool {
         matches!(self, NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice)
+    }
+
+    /// In words, for messages ("a local FIFO").
+    pub fn describe(self) -> &'static str {
+        match self {
+            NodeKind::File => "file",
+            NodeKind::Dir => "folder",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Fifo => "FIFO",
+            NodeKind::Socket => "socket",
+            NodeKind::CharDevice => "character device",
+            NodeKind::BlockDevice => "block device",
+        }
     }
 }
 

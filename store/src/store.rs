@@ -141,6 +141,92 @@ fn rocks(dir: &Path) -> impl Fn(rocksdb::Error) -> StoreError + '_ {
     move |e| StoreError::from_rocks(e, dir)
 }
 
+/// Prefix of the directory a store is built in before it becomes `db`.
+const CREATING_PREFIX: &str = "db.creating-";
+
+fn io_err(what: &Path, e: std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(28) => StoreError::DiskFull, // ENOSPC
+        _ => StoreError::Io(format!("{}: {e}", what.display())),
+    }
+}
+
+/// Makes a new store in `data_dir/db` so that a kill at any moment leaves
+/// either no store or a complete one: the store is built and synced in a
+/// directory of its own, then renamed into place (an atomic step). What an
+/// interrupted creation leaves is cleared first: build directories of dead
+/// processes, and a `db` without `CURRENT` that holds only the files
+/// RocksDB writes while creating (an older psync built in place).
+fn create_atomically(data_dir: &Path, device: DeviceId) -> Result<()> {
+    let db_dir = data_dir.join(DB_DIR_NAME);
+    clear_interrupted_creations(data_dir)?;
+    if db_dir.exists() {
+        let only_rocksdb_files = std::fs::read_dir(&db_dir)
+            .map_err(|e| io_err(&db_dir, e))?
+            .all(|entry| entry.is_ok_and(|e| is_rocksdb_creation_file(&e.file_name().to_string_lossy())));
+        if !only_rocksdb_files {
+            return Err(StoreError::NotAStore(data_dir.to_path_buf()));
+        }
+        std::fs::remove_dir_all(&db_dir).map_err(|e| io_err(&db_dir, e))?;
+    }
+    let building = data_dir.join(format!("{CREATING_PREFIX}{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir_all(&building).map_err(|e| io_err(&building, e))?;
+    let built = (|| {
+        let (opts, cfs) = Store::rocks_options(false, true);
+        let db = DB::open_cf_descriptors(&opts, &building, cfs).map_err(rocks(data_dir))?;
+        Store::initialise(&db, data_dir, device)?;
+        db.flush_wal(true).map_err(rocks(data_dir))?;
+        drop(db);
+        sync_dir(&building)?;
+        if db_dir.join("CURRENT").exists() {
+            // Another process finished first: its store is the one.
+            return Ok(false);
+        }
+        std::fs::rename(&building, &db_dir).map_err(|e| io_err(&db_dir, e))?;
+        sync_dir(data_dir)?;
+        Ok(true)
+    })();
+    if !matches!(built, Ok(true)) {
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    built.map(|_| ())
+}
+
+/// Removes build directories left by processes that no longer run.
+fn clear_interrupted_creations(data_dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(data_dir, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(CREATING_PREFIX) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| io_err(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Files RocksDB writes while it creates a database, before `CURRENT`.
+fn is_rocksdb_creation_file(name: &str) -> bool {
+    name == "LOCK"
+        || name == "IDENTITY"
+        || name.starts_with("LOG")
+        || name.starts_with("OPTIONS-")
+        || name.starts_with("MANIFEST-")
+        || name.ends_with(".log")
+        || name.ends_with(".dbtmp")
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+}
+
 impl Store {
     /// Opens the store in `data_dir`, creating it (for `device`) if the data dir
     /// has none yet. Fails clearly if it is locked, foreign or from a newer psync.
@@ -188,22 +274,19 @@ impl Store {
         self.read_only
     }
 
+    /// Whether `data_dir` holds a store (complete: creation is atomic).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join(DB_DIR_NAME).join("CURRENT").exists()
+    }
+
     fn open_inner(data_dir: &Path, create_for: Option<DeviceId>) -> Result<Store> {
         let db_dir = data_dir.join(DB_DIR_NAME);
         let exists = db_dir.join("CURRENT").exists();
         if !exists {
-            // An empty `db` dir is what a creation interrupted before RocksDB wrote
-            // anything leaves behind: create over it. Anything else is foreign.
-            let foreign = std::fs::read_dir(&db_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-            if create_for.is_none() || foreign {
-                return Err(StoreError::NotAStore(data_dir.to_path_buf()));
-            }
-            std::fs::create_dir_all(&db_dir).map_err(|e| match e.raw_os_error() {
-                Some(28) => StoreError::DiskFull, // ENOSPC
-                _ => StoreError::Io(format!("cannot create {}: {e}", db_dir.display())),
-            })?;
+            let Some(device) = create_for else { return Err(StoreError::NotAStore(data_dir.to_path_buf())) };
+            create_atomically(data_dir, device)?;
         }
-        let (opts, cfs) = Self::rocks_options(exists, create_for.is_some());
+        let (opts, cfs) = Self::rocks_options(true, create_for.is_some());
         let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| {
             let err = StoreError::from_rocks(e, data_dir);
             match err {
@@ -218,14 +301,18 @@ impl Store {
             Some(bytes) => Some(codec::decode(&bytes)?),
             None => None,
         };
+        let mut migrate_from = None;
         let (device, index_id, counters) = match (format, create_for) {
             (Some(format), _) => {
                 let counters = Self::check_format_and_load_counters(&db, meta, data_dir, &format)?;
+                if format.format_version < FORMAT_VERSION {
+                    migrate_from = Some(format.clone());
+                }
                 (format.device, format.index_id, counters)
             }
-            // A fresh database, or one whose creation was interrupted before the
-            // initial batch (the meta CF is then still empty).
-            (None, Some(device)) if !exists || Self::is_empty(&db, meta, data_dir)? => {
+            // A store made by a psync whose creation was not atomic yet and
+            // was interrupted before its first batch (the meta CF is empty).
+            (None, Some(device)) if Self::is_empty(&db, meta, data_dir)? => {
                 let (counters, index_id) = Self::initialise(&db, data_dir, device)?;
                 (device, index_id, counters)
             }
@@ -241,8 +328,24 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
         };
+        if let Some(format) = migrate_from {
+            store.migrate(format)?;
+        }
         store.reap_orphans()?;
         Ok(store)
+    }
+
+    /// Brings a store of an older format up to [`FORMAT_VERSION`], in one batch.
+    fn migrate(&self, mut format: FormatRecord) -> Result<()> {
+        tracing::info!(from = format.format_version, to = FORMAT_VERSION, "upgrading the store's format");
+        self.mutate(true, |txn| {
+            if format.format_version < 2 {
+                txn.drop_unsyncable_index_entries()?;
+            }
+            format.format_version = FORMAT_VERSION;
+            txn.batch.put_cf(self.meta(), keys::FORMAT, codec::encode(&format)?);
+            Ok(())
+        })
     }
 
     /// RocksDB tuning: bloom filters (so "do we have this block?" is cheap for

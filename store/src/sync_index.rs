@@ -9,7 +9,8 @@
 //! converts to the sync protocol's records. The store knows nothing of the
 //! protocol itself.
 
-use psync_base::{codec, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
+use psync_base::page::decode_page;
+use psync_base::{check_syncable, codec, nfc_key, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -29,6 +30,16 @@ pub(crate) struct PathEntry {
     pub mtime: i64,
 }
 
+/// Which blocks a file version holds: listed, or as the store's pages of
+/// block hashes (what [`Store::path_version`] gives: no page is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockRefs {
+    /// Every block hash (`None`: a hole).
+    Blocks(Vec<Option<ContentHash>>),
+    /// The hashes of the pages (`psync_base::page`), trailing holes trimmed.
+    Pages(Vec<Option<ContentHash>>),
+}
+
 /// A path's current version as the sync layer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathVersion {
@@ -44,8 +55,8 @@ pub struct PathVersion {
     pub dot: (DeviceId, u64),
     /// Size (files).
     pub size: u64,
-    /// Block hashes (files).
-    pub blocks: Vec<Option<ContentHash>>,
+    /// Its blocks (files).
+    pub blocks: BlockRefs,
     /// Target (symlinks).
     pub symlink: Vec<u8>,
     /// Permission bits.
@@ -68,6 +79,43 @@ pub struct PeerRecord {
 pub(crate) const TAG_PATH: u8 = b'x';
 pub(crate) const TAG_PATH_SEQ: u8 = b'q';
 pub(crate) const TAG_PEER: u8 = b'r';
+pub(crate) const TAG_LOCAL_ONLY: u8 = b'n';
+
+/// A local path that does not sync, and why (kept for `psync status`, and
+/// so a peer's path that only differs in its Unicode form never becomes a
+/// second file beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalOnlyPath {
+    /// The path as it is on this device.
+    pub path: Vec<u8>,
+    /// Why it does not sync.
+    pub reason: String,
+}
+
+/// What [`Store::install_versions`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallResult {
+    /// All of it, in one batch.
+    Installed,
+    /// Nothing: these files are open for writing or hold uncommitted writes.
+    Busy(Vec<Vec<u8>>),
+    /// Nothing: these paths changed since the caller decided.
+    Moved(Vec<Vec<u8>>),
+    /// Nothing: a path cannot take its version here now (the reason says
+    /// why: local files that do not sync in the way).
+    Blocked {
+        /// The path.
+        path: Vec<u8>,
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+fn local_only_key(path: &[u8]) -> Vec<u8> {
+    let mut key = vec![TAG_LOCAL_ONLY];
+    key.extend_from_slice(&nfc_key(path));
+    key
+}
 
 fn path_key(path: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + path.len());
@@ -88,11 +136,6 @@ fn peer_key(device: &DeviceId) -> [u8; 33] {
     key[0] = TAG_PEER;
     key[1..].copy_from_slice(&device.0);
     key
-}
-
-/// Paths that sync: valid UTF-8 (peers exchange text paths). Others stay local.
-fn synced(path: &[u8]) -> bool {
-    !path.is_empty() && std::str::from_utf8(path).is_ok()
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -127,8 +170,11 @@ impl Txn<'_> {
 
     /// A local change at `path`: a new version made by this device.
     pub(crate) fn path_changed(&mut self, path: &[u8], kind: NodeKind, deleted: bool, mtime: i64) -> Result<()> {
-        if self.remote || !synced(path) || kind.is_special() {
+        if self.remote || path.is_empty() || kind.is_special() {
             return Ok(());
+        }
+        if let Err(why) = check_syncable(path) {
+            return self.note_local_only(path, deleted, why.to_string());
         }
         let old = self.path_entry(path)?;
         if deleted && old.as_ref().is_none_or(|e| e.deleted) {
@@ -139,6 +185,21 @@ impl Txn<'_> {
         let counter = vv.advance(self.store.device(), self.counters.next_seq);
         let entry = PathEntry { vv, dot: (self.store.device(), counter), deleted, kind, seq: 0, mtime };
         self.put_path_entry(path, entry)
+    }
+
+    /// Remembers (or forgets, once gone) a local path that does not sync.
+    fn note_local_only(&mut self, path: &[u8], gone: bool, reason: String) -> Result<()> {
+        let meta = self.store.meta();
+        let key = local_only_key(path);
+        if gone {
+            if self.store.get_record::<LocalOnlyPath>(&key)?.is_some_and(|l| l.path == path) {
+                self.batch.delete_cf(meta, key);
+            }
+        } else {
+            tracing::warn!("{} does not sync: {reason}", String::from_utf8_lossy(path));
+            self.batch.put_cf(meta, key, codec::encode(&LocalOnlyPath { path: path.to_vec(), reason })?);
+        }
+        Ok(())
     }
 
     /// The path of the link `(parent, name)`.
@@ -217,11 +278,20 @@ impl Txn<'_> {
         Ok((parent, last.to_vec(), existing))
     }
 
-    /// Removes whatever is at `(parent, name)` (a directory must be empty).
+    /// Removes whatever is at `(parent, name)` (a directory must be empty:
+    /// what is left in it here does not sync, and is never removed for a peer).
     fn remove_existing(&mut self, parent: u64, name: &[u8], entry: DirEntry, now: Timestamp) -> Result<()> {
         if entry.kind == NodeKind::Dir {
-            if !self.dir_names(entry.ino)?.is_empty() {
-                return Err(StoreError::NotEmpty);
+            let left = self.dir_names(entry.ino)?;
+            if !left.is_empty() {
+                let names: Vec<String> =
+                    left.iter().take(5).map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+                let more = if left.len() > 5 { format!(" and {} more", left.len() - 5) } else { String::new() };
+                return Err(StoreError::Blocked(format!(
+                    "the folder still holds files that do not sync from here: {}{more}; they are kept, \
+                     and the folder with them",
+                    names.join(", ")
+                )));
             }
             self.remove_link(parent, name, entry.ino, now)?;
             self.touch_dir(parent, now, -1)
@@ -229,6 +299,33 @@ impl Txn<'_> {
             self.remove_link(parent, name, entry.ino, now)?;
             self.touch_dir(parent, now, 0)
         }
+    }
+
+    /// Builds a content value from the hashes of its pages (pages and
+    /// blocks must be stored, and fit the size).
+    fn content_from_pages(&mut self, size: u64, pages: &[Option<ContentHash>]) -> Result<Content> {
+        let blocks = size.div_ceil(BLOCK_SIZE);
+        if pages.len() as u64 > blocks.div_ceil(BLOCKS_PER_PAGE) || pages.last() == Some(&None) {
+            return Err(StoreError::Invalid("page list does not match the size"));
+        }
+        for (index, hash) in pages.iter().enumerate() {
+            let Some(hash) = hash else { continue };
+            let bytes = self
+                .store
+                .page_bytes(hash)?
+                .ok_or_else(|| StoreError::Corrupt(format!("installing a version whose page {hash} is missing")))?;
+            let entries = decode_page(&bytes).map_err(|e| StoreError::Corrupt(format!("page {hash}: {e}")))?;
+            let in_page = blocks.saturating_sub(index as u64 * BLOCKS_PER_PAGE).min(BLOCKS_PER_PAGE);
+            if entries.len() as u64 > in_page {
+                return Err(StoreError::Invalid("a page lists blocks past the end of the file"));
+            }
+            for block in entries.iter().flatten() {
+                if !self.store.has_block(block)? {
+                    return Err(StoreError::Corrupt(format!("installing a version whose block {block} is missing")));
+                }
+            }
+        }
+        Ok(Content { size, pages: pages.to_vec() })
     }
 
     /// Builds a content value from a block list (blocks must be stored).
@@ -262,13 +359,49 @@ impl Txn<'_> {
         Ok(Content { size, pages })
     }
 
+    /// Whether the node at `path` is one peers know: a live index entry of
+    /// its kind. Anything else there (a FIFO, a file never committed) is
+    /// local and is never replaced or removed for a peer.
+    fn known_to_peers(&self, path: &[u8], entry: &DirEntry) -> Result<bool> {
+        if entry.kind.is_special() {
+            return Ok(false);
+        }
+        Ok(self.path_entry(path)?.is_some_and(|e| !e.deleted && e.kind == entry.kind))
+    }
+
     /// Applies a peer's version at its path (structure first, then the entry).
     fn install_version(&mut self, v: &PathVersion, now: Timestamp) -> Result<()> {
-        let (parent, name, existing) = self.locate(&v.path)?;
+        if let Some(local) = self.store.get_record::<LocalOnlyPath>(&local_only_key(&v.path))? {
+            return Err(StoreError::Blocked(format!(
+                "a local file that does not sync has this name in another form ({}): {}",
+                String::from_utf8_lossy(&local.path),
+                local.reason
+            )));
+        }
+        let (parent, name, existing) = match self.locate(&v.path) {
+            Ok(found) => found,
+            Err(StoreError::NotDir) => {
+                return Err(StoreError::Blocked(
+                    "a local file that does not sync stands where one of its folders should be".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
         let mtime = Timestamp { secs: v.mtime, nanos: 0 };
+        if let Some(entry) = &existing {
+            if !self.known_to_peers(&v.path, entry)? && !v.deleted {
+                return Err(StoreError::Blocked(format!(
+                    "a local {} that does not sync is in the way",
+                    entry.kind.describe()
+                )));
+            }
+        }
         if v.deleted {
             if let Some(entry) = existing {
-                self.remove_existing(parent, &name, entry, now)?;
+                // Only what peers know is removed for them.
+                if self.known_to_peers(&v.path, &entry)? {
+                    self.remove_existing(parent, &name, entry, now)?;
+                }
             }
         } else {
             // Replace a node of another kind.
@@ -299,7 +432,10 @@ impl Txn<'_> {
             node.vv = v.vv.clone();
             match v.kind {
                 NodeKind::File => {
-                    node.content = self.content_from_blocks(v.size, &v.blocks)?;
+                    node.content = match &v.blocks {
+                        BlockRefs::Blocks(list) => self.content_from_blocks(v.size, list)?,
+                        BlockRefs::Pages(pages) => self.content_from_pages(v.size, pages)?,
+                    };
                     node.dirty = false;
                     let seq = self.counters.next_seq;
                     self.counters.next_seq += 1;
@@ -342,7 +478,7 @@ impl Store {
             vv: entry.vv,
             dot: entry.dot,
             size: 0,
-            blocks: Vec::new(),
+            blocks: BlockRefs::Blocks(Vec::new()),
             symlink: Vec::new(),
             perm: 0,
             mtime: entry.mtime,
@@ -361,7 +497,11 @@ impl Store {
                     node.content.clone()
                 };
                 v.size = content.size;
-                v.blocks = self.block_list(&content)?;
+                let mut pages = content.pages;
+                while pages.last() == Some(&None) {
+                    pages.pop();
+                }
+                v.blocks = BlockRefs::Pages(pages);
             }
             NodeKind::Symlink => v.symlink = node.symlink.clone(),
             _ => {}
@@ -422,29 +562,35 @@ impl Store {
     }
 
     /// Applies peers' versions in one atomic batch. Parents come before
-    /// children; every referenced block is already stored.
+    /// children; every referenced block and page is already stored.
     ///
     /// `decided_on`: the local version (its history; `None`: no entry) each
-    /// path had when the caller decided to install. Returns the paths whose
-    /// file has local changes the store may not have yet (open for writing,
-    /// or written and not committed) or that changed since that decision (a
-    /// writer's close committed in between): if there are any, nothing is
-    /// installed, so a peer's version never replaces them; decide again.
+    /// path had when the caller decided to install. Nothing is installed if
+    /// a file it would replace has local changes the store may not have yet
+    /// (open for writing, or written and not committed), if a path changed
+    /// since that decision (a writer's close committed in between), or if a
+    /// path cannot take its version (local files that do not sync in the
+    /// way): a peer's version never replaces them; decide again later.
     pub fn install_versions(
         &self,
         versions: &[PathVersion],
         decided_on: &[(Vec<u8>, Option<VersionVector>)],
         now: Timestamp,
-    ) -> Result<Vec<Vec<u8>>> {
-        self.mutate(false, |txn| {
-            let mut busy = Vec::new();
+    ) -> Result<InstallResult> {
+        let mut blocked_at = Vec::new();
+        let result = self.mutate(false, |txn| {
             // Under the writer lock: no commit can slip in after this check.
+            let mut moved = Vec::new();
             for (path, vv) in decided_on {
                 let current = txn.store.get_record::<PathEntry>(&path_key(path))?.map(|e| e.vv);
                 if current.as_ref() != vv.as_ref() {
-                    busy.push(path.clone());
+                    moved.push(path.clone());
                 }
             }
+            if !moved.is_empty() {
+                return Ok(InstallResult::Moved(moved));
+            }
+            let mut busy = Vec::new();
             for v in versions {
                 // A path under directories that do not exist yet holds no file.
                 if let Ok((_, _, Some(entry))) = txn.locate(&v.path) {
@@ -455,14 +601,22 @@ impl Store {
                 }
             }
             if !busy.is_empty() {
-                return Ok(busy);
+                return Ok(InstallResult::Busy(busy));
             }
             txn.remote = true;
             for v in versions {
-                txn.install_version(v, now)?;
+                if let Err(e) = txn.install_version(v, now) {
+                    // The whole batch is dropped: nothing was written.
+                    blocked_at = v.path.clone();
+                    return Err(e);
+                }
             }
-            Ok(busy)
-        })
+            Ok(InstallResult::Installed)
+        });
+        match result {
+            Err(StoreError::Blocked(reason)) => Ok(InstallResult::Blocked { path: blocked_at, reason }),
+            other => other,
+        }
     }
 
     /// Forgets deleted entries (every device has them).
@@ -477,6 +631,31 @@ impl Store {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Local paths that do not sync, with why (at most `limit`).
+    pub fn local_only_paths(&self, limit: usize) -> Result<Vec<LocalOnlyPath>> {
+        let mut out = Vec::new();
+        self.for_each_prefix(&[TAG_LOCAL_ONLY], |_, v| {
+            out.push(codec::decode(v)?);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// A page's bytes, if stored (not checked: the reader checks).
+    pub fn page_bytes(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>> {
+        self.db().get_cf(self.meta(), keys::page(hash)).map_err(|e| self.rocks_err(e))
+    }
+
+    /// Stores a page of block hashes after checking its hash and form.
+    pub fn put_verified_page(&self, hash: &ContentHash, data: &[u8]) -> Result<()> {
+        if ContentHash::of(data) != *hash || decode_page(data).is_err() {
+            return Err(StoreError::Corrupt(format!("page {hash} does not match its hash or is not a page")));
+        }
+        self.with_writer_locked(|| {
+            self.db().put_cf(self.meta(), keys::page(hash), data).map_err(|e| self.rocks_err(e))
         })
     }
 
@@ -501,6 +680,25 @@ impl Store {
 }
 
 impl Txn<'_> {
+    /// Format 2: paths that are not UTF-8 NFC text no longer sync (a name in
+    /// NFD and the same name in NFC were two index entries but one path on
+    /// the wire). Their index entries go; live ones are noted as local only.
+    pub(crate) fn drop_unsyncable_index_entries(&mut self) -> Result<()> {
+        let meta = self.store.meta();
+        for (key, value) in self.store.scan_prefix(&[TAG_PATH])? {
+            let path = &key[1..];
+            let Err(why) = check_syncable(path) else { continue };
+            let entry: PathEntry = codec::decode(&value)?;
+            self.batch.delete_cf(meta, &key);
+            self.batch.delete_cf(meta, seq_key(entry.seq));
+            if !entry.deleted {
+                let note = LocalOnlyPath { path: path.to_vec(), reason: why.to_string() };
+                self.batch.put_cf(meta, local_only_key(path), codec::encode(&note)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Marks `node` at `path` and everything below it live (new versions).
     pub(crate) fn tree_live(&mut self, node: &Inode, path: &[u8]) -> Result<()> {
         let mut stack = vec![(node.clone(), path.to_vec())];

@@ -438,6 +438,39 @@ fn clear_errors_for_bad_data_dirs() {
     Store::open(other.path()).unwrap();
 }
 
+/// What a creation killed at any point can leave behind never makes a data
+/// dir unusable: a build directory of a dead process, or (from a psync that
+/// built in place) a `db` with RocksDB's first files but no `CURRENT`.
+#[test]
+fn an_interrupted_creation_is_cleared_and_the_store_created() {
+    let dir = tempfile::tempdir().unwrap();
+    // A dead process's half-built store (pid 0 is never a process of ours).
+    let stale = dir.path().join("db.creating-4000000000-00000000000000aa");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("LOCK"), "").unwrap();
+    // A `db` an older psync started in place: RocksDB files, no CURRENT.
+    let db = dir.path().join(DB_DIR_NAME);
+    std::fs::create_dir_all(&db).unwrap();
+    for name in ["LOCK", "LOG", "IDENTITY", "MANIFEST-000001", "OPTIONS-000005", "000004.log"] {
+        std::fs::write(db.join(name), "partial").unwrap();
+    }
+    assert!(!Store::exists(dir.path()));
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore(_))), "nothing to open yet");
+    let s = Store::open_or_create(dir.path(), device()).unwrap();
+    assert!(Store::exists(dir.path()));
+    file(&s, ROOT_INO, "a");
+    assert_clean(&s);
+    drop(s);
+    assert!(!stale.exists(), "the dead process's build directory is gone");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != DB_DIR_NAME)
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    Store::open(dir.path()).unwrap().lookup(ROOT_INO, b"a").unwrap();
+}
+
 #[test]
 fn read_only_snapshot_beside_a_writer() {
     let dir = tempfile::tempdir().unwrap();
@@ -552,37 +585,41 @@ fn remote_versions_install_atomically_with_their_structure() {
         vv: dir_vv,
         dot: (DeviceId([9; 32]), 4),
         size: 0,
-        blocks: vec![],
+        blocks: BlockRefs::Blocks(vec![]),
         symlink: vec![],
         perm: 0o755,
         mtime: 1,
     };
     let moved = PathVersion { path: b"notes/n.md".to_vec(), ..v.clone() };
     // Blocks must be present first.
-    for hash in v.blocks.iter().flatten() {
+    let blocks = block_hashes(&src.store, &v);
+    for hash in blocks.iter().flatten() {
         let data = src.store.block(hash).unwrap();
         dst.store.put_verified_block(hash, &data).unwrap();
     }
-    assert!(dst.store.put_verified_block(&v.blocks[0].unwrap(), b"wrong").is_err());
+    assert!(dst.store.put_verified_block(&blocks[0].unwrap(), b"wrong").is_err());
+    // Sent as a list of blocks (a small file), not as pages.
+    let moved = PathVersion { blocks: BlockRefs::Blocks(blocks), ..moved };
     dst.store.install_versions(&[dir.clone(), moved.clone()], &[], t(2)).unwrap();
     let node = dst.store.resolve(b"notes/n.md").unwrap();
     assert_eq!(dst.store.read(node.ino, 0, 200_000).unwrap(), vec![5u8; 100_000]);
     let got = entry(&dst.store, "notes/n.md").unwrap();
-    assert_eq!((got.vv.clone(), got.dot, got.blocks.clone()), (moved.vv.clone(), moved.dot, moved.blocks.clone()));
+    assert_eq!((got.vv.clone(), got.dot), (moved.vv.clone(), moved.dot));
+    assert_eq!(BlockRefs::Blocks(block_hashes(&dst.store, &got)), moved.blocks);
     assert_eq!(dst.store.versions(node.file_id).unwrap().len(), 1, "a remote version is history too");
     // A file open for writing, or written and not committed, is not
     // replaced: nothing of the batch is installed and the path is reported.
-    let gone = PathVersion { deleted: true, size: 0, blocks: vec![], ..got };
+    let gone = PathVersion { deleted: true, size: 0, blocks: BlockRefs::Blocks(vec![]), ..got };
     dst.store.writer_opened(node.ino);
     assert_eq!(
         dst.store.install_versions(std::slice::from_ref(&gone), &[], t(3)).unwrap(),
-        vec![b"notes/n.md".to_vec()]
+        InstallResult::Busy(vec![b"notes/n.md".to_vec()])
     );
     dst.store.write(node.ino, 0, b"local", t(3)).unwrap();
     dst.store.writer_closed(node.ino);
     assert_eq!(
         dst.store.install_versions(std::slice::from_ref(&gone), &[], t(3)).unwrap(),
-        vec![b"notes/n.md".to_vec()]
+        InstallResult::Busy(vec![b"notes/n.md".to_vec()])
     );
     assert_eq!(dst.store.read(node.ino, 0, 5).unwrap(), b"local");
     let decided_on = vec![(b"notes/n.md".to_vec(), Some(gone.vv.clone()))];
@@ -591,13 +628,13 @@ fn remote_versions_install_atomically_with_their_structure() {
     // committed in between): refused, the local content stays.
     assert_eq!(
         dst.store.install_versions(std::slice::from_ref(&gone), &decided_on, t(3)).unwrap(),
-        vec![b"notes/n.md".to_vec()]
+        InstallResult::Moved(vec![b"notes/n.md".to_vec()])
     );
     assert_eq!(dst.store.read(node.ino, 0, 5).unwrap(), b"local");
     // A remote delete decided against the current version removes the
     // file; the entry remembers it.
     let current = vec![(b"notes/n.md".to_vec(), Some(entry(&dst.store, "notes/n.md").unwrap().vv))];
-    assert!(dst.store.install_versions(&[gone], &current, t(3)).unwrap().is_empty());
+    assert_eq!(dst.store.install_versions(&[gone], &current, t(3)).unwrap(), InstallResult::Installed);
     assert!(matches!(dst.store.resolve(b"notes/n.md"), Err(StoreError::NotFound)));
     assert!(entry(&dst.store, "notes/n.md").unwrap().deleted);
     assert_clean(&dst.store);
@@ -615,7 +652,7 @@ fn remote_versions_are_validated_like_local_ones() {
         vv,
         dot: (DeviceId([9; 32]), 1),
         size: 0,
-        blocks: vec![],
+        blocks: BlockRefs::Blocks(vec![]),
         symlink: b"a\0b".to_vec(),
         perm: 0o777,
         mtime: 1,
@@ -623,4 +660,115 @@ fn remote_versions_are_validated_like_local_ones() {
     assert!(matches!(f.store.install_versions(&[bad_link], &[], t(1)), Err(StoreError::Invalid(_))));
     assert!(matches!(f.store.resolve(b"link"), Err(StoreError::NotFound)), "nothing half-applied");
     assert_clean(&f.store);
+}
+
+fn block_hashes(s: &Store, v: &PathVersion) -> Vec<Option<psync_base::ContentHash>> {
+    match &v.blocks {
+        BlockRefs::Blocks(list) => list.clone(),
+        BlockRefs::Pages(pages) => s.block_list(&Content { size: v.size, pages: pages.clone() }).unwrap(),
+    }
+}
+
+fn peer_version(path: &str, kind: NodeKind, deleted: bool) -> PathVersion {
+    let mut vv = psync_base::VersionVector::new();
+    vv.set(DeviceId([9; 32]), 50);
+    PathVersion {
+        path: path.as_bytes().to_vec(),
+        kind,
+        deleted,
+        vv,
+        dot: (DeviceId([9; 32]), 50),
+        size: 0,
+        blocks: BlockRefs::Blocks(vec![]),
+        symlink: vec![],
+        perm: 0o755,
+        mtime: 1,
+    }
+}
+
+/// Local things that do not sync (a FIFO, a socket, an editor's swap file
+/// not yet saved) are never removed or replaced for a peer: an install
+/// that would is refused whole, for that path only, with the reason; a
+/// peer's delete of a folder that holds them keeps the folder and them.
+#[test]
+fn local_files_that_do_not_sync_are_never_removed_for_a_peer() {
+    let f = fixture();
+    let s = &f.store;
+    let drafts = mkdir(s, ROOT_INO, "drafts");
+    s.create(drafts.ino, b"pipe", NewNode::Special(NodeKind::Fifo, 0), NodeAttrs::perm(0o644), t(1)).unwrap();
+    let current = vec![(b"drafts".to_vec(), Some(entry(s, "drafts").unwrap().vv))];
+    let delete_dir = peer_version("drafts", NodeKind::Dir, true);
+    match s.install_versions(&[delete_dir], &current, t(2)).unwrap() {
+        InstallResult::Blocked { path, reason } => {
+            assert_eq!(path, b"drafts");
+            assert!(reason.contains("pipe"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.lookup(drafts.ino, b"pipe").is_ok() && !entry(s, "drafts").unwrap().deleted, "nothing changed");
+    // A peer's file where a local FIFO stands: refused, the FIFO stays.
+    let file_there = peer_version("drafts/pipe", NodeKind::File, false);
+    assert!(matches!(s.install_versions(&[file_there], &[], t(2)).unwrap(), InstallResult::Blocked { .. }));
+    assert_eq!(s.lookup(drafts.ino, b"pipe").unwrap().kind, NodeKind::Fifo);
+    // A peer's delete of a name that, here, is only a local FIFO: recorded,
+    // and the FIFO stays.
+    let delete_name = peer_version("drafts/pipe", NodeKind::File, true);
+    assert_eq!(s.install_versions(&[delete_name], &[], t(2)).unwrap(), InstallResult::Installed);
+    assert_eq!(s.lookup(drafts.ino, b"pipe").unwrap().kind, NodeKind::Fifo);
+    assert_clean(s);
+}
+
+/// A name in NFD (as macOS writes it) does not sync; a peer's file whose
+/// name is the same text in NFC is refused rather than becoming a second,
+/// identical-looking file beside it.
+#[test]
+fn names_not_in_nfc_stay_local_and_never_get_a_twin() {
+    let f = fixture();
+    let s = &f.store;
+    let nfd = "re\u{301}sume\u{301}.md";
+    let local = file(s, ROOT_INO, nfd);
+    s.write(local.ino, 0, b"mine", t(1)).unwrap();
+    s.commit(local.ino, t(1), false).unwrap();
+    assert!(s.path_versions(false).unwrap().is_empty(), "not in the sync index");
+    let listed = s.local_only_paths(10).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].path, nfd.as_bytes());
+    assert!(listed[0].reason.contains("NFC"), "{}", listed[0].reason);
+    let twin = peer_version("résumé.md", NodeKind::Dir, false);
+    assert!(matches!(s.install_versions(&[twin], &[], t(2)).unwrap(), InstallResult::Blocked { .. }));
+    assert!(s.lookup(ROOT_INO, "résumé.md".as_bytes()).is_err(), "no second file");
+    // Renamed to NFC, it syncs and is no longer listed.
+    s.rename(ROOT_INO, nfd.as_bytes(), ROOT_INO, "résumé.md".as_bytes(), RenameMode::Replace, t(3)).unwrap();
+    assert!(s.local_only_paths(10).unwrap().is_empty());
+    assert!(entry(s, "résumé.md").is_some_and(|e| !e.deleted));
+    assert_clean(s);
+}
+
+/// A large file's version travels as pages of block hashes: installing it
+/// needs the pages and blocks stored, and gives the same content.
+#[test]
+fn large_versions_install_from_pages() {
+    let src = fixture();
+    let data: Vec<u8> = (0..300u32).flat_map(|i| vec![(i % 251) as u8 + 1; 65_536]).collect();
+    let a = file(&src.store, ROOT_INO, "big.bin");
+    src.store.write(a.ino, 0, &data, t(1)).unwrap();
+    src.store.commit(a.ino, t(1), false).unwrap();
+    let v = entry(&src.store, "big.bin").unwrap();
+    let BlockRefs::Pages(pages) = v.blocks.clone() else { panic!("a stored version names its pages") };
+    assert_eq!(pages.len(), 2);
+    let dst = fixture();
+    assert!(dst.store.install_versions(std::slice::from_ref(&v), &[], t(2)).is_err(), "pages missing");
+    for page in pages.iter().flatten() {
+        let bytes = src.store.page_bytes(page).unwrap().unwrap();
+        assert!(dst.store.put_verified_page(page, b"not a page").is_err());
+        dst.store.put_verified_page(page, &bytes).unwrap();
+    }
+    assert!(dst.store.install_versions(std::slice::from_ref(&v), &[], t(2)).is_err(), "blocks missing");
+    for hash in block_hashes(&src.store, &v).iter().flatten() {
+        dst.store.put_verified_block(hash, &src.store.block(hash).unwrap()).unwrap();
+    }
+    assert_eq!(dst.store.install_versions(std::slice::from_ref(&v), &[], t(2)).unwrap(), InstallResult::Installed);
+    let node = dst.store.resolve(b"big.bin").unwrap();
+    assert!(dst.store.read(node.ino, 0, data.len() as u32).unwrap() == data);
+    assert_clean(&dst.store);
 }

@@ -4,31 +4,39 @@
 //! [`SyncCore::handle`] or [`SyncCore::handle_timeout`], then drain
 //! [`SyncCore::poll_output`] until it returns `None`, then sleep until
 //! [`SyncCore::poll_timeout`]. The core performs no I/O and reads no clock;
-//! `now` is milliseconds since the Unix epoch, passed in. Its only effects
-//! are the outputs and the calls on its [`SyncStorage`].
+//! `now` is a monotonic millisecond count, passed in (the wall clock, for
+//! tombstone ages and new directories' times, is derived from it; see
+//! [`SyncCore::set_wall_clock`]). Its only effects are the outputs and the
+//! calls on its [`SyncStorage`].
+//!
+//! The parts: the per-peer index session (here), fetching ([`crate::fetch`]),
+//! held versions ([`crate::holds`]), the anti-entropy tree ([`crate::tree`]),
+//! the rules ([`crate::record`]), the bounds ([`crate::limits`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use psync_base::{ContentHash, DeviceId, BLOCK_SIZE};
+use psync_base::{ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
-use crate::merkle::Tree;
-use crate::message::{Message, TreeEntry, MAX_RECORDS_PER_UPDATE, PROTOCOL_VERSION};
+use crate::fetch::{Added, Arrival, Fetch, Slots};
+use crate::holds::{HeldVersion, HoldReason, Holds};
+use crate::limits::*;
+use crate::message::{Message, TreeEntry, PROTOCOL_VERSION};
 use crate::path::SyncPath;
 use crate::record::{conflict_copy, is_conflict_copy, resolve, FileRecord, RecordKind, Resolution, VersionId};
-use crate::storage::{PeerState, StorageError, SyncStorage};
+use crate::storage::{InstallOutcome, PeerState, StorageError, SyncStorage};
+use crate::tree::LiveTree;
 
-/// Milliseconds since the Unix epoch (simulations may start anywhere).
+/// Milliseconds (monotonic in the daemon; simulations may start anywhere).
 pub type Millis = u64;
-
-/// Versions remembered per peer so as not to send them back (memory bound).
-const MAX_SENT_US_PER_PEER: usize = 200_000;
 
 /// Tunables. Defaults follow the user's design doc.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Every device of the group, this one included (from the group log).
+    /// Others are refused.
     pub group: Vec<DeviceId>,
-    /// Devices whose changes are ignored ("safe mode").
+    /// Devices whose changes are ignored ("safe mode"), by the role of the
+    /// device that sends them.
     pub read_only: Vec<DeviceId>,
     /// Local changes within this window go out as one update.
     pub debounce_ms: u64,
@@ -83,6 +91,9 @@ pub enum Input {
     Message(DeviceId, Message),
     /// The local store changed (a commit from the filesystem).
     LocalChanged,
+    /// The shell's queue of frames to this peer is full (`true`) or has
+    /// room again (`false`): bulk sending to it (blocks, index) waits.
+    Congested(DeviceId, bool),
 }
 
 /// What the core asks of its shell.
@@ -93,7 +104,8 @@ pub enum Output {
     /// These paths changed in the store because of peers (for the
     /// filesystem to show, e.g. to raise inotify events).
     Installed(Vec<Change>),
-    /// The peer broke the protocol; the shell should drop the connection.
+    /// Drop the connection to this peer, for this reason (it broke the
+    /// protocol, went past a bound, or is no longer in the group).
     Violation(DeviceId, String),
     /// The peer has been silent too long.
     Inactive(DeviceId),
@@ -150,10 +162,12 @@ impl PeerProgress {
     }
 }
 
-/// What can stop the core.
+/// What can go wrong in the core: the storage failed on something that is
+/// not one path's business (reading its sequence number, a peer's state).
+/// Nothing was half-applied; the shell logs it and goes on.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The storage failed; nothing was half-applied.
+    /// The storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -167,34 +181,63 @@ struct Peer {
     received: u64,
     /// Their records up to here are decided here (persisted).
     applied: u64,
-    /// Our index streamed to them up to here (after their first request).
+    /// Our index streamed to them up to here (`None`: they never asked).
     sent_upto: Option<u64>,
+    /// Streaming to them is due up to here (their request, our announcement).
+    stream_until: u64,
     reply_at: Option<(Millis, u64)>,
     last_request_at: Option<Millis>,
     last_heard: Millis,
     inactive: bool,
-    in_flight: usize,
     tree_sync_after: Millis,
     /// Their sequence numbers whose records wait for blocks here.
     pending_seqs: BTreeSet<u64>,
     /// Versions they sent on this connection: ours equal to one of these
     /// need not go back (a record's block list alone is 33 bytes a block).
-    sent_us: BTreeMap<SyncPath, psync_base::VersionVector>,
+    sent_us: BTreeMap<SyncPath, VersionVector>,
+    /// The shell cannot take more bulk frames for them now.
+    congested: bool,
+    /// Their block requests, first come first served.
+    uploads: VecDeque<ContentHash>,
+    /// Tree nodes we asked them for and have not had whole.
+    tree_asked: BTreeSet<Option<SyncPath>>,
+    /// A tree walk with them is under way until then: records they push are
+    /// expected.
+    walk_until: Millis,
+    /// Replies nobody asked for, and tree requests, this heartbeat interval.
+    unrequested: usize,
+    tree_requests: usize,
 }
 
-#[derive(Debug)]
-struct Want {
-    /// Peers that announced a record with this block.
-    sources: Vec<DeviceId>,
-    /// Peers that answered "don't have it" since the last full round.
-    refused: BTreeSet<DeviceId>,
-    asked: Option<(DeviceId, Millis)>,
-}
+impl Peer {
+    fn new(now: Millis) -> Peer {
+        Peer {
+            hello: false,
+            index_id: 0,
+            their_seq: 0,
+            received: 0,
+            applied: 0,
+            sent_upto: None,
+            stream_until: 0,
+            reply_at: None,
+            last_request_at: None,
+            last_heard: now,
+            inactive: false,
+            tree_sync_after: now,
+            pending_seqs: BTreeSet::new(),
+            sent_us: BTreeMap::new(),
+            congested: false,
+            uploads: VecDeque::new(),
+            tree_asked: BTreeSet::new(),
+            walk_until: 0,
+            unrequested: 0,
+            tree_requests: 0,
+        }
+    }
 
-#[derive(Debug, Clone)]
-struct Pending {
-    record: FileRecord,
-    origin: Option<(DeviceId, u64)>,
+    fn has_stream_work(&self) -> bool {
+        self.hello && !self.congested && self.sent_upto.is_some_and(|s| s < self.stream_until)
+    }
 }
 
 #[derive(Debug)]
@@ -246,27 +289,29 @@ pub struct SyncCore<S: SyncStorage> {
     device: DeviceId,
     rng: u64,
     now: Millis,
+    /// Wall-clock milliseconds minus `now`.
+    wall_offset: i64,
     peers: BTreeMap<DeviceId, Peer>,
-    pending: BTreeMap<SyncPath, Vec<Pending>>,
-    /// Complete records whose file is open for writing here (see `finalize`).
-    held: Vec<FileRecord>,
-    wants: BTreeMap<ContentHash, Want>,
-    /// Deadlines of block requests, oldest first (so `poll_timeout` need
-    /// not walk every want); entries whose want moved on are skipped.
-    ask_deadlines: VecDeque<(Millis, ContentHash)>,
+    fetch: Fetch,
+    holds: Holds,
+    tree: LiveTree,
     outputs: VecDeque<Output>,
     announce_at: Option<Millis>,
     next_heartbeat: Millis,
     next_gc: Millis,
-    tree: Option<(u64, Tree)>,
     upload: TokenBucket,
     download: TokenBucket,
-    upload_queue: VecDeque<(DeviceId, ContentHash)>,
+    /// Where the next round of uploads starts (fairness between peers).
+    upload_turn: Option<DeviceId>,
+    /// Installs and downloads wait until then: the disk was full.
+    paused_until: Option<Millis>,
+    disk_full_pauses: u32,
 }
 
 impl<S: SyncStorage> SyncCore<S> {
     /// A core over `storage`; `seed` drives its only randomness (reply
-    /// jitter), so a simulation replays exactly.
+    /// jitter), so a simulation replays exactly. `now` is also taken as the
+    /// wall clock until [`SyncCore::set_wall_clock`] says otherwise.
     pub fn new(storage: S, config: SyncConfig, seed: u64, now: Millis) -> Self {
         let device = storage.device();
         let upload = TokenBucket::new(config.upload_bytes_per_sec, now);
@@ -279,18 +324,33 @@ impl<S: SyncStorage> SyncCore<S> {
             device,
             rng: seed | 1,
             now,
+            wall_offset: 0,
             peers: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            held: Vec::new(),
-            wants: BTreeMap::new(),
-            ask_deadlines: VecDeque::new(),
+            fetch: Fetch::default(),
+            holds: Holds::default(),
+            tree: LiveTree::default(),
             outputs: VecDeque::new(),
             announce_at: None,
-            tree: None,
             upload,
             download,
-            upload_queue: VecDeque::new(),
+            upload_turn: None,
+            paused_until: None,
+            disk_full_pauses: 0,
         }
+    }
+
+    /// Tells the core the wall clock (milliseconds since the Unix epoch).
+    /// Only forward steps are taken (a suspended machine wakes later): a
+    /// clock set back never makes the core's sense of time run backwards.
+    pub fn set_wall_clock(&mut self, wall_ms: Millis) {
+        let offset = wall_ms as i64 - self.now as i64;
+        if offset > self.wall_offset || self.wall_offset == 0 {
+            self.wall_offset = offset;
+        }
+    }
+
+    fn wall_secs(&self) -> i64 {
+        (self.now as i64 + self.wall_offset) / 1000
     }
 
     /// The storage (read access for the shell and tests).
@@ -311,22 +371,12 @@ impl<S: SyncStorage> SyncCore<S> {
 
     /// Records waiting for blocks.
     pub fn pending_count(&self) -> usize {
-        self.pending.values().map(Vec::len).sum()
+        self.fetch.pending_count()
     }
 
-    /// A readable account of what is waiting (for diagnostics and `psync status`).
+    /// A readable account of what is waiting (for diagnostics).
     pub fn waiting(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (path, waiting) in &self.pending {
-            for w in waiting {
-                let missing: Vec<String> =
-                    w.record.needed_blocks().filter(|h| self.wants.contains_key(h)).map(|h| format!("{h:?}")).collect();
-                out.push(format!("{path} {:?} from {:?} missing {missing:?}", w.record.vv, w.origin));
-            }
-        }
-        for (hash, want) in &self.wants {
-            out.push(format!("want {hash:?} sources {:?} asked {:?}", want.sources, want.asked));
-        }
+        let mut out = self.fetch.describe();
         for (d, p) in &self.peers {
             out.push(format!(
                 "peer {d:?}: hello {} index {} their_seq {} received {} applied {} sent_upto {:?} pending_seqs {:?}",
@@ -341,11 +391,36 @@ impl<S: SyncStorage> SyncCore<S> {
         self.peers.keys().map(|d| (*d, self.storage.peer_state(d).map(|s| s.acked).unwrap_or(0))).collect()
     }
 
-    /// The roster changed: the group's devices (for tombstone collection)
-    /// and the read-only ones (whose changes are ignored from now on).
+    /// The roster changed: the group's devices and the read-only ones.
+    /// Links to devices no longer in the group are dropped at once, and
+    /// what they (or devices now read-only) sent and is not installed yet
+    /// is forgotten.
     pub fn set_group(&mut self, devices: Vec<DeviceId>, read_only: Vec<DeviceId>) {
         self.config.group = devices;
         self.config.read_only = read_only;
+        let gone: Vec<DeviceId> = self.peers.keys().copied().filter(|d| !self.config.group.contains(d)).collect();
+        for peer in gone {
+            self.forget_peer(peer);
+            self.violation(peer, "the device is no longer in the group");
+        }
+        let untrusted: Vec<DeviceId> = self
+            .fetch_sources()
+            .into_iter()
+            .filter(|d| !self.config.group.contains(d) || self.config.read_only.contains(d))
+            .collect();
+        for peer in untrusted {
+            self.fetch.drop_source(peer);
+            self.holds.drop_source(&peer);
+        }
+    }
+
+    /// Every device something here came from (pending or held versions).
+    fn fetch_sources(&self) -> Vec<DeviceId> {
+        let mut out = self.fetch.sources();
+        out.extend(self.holds.sources());
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Where each connected peer stands (for `psync status`).
@@ -367,14 +442,30 @@ impl<S: SyncStorage> SyncCore<S> {
         Ok(out)
     }
 
-    /// Blocks this device still has to fetch.
+    /// Blocks (and pages) this device still has to fetch.
     pub fn wanted_blocks(&self) -> usize {
-        self.wants.len()
+        self.fetch.wanted()
+    }
+
+    /// Versions held because they cannot be installed now.
+    pub fn held_count(&self) -> usize {
+        self.holds.count()
+    }
+
+    /// The held versions, each with its reason.
+    pub fn held(&self) -> Vec<HeldVersion> {
+        self.holds.list()
+    }
+
+    /// Whether installs are paused because the disk was full.
+    pub fn disk_full(&self) -> bool {
+        self.paused_until.is_some()
     }
 
     /// The Merkle root of the live records.
     pub fn root(&mut self) -> Result<ContentHash, SyncError> {
-        Ok(self.tree()?.root)
+        self.tree.refresh(&self.storage)?;
+        Ok(self.tree.root())
     }
 
     /// The next output, if any.
@@ -391,14 +482,18 @@ impl<S: SyncStorage> SyncCore<S> {
             }
         };
         consider(self.announce_at);
+        consider(self.paused_until);
+        consider(self.fetch.next_deadline());
         for peer in self.peers.values() {
             consider(peer.reply_at.map(|(t, _)| t));
+            if peer.has_stream_work() {
+                consider(Some(self.now));
+            }
+            if !peer.uploads.is_empty() && !peer.congested {
+                consider(self.upload.ready_at(BLOCK_SIZE));
+            }
         }
-        consider(self.ask_deadlines.iter().find(|(deadline, hash)| self.asked_until(hash, *deadline)).map(|(d, _)| *d));
-        if !self.upload_queue.is_empty() {
-            consider(self.upload.ready_at(BLOCK_SIZE));
-        }
-        if self.wants.values().any(|w| w.asked.is_none()) {
+        if self.fetch.has_wants() && self.paused_until.is_none() {
             consider(self.download.ready_at(BLOCK_SIZE));
         }
         Some(next)
@@ -420,16 +515,8 @@ impl<S: SyncStorage> SyncCore<S> {
         self.outputs.push_back(Output::Send(peer, message));
     }
 
-    fn tree(&mut self) -> Result<&Tree, SyncError> {
-        let seq = self.storage.seq();
-        if self.tree.as_ref().is_none_or(|(at, _)| *at != seq) {
-            let tree = Tree::build(&self.storage.live_records()?);
-            self.tree = Some((seq, tree));
-        }
-        match &self.tree {
-            Some((_, tree)) => Ok(tree),
-            None => unreachable!("tree built above"),
-        }
+    fn violation(&mut self, peer: DeviceId, what: impl Into<String>) {
+        self.outputs.push_back(Output::Violation(peer, what.into()));
     }
 
     fn schedule_announce(&mut self) {
@@ -444,26 +531,12 @@ impl<S: SyncStorage> SyncCore<S> {
     pub fn handle(&mut self, now: Millis, input: Input) -> Result<(), SyncError> {
         self.now = self.now.max(now);
         match input {
-            Input::Connected(peer) if peer != self.device => {
-                self.peers.insert(
-                    peer,
-                    Peer {
-                        hello: false,
-                        index_id: 0,
-                        their_seq: 0,
-                        received: 0,
-                        applied: 0,
-                        sent_upto: None,
-                        reply_at: None,
-                        last_request_at: None,
-                        last_heard: self.now,
-                        inactive: false,
-                        in_flight: 0,
-                        tree_sync_after: self.now,
-                        pending_seqs: BTreeSet::new(),
-                        sent_us: BTreeMap::new(),
-                    },
-                );
+            Input::Connected(peer) if peer == self.device => {}
+            Input::Connected(peer) if !self.config.group.contains(&peer) => {
+                self.violation(peer, "not a member of the group");
+            }
+            Input::Connected(peer) => {
+                self.peers.insert(peer, Peer::new(self.now));
                 let hello = Message::Hello {
                     protocol: PROTOCOL_VERSION,
                     index_id: self.storage.index_id(),
@@ -471,17 +544,7 @@ impl<S: SyncStorage> SyncCore<S> {
                 };
                 self.send(peer, hello);
             }
-            Input::Connected(_) => {}
-            Input::Disconnected(peer) => {
-                self.peers.remove(&peer);
-                // Its requests go elsewhere; it stays a source for when it is back.
-                for want in self.wants.values_mut() {
-                    if want.asked.is_some_and(|(p, _)| p == peer) {
-                        want.asked = None;
-                    }
-                }
-                self.upload_queue.retain(|(p, _)| *p != peer);
-            }
+            Input::Disconnected(peer) => self.forget_peer(peer),
             Input::Message(peer, message) => {
                 let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
                 p.last_heard = self.now;
@@ -490,14 +553,31 @@ impl<S: SyncStorage> SyncCore<S> {
             }
             Input::LocalChanged => {
                 self.schedule_announce();
-                self.retry_held()?;
+                self.retry_holds(true)?;
+            }
+            Input::Congested(peer, congested) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.congested = congested;
+                }
             }
         }
         self.pump()
     }
 
-    fn violation(&mut self, peer: DeviceId, what: impl Into<String>) {
-        self.outputs.push_back(Output::Violation(peer, what.into()));
+    fn forget_peer(&mut self, peer: DeviceId) {
+        self.peers.remove(&peer);
+        // Its requests go elsewhere; it stays a source for when it is back.
+        self.fetch.disconnected(peer);
+    }
+
+    /// A reply nobody asked for; past the bound the peer is dropped.
+    fn unrequested(&mut self, peer: DeviceId, what: &str) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        p.unrequested += 1;
+        if p.unrequested > MAX_UNREQUESTED_PER_HEARTBEAT {
+            self.forget_peer(peer);
+            self.violation(peer, format!("more than {MAX_UNREQUESTED_PER_HEARTBEAT} replies nobody asked for ({what})"));
+        }
     }
 
     fn on_message(&mut self, peer: DeviceId, message: Message) -> Result<(), SyncError> {
@@ -533,33 +613,57 @@ impl<S: SyncStorage> SyncCore<S> {
                 }
             }
             Message::BlockRequest { hash } => {
-                self.upload_queue.push_back((peer, hash));
+                let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+                p.uploads.push_back(hash);
+                if p.uploads.len() > MAX_QUEUED_UPLOADS_PER_PEER {
+                    self.forget_peer(peer);
+                    self.violation(peer, format!("more than {MAX_QUEUED_UPLOADS_PER_PEER} block requests queued"));
+                }
             }
-            Message::BlockResponse { hash, data } => self.on_block(peer, hash, data)?,
+            Message::BlockResponse { hash, data } => self.on_object(peer, hash, data)?,
             Message::Heartbeat { root, seq } => self.on_heartbeat(peer, root, seq)?,
-            Message::TreeRequest { prefix } => {
-                let entries = self.tree()?.children(prefix.as_ref());
-                self.send(peer, Message::TreeResponse { prefix, entries });
+            Message::TreeRequest { prefix } => self.answer_tree(peer, prefix)?,
+            Message::TreeResponse { prefix, after, entries, complete } => {
+                let asked = self.peers.get(&peer).is_some_and(|p| p.tree_asked.contains(&prefix));
+                if !asked {
+                    self.unrequested(peer, "tree");
+                    return Ok(());
+                }
+                if complete {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.tree_asked.remove(&prefix);
+                    }
+                }
+                self.on_tree_response(peer, prefix, after, entries, complete)?;
             }
-            Message::TreeResponse { prefix, entries } => self.on_tree_response(peer, prefix, entries)?,
             Message::RecordRequest { paths } => {
+                if paths.len() > MAX_PATHS_PER_RECORD_REQUEST {
+                    self.forget_peer(peer);
+                    self.violation(peer, format!("a record request for more than {MAX_PATHS_PER_RECORD_REQUEST} paths"));
+                    return Ok(());
+                }
                 let mut records = Vec::new();
-                for path in paths.iter().take(4 * MAX_RECORDS_PER_UPDATE) {
-                    if let Some(r) = self.storage.record(path)? {
+                for path in &paths {
+                    // A path we cannot read now is simply not answered.
+                    if let Ok(Some(r)) = self.storage.record(path) {
                         records.push(r);
                     }
                 }
-                for chunk in records.chunks(MAX_RECORDS_PER_UPDATE) {
-                    self.send(peer, Message::Records { records: chunk.to_vec() });
-                }
+                self.send_records(peer, records);
+                self.walking_with(peer);
             }
             Message::Records { records } => {
+                let expected = self.peers.get(&peer).is_some_and(|p| p.walk_until >= self.now);
+                if !expected {
+                    self.unrequested(peer, "records");
+                    return Ok(());
+                }
+                if self.over_capacity(&peer) {
+                    // Taken again at a later walk, once what waits has drained.
+                    return Ok(());
+                }
                 for record in records {
-                    if let Err(what) = check_record(&record) {
-                        self.violation(peer, what);
-                        return Ok(());
-                    }
-                    self.receive_record(record, peer, None)?;
+                    self.take_record(peer, record, None)?;
                 }
             }
         }
@@ -568,7 +672,14 @@ impl<S: SyncStorage> SyncCore<S> {
 
     fn on_hello(&mut self, peer: DeviceId, protocol: u32, index_id: u64, seq: u64) -> Result<(), SyncError> {
         if protocol != PROTOCOL_VERSION {
-            self.violation(peer, format!("protocol version {protocol}, this device speaks {PROTOCOL_VERSION}"));
+            self.forget_peer(peer);
+            self.violation(
+                peer,
+                format!(
+                    "protocol version {protocol}, this device speaks {PROTOCOL_VERSION}: \
+                     upgrade psync on the device with the older version"
+                ),
+            );
             return Ok(());
         }
         let mut state = self.storage.peer_state(&peer)?;
@@ -600,6 +711,13 @@ impl<S: SyncStorage> SyncCore<S> {
         self.send(peer, message);
     }
 
+    /// Whether `peer` has as much waiting here as it may: its further index
+    /// is not taken until that drains (asked for again then).
+    fn over_capacity(&self, peer: &DeviceId) -> bool {
+        let load = self.fetch.load(peer);
+        load.records >= MAX_PENDING_RECORDS_PER_PEER || load.hashes >= MAX_PENDING_HASHES_PER_PEER
+    }
+
     fn on_index_update(
         &mut self,
         peer: DeviceId,
@@ -622,14 +740,13 @@ impl<S: SyncStorage> SyncCore<S> {
         let ordered = to >= from && records.windows(2).all(|w| w[0].0 < w[1].0);
         let in_range = records.iter().all(|(s, _)| *s > from && *s <= to);
         if !ordered || !in_range {
+            self.forget_peer(peer);
             self.violation(peer, "index update out of order or range");
             return Ok(());
         }
-        for (_, record) in &records {
-            if let Err(what) = check_record(record) {
-                self.violation(peer, what);
-                return Ok(());
-            }
+        if self.over_capacity(&peer) {
+            // As if lost: asked for again once what waits has drained.
+            return Ok(());
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             if p.sent_us.len() + records.len() > MAX_SENT_US_PER_PEER {
@@ -638,7 +755,10 @@ impl<S: SyncStorage> SyncCore<S> {
             p.sent_us.extend(records.iter().map(|(_, r)| (r.path.clone(), r.vv.clone())));
         }
         for (seq, record) in records {
-            self.receive_record(record, peer, Some(seq))?;
+            self.take_record(peer, record, Some(seq))?;
+            if !self.peers.contains_key(&peer) {
+                return Ok(()); // dropped on the way (a bound)
+            }
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.received = to;
@@ -667,123 +787,152 @@ impl<S: SyncStorage> SyncCore<S> {
         Ok(())
     }
 
-    fn ignored_device(&self, record: &FileRecord) -> bool {
-        record.vv.iter().any(|(d, _)| *d != self.device && self.config.read_only.contains(d))
+    /// One record from `peer`: checked, then taken unless the peer is
+    /// read-only. A malformed record is refused on its own (held with the
+    /// reason); the peer's other records still count.
+    fn take_record(&mut self, peer: DeviceId, record: FileRecord, seq: Option<u64>) -> Result<(), SyncError> {
+        if self.config.read_only.contains(&peer) {
+            return Ok(());
+        }
+        if let Err(why) = record.check() {
+            self.hold(record, peer, HoldReason::Refused(why));
+            return Ok(());
+        }
+        self.receive_record(record, peer, seq)
+    }
+
+    /// Holds a version; past the bound on what one peer may have held, the
+    /// peer is dropped.
+    fn hold(&mut self, record: FileRecord, source: DeviceId, reason: HoldReason) {
+        self.holds.hold(record, source, reason, self.now);
+        if self.holds.from(&source) > MAX_HELD_PER_PEER && self.peers.contains_key(&source) {
+            self.forget_peer(source);
+            self.violation(source, format!("more than {MAX_HELD_PER_PEER} of its versions cannot be installed"));
+        }
     }
 
     /// Takes a remote record: decides at once, or waits for its blocks.
     fn receive_record(&mut self, record: FileRecord, source: DeviceId, seq: Option<u64>) -> Result<(), SyncError> {
-        if self.ignored_device(&record) {
+        if self.fetch.has_newer(&record.path, &record.vv) || self.holds.holds(&record) {
             return Ok(());
         }
-        // Versions already waiting for this path.
-        if let Some(waiting) = self.pending.get(&record.path) {
-            use psync_base::Causality::*;
-            if waiting.iter().any(|w| matches!(record.vv.compare(&w.record.vv), Equal | Dominated)) {
+        let local = match self.storage.record(&record.path) {
+            Ok(local) => local,
+            Err(e) => {
+                self.storage_failed(record, source, e);
                 return Ok(());
             }
-        }
-        let local = self.storage.record(&record.path)?;
+        };
         if resolve(local.as_ref(), &record) == Resolution::Keep {
             return Ok(());
         }
-        let missing: BTreeSet<ContentHash> = if record.deleted {
-            BTreeSet::new()
-        } else {
-            let mut missing = BTreeSet::new();
-            for hash in record.needed_blocks() {
-                if !self.storage.has_block(&hash)? {
-                    missing.insert(hash);
+        // Waiting versions it has seen give way.
+        for gone in self.fetch.drop_superseded(&record.path, &record.vv) {
+            self.release_origin(gone.source, gone.origin)?;
+        }
+        match self.fetch.add(&self.storage, record.clone(), source, seq) {
+            Ok(Added::Ready(record)) => self.finalize(record, source)?,
+            Ok(Added::Waiting) => {
+                if let (Some(seq), Some(p)) = (seq, self.peers.get_mut(&source)) {
+                    p.pending_seqs.insert(seq);
                 }
             }
-            missing
-        };
-        if missing.is_empty() {
-            return self.finalize(record);
+            Ok(Added::Invalid(record, why)) => self.hold(record, source, HoldReason::Refused(why)),
+            Err(e) => self.storage_failed(record, source, e),
         }
-        // Superseded waiting versions give way.
-        let superseded: Vec<Pending> = match self.pending.get_mut(&record.path) {
-            Some(waiting) => {
-                let (gone, kept): (Vec<Pending>, Vec<Pending>) = waiting
-                    .drain(..)
-                    .partition(|w| w.record.vv.compare(&record.vv) == psync_base::Causality::Dominated);
-                *waiting = kept;
-                gone
-            }
-            None => Vec::new(),
-        };
-        for gone in superseded {
-            self.release_origin(gone.origin)?;
-        }
-        for hash in &missing {
-            let want =
-                self.wants.entry(*hash).or_insert(Want { sources: Vec::new(), refused: BTreeSet::new(), asked: None });
-            if !want.sources.contains(&source) {
-                want.sources.push(source);
-            }
-        }
-        if let (Some(seq), Some(p)) = (seq, self.peers.get_mut(&source)) {
-            p.pending_seqs.insert(seq);
-        }
-        let origin = seq.map(|s| (source, s));
-        self.pending.entry(record.path.clone()).or_default().push(Pending { record, origin });
         Ok(())
     }
 
-    fn release_origin(&mut self, origin: Option<(DeviceId, u64)>) -> Result<(), SyncError> {
-        if let Some((peer, seq)) = origin {
-            if let Some(p) = self.peers.get_mut(&peer) {
+    /// The storage failed on one record: held, retried later; a full disk
+    /// pauses installs and downloads for a while.
+    fn storage_failed(&mut self, record: FileRecord, source: DeviceId, error: StorageError) {
+        let reason = match error {
+            StorageError::DiskFull => {
+                self.pause_for_full_disk();
+                HoldReason::DiskFull
+            }
+            StorageError::Failed(why) => HoldReason::StorageFailed(why),
+        };
+        self.hold(record, source, reason);
+    }
+
+    fn pause_for_full_disk(&mut self) {
+        let pause = backoff(FIRST_DISK_FULL_PAUSE_MS, MAX_DISK_FULL_PAUSE_MS, self.disk_full_pauses);
+        self.disk_full_pauses = self.disk_full_pauses.saturating_add(1);
+        self.paused_until = Some(self.now + pause);
+    }
+
+    fn release_origin(&mut self, source: DeviceId, origin: Option<u64>) -> Result<(), SyncError> {
+        if let Some(seq) = origin {
+            if let Some(p) = self.peers.get_mut(&source) {
                 p.pending_seqs.remove(&seq);
             }
-            self.update_applied(peer)?;
+            self.update_applied(source)?;
         }
         Ok(())
     }
 
     /// All of `record`'s blocks are here: decide against the current local
-    /// state (which may have changed since it arrived) and install. A file
-    /// open for writing here is not replaced: the record is held and decided
-    /// again after the next local change (the close commits what was
-    /// written, and the rules then keep both versions if both changed).
-    fn finalize(&mut self, record: FileRecord) -> Result<(), SyncError> {
-        let local = self.storage.record(&record.path)?;
+    /// state (which may have changed since it arrived) and install. What
+    /// cannot be installed now is held with the reason and tried again.
+    fn finalize(&mut self, record: FileRecord, source: DeviceId) -> Result<(), SyncError> {
+        if self.paused_until.is_some() {
+            self.hold(record, source, HoldReason::DiskFull);
+            return Ok(());
+        }
+        let local = match self.storage.record(&record.path) {
+            Ok(local) => local,
+            Err(e) => {
+                self.storage_failed(record, source, e);
+                return Ok(());
+            }
+        };
         let records = match resolve(local.as_ref(), &record) {
             Resolution::Keep => return Ok(()),
             Resolution::Take => vec![record.clone()],
             Resolution::Conflict { merged, copy } => {
                 let mut out = vec![*merged];
                 if let Some(copy) = copy {
-                    out.extend(self.place_copy(*copy)?);
+                    match self.place_copy(*copy) {
+                        Ok(copy) => out.extend(copy),
+                        Err(e) => {
+                            self.storage_failed(record, source, e);
+                            return Ok(());
+                        }
+                    }
                 }
                 out
             }
         };
         let decided_on = [(record.path.clone(), local.map(|l| l.vv))];
-        if !self.install(records, &decided_on)? && !self.held.iter().any(|h| h.path == record.path && h.vv == record.vv)
-        {
-            self.held.push(record);
+        let outcome = match self.plan_install(records) {
+            Ok(batch) => self.apply_install(batch, &decided_on),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(InstallOutcome::Installed) => {}
+            Ok(InstallOutcome::Busy) => self.hold(record, source, HoldReason::OpenForWriting),
+            Ok(InstallOutcome::Moved) => self.hold(record, source, HoldReason::ChangedMeanwhile),
+            Ok(InstallOutcome::Blocked(why)) => self.hold(record, source, HoldReason::Blocked(why)),
+            Err(e) => self.storage_failed(record, source, e),
         }
         Ok(())
     }
 
-    /// Decides held records again (a local change or a timer came).
-    fn retry_held(&mut self) -> Result<(), SyncError> {
-        for record in std::mem::take(&mut self.held) {
-            self.finalize(record)?;
+    /// Decides held versions again: after a local change those a local
+    /// writer held up; on the timer those whose wait is over.
+    fn retry_holds(&mut self, local_change: bool) -> Result<(), SyncError> {
+        for held in self.holds.take_due(self.now, local_change) {
+            self.finalize(held.record, held.source)?;
         }
         Ok(())
-    }
-
-    /// Records held because the file they would replace is open for writing.
-    pub fn held_count(&self) -> usize {
-        self.held.len()
     }
 
     /// A conflict copy is a record like any other: it is placed only if it
     /// is news at its path (a user may have deleted or edited that copy
     /// already, and a late device resolving the same conflict must not
     /// bring it back).
-    fn place_copy(&self, copy: FileRecord) -> Result<Option<FileRecord>, SyncError> {
+    fn place_copy(&self, copy: FileRecord) -> Result<Option<FileRecord>, StorageError> {
         let existing = self.storage.record(&copy.path)?;
         Ok(match resolve(existing.as_ref(), &copy) {
             Resolution::Keep => None,
@@ -793,29 +942,25 @@ impl<S: SyncStorage> SyncCore<S> {
     }
 
     /// The next version of `path` made by this device, over `base`.
-    fn own_version(&self, base: &psync_base::VersionVector) -> (psync_base::VersionVector, VersionId) {
+    fn own_version(&self, base: &VersionVector) -> (VersionVector, VersionId) {
         let mut vv = base.clone();
         let counter = vv.advance(self.device, self.storage.seq() + 1);
         (vv, VersionId { device: self.device, counter })
     }
 
-    fn dir_record(&self, path: SyncPath, base: &psync_base::VersionVector, perm: u32, mtime: i64) -> FileRecord {
+    fn dir_record(&self, path: SyncPath, base: &VersionVector, perm: u32, mtime: i64) -> FileRecord {
         let (vv, version) = self.own_version(base);
         FileRecord::dir(path, vv, version, perm, mtime)
     }
 
-    /// Installs records atomically, keeping the tree whole: a live record's
-    /// parents are (re)created as directories; a directory is not deleted
-    /// while it still has live children here (it is re-asserted instead).
-    /// `false`: a file it would replace is open for writing here, or a path
-    /// in `decided_on` changed since the decision; nothing was installed.
-    fn install(
-        &mut self,
-        records: Vec<FileRecord>,
-        decided_on: &[(SyncPath, Option<psync_base::VersionVector>)],
-    ) -> Result<bool, SyncError> {
+    /// The batch that installs `records` keeping the tree whole: a live
+    /// record's parents are (re)created as directories; a directory is not
+    /// deleted while it still has live children here (it is re-asserted
+    /// instead). Parents come first, so the store never sees a child before
+    /// its directory.
+    fn plan_install(&self, records: Vec<FileRecord>) -> Result<Vec<FileRecord>, StorageError> {
         let mut batch: BTreeMap<SyncPath, FileRecord> = BTreeMap::new();
-        let mtime = (self.now / 1000) as i64;
+        let mtime = self.wall_secs();
         for record in records {
             let current = match batch.get(&record.path) {
                 Some(r) => Some(r.clone()),
@@ -877,123 +1022,147 @@ impl<S: SyncStorage> SyncCore<S> {
             }
             batch.insert(record.path.clone(), record);
         }
-        if batch.is_empty() {
-            return Ok(true);
-        }
-        // Parents first, so the store never sees a child before its directory.
         let mut ordered: Vec<FileRecord> = batch.into_values().collect();
         ordered.sort_by_key(|r| (r.path.depth(), r.path.clone()));
+        Ok(ordered)
+    }
+
+    /// Installs a planned batch in one atomic step of the storage; then what
+    /// it supersedes goes, and the change is announced and shown.
+    fn apply_install(
+        &mut self,
+        ordered: Vec<FileRecord>,
+        decided_on: &[(SyncPath, Option<VersionVector>)],
+    ) -> Result<InstallOutcome, StorageError> {
+        if ordered.is_empty() {
+            return Ok(InstallOutcome::Installed);
+        }
         let mut changes = Vec::with_capacity(ordered.len());
         for record in &ordered {
             let before = self.storage.record(&record.path)?.filter(|r| !r.deleted).map(|r| r.kind);
             let after = (!record.deleted).then_some(record.kind);
             changes.push(Change { path: record.path.clone(), before, after });
         }
-        let installed: Vec<(SyncPath, psync_base::VersionVector)> =
+        let installed: Vec<(SyncPath, VersionVector)> =
             ordered.iter().map(|r| (r.path.clone(), r.vv.clone())).collect();
-        if !self.storage.install(ordered, decided_on)? {
-            return Ok(false);
+        let outcome = self.storage.install(ordered, decided_on)?;
+        if outcome != InstallOutcome::Installed {
+            return Ok(outcome);
         }
-        // Versions still waiting for blocks that what we installed has seen
-        // are obsolete: drop them now, or one could land later, after the
-        // record that superseded it was garbage-collected, and come back to life.
-        let mut obsolete = Vec::new();
+        self.disk_full_pauses = 0;
+        // Versions still waiting for blocks (or held) that what we installed
+        // has seen are obsolete: drop them now, or one could land later, after
+        // the record that superseded it was garbage-collected, and come back
+        // to life.
         for (path, vv) in &installed {
-            if let Some(waiting) = self.pending.get_mut(path) {
-                let (gone, kept): (Vec<Pending>, Vec<Pending>) = waiting.drain(..).partition(|w| {
-                    matches!(w.record.vv.compare(vv), psync_base::Causality::Dominated | psync_base::Causality::Equal)
-                });
-                *waiting = kept;
-                obsolete.extend(gone);
-                if waiting.is_empty() {
-                    self.pending.remove(path);
-                }
+            self.holds.drop_superseded(path, vv);
+            for gone in self.fetch.drop_superseded(path, vv) {
+                self.release_origin(gone.source, gone.origin).map_err(|SyncError::Storage(e)| e)?;
             }
-        }
-        for gone in obsolete {
-            self.release_origin(gone.origin)?;
         }
         self.outputs.push_back(Output::Installed(changes));
         self.schedule_announce();
-        Ok(true)
+        Ok(InstallOutcome::Installed)
     }
 
-    fn on_block(&mut self, peer: DeviceId, hash: ContentHash, data: Option<Vec<u8>>) -> Result<(), SyncError> {
-        let asked_here = self.wants.get(&hash).is_some_and(|w| w.asked.is_some_and(|(p, _)| p == peer));
-        if asked_here {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.in_flight = p.in_flight.saturating_sub(1);
+    fn on_object(&mut self, peer: DeviceId, hash: ContentHash, data: Option<Vec<u8>>) -> Result<(), SyncError> {
+        let had_data = data.is_some();
+        match self.fetch.arrived(&mut self.storage, peer, hash, data) {
+            Ok(Arrival::Unwanted) => {
+                if had_data {
+                    self.unrequested(peer, "blocks");
+                }
             }
-        }
-        let Some(want) = self.wants.get_mut(&hash) else { return Ok(()) };
-        let good = data.as_ref().filter(|d| d.len() as u64 <= BLOCK_SIZE && ContentHash::of(d) == hash);
-        let Some(data) = good.cloned() else {
-            // Missing or corrupt: never stored; ask someone else.
-            want.refused.insert(peer);
-            if want.asked.is_some_and(|(p, _)| p == peer) {
-                want.asked = None;
-            }
-            if data.is_some() {
+            Ok(Arrival::Refused) => {}
+            Ok(Arrival::Corrupt) => {
+                self.forget_peer(peer);
                 self.violation(peer, format!("block {hash} does not match its hash"));
             }
-            return Ok(());
-        };
-        self.storage.put_block(hash, data)?;
-        self.wants.remove(&hash);
-        self.complete_pending()
-    }
-
-    /// Finalizes every pending record whose blocks are all present.
-    fn complete_pending(&mut self) -> Result<(), SyncError> {
-        let mut ready = Vec::new();
-        for (path, waiting) in &self.pending {
-            for (i, w) in waiting.iter().enumerate() {
-                let mut complete = true;
-                for hash in w.record.needed_blocks() {
-                    if self.wants.contains_key(&hash) || !self.storage.has_block(&hash)? {
-                        complete = false;
-                        break;
+            Ok(Arrival::Stored(done)) => {
+                for pending in done {
+                    match pending.invalid {
+                        Some(why) => self.hold(pending.record, pending.source, HoldReason::Refused(why)),
+                        None => self.finalize(pending.record, pending.source)?,
                     }
-                }
-                if complete {
-                    ready.push((path.clone(), i));
+                    self.release_origin(pending.source, pending.origin)?;
                 }
             }
-        }
-        let mut done = Vec::new();
-        for (path, i) in ready.into_iter().rev() {
-            if let Some(waiting) = self.pending.get_mut(&path) {
-                if i < waiting.len() {
-                    done.push(waiting.remove(i));
-                }
-                if waiting.is_empty() {
-                    self.pending.remove(&path);
-                }
+            Err(StorageError::DiskFull) => {
+                self.pause_for_full_disk();
+                self.fetch.unask(&hash);
             }
-        }
-        for p in done {
-            self.finalize(p.record)?;
-            self.release_origin(p.origin)?;
+            Err(StorageError::Failed(_)) => self.fetch.unask(&hash),
         }
         Ok(())
     }
 
     fn on_heartbeat(&mut self, peer: DeviceId, root: ContentHash, seq: u64) -> Result<(), SyncError> {
+        let over = self.over_capacity(&peer);
         let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
         p.their_seq = p.their_seq.max(seq);
         if seq > p.received {
-            // The tail of their index never arrived (lost update): ask again.
-            self.request_index(peer);
+            // The tail of their index never arrived (lost, or not taken
+            // while too much of theirs waited here): ask again.
+            if !over {
+                self.request_index(peer);
+            }
             return Ok(());
         }
-        let caught_up = self.pending.is_empty() && p.sent_upto.is_some_and(|s| s >= self.storage.seq());
-        let due = self.now >= p.tree_sync_after;
+        let caught_up = self.fetch.load(&peer).records == 0 && p.sent_upto.is_some_and(|s| s >= self.storage.seq());
+        let due = self.now >= p.tree_sync_after && p.tree_asked.is_empty();
         if caught_up && due && root != self.root()? {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.tree_sync_after = self.now + 3 * self.config.heartbeat_ms;
             }
-            self.send(peer, Message::TreeRequest { prefix: None });
+            self.ask_tree(peer, None);
         }
+        Ok(())
+    }
+
+    fn walking_with(&mut self, peer: DeviceId) {
+        let until = self.now + 3 * self.config.heartbeat_ms;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.walk_until = p.walk_until.max(until);
+        }
+    }
+
+    fn ask_tree(&mut self, peer: DeviceId, prefix: Option<SyncPath>) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.tree_asked.len() >= MAX_TREE_REQUESTS_OUTSTANDING || !p.tree_asked.insert(prefix.clone()) {
+            return; // the next walk goes on from there
+        }
+        self.send(peer, Message::TreeRequest { prefix });
+        self.walking_with(peer);
+    }
+
+    /// A tree node's children, in parts bounded by bytes.
+    fn answer_tree(&mut self, peer: DeviceId, prefix: Option<SyncPath>) -> Result<(), SyncError> {
+        let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+        p.tree_requests += 1;
+        if p.tree_requests > MAX_TREE_REQUESTS_PER_HEARTBEAT {
+            self.forget_peer(peer);
+            self.violation(peer, format!("more than {MAX_TREE_REQUESTS_PER_HEARTBEAT} tree requests"));
+            return Ok(());
+        }
+        self.tree.refresh(&self.storage)?;
+        let entries = self.tree.children(prefix.as_ref());
+        let mut after: Option<String> = None;
+        let mut part: Vec<TreeEntry> = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            let size = entry.name.len() + 40;
+            if !part.is_empty() && bytes + size > TREE_FRAME_BYTES {
+                let next_after = part.last().map(|e| e.name.clone());
+                let entries = std::mem::take(&mut part);
+                self.send(peer, Message::TreeResponse { prefix: prefix.clone(), after, entries, complete: false });
+                after = next_after;
+                bytes = 0;
+            }
+            bytes += size;
+            part.push(entry);
+        }
+        self.send(peer, Message::TreeResponse { prefix, after, entries: part, complete: true });
+        self.walking_with(peer);
         Ok(())
     }
 
@@ -1001,55 +1170,97 @@ impl<S: SyncStorage> SyncCore<S> {
         &mut self,
         peer: DeviceId,
         prefix: Option<SyncPath>,
+        after: Option<String>,
         theirs: Vec<TreeEntry>,
+        complete: bool,
     ) -> Result<(), SyncError> {
-        let ours: BTreeMap<String, TreeEntry> =
-            self.tree()?.children(prefix.as_ref()).into_iter().map(|e| (e.name.clone(), e)).collect();
-        let theirs: BTreeMap<String, TreeEntry> = theirs.into_iter().map(|e| (e.name.clone(), e)).collect();
+        // This part covers the names after `after`, up to its last entry
+        // (or to the end, for the last part).
+        let upto = if complete { None } else { theirs.last().map(|e| e.name.clone()) };
+        let covered = |name: &String| {
+            after.as_ref().is_none_or(|a| name > a) && upto.as_ref().is_none_or(|u| name <= u)
+        };
+        self.tree.refresh(&self.storage)?;
+        let ours: BTreeMap<String, TreeEntry> = self
+            .tree
+            .children(prefix.as_ref())
+            .into_iter()
+            .filter(|e| covered(&e.name))
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        let mut theirs_by_name = BTreeMap::new();
+        for entry in theirs {
+            if !covered(&entry.name) {
+                self.forget_peer(peer);
+                self.violation(peer, "a tree response part out of its range");
+                return Ok(());
+            }
+            theirs_by_name.insert(entry.name.clone(), entry);
+        }
         let mut request = Vec::new();
         let mut push = Vec::new();
-        let names: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+        let names: BTreeSet<&String> = ours.keys().chain(theirs_by_name.keys()).collect();
         for name in names {
             let path = match &prefix {
                 None => SyncPath::new(name),
                 Some(p) => p.join(name),
             };
             let Ok(path) = path else {
+                self.forget_peer(peer);
                 self.violation(peer, "bad name in tree response");
                 return Ok(());
             };
-            match (ours.get(name), theirs.get(name)) {
+            match (ours.get(name), theirs_by_name.get(name)) {
                 (Some(a), Some(b)) if a.hash == b.hash => {}
                 (Some(a), Some(b)) => {
                     if a.has_children || b.has_children {
-                        self.send(peer, Message::TreeRequest { prefix: Some(path.clone()) });
+                        self.ask_tree(peer, Some(path.clone()));
                     }
                     request.push(path.clone());
-                    push.extend(self.storage.record(&path)?.filter(|r| !r.deleted));
+                    push.push(path);
                 }
-                (Some(_), None) => {
-                    for r in self.storage.live_records()? {
-                        if r.path.is_within(&path) {
-                            push.push(r);
-                        }
-                    }
-                }
+                (Some(_), None) => push.extend(self.tree.live_within(&path)),
                 (None, Some(b)) => {
                     if b.has_children {
-                        self.send(peer, Message::TreeRequest { prefix: Some(path.clone()) });
+                        self.ask_tree(peer, Some(path.clone()));
                     }
                     request.push(path);
                 }
                 (None, None) => {}
             }
         }
-        for chunk in request.chunks(MAX_RECORDS_PER_UPDATE) {
+        for chunk in request.chunks(MAX_PATHS_PER_RECORD_REQUEST) {
             self.send(peer, Message::RecordRequest { paths: chunk.to_vec() });
         }
-        for chunk in push.chunks(MAX_RECORDS_PER_UPDATE) {
-            self.send(peer, Message::Records { records: chunk.to_vec() });
+        let mut records = Vec::new();
+        for path in push {
+            if let Ok(Some(r)) = self.storage.record(&path) {
+                if !r.deleted {
+                    records.push(r);
+                }
+            }
         }
+        self.send_records(peer, records);
+        self.walking_with(peer);
         Ok(())
+    }
+
+    /// Sends records as `Records` frames bounded by count and bytes.
+    fn send_records(&mut self, peer: DeviceId, records: Vec<FileRecord>) {
+        let mut frame = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            let size = record.wire_size();
+            if !frame.is_empty() && (frame.len() == MAX_RECORDS_PER_FRAME || bytes + size > RECORD_FRAME_BYTES) {
+                self.send(peer, Message::Records { records: std::mem::take(&mut frame) });
+                bytes = 0;
+            }
+            bytes += size;
+            frame.push(record);
+        }
+        if !frame.is_empty() {
+            self.send(peer, Message::Records { records: frame });
+        }
     }
 
     // ---- time ------------------------------------------------------------------
@@ -1057,78 +1268,33 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Runs what is due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) -> Result<(), SyncError> {
         self.now = self.now.max(now);
-        let due: Vec<(DeviceId, u64)> = self
-            .peers
-            .iter()
-            .filter_map(|(d, p)| p.reply_at.filter(|(t, _)| *t <= self.now).map(|(_, since)| (*d, since)))
-            .collect();
-        for (peer, since) in due {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.reply_at = None;
+        let seq = self.storage.seq();
+        let now = self.now;
+        for p in self.peers.values_mut() {
+            if let Some((at, since)) = p.reply_at {
+                if at <= now {
+                    p.reply_at = None;
+                    p.sent_upto = Some(since);
+                    p.stream_until = p.stream_until.max(seq).max(since);
+                }
             }
-            self.stream_index(peer, since)?;
         }
         if self.announce_at.is_some_and(|t| t <= self.now) {
             self.announce_at = None;
-            let seq = self.storage.seq();
-            let behind: Vec<(DeviceId, u64)> =
-                self.peers.iter().filter_map(|(d, p)| p.sent_upto.filter(|s| *s < seq).map(|s| (*d, s))).collect();
-            for (peer, from) in behind {
-                self.stream_index(peer, from)?;
+            for p in self.peers.values_mut() {
+                if p.sent_upto.is_some() {
+                    p.stream_until = p.stream_until.max(seq);
+                }
             }
+        }
+        if self.paused_until.is_some_and(|t| t <= self.now) {
+            self.paused_until = None;
         }
         if self.next_heartbeat <= self.now {
             self.next_heartbeat = self.now + self.config.heartbeat_ms;
-            self.retry_held()?;
-            let root = self.root()?;
-            let seq = self.storage.seq();
-            let timeout = self.config.peer_timeout_ms;
-            let now = self.now;
-            let mut inactive = Vec::new();
-            let mut beat = Vec::new();
-            for (d, p) in self.peers.iter_mut() {
-                if p.hello {
-                    beat.push(*d);
-                }
-                if !p.inactive && now > p.last_heard + timeout {
-                    p.inactive = true;
-                    inactive.push(*d);
-                }
-            }
-            for d in beat {
-                self.send(d, Message::Heartbeat { root, seq });
-            }
-            // A peer that never asked for our index has not seen our hello
-            // (lost on the way): say it again.
-            let unasked: Vec<DeviceId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.sent_upto.is_none() && p.reply_at.is_none())
-                .map(|(d, _)| *d)
-                .collect();
-            let index_id = self.storage.index_id();
-            for d in unasked {
-                self.send(d, Message::Hello { protocol: PROTOCOL_VERSION, index_id, seq });
-            }
-            for d in inactive {
-                self.outputs.push_back(Output::Inactive(d));
-            }
+            self.heartbeat()?;
         }
-        for want in self.wants.values_mut() {
-            if let Some((peer, deadline)) = want.asked {
-                if deadline <= self.now {
-                    want.asked = None;
-                    // Try another source next time, if there is one.
-                    if want.sources.len() > 1 {
-                        want.sources.retain(|s| *s != peer);
-                        want.sources.push(peer);
-                    }
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.in_flight = p.in_flight.saturating_sub(1);
-                    }
-                }
-            }
-        }
+        self.fetch.expire(self.now);
         if self.next_gc <= self.now {
             self.next_gc = self.now + self.config.gc_interval_ms;
             self.collect_tombstones()?;
@@ -1136,26 +1302,81 @@ impl<S: SyncStorage> SyncCore<S> {
         self.pump()
     }
 
-    /// Sends our index from `from` to the current sequence number.
-    fn stream_index(&mut self, peer: DeviceId, mut from: u64) -> Result<(), SyncError> {
+    fn heartbeat(&mut self) -> Result<(), SyncError> {
+        self.retry_holds(false)?;
+        let root = self.root()?;
         let seq = self.storage.seq();
-        let index_id = self.storage.index_id();
-        loop {
-            let mut records = self.storage.records_since(from, MAX_RECORDS_PER_UPDATE)?;
-            let to = if records.len() < MAX_RECORDS_PER_UPDATE { seq } else { records.last().map_or(seq, |(s, _)| *s) };
-            // What the peer sent us itself is left out; the range still
-            // covers it, so its accounting of our index is unchanged.
-            if let Some(p) = self.peers.get_mut(&peer) {
-                records.retain(|(_, r)| p.sent_us.remove(&r.path).is_none_or(|vv| vv != r.vv));
+        let timeout = self.config.peer_timeout_ms;
+        let now = self.now;
+        let mut inactive = Vec::new();
+        let mut beat = Vec::new();
+        let mut unasked = Vec::new();
+        for (d, p) in self.peers.iter_mut() {
+            p.unrequested = 0;
+            p.tree_requests = 0;
+            if p.hello {
+                beat.push(*d);
             }
-            self.send(peer, Message::IndexUpdate { index_id, from, to, records });
-            from = to;
-            if from >= seq {
-                break;
+            if !p.inactive && now > p.last_heard + timeout {
+                p.inactive = true;
+                inactive.push(*d);
+            }
+            // A peer that never asked for our index has not seen our hello
+            // (lost on the way): say it again.
+            if p.sent_upto.is_none() && p.reply_at.is_none() {
+                unasked.push(*d);
             }
         }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.sent_upto = Some(seq);
+        for d in beat {
+            self.send(d, Message::Heartbeat { root, seq });
+        }
+        let index_id = self.storage.index_id();
+        for d in unasked {
+            self.send(d, Message::Hello { protocol: PROTOCOL_VERSION, index_id, seq });
+        }
+        for d in inactive {
+            self.outputs.push_back(Output::Inactive(d));
+        }
+        Ok(())
+    }
+
+    /// Streams up to [`INDEX_FRAMES_PER_TURN`] frames of our index to
+    /// `peer`, each bounded by count and bytes.
+    fn stream_index(&mut self, peer: DeviceId) -> Result<(), SyncError> {
+        let seq = self.storage.seq();
+        let index_id = self.storage.index_id();
+        for _ in 0..INDEX_FRAMES_PER_TURN {
+            let Some(p) = self.peers.get(&peer) else { return Ok(()) };
+            let Some(from) = p.sent_upto.filter(|s| *s < p.stream_until && *s < seq) else { break };
+            let fetched = self.storage.records_since(from, MAX_RECORDS_PER_FRAME)?;
+            let complete = fetched.len() < MAX_RECORDS_PER_FRAME;
+            let mut to = from;
+            let mut records = Vec::new();
+            let mut bytes = 0;
+            let mut cut = false;
+            let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
+            for (s, record) in fetched {
+                // What the peer sent us itself is left out; the range still
+                // covers it, so its accounting of our index is unchanged.
+                let echo = p.sent_us.get(&record.path).is_some_and(|vv| *vv == record.vv);
+                if echo {
+                    p.sent_us.remove(&record.path);
+                } else {
+                    let size = record.wire_size();
+                    if !records.is_empty() && bytes + size > RECORD_FRAME_BYTES {
+                        cut = true;
+                        break;
+                    }
+                    bytes += size;
+                    records.push((s, record));
+                }
+                to = s;
+            }
+            if complete && !cut {
+                to = seq;
+            }
+            p.sent_upto = Some(to);
+            self.send(peer, Message::IndexUpdate { index_id, from, to, records });
         }
         Ok(())
     }
@@ -1163,7 +1384,7 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Drops tombstones every other device of the group has acknowledged and
     /// that are old enough.
     fn collect_tombstones(&mut self) -> Result<(), SyncError> {
-        let now_secs = (self.now / 1000) as i64;
+        let now_secs = self.wall_secs();
         let others: Vec<DeviceId> = self.config.group.iter().copied().filter(|d| *d != self.device).collect();
         let mut acked = Vec::new();
         for d in &others {
@@ -1182,91 +1403,78 @@ impl<S: SyncStorage> SyncCore<S> {
             .map(|(_, t)| t.path)
             .collect();
         if !doomed.is_empty() {
+            // The tree takes in every change before the tombstones that record
+            // them go (it follows sequence numbers, not a scan).
+            self.tree.refresh(&self.storage)?;
             self.storage.drop_tombstones(&doomed)?;
         }
         Ok(())
     }
 
-    /// Sends what the windows and rate limits allow: block requests and
-    /// queued block responses.
+    /// Sends what the windows, rate limits and congestion allow: queued
+    /// block responses (peers in turn), block requests, index frames.
     fn pump(&mut self) -> Result<(), SyncError> {
-        while let Some((peer, hash)) = self.upload_queue.front().copied() {
-            if !self.peers.contains_key(&peer) {
-                self.upload_queue.pop_front();
-                continue;
+        self.pump_uploads();
+        if self.paused_until.is_none() {
+            let window = self.config.blocks_in_flight;
+            let mut slots: Slots = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.hello && !p.congested)
+                .map(|(d, _)| (*d, window.saturating_sub(self.fetch.in_flight(d))))
+                .collect();
+            let deadline = self.now + self.config.block_timeout_ms;
+            let (now, download) = (self.now, &mut self.download);
+            let requests = self.fetch.requests(now, deadline, &mut slots, || download.take(now, BLOCK_SIZE));
+            for (peer, hash) in requests {
+                self.send(peer, Message::BlockRequest { hash });
             }
-            let data = self.storage.block(&hash)?;
-            let cost = data.as_ref().map_or(0, |d| d.len() as u64);
-            if !self.upload.take(self.now, cost) {
-                break;
-            }
-            self.upload_queue.pop_front();
-            self.send(peer, Message::BlockResponse { hash, data });
         }
-        let window = self.config.blocks_in_flight;
-        let deadline = self.now + self.config.block_timeout_ms;
-        let mut requests = Vec::new();
-        // Request slots open across peers: once they are used up no other
-        // want can be asked, so the walk stops (else every message would
-        // walk every wanted block: quadratic in a large file's blocks).
-        let mut free: usize = self.peers.values().filter(|p| p.hello).map(|p| window.saturating_sub(p.in_flight)).sum();
-        for (hash, want) in self.wants.iter_mut() {
-            if free == 0 {
-                break;
-            }
-            if want.asked.is_some() {
-                continue;
-            }
-            // Announced sources first, then any peer; skip peers that said
-            // no, until every connected peer has (then start a new round).
-            let usable = |s: &&DeviceId, refused: &BTreeSet<DeviceId>| {
-                !refused.contains(*s) && self.peers.get(*s).is_some_and(|p| p.hello && p.in_flight < window)
-            };
-            if self.peers.keys().all(|p| want.refused.contains(p)) {
-                want.refused.clear();
-            }
-            let source = want.sources.iter().chain(self.peers.keys()).find(|s| usable(s, &want.refused)).copied();
-            let Some(source) = source else { continue };
-            if !self.download.take(self.now, BLOCK_SIZE) {
-                break;
-            }
-            if let Some(p) = self.peers.get_mut(&source) {
-                p.in_flight += 1;
-            }
-            want.asked = Some((source, deadline));
-            requests.push((source, *hash));
-            free -= 1;
-        }
-        for (peer, hash) in requests {
-            self.ask_deadlines.push_back((deadline, hash));
-            self.send(peer, Message::BlockRequest { hash });
-        }
-        while let Some((deadline, hash)) = self.ask_deadlines.front() {
-            if self.asked_until(hash, *deadline) {
-                break;
-            }
-            self.ask_deadlines.pop_front();
+        let streaming: Vec<DeviceId> =
+            self.peers.iter().filter(|(_, p)| p.has_stream_work()).map(|(d, _)| *d).collect();
+        for peer in streaming {
+            self.stream_index(peer)?;
         }
         Ok(())
     }
 
-    /// Whether `hash` is still asked for with this deadline.
-    fn asked_until(&self, hash: &ContentHash, deadline: Millis) -> bool {
-        self.wants.get(hash).and_then(|w| w.asked).is_some_and(|(_, d)| d == deadline)
+    /// Serves queued block requests, one per peer in turn, while the upload
+    /// rate allows. A block or page we cannot read (missing, damaged, a
+    /// failing disk) is answered "don't have", so the peer asks elsewhere.
+    fn pump_uploads(&mut self) {
+        loop {
+            let ready: Vec<DeviceId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.uploads.is_empty() && !p.congested)
+                .map(|(d, _)| *d)
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            let start = self.upload_turn.and_then(|t| ready.iter().position(|d| *d > t)).unwrap_or(0);
+            let mut served = false;
+            for peer in ready[start..].iter().chain(&ready[..start]).copied().collect::<Vec<_>>() {
+                let Some(hash) = self.peers.get(&peer).and_then(|p| p.uploads.front().copied()) else { continue };
+                let data = match self.storage.block(&hash) {
+                    Ok(Some(data)) => Some(data),
+                    Ok(None) => self.storage.page(&hash).ok().flatten(),
+                    Err(_) => None,
+                };
+                let cost = data.as_ref().map_or(0, |d| d.len() as u64);
+                if !self.upload.take(self.now, cost) {
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.uploads.pop_front();
+                }
+                self.upload_turn = Some(peer);
+                self.send(peer, Message::BlockResponse { hash, data });
+                served = true;
+            }
+            if !served {
+                return;
+            }
+        }
     }
-}
-
-/// Structural checks on a record from a peer.
-fn check_record(r: &FileRecord) -> Result<(), String> {
-    let expected_blocks = if r.kind == RecordKind::File && !r.deleted { r.size.div_ceil(BLOCK_SIZE) } else { 0 };
-    if r.blocks.len() as u64 != expected_blocks {
-        return Err(format!("{}: {} blocks for {} bytes", r.path, r.blocks.len(), r.size));
-    }
-    if r.version.counter > r.vv.get(&r.version.device) {
-        return Err(format!("{}: version id not in its history", r.path));
-    }
-    if r.symlink.len() > 4096 {
-        return Err(format!("{}: symlink target too long", r.path));
-    }
-    Ok(())
 }

@@ -11,14 +11,19 @@
 #![deny(missing_docs)]
 
 mod core;
+mod fetch;
+mod holds;
+pub mod limits;
 pub mod merkle;
 pub mod message;
 pub mod path;
 pub mod record;
 pub mod storage;
+mod tree;
 
 pub use crate::core::{Change, Input, Millis, Output, PeerProgress, SyncConfig, SyncCore, SyncError};
+pub use holds::{HeldVersion, HoldReason};
 pub use message::Message;
 pub use path::SyncPath;
-pub use record::{FileRecord, RecordKind, VersionId};
-pub use storage::{MemStorage, PeerState, StorageError, SyncStorage};
+pub use record::{Blocks, FileRecord, RecordKind, VersionId};
+pub use storage::{InstallOutcome, MemStorage, PeerState, StorageError, SyncStorage};

@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::path::SyncPath;
 use crate::record::FileRecord;
 
-/// Bumped on any incompatible change; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest frame accepted from a peer: a 64 KiB block plus headers, or an
-/// index batch (bounded by [`MAX_RECORDS_PER_UPDATE`]).
+/// Bumped on any incompatible change; peers with another version are
+/// refused with a clear message. 2: large files' records name pages of
+/// block hashes; tree responses come in parts.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Largest frame accepted from a peer: a 64 KiB block plus headers, or a
+/// batch of records or tree entries (cut by bytes well below this, see
+/// [`crate::limits`]).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
-/// Records per index update, so a frame stays far below the cap.
-pub const MAX_RECORDS_PER_UPDATE: usize = 256;
 
 /// One entry of a Merkle tree node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,12 +91,17 @@ pub enum Message {
         /// The node.
         prefix: Option<SyncPath>,
     },
-    /// The children of a tree node.
+    /// The children of a tree node, in parts: a part covers the names
+    /// after `after`, up to its last entry (the last part: to the end).
     TreeResponse {
         /// The node.
         prefix: Option<SyncPath>,
-        /// Its children, sorted by name.
+        /// The part starts after this name (`None`: the first part).
+        after: Option<String>,
+        /// Its children in this part, sorted by name.
         entries: Vec<TreeEntry>,
+        /// The last part.
+        complete: bool,
     },
     /// "Send me your records for these paths."
     RecordRequest {
@@ -130,7 +136,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Message, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{RecordKind, VersionId};
+    use crate::record::{Blocks, RecordKind, VersionId};
     use psync_base::{DeviceId, VersionVector};
 
     fn record() -> FileRecord {
@@ -143,7 +149,7 @@ mod tests {
             vv,
             version: VersionId { device: DeviceId([1; 32]), counter: 2 },
             size: 3,
-            blocks: vec![Some(ContentHash([9; 32]))],
+            blocks: Blocks::Listed(vec![Some(ContentHash([9; 32]))]),
             symlink: vec![],
             perm: 0o644,
             mtime: 5,
@@ -169,13 +175,18 @@ mod tests {
         assert_eq!(hex(&Message::TreeRequest { prefix: Some(SyncPath::new("d").unwrap()) }), "07010164");
         let entry = TreeEntry { name: "x".into(), hash: h, has_children: true };
         assert_eq!(
-            hex(&Message::TreeResponse { prefix: None, entries: vec![entry] }),
-            format!("08000101 78{h_hex}01").replace(' ', "")
+            hex(&Message::TreeResponse { prefix: None, after: None, entries: vec![entry.clone()], complete: true }),
+            format!("08 00 00 01 0178{h_hex}01 01").replace(' ', "")
+        );
+        assert_eq!(
+            hex(&Message::TreeResponse { prefix: None, after: Some("w".into()), entries: vec![entry], complete: false }),
+            format!("08 00 01 0177 01 0178{h_hex}01 00").replace(' ', "")
         );
         assert_eq!(hex(&Message::RecordRequest { paths: vec![SyncPath::new("a").unwrap()] }), "09010161");
         let r = record();
+        // path, kind, deleted, vv, version, size, blocks (0 = listed), symlink, perm, mtime
         let r_hex = format!(
-            "0461 2e6d64 00 00 01 20{} 02 20{} 02 03 01 01 20{} 00 fba401 0a",
+            "0461 2e6d64 00 00 01 20{} 02 20{} 02 03 00 01 01 20{} 00 fba401 0a",
             "01".repeat(32),
             "01".repeat(32),
             "09".repeat(32)
@@ -198,6 +209,13 @@ mod tests {
         let at = bytes.windows(4).position(|w| w == b"a.md").unwrap();
         bytes[at..at + 4].copy_from_slice(b"../x");
         assert!(decode_frame(&bytes).is_err());
+        let mut paged = record();
+        paged.size = 300 * 65_536;
+        paged.blocks = Blocks::Paged(vec![None, Some(ContentHash([3; 32]))]);
+        let bytes = encode_frame(&Message::Records { records: vec![paged.clone()] }).unwrap();
+        let at = bytes.windows(33).position(|w| w[0] == 0x20 && w[1..] == [3; 32]).unwrap();
+        assert_eq!(&bytes[at - 4..at], &[0x01, 0x02, 0x00, 0x01], "paged form: tag 1, two pages, a hole, a page");
+        assert!(paged.check().is_ok());
         for m in [Message::Ack { index_id: 1, seq: 2 }, Message::RecordRequest { paths: vec![] }] {
             assert_eq!(decode_frame(&encode_frame(&m).unwrap()).unwrap(), m);
         }

@@ -3,10 +3,75 @@
 
 use std::cmp::Ordering;
 
-use psync_base::{Causality, ContentHash, DeviceId, VersionVector};
+use psync_base::page::{encode_page, paginate, BLOCKS_PER_PAGE};
+use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::path::SyncPath;
+
+/// Block hashes a record lists itself (files up to 16 MiB); a larger file's
+/// record lists the hashes of its pages of block hashes instead, fetched
+/// like blocks, so a record stays small whatever the file's size.
+pub const LISTED_BLOCKS_MAX: usize = BLOCKS_PER_PAGE;
+
+/// Longest symlink target accepted, in bytes (`PATH_MAX`).
+pub const MAX_SYMLINK_BYTES: usize = 4096;
+
+/// A file's content as a record names it. The form follows from the size
+/// alone, so equal contents are equal records on every device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Blocks {
+    /// The block hashes (`None`: a hole), for files of at most
+    /// [`LISTED_BLOCKS_MAX`] blocks (and for everything that is not a file:
+    /// empty).
+    Listed(Vec<Option<ContentHash>>),
+    /// Hashes of the pages of block hashes (`None`: a page of holes; no
+    /// trailing `None`), for larger files. See `psync_base::page`.
+    Paged(Vec<Option<ContentHash>>),
+}
+
+impl Default for Blocks {
+    fn default() -> Self {
+        Blocks::Listed(Vec::new())
+    }
+}
+
+impl Blocks {
+    /// The canonical form of a file's block list, with the bytes of each
+    /// page it names (for the caller to store, so it can serve them).
+    pub fn of_file(blocks: Vec<Option<ContentHash>>) -> (Blocks, Vec<(ContentHash, Vec<u8>)>) {
+        if blocks.len() <= LISTED_BLOCKS_MAX {
+            return (Blocks::Listed(blocks), Vec::new());
+        }
+        let mut stored = Vec::new();
+        let mut hashes = Vec::new();
+        for page in paginate(&blocks) {
+            match page {
+                Some(entries) => {
+                    // A page is at most MAX_PAGE_BYTES: always encodable.
+                    let bytes = encode_page(&entries).unwrap_or_default();
+                    let hash = ContentHash::of(&bytes);
+                    hashes.push(Some(hash));
+                    stored.push((hash, bytes));
+                }
+                None => hashes.push(None),
+            }
+        }
+        (Blocks::Paged(hashes), stored)
+    }
+
+    /// Number of hashes the record itself carries.
+    pub fn len(&self) -> usize {
+        match self {
+            Blocks::Listed(v) | Blocks::Paged(v) => v.len(),
+        }
+    }
+
+    /// Whether it carries none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// What a path holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,8 +110,8 @@ pub struct FileRecord {
     pub version: VersionId,
     /// Size in bytes (files).
     pub size: u64,
-    /// Block hashes (files); `None` is a hole.
-    pub blocks: Vec<Option<ContentHash>>,
+    /// The content (files): its blocks, or for a large file its pages.
+    pub blocks: Blocks,
     /// Link target (symlinks).
     pub symlink: Vec<u8>,
     /// Permission bits.
@@ -65,11 +130,56 @@ impl FileRecord {
             vv,
             version,
             size: 0,
-            blocks: Vec::new(),
+            blocks: Blocks::default(),
             symlink: Vec::new(),
             perm,
             mtime,
         }
+    }
+
+    /// Blocks of the file (`ceil(size / BLOCK_SIZE)`, 0 for anything else).
+    pub fn block_count(&self) -> u64 {
+        if self.kind == RecordKind::File && !self.deleted {
+            self.size.div_ceil(BLOCK_SIZE)
+        } else {
+            0
+        }
+    }
+
+    /// Structural checks on a record from a peer: a block list that fits
+    /// the size in its canonical form, a version id within its history, a
+    /// symlink target a symlink can have. A record that fails them is
+    /// refused on its own; the peer's other records still count.
+    pub fn check(&self) -> Result<(), String> {
+        let blocks = self.block_count();
+        let ok = match &self.blocks {
+            Blocks::Listed(list) => list.len() as u64 == blocks && blocks as usize <= LISTED_BLOCKS_MAX,
+            Blocks::Paged(pages) => {
+                blocks as usize > LISTED_BLOCKS_MAX
+                    && pages.len() as u64 <= blocks.div_ceil(BLOCKS_PER_PAGE as u64)
+                    && pages.last() != Some(&None)
+            }
+        };
+        if !ok {
+            return Err(format!("{}: a block list that does not fit {} bytes", self.path, self.size));
+        }
+        if self.version.counter > self.vv.get(&self.version.device) {
+            return Err(format!("{}: version id not in its history", self.path));
+        }
+        if self.kind == RecordKind::Symlink && !self.deleted {
+            if self.symlink.is_empty() || self.symlink.len() > MAX_SYMLINK_BYTES || self.symlink.contains(&0) {
+                return Err(format!("{}: not a symlink target (empty, over {MAX_SYMLINK_BYTES} bytes, or NUL)", self.path));
+            }
+        } else if !self.symlink.is_empty() {
+            return Err(format!("{}: a symlink target on something else", self.path));
+        }
+        Ok(())
+    }
+
+    /// An upper bound of the record's encoded size, in bytes (to cut
+    /// frames by size without encoding twice).
+    pub fn wire_size(&self) -> usize {
+        64 + self.path.as_str().len() + self.vv.iter().count() * 48 + self.blocks.len() * 34 + self.symlink.len()
     }
 
     /// Whether two records hold the same thing (ignoring history).
@@ -83,9 +193,13 @@ impl FileRecord {
                     && self.perm == other.perm))
     }
 
-    /// The blocks this record needs (holes excluded).
-    pub fn needed_blocks(&self) -> impl Iterator<Item = ContentHash> + '_ {
-        self.blocks.iter().flatten().copied()
+    /// The objects this record names directly (holes excluded): its blocks,
+    /// or for a large file its pages (which name the blocks).
+    pub fn named_objects(&self) -> impl Iterator<Item = ContentHash> + '_ {
+        let list = match &self.blocks {
+            Blocks::Listed(v) | Blocks::Paged(v) => v,
+        };
+        list.iter().flatten().copied()
     }
 
     /// A stable digest for anti-entropy: equal records, equal digests.

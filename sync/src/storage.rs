@@ -3,16 +3,40 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use psync_base::page::{decode_page, BLOCKS_PER_PAGE};
 use psync_base::{ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
 use crate::path::SyncPath;
-use crate::record::{FileRecord, RecordKind, VersionId};
+use crate::record::{Blocks, FileRecord, RecordKind, VersionId};
 
-/// A storage failure (disk full, corruption, ...); the core stops the
-/// operation and reports it, it never half-applies.
+/// A storage failure. Nothing was half-applied; the core holds what it was
+/// doing and tries again later, and keeps syncing everything else.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StorageError(pub String);
+pub enum StorageError {
+    /// No space left: the core pauses installs and retries with backoff.
+    #[error("no space left on the device")]
+    DiskFull,
+    /// Anything else (I/O, corruption), in words.
+    #[error("storage: {0}")]
+    Failed(String),
+}
+
+/// What [`SyncStorage::install`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// Everything was installed, atomically.
+    Installed,
+    /// Nothing: a file it would replace is open for writing here, or
+    /// written and not yet committed. Decide again after the next local change.
+    Busy,
+    /// Nothing: a path changed since the decision. Decide again.
+    Moved,
+    /// Nothing: a path cannot take it here now, for a reason that concerns
+    /// that path only (a folder still holding local files that do not
+    /// sync, a local special file in the way, a local name that differs only
+    /// in its Unicode form). Tried again later.
+    Blocked(String),
+}
 
 /// What this device remembers about a peer across restarts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,24 +70,27 @@ pub trait SyncStorage {
     fn tombstones(&self) -> Result<Vec<(u64, FileRecord)>, StorageError>;
     /// Whether the block is stored.
     fn has_block(&self, hash: &ContentHash) -> Result<bool, StorageError>;
-    /// A block's bytes.
+    /// A block's bytes; `None` if it is not here, or is here but damaged
+    /// (a peer then asks elsewhere).
     fn block(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError>;
     /// Stores a block the core has verified against its hash. Blocks stored
     /// for a version not yet installed must survive garbage collection.
     fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError>;
+    /// The bytes of a page of block hashes (`psync_base::page`), if here.
+    fn page(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Stores a page the core has verified against its hash and format.
+    fn put_page(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError>;
     /// Installs records (remote versions, merges, conflict copies,
     /// tombstones) in one atomic step; each gets a new local sequence number.
-    /// Every block they reference is present. `decided_on`: the local
-    /// history each path had when the caller decided (`None`: no record).
-    /// `false`: a file they would replace has local changes not recorded
-    /// yet (open for writing), or a path changed since that decision, so
-    /// nothing was installed, and the caller decides again later. The check
-    /// and the install are one atomic step.
+    /// Every block and page they reference is present. `decided_on`: the
+    /// local history each path had when the caller decided (`None`: no
+    /// record). Unless it answers [`InstallOutcome::Installed`], nothing was
+    /// installed. The checks and the install are one atomic step.
     fn install(
         &mut self,
         records: Vec<FileRecord>,
         decided_on: &[(SyncPath, Option<VersionVector>)],
-    ) -> Result<bool, StorageError>;
+    ) -> Result<InstallOutcome, StorageError>;
     /// Forgets tombstones (every device has them).
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError>;
     /// What we remember about `peer`.
@@ -82,9 +109,14 @@ pub struct MemStorage {
     records: BTreeMap<SyncPath, (u64, FileRecord)>,
     by_seq: BTreeMap<u64, SyncPath>,
     blocks: HashMap<ContentHash, Vec<u8>>,
+    pages: HashMap<ContentHash, Vec<u8>>,
     peers: HashMap<DeviceId, PeerState>,
     /// Paths "open for writing" (see [`MemStorage::set_busy`]).
     busy: std::collections::BTreeSet<SyncPath>,
+    /// Paths that refuse installs, with why (see [`MemStorage::set_blocked`]).
+    blocked: BTreeMap<SyncPath, String>,
+    /// Installs fail with "disk full" while set.
+    disk_full: bool,
 }
 
 impl MemStorage {
@@ -97,9 +129,26 @@ impl MemStorage {
             records: BTreeMap::new(),
             by_seq: BTreeMap::new(),
             blocks: HashMap::new(),
+            pages: HashMap::new(),
             peers: HashMap::new(),
             busy: Default::default(),
+            blocked: BTreeMap::new(),
+            disk_full: false,
         }
+    }
+
+    /// Makes installs touching `path` refuse with `reason` (`None`: accept
+    /// again), as a folder holding local-only files does on a real store.
+    pub fn set_blocked(&mut self, path: &SyncPath, reason: Option<&str>) {
+        match reason {
+            Some(r) => self.blocked.insert(path.clone(), r.to_string()),
+            None => self.blocked.remove(path),
+        };
+    }
+
+    /// Makes installs and block writes fail as on a full disk, or not.
+    pub fn set_disk_full(&mut self, full: bool) {
+        self.disk_full = full;
     }
 
     /// Marks `path` as open for writing (installs refuse it) or not.
@@ -127,23 +176,51 @@ impl MemStorage {
         (vv, VersionId { device: self.device, counter })
     }
 
-    /// Splits `data` into blocks, stores them and returns the block list.
-    pub fn store_content(&mut self, data: &[u8]) -> Vec<Option<ContentHash>> {
-        data.chunks(BLOCK_SIZE as usize)
+    /// Splits `data` into blocks (all-zero ones become holes), stores them
+    /// (and the pages of a large file) and returns the record's block list.
+    pub fn store_content(&mut self, data: &[u8]) -> Blocks {
+        let list = data
+            .chunks(BLOCK_SIZE as usize)
             .map(|chunk| {
+                if chunk.iter().all(|&b| b == 0) {
+                    return None;
+                }
                 let hash = ContentHash::of(chunk);
                 self.blocks.insert(hash, chunk.to_vec());
                 Some(hash)
             })
-            .collect()
+            .collect();
+        let (blocks, pages) = Blocks::of_file(list);
+        self.pages.extend(pages);
+        blocks
     }
 
-    /// A file's bytes (None if a block is missing).
+    /// A file's block list, its pages expanded (None if a page is missing).
+    pub fn block_list(&self, record: &FileRecord) -> Option<Vec<Option<ContentHash>>> {
+        let count = record.block_count() as usize;
+        let mut list = match &record.blocks {
+            Blocks::Listed(list) => list.clone(),
+            Blocks::Paged(pages) => {
+                let mut list = Vec::with_capacity(count);
+                for (i, page) in pages.iter().enumerate() {
+                    list.resize(i * BLOCKS_PER_PAGE, None);
+                    if let Some(hash) = page {
+                        list.extend(decode_page(self.pages.get(hash)?).ok()?);
+                    }
+                }
+                list
+            }
+        };
+        list.resize(count, None);
+        Some(list)
+    }
+
+    /// A file's bytes (None if a block or page is missing).
     pub fn content(&self, record: &FileRecord) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(record.size as usize);
-        for block in &record.blocks {
+        for block in self.block_list(record)? {
             match block {
-                Some(hash) => out.extend_from_slice(self.blocks.get(hash)?),
+                Some(hash) => out.extend_from_slice(self.blocks.get(&hash)?),
                 None => out.resize(out.len() + BLOCK_SIZE as usize, 0),
             }
         }
@@ -186,7 +263,8 @@ impl MemStorage {
             return None;
         }
         let (vv, version) = self.next_version(path);
-        let record = FileRecord { vv, version, deleted: true, size: 0, blocks: Vec::new(), mtime, ..old };
+        let record =
+            FileRecord { vv, version, deleted: true, size: 0, blocks: Blocks::default(), symlink: Vec::new(), mtime, ..old };
         self.put(record.clone());
         Some(record)
     }
@@ -249,7 +327,22 @@ impl SyncStorage for MemStorage {
     }
 
     fn put_block(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError> {
+        if self.disk_full {
+            return Err(StorageError::DiskFull);
+        }
         self.blocks.insert(hash, data);
+        Ok(())
+    }
+
+    fn page(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.pages.get(hash).cloned())
+    }
+
+    fn put_page(&mut self, hash: ContentHash, data: Vec<u8>) -> Result<(), StorageError> {
+        if self.disk_full {
+            return Err(StorageError::DiskFull);
+        }
+        self.pages.insert(hash, data);
         Ok(())
     }
 
@@ -257,19 +350,25 @@ impl SyncStorage for MemStorage {
         &mut self,
         records: Vec<FileRecord>,
         decided_on: &[(SyncPath, Option<VersionVector>)],
-    ) -> Result<bool, StorageError> {
+    ) -> Result<InstallOutcome, StorageError> {
+        if self.disk_full {
+            return Err(StorageError::DiskFull);
+        }
+        if let Some(reason) = records.iter().find_map(|r| self.blocked.get(&r.path)) {
+            return Ok(InstallOutcome::Blocked(reason.clone()));
+        }
         if records.iter().any(|r| self.busy.contains(&r.path)) {
-            return Ok(false);
+            return Ok(InstallOutcome::Busy);
         }
         for (path, vv) in decided_on {
             if self.records.get(path).map(|(_, r)| &r.vv) != vv.as_ref() {
-                return Ok(false);
+                return Ok(InstallOutcome::Moved);
             }
         }
         for record in records {
             self.put(record);
         }
-        Ok(true)
+        Ok(InstallOutcome::Installed)
     }
 
     fn drop_tombstones(&mut self, paths: &[SyncPath]) -> Result<(), StorageError> {

@@ -8,7 +8,8 @@ use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use psync_sync::message::Message;
 use psync_sync::record::{conflict_name, resolve, winner_order, Resolution};
 use psync_sync::{
-    FileRecord, Input, MemStorage, Millis, Output, RecordKind, SyncConfig, SyncCore, SyncPath, SyncStorage, VersionId,
+    Blocks, FileRecord, Input, MemStorage, Millis, Output, RecordKind, SyncConfig, SyncCore, SyncPath, SyncStorage,
+    VersionId,
 };
 
 fn dev(n: u8) -> DeviceId {
@@ -489,7 +490,7 @@ fn rec(p: &str, vv: &[(u8, u64)], dot: (u8, u64), body: &[u8], deleted: bool) ->
         vv: v,
         version: VersionId { device: dev(dot.0), counter: dot.1 },
         size: if deleted { 0 } else { body.len() as u64 },
-        blocks: if deleted || body.is_empty() { vec![] } else { vec![Some(ContentHash::of(body))] },
+        blocks: Blocks::Listed(if deleted || body.is_empty() { vec![] } else { vec![Some(ContentHash::of(body))] }),
         symlink: vec![],
         perm: 0o644,
         mtime: 0,
@@ -563,7 +564,7 @@ fn winner_order_is_total_and_prefers_live_then_directories() {
     assert_eq!(winner_order(&live, &dead), std::cmp::Ordering::Greater);
     let mut dir = rec("x", &[(1, 1)], (1, 1), b"", false);
     dir.kind = RecordKind::Dir;
-    dir.blocks.clear();
+    dir.blocks = Blocks::default();
     let file = rec("x", &[(9, 9)], (9, 9), b"f", false);
     assert_eq!(winner_order(&dir, &file), std::cmp::Ordering::Greater);
     assert_eq!(winner_order(&file, &file), std::cmp::Ordering::Equal);

@@ -59,6 +59,7 @@ fn sigkill_at_random_points_leaves_a_consistent_store() {
     let mut acked: HashMap<u32, State> = (0..CRASH_FILES).map(|k| (k, State::Missing)).collect();
     let mut total_acks = 0u64;
     let mut in_flight_seen = 0u64;
+    let mut killed_while_creating = 0u64;
 
     for round in 0..rounds {
         let first_gen = (round + 1) * 1_000_000_000;
@@ -92,6 +93,7 @@ fn sigkill_at_random_points_leaves_a_consistent_store() {
         for line in &lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
+                ["CREATING"] => {}
                 ["W", k, gen] => {
                     acked.insert(k.parse().expect("k"), State::Gen(gen.parse().expect("gen")));
                 }
@@ -103,6 +105,12 @@ fn sigkill_at_random_points_leaves_a_consistent_store() {
         }
         total_acks += lines.len() as u64;
 
+        // Killed before the first store was complete: nothing was acknowledged,
+        // and there is no store (creation is atomic); the next round creates it.
+        if !Store::exists(dir.path()) && total_acks == 0 {
+            killed_while_creating += 1;
+            continue;
+        }
         let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let report = store.fsck().expect("fsck runs");
         assert!(report.is_clean(), "round {round}: fsck found {:#?}", report.problems);
@@ -132,7 +140,50 @@ fn sigkill_at_random_points_leaves_a_consistent_store() {
         }
     }
     eprintln!(
-        "crash test: {total_acks} durable acknowledgements checked, {in_flight_seen} in-flight operations observed"
+        "crash test: {total_acks} durable acknowledgements checked, {in_flight_seen} in-flight operations observed, \
+         {killed_while_creating} kills before the store existed"
     );
     assert!(total_acks >= rounds, "the writer made too little progress for the test to mean anything");
+}
+
+/// A first `psync mount` killed while it creates the store must not leave a
+/// data dir that psync refuses: creation is atomic. The writer says
+/// `CREATING` just before it creates the store; each round kills it a
+/// random moment after that (mostly inside the creation), then the store
+/// must open (or be created) and pass fsck.
+#[test]
+fn kills_during_store_creation_leave_a_usable_data_dir() {
+    let rounds = env_u64("PSYNC_CRASH_CREATE_ROUNDS", 25);
+    let seed = env_u64("PSYNC_CRASH_SEED", 20261205);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let writer = env!("CARGO_BIN_EXE_psync-crash-writer");
+    let (mut before_complete, mut after_complete) = (0, 0);
+    for round in 0..rounds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(writer)
+            .arg(dir.path())
+            .arg("1")
+            .arg(rng.random::<u64>().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start crash writer");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("first line");
+        assert_eq!(line.trim(), "CREATING", "round {round}");
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..30_000)));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("kill writer");
+        child.wait().expect("wait");
+        if Store::exists(dir.path()) {
+            after_complete += 1;
+        } else {
+            before_complete += 1;
+        }
+        let store = Store::open_or_create(dir.path(), psync_base::DeviceId([3; 32]))
+            .unwrap_or_else(|e| panic!("round {round}: the data dir is unusable after a kill: {e}"));
+        let report = store.fsck().expect("fsck runs");
+        assert!(report.is_clean(), "round {round}: fsck found {:#?}", report.problems);
+    }
+    eprintln!("creation kills: {before_complete} before the store was complete, {after_complete} after");
 }

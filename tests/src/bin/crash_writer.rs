@@ -2,8 +2,9 @@
 //! that a test can SIGKILL it anywhere and then check the store.
 //!
 //! Usage: psync-crash-writer DATA_DIR FIRST_GEN SEED
-//! Prints `W k gen` once generation `gen` of file `f{k}` is durably
-//! committed, and `D k` once `f{k}` is deleted durably.
+//! Prints `CREATING` before it opens (or creates) the store, `W k gen` once
+//! generation `gen` of file `f{k}` is durably committed, and `D k` once
+//! `f{k}` is deleted durably.
 
 use std::io::Write;
 
@@ -32,6 +33,13 @@ fn run() -> Result<(), StoreError> {
         rng ^= rng << 17;
         rng
     };
+    // Announced first, so a test can kill the writer while the store is
+    // being created (the first run on an empty data dir).
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "CREATING");
+        let _ = out.flush();
+    }
     let store = Store::open_or_create(std::path::Path::new(dir), DeviceId([3; 32]))?;
     let now = Timestamp::now();
     // Leftover temp files of a killed predecessor.
