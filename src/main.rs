@@ -1,6 +1,7 @@
 //! The `psync` command. Glue only: parses arguments, opens the store, calls
 //! library crates and prints results. No logic that a test would want lives here.
 
+mod beneath;
 mod config;
 mod daemon;
 mod group;
@@ -417,7 +418,8 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
         StoreCommand::Export { dest } => {
             let store = open_for_reading(global)?;
             std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-            let n = export_dir(&store, ROOT_INO, &dest)?;
+            let root = beneath::open_root(&dest).with_context(|| format!("cannot open {}", dest.display()))?;
+            let n = export_dir(&store, ROOT_INO, &root, &dest)?;
             println!("exported {n} entries to {}", dest.display());
         }
         StoreCommand::Ls { path } => {
@@ -604,7 +606,11 @@ fn import_dir(store: &Store, source: &Path, parent: u64, count: &mut ImportCount
 /// Copies `path` into file `ino` in 1 MiB pieces (memory stays bounded);
 /// returns whether anything changed.
 fn copy_in(store: &Store, ino: u64, path: &Path, now: Timestamp) -> Result<bool> {
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The entry was seen as a regular file: never follow a symlink put in
+    // its place since, nor wait on a FIFO.
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     let mut changed = false;
@@ -639,9 +645,16 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(filled)
 }
 
-fn export_dir(store: &Store, dir: u64, dest: &Path) -> Result<u64> {
+/// Writes the tree under `dir` into the directory `dest` (shown as
+/// `shown`). Nothing outside `dest` is touched: every entry is made
+/// relative to its parent's descriptor and no symlink in `dest` is
+/// followed (one where a file goes is replaced, one where a folder goes is
+/// an error).
+fn export_dir(store: &Store, dir: u64, dest: &std::os::fd::OwnedFd, shown: &Path) -> Result<u64> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, mkdirat, Mode, SFlag};
+    use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::PermissionsExt;
     let mut n = 0;
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -649,28 +662,61 @@ fn export_dir(store: &Store, dir: u64, dest: &Path) -> Result<u64> {
         let Some((last, _)) = entries.last() else { break };
         after = Some(last.clone());
         for (name, entry) in entries {
-            let target = dest.join(std::ffi::OsStr::from_bytes(&name));
+            let name = std::ffi::OsStr::from_bytes(&name);
+            let target = shown.join(name);
             let node = store.inode(entry.ino)?;
+            let existing = beneath::kind_at(dest, name).with_context(|| format!("{}", target.display()))?;
+            let in_the_way = |what: &str| anyhow::anyhow!("{}: {what} is in the way; not replaced", target.display());
             match node.kind {
                 NodeKind::Dir => {
-                    std::fs::create_dir_all(&target)?;
-                    n += export_dir(store, node.ino, &target)?;
+                    match existing {
+                        None => mkdirat(dest, name, Mode::from_bits_truncate(0o755))
+                            .with_context(|| format!("cannot create {}", target.display()))?,
+                        Some(SFlag::S_IFDIR) => {}
+                        Some(_) => return Err(in_the_way("something other than a folder")),
+                    }
+                    let child = beneath::child_dir(dest, name).with_context(|| format!("{}", target.display()))?;
+                    n += export_dir(store, node.ino, &child, &target)?;
                 }
                 // Local-only nodes (FIFOs, sockets, devices) are not exported.
                 NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => continue,
-                NodeKind::Symlink => {
-                    let _ = std::fs::remove_file(&target);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.symlink), &target)?;
-                }
-                NodeKind::File => {
-                    let mut out = std::fs::File::create(&target)?;
-                    let mut offset = 0;
-                    while offset < node.content.size {
-                        let chunk = store.read(node.ino, offset, 1 << 20)?;
-                        out.write_all(&chunk)?;
-                        offset += chunk.len() as u64;
+                NodeKind::Symlink | NodeKind::File => {
+                    match existing {
+                        Some(SFlag::S_IFDIR) => return Err(in_the_way("a folder")),
+                        // Replaced, never written through.
+                        Some(SFlag::S_IFLNK) => unlinkat(dest, name, UnlinkatFlags::NoRemoveDir)
+                            .with_context(|| format!("cannot replace {}", target.display()))?,
+                        _ => {}
                     }
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(node.perm))?;
+                    if node.kind == NodeKind::Symlink {
+                        if existing.is_some_and(|k| k != SFlag::S_IFLNK) {
+                            unlinkat(dest, name, UnlinkatFlags::NoRemoveDir)
+                                .with_context(|| format!("cannot replace {}", target.display()))?;
+                        }
+                        symlinkat(node.symlink.as_slice(), dest, name)
+                            .with_context(|| format!("cannot create {}", target.display()))?;
+                    } else {
+                        let flags = OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_TRUNC
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_NONBLOCK
+                            | OFlag::O_CLOEXEC;
+                        let fd = openat(dest, name, flags, Mode::from_bits_truncate(0o600))
+                            .with_context(|| format!("cannot write {}", target.display()))?;
+                        let stat = nix::sys::stat::fstat(&fd)?;
+                        if beneath::file_type(&stat) != SFlag::S_IFREG {
+                            return Err(in_the_way("something other than a file"));
+                        }
+                        let mut out = std::fs::File::from(fd);
+                        let mut offset = 0;
+                        while offset < node.content.size {
+                            let chunk = store.read(node.ino, offset, 1 << 20)?;
+                            out.write_all(&chunk)?;
+                            offset += chunk.len() as u64;
+                        }
+                        fchmod(&out, Mode::from_bits_truncate(node.perm & 0o7777))?;
+                    }
                 }
             }
             n += 1;

@@ -15,7 +15,7 @@ use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::status::{SharedLive, SignallingState};
-use crate::sync_loop::{now_ms, Control};
+use crate::sync_loop::{wall_ms, Control};
 use crate::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
 
 /// How long a dialing device waits for the answer.
@@ -177,7 +177,7 @@ pub async fn run(
                 Err(e) => tracing::warn!("refused a roster entry: {e}"),
             },
             ClientEvent::Relayed(envelope) => {
-                let payload = match envelope.open(&roster, &me.key.public(), now_ms(), &mut replay) {
+                let payload = match envelope.open(&roster, &me.key.public(), wall_ms(), &mut replay) {
                     Ok(payload) => payload.to_vec(),
                     Err(e) => {
                         tracing::warn!(from = %envelope.from.device_id(), "refused an envelope: {e}");
@@ -259,7 +259,7 @@ async fn dial(
     let (answer_tx, answer_rx) = oneshot::channel();
     slots.send(((peer, session), answer_tx)).map_err(|_| anyhow!("peering stopped"))?;
     let payload = PeerSignal::Offer(offer).encode()?;
-    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, now_ms(), payload)).ok();
+    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, answer_rx)
         .await
         .context("no answer in time")?
@@ -281,7 +281,7 @@ async fn answer(
     let mut negotiation = Negotiation::new(&me.certificate, &me.ice).await?;
     let sdp = negotiation.answer(&offer, &pinned).await?;
     let payload = PeerSignal::Answer(sdp).encode()?;
-    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, now_ms(), payload)).ok();
+    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
     finish(me, roster, peer, pinned, negotiation, sync).await
 }
 
@@ -306,6 +306,7 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync_loop::mono_ms;
     use crate::sync_storage::tests::{read, write};
     use crate::sync_storage::StoreSync;
     use psync_signal::net::register;
@@ -341,7 +342,7 @@ mod tests {
         for i in 0..2 {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(Store::open_or_create(dir.path(), ids[i]).unwrap());
-            let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, now_ms());
+            let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, mono_ms());
             let (control, control_rx) = mpsc::channel(16);
             let live = SharedLive::default();
             tokio::spawn(crate::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0, live.clone()));

@@ -15,12 +15,9 @@ use anyhow::{Context, Result};
 use psync_base::DeviceId;
 use psync_signal::{readable_id, Role, Roster};
 use psync_store::Store;
-use psync_sync::record::is_conflict_copy;
-use psync_sync::SyncStorage;
 use serde::{Deserialize, Serialize};
 
-use crate::sync_loop::{now_ms, Control, SyncSnapshot};
-use crate::sync_storage::StoreSync;
+use crate::sync_loop::{mono_ms, wall_ms, Control, SyncSnapshot};
 
 /// The control socket, in the data dir.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -97,7 +94,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentErrors {
         }
         let mut fields = Fields(String::new());
         event.record(&mut fields);
-        let line = format!("{} {}", now_ms() / 1000, fields.0.trim_end());
+        let line = format!("{} {}", wall_ms() / 1000, fields.0.trim_end());
         let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_ERRORS {
             recent.pop_front();
@@ -214,8 +211,90 @@ pub struct LocalStatus {
     pub waiting_records: usize,
     /// Blocks still to fetch.
     pub wanted_blocks: usize,
-    /// Peers' versions waiting until a file open for writing here is closed.
+    /// Peers' versions that cannot be installed now (count).
     pub held_records: usize,
+    /// Each held version with its reason (the first [`MAX_LISTED`]).
+    #[serde(default)]
+    pub held: Vec<HeldStatus>,
+    /// Installs are paused because the disk filled up (they resume by themselves).
+    #[serde(default)]
+    pub disk_full: bool,
+    /// Local paths that do not sync, with why (the first [`MAX_LISTED`]).
+    #[serde(default)]
+    pub local_only: Vec<LocalOnlyStatus>,
+    /// The latest error sync reported and went on from.
+    #[serde(default)]
+    pub sync_error: Option<String>,
+}
+
+/// Paths listed at most in each list of `psync status`.
+pub const MAX_LISTED: usize = 100;
+
+/// A peer's version held back here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldStatus {
+    /// The path.
+    pub path: String,
+    /// Why it is held, in words.
+    pub reason: String,
+    /// `open_for_writing`, `changed_meanwhile`, `blocked`, `disk_full`, `storage_failed` or `refused`.
+    pub kind: String,
+    /// The device it came from.
+    pub from: String,
+    /// Seconds since it was first held.
+    pub held_secs: u64,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// A local path that does not sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalOnlyStatus {
+    /// The path (not UTF-8 bytes are shown escaped).
+    pub path: String,
+    /// Why it does not sync.
+    pub reason: String,
+}
+
+fn held_status(held: &[psync_sync::HeldVersion]) -> Vec<HeldStatus> {
+    use psync_sync::HoldReason::*;
+    held.iter()
+        .take(MAX_LISTED)
+        .map(|h| HeldStatus {
+            path: h.path.as_str().to_string(),
+            reason: h.reason.to_string(),
+            kind: match h.reason {
+                OpenForWriting => "open_for_writing",
+                ChangedMeanwhile => "changed_meanwhile",
+                Blocked(_) => "blocked",
+                DiskFull => "disk_full",
+                StorageFailed(_) => "storage_failed",
+                Refused(_) => "refused",
+            }
+            .into(),
+            from: readable_id(&h.from),
+            held_secs: mono_ms().saturating_sub(h.since) / 1000,
+            attempts: h.attempts,
+        })
+        .collect()
+}
+
+fn local_only_status(store: &Store) -> Result<Vec<LocalOnlyStatus>> {
+    Ok(store
+        .local_only_paths(MAX_LISTED)?
+        .into_iter()
+        .map(|l| LocalOnlyStatus { path: String::from_utf8_lossy(&l.path).into_owned(), reason: l.reason })
+        .collect())
+}
+
+/// Live conflict copies, from the sync index alone (no file is opened).
+fn conflict_copies(store: &Store) -> Result<Vec<String>> {
+    let marker = psync_sync::record::CONFLICT_MARKER.as_bytes();
+    let paths = store.live_paths_where(|path| {
+        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        name.windows(marker.len()).any(|w| w == marker)
+    })?;
+    Ok(paths.into_iter().map(|p| String::from_utf8_lossy(&p).into_owned()).collect())
 }
 
 /// Who this device is in its group.
@@ -259,13 +338,7 @@ impl Source {
             }
             None => (None, SyncSnapshot::default()),
         };
-        let conflicts = StoreSync::new(self.store.clone())
-            .live_records()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .into_iter()
-            .filter(|r| !r.deleted && is_conflict_copy(&r.path))
-            .map(|r| r.path.as_str().to_string())
-            .collect();
+        let conflicts = conflict_copies(&self.store)?;
         let mut status = Status {
             device: DeviceStatus {
                 name: self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
@@ -288,7 +361,11 @@ impl Source {
                 seq: stats.seq,
                 waiting_records: snapshot.waiting_records,
                 wanted_blocks: snapshot.wanted_blocks,
-                held_records: snapshot.held_records,
+                held_records: snapshot.held.len(),
+                held: held_status(&snapshot.held),
+                disk_full: snapshot.disk_full,
+                local_only: local_only_status(&self.store)?,
+                sync_error: snapshot.last_error.clone(),
             },
             conflicts,
             recent_errors: recent_errors(),
@@ -306,10 +383,10 @@ impl Source {
                         linked: l.linked.contains(&id),
                         // A held version is not applied yet: not in sync.
                         progress: snapshot.peers.iter().find(|p| p.device == id).cloned().map(|mut p| {
-                            p.waiting_records += snapshot.held_records;
+                            p.waiting_records += snapshot.held.iter().filter(|h| h.from == id).count();
                             p
                         }),
-                        last_seen_secs_ago: snapshot.last_seen.get(&id).map(|t| now_ms().saturating_sub(*t) / 1000),
+                        last_seen_secs_ago: snapshot.last_seen.get(&id).map(|t| mono_ms().saturating_sub(*t) / 1000),
                         link: snapshot.links.get(&id).copied(),
                     });
                 }
@@ -453,21 +530,14 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
                 dirs: s.dirs,
                 bytes: s.logical_bytes,
                 seq: s.seq,
-                waiting_records: 0,
-                wanted_blocks: 0,
-                held_records: 0,
+                local_only: local_only_status(store)?,
+                ..LocalStatus::default()
             }
         }
         None => LocalStatus::default(),
     };
     let conflicts = match &store {
-        Some(store) => StoreSync::new(store.clone())
-            .live_records()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .into_iter()
-            .filter(|r| !r.deleted && is_conflict_copy(&r.path))
-            .map(|r| r.path.as_str().to_string())
-            .collect(),
+        Some(store) => conflict_copies(store)?,
         None => Vec::new(),
     };
     let setup = crate::group::sync_setup(data_dir)?;
@@ -553,6 +623,11 @@ fn bar(done: u64, total: u64) -> String {
     format!("[{}{}]", "#".repeat(filled as usize), "-".repeat((WIDTH - filled) as usize))
 }
 
+/// The first part of a readable device id.
+fn short_id(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
+}
+
 fn render(s: &Status, peak_wanted: usize) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -594,12 +669,35 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             bytes(l.wanted_blocks as u64 * psync_store::BLOCK_SIZE)
         );
     }
+    if l.disk_full {
+        let _ =
+            writeln!(out, "DISK FULL   installs from peers are paused; they resume by themselves once there is space");
+    }
     if l.held_records > 0 {
         let _ = writeln!(
             out,
-            "held        {} peer versions wait until files open for writing here are closed (both versions will be kept)",
+            "held        {} peer versions cannot be installed now (retried; nothing is lost):",
             l.held_records
         );
+        for h in &l.held {
+            let _ = writeln!(out, "  {}  {} (from {}, {} s)", h.path, h.reason, short_id(&h.from), h.held_secs);
+        }
+        if l.held.len() < l.held_records {
+            let _ = writeln!(
+                out,
+                "  ... and {} more (psync status --json lists {MAX_LISTED})",
+                l.held_records - l.held.len()
+            );
+        }
+    }
+    if !l.local_only.is_empty() {
+        let _ = writeln!(out, "local only  {} paths here do not sync:", l.local_only.len());
+        for p in &l.local_only {
+            let _ = writeln!(out, "  {}  {}", p.path, p.reason);
+        }
+    }
+    if let Some(e) = &l.sync_error {
+        let _ = writeln!(out, "sync error  {e} (sync goes on)");
     }
     if !s.peers.is_empty() {
         let _ = writeln!(out, "peers");

@@ -19,7 +19,7 @@ use crate::group::SyncSetup;
 use crate::peering::{self, Me};
 use crate::replay::Replayer;
 use crate::status::SharedLive;
-use crate::sync_loop::{self, now_ms, Control};
+use crate::sync_loop::{self, mono_ms, Control};
 use crate::sync_storage::StoreSync;
 
 /// Spawns the sync thread; returns once it is running, with what
@@ -47,7 +47,7 @@ pub fn start(
         download_bytes_per_sec: settings.download_bytes_per_sec,
         ..SyncConfig::new(group)
     };
-    let core = SyncCore::new(StoreSync::new(store), config, rand::random(), now_ms());
+    let core = SyncCore::new(StoreSync::new(store), config, rand::random(), mono_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();
     let handles = (live.clone(), control.clone());
@@ -82,10 +82,8 @@ pub fn start(
                 tracing::error!("cannot start the replay thread: {e}");
                 return;
             }
-            match sync_loop::run(core, control_rx, installed, live).await {
-                Ok(_) => tracing::info!("sync stopped"),
-                Err(e) => tracing::error!("sync stopped: {e:#}"),
-            }
+            sync_loop::run(core, control_rx, installed, live).await;
+            tracing::info!("sync stopped (unmounting)");
         })
     })?;
     Ok(handles)

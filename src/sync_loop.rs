@@ -1,22 +1,34 @@
 //! The daemon's sync loop: one task owns the [`SyncCore`]; each connected
-//! peer has a reader task (frames in) and a writer task (frames out, bounded
-//! so a slow peer pushes back on the core instead of filling memory). The
-//! loop itself only translates: links and timers become core inputs, core
-//! outputs become frames, dropped links and installed paths.
+//! peer has a reader task (frames in) and a writer task (frames out). The
+//! loop never waits for one peer: frames for a peer queue up to a bound in
+//! bytes, the core is told when a peer's queue is full (it stops bulk
+//! sending to it) and when it has drained, and a peer whose queue passes the
+//! hard bound is dropped. The loop only translates: links and timers become
+//! core inputs, core outputs become frames, dropped links and installed
+//! paths. An error the core reports is logged and sync goes on.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{Change, Input, Millis, Output, PeerProgress, SyncCore, SyncStorage};
+use psync_sync::{Change, HeldVersion, Input, Millis, Output, PeerProgress, SyncCore, SyncError, SyncStorage};
 use tokio::sync::mpsc;
 
 use crate::status::SharedLive;
 use crate::transport::{Link, LinkProbe, LinkSender, LinkStats};
 
-/// Frames queued for one peer before the core waits.
-const OUTBOUND_QUEUE: usize = 64;
+/// Frames (count) read from all links and not yet handled; a fast sender
+/// then waits in its reader task, never the loop.
+const INBOUND_QUEUE: usize = 64;
+/// Bytes queued for one peer past which the core stops bulk sending to it.
+const CONGESTED_BYTES: usize = 8 << 20;
+/// Bytes queued for one peer under which bulk sending resumes.
+const DRAINED_BYTES: usize = 2 << 20;
+/// Bytes queued for one peer past which it is dropped (it does not read).
+const MAX_QUEUED_BYTES_PER_PEER: usize = 64 << 20;
 /// Longest sleep when the core has no timer (it always has a heartbeat).
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// How long `psync status` waits for one link's counters.
@@ -30,6 +42,7 @@ pub enum Control {
     /// The filesystem committed a change.
     LocalChanged,
     /// The roster changed: the group's devices and the read-only ones.
+    /// Links to devices no longer in it are dropped at once.
     Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
     /// `psync status` asks where sync stands.
     Status(std::sync::mpsc::Sender<SyncSnapshot>),
@@ -40,54 +53,78 @@ pub enum Control {
 pub struct SyncSnapshot {
     /// Every peer with a link, and how far each side is.
     pub peers: Vec<PeerProgress>,
-    /// When each peer was last heard from, connected or not (this run).
+    /// When each peer was last heard from, connected or not (this run; [`mono_ms`]).
     pub last_seen: HashMap<DeviceId, Millis>,
     /// Records waiting for blocks, from all peers.
     pub waiting_records: usize,
     /// Blocks still to fetch.
     pub wanted_blocks: usize,
-    /// Peers' versions held back while the local file is open for writing.
-    pub held_records: usize,
+    /// Peers' versions that cannot be installed now, each with its reason.
+    pub held: Vec<HeldVersion>,
+    /// Installs are paused because the disk filled up.
+    pub disk_full: bool,
     /// Each current link's counters.
     pub links: HashMap<DeviceId, LinkStats>,
+    /// The latest error the core reported, if any (sync went on).
+    pub last_error: Option<String>,
 }
 
 enum Inbound {
     Frame(DeviceId, u64, Vec<u8>),
     Closed(DeviceId, u64),
+    /// The peer's queue drained below [`DRAINED_BYTES`].
+    Drained(DeviceId, u64),
+}
+
+/// Frames waiting for one peer's writer, counted in bytes.
+struct Outbound {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    congested: Arc<AtomicBool>,
 }
 
 struct Peer {
     generation: u64,
-    outbound: mpsc::Sender<Vec<u8>>,
+    outbound: Outbound,
     probe: LinkProbe,
 }
 
-/// Wall-clock milliseconds; the core only compares them.
-pub fn now_ms() -> Millis {
+/// Milliseconds of a clock that never goes back (the core's time).
+pub fn mono_ms() -> Millis {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as Millis + 1
+}
+
+/// Wall-clock milliseconds since the Unix epoch (signed envelopes, times shown).
+pub fn wall_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 /// Runs until `control` is closed. Paths installed from peers go to
-/// `installed` (for the filesystem to show); an error means the store failed.
-/// `live.linked` is kept equal to the peers with a link.
+/// `installed` (for the filesystem to show). `live.linked` is kept equal
+/// to the peers with a link.
 pub async fn run<S: SyncStorage>(
     mut core: SyncCore<S>,
     mut control: mpsc::Receiver<Control>,
     installed: mpsc::UnboundedSender<Vec<Change>>,
     live: SharedLive,
-) -> anyhow::Result<SyncCore<S>> {
-    let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(OUTBOUND_QUEUE);
+) -> SyncCore<S> {
+    let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let mut peers: HashMap<DeviceId, Peer> = HashMap::new();
     let mut generation = 0u64;
     let mut last_seen: HashMap<DeviceId, Millis> = HashMap::new();
+    let mut last_error: Option<String> = None;
+    core.set_wall_clock(wall_ms());
     loop {
-        let wait = core.poll_timeout().map_or(IDLE_WAKEUP, |at| Duration::from_millis(at.saturating_sub(now_ms())));
-        tokio::select! {
+        let wait = core.poll_timeout().map_or(IDLE_WAKEUP, |at| Duration::from_millis(at.saturating_sub(mono_ms())));
+        let result = tokio::select! {
             event = control.recv() => match event {
                 None => break,
-                Some(Control::LocalChanged) => core.handle(now_ms(), Input::LocalChanged)?,
-                Some(Control::Group { devices, read_only }) => core.set_group(devices, read_only),
+                Some(Control::LocalChanged) => core.handle(mono_ms(), Input::LocalChanged),
+                Some(Control::Group { devices, read_only }) => {
+                    core.set_group(devices, read_only);
+                    Ok(())
+                }
                 Some(Control::Status(reply)) => {
                     let mut links = HashMap::new();
                     for (device, peer) in &peers {
@@ -97,73 +134,141 @@ pub async fn run<S: SyncStorage>(
                     }
                     let snapshot = SyncSnapshot {
                         links,
-                        peers: core.peer_progress()?,
+                        peers: core.peer_progress().unwrap_or_default(),
                         last_seen: last_seen.clone(),
                         waiting_records: core.pending_count(),
                         wanted_blocks: core.wanted_blocks(),
-                        held_records: core.held_count(),
+                        held: core.held(),
+                        disk_full: core.disk_full(),
+                        last_error: last_error.clone(),
                     };
                     let _ = reply.send(snapshot);
+                    Ok(())
                 }
                 Some(Control::Connected(device, link)) => {
                     generation += 1;
+                    let mut result = Ok(());
                     if peers.remove(&device).is_some() {
-                        core.handle(now_ms(), Input::Disconnected(device))?;
+                        result = core.handle(mono_ms(), Input::Disconnected(device));
                     }
                     peers.insert(device, start_peer(device, generation, link, inbound_tx.clone()));
                     live.update(|l| l.linked.insert(device));
-                    core.handle(now_ms(), Input::Connected(device))?;
+                    result.and(core.handle(mono_ms(), Input::Connected(device)))
                 }
             },
             Some(event) = inbound.recv() => match event {
                 Inbound::Frame(device, generation, frame) => {
                     if peers.get(&device).is_some_and(|p| p.generation == generation) {
-                        last_seen.insert(device, now_ms());
+                        last_seen.insert(device, mono_ms());
                         match decode_frame(&frame) {
-                            Ok(message) => core.handle(now_ms(), Input::Message(device, message))?,
+                            Ok(message) => core.handle(mono_ms(), Input::Message(device, message)),
                             Err(e) => {
                                 tracing::warn!(peer = %device, "malformed frame, dropping the connection: {e}");
-                                drop_peer(&mut core, &mut peers, device, &live)?;
+                                drop_peer(&mut core, &mut peers, device, &live)
                             }
                         }
+                    } else {
+                        Ok(())
                     }
                 }
                 Inbound::Closed(device, generation) => {
                     if peers.get(&device).is_some_and(|p| p.generation == generation) {
                         tracing::info!(peer = %device, "connection closed");
-                        drop_peer(&mut core, &mut peers, device, &live)?;
+                        drop_peer(&mut core, &mut peers, device, &live)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Inbound::Drained(device, generation) => {
+                    if peers.get(&device).is_some_and(|p| p.generation == generation) {
+                        core.handle(mono_ms(), Input::Congested(device, false))
+                    } else {
+                        Ok(())
                     }
                 }
             },
-            _ = tokio::time::sleep(wait) => core.handle_timeout(now_ms())?,
+            _ = tokio::time::sleep(wait) => {
+                core.set_wall_clock(wall_ms());
+                core.handle_timeout(mono_ms())
+            }
+        };
+        if let Err(e) = result {
+            report(&mut last_error, e);
         }
         while let Some(output) = core.poll_output() {
-            match output {
+            let result = match output {
                 Output::Send(device, message) => {
                     let Some(peer) = peers.get(&device) else { continue };
                     match encode_frame(&message) {
-                        // A closed writer shows up as Closed from the reader.
-                        Ok(frame) => {
-                            let _ = peer.outbound.send(frame).await;
+                        Ok(frame) => match queue(peer, frame) {
+                            Queued::Fine => Ok(()),
+                            Queued::Congested => core.handle(mono_ms(), Input::Congested(device, true)),
+                            Queued::Overflow(bytes) => {
+                                tracing::warn!(
+                                    peer = %device,
+                                    "the peer does not read ({} MiB queued), dropping the connection",
+                                    bytes >> 20
+                                );
+                                drop_peer(&mut core, &mut peers, device, &live)
+                            }
+                        },
+                        Err(e) => {
+                            tracing::error!(peer = %device, "cannot encode a message: {e}");
+                            Ok(())
                         }
-                        Err(e) => tracing::error!(peer = %device, "cannot encode a message: {e}"),
                     }
                 }
                 Output::Installed(paths) => {
                     let _ = installed.send(paths);
+                    Ok(())
                 }
                 Output::Violation(device, why) => {
-                    tracing::warn!(peer = %device, "protocol violation, dropping the connection: {why}");
-                    drop_peer(&mut core, &mut peers, device, &live)?;
+                    tracing::warn!(peer = %device, "dropping the connection: {why}");
+                    drop_peer(&mut core, &mut peers, device, &live)
                 }
                 Output::Inactive(device) => {
                     tracing::info!(peer = %device, "peer silent too long, dropping the connection");
-                    drop_peer(&mut core, &mut peers, device, &live)?;
+                    drop_peer(&mut core, &mut peers, device, &live)
                 }
+            };
+            if let Err(e) = result {
+                report(&mut last_error, e);
             }
         }
     }
-    Ok(core)
+    core
+}
+
+/// Logs an error the core reported; sync goes on (what failed is retried
+/// by the core's timers, or at the peer's next message).
+fn report(last_error: &mut Option<String>, error: SyncError) {
+    let text = error.to_string();
+    if last_error.as_deref() != Some(&text) {
+        tracing::error!("sync: {text}; going on");
+    }
+    *last_error = Some(text);
+}
+
+enum Queued {
+    Fine,
+    /// Past [`CONGESTED_BYTES`] just now.
+    Congested,
+    /// Past [`MAX_QUEUED_BYTES_PER_PEER`].
+    Overflow(usize),
+}
+
+fn queue(peer: &Peer, frame: Vec<u8>) -> Queued {
+    let out = &peer.outbound;
+    let queued = out.queued.fetch_add(frame.len(), Ordering::SeqCst) + frame.len();
+    if queued > MAX_QUEUED_BYTES_PER_PEER {
+        return Queued::Overflow(queued);
+    }
+    // A closed writer shows up as Closed from the reader.
+    let _ = out.frames.send(frame);
+    if queued > CONGESTED_BYTES && !out.congested.swap(true, Ordering::SeqCst) {
+        return Queued::Congested;
+    }
+    Queued::Fine
 }
 
 /// Forgets a peer's link (its writer ends and closes it) and tells the core.
@@ -172,10 +277,10 @@ fn drop_peer<S: SyncStorage>(
     peers: &mut HashMap<DeviceId, Peer>,
     device: DeviceId,
     live: &SharedLive,
-) -> anyhow::Result<()> {
+) -> Result<(), SyncError> {
     peers.remove(&device);
     live.update(|l| l.linked.remove(&device));
-    Ok(core.handle(now_ms(), Input::Disconnected(device))?)
+    core.handle(mono_ms(), Input::Disconnected(device))
 }
 
 /// Spawns the reader and writer of one link. Dropping the returned
@@ -183,9 +288,16 @@ fn drop_peer<S: SyncStorage>(
 fn start_peer(device: DeviceId, generation: u64, link: Link, inbound: mpsc::Sender<Inbound>) -> Peer {
     let probe = link.probe();
     let (sender, mut receiver) = link.split();
-    let (outbound, mut frames) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let (frames_tx, mut frames) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let congested = Arc::new(AtomicBool::new(false));
+    let outbound = Outbound { frames: frames_tx, queued: queued.clone(), congested: congested.clone() };
+    let drained = inbound.clone();
     tokio::spawn(async move {
-        write_frames(&sender, &mut frames).await;
+        write_frames(&sender, &mut frames, &queued, &congested, || {
+            let _ = drained.try_send(Inbound::Drained(device, generation));
+        })
+        .await;
         sender.close().await;
     });
     tokio::spawn(async move {
@@ -199,11 +311,22 @@ fn start_peer(device: DeviceId, generation: u64, link: Link, inbound: mpsc::Send
     Peer { generation, outbound, probe }
 }
 
-async fn write_frames(sender: &LinkSender, frames: &mut mpsc::Receiver<Vec<u8>>) {
+async fn write_frames(
+    sender: &LinkSender,
+    frames: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: &AtomicUsize,
+    congested: &AtomicBool,
+    on_drained: impl Fn(),
+) {
     while let Some(frame) = frames.recv().await {
+        let len = frame.len();
         if let Err(e) = sender.send(&frame).await {
             tracing::info!("peer link failed: {e}");
             return;
+        }
+        let left = queued.fetch_sub(len, Ordering::SeqCst).saturating_sub(len);
+        if left < DRAINED_BYTES && congested.swap(false, Ordering::SeqCst) {
+            on_drained();
         }
     }
 }
@@ -263,8 +386,16 @@ mod tests {
         b_ctl.send(Control::Connected(a_id, lb)).await.unwrap();
         eventually("later.md on b", || read(&b_store, "later.md").is_some()).await;
 
+        // A roster change that removes b: a drops the live link at once and
+        // b's changes stop arriving.
+        let (status_tx, status_rx) = std::sync::mpsc::channel();
+        a_ctl.send(Control::Group { devices: vec![a_id], read_only: vec![] }).await.unwrap();
+        a_ctl.send(Control::Status(status_tx)).await.unwrap();
+        let snapshot = tokio::task::spawn_blocking(move || status_rx.recv().unwrap()).await.unwrap();
+        assert!(snapshot.peers.is_empty(), "the removed device's link is gone: {:?}", snapshot.peers);
+
         drop((a_ctl, b_ctl));
-        a_loop.await.unwrap().unwrap();
-        b_loop.await.unwrap().unwrap();
+        a_loop.await.unwrap();
+        b_loop.await.unwrap();
     }
 }

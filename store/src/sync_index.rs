@@ -634,6 +634,22 @@ impl Store {
         })
     }
 
+    /// Live paths of the sync index whose bytes match `wanted` (read from
+    /// the index alone: nothing is resolved or opened).
+    pub fn live_paths_where(&self, wanted: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.for_each_prefix(&[TAG_PATH], |k, v| {
+            if wanted(&k[1..]) {
+                let entry: PathEntry = codec::decode(v)?;
+                if !entry.deleted {
+                    out.push(k[1..].to_vec());
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Local paths that do not sync, with why (at most `limit`).
     pub fn local_only_paths(&self, limit: usize) -> Result<Vec<LocalOnlyPath>> {
         let mut out = Vec::new();
@@ -654,9 +670,7 @@ impl Store {
         if ContentHash::of(data) != *hash || decode_page(data).is_err() {
             return Err(StoreError::Corrupt(format!("page {hash} does not match its hash or is not a page")));
         }
-        self.with_writer_locked(|| {
-            self.db().put_cf(self.meta(), keys::page(hash), data).map_err(|e| self.rocks_err(e))
-        })
+        self.with_writer_locked(|| self.db().put_cf(self.meta(), keys::page(hash), data).map_err(|e| self.rocks_err(e)))
     }
 
     /// Stores a block after checking it against its hash.

@@ -576,7 +576,10 @@ impl<S: SyncStorage> SyncCore<S> {
         p.unrequested += 1;
         if p.unrequested > MAX_UNREQUESTED_PER_HEARTBEAT {
             self.forget_peer(peer);
-            self.violation(peer, format!("more than {MAX_UNREQUESTED_PER_HEARTBEAT} replies nobody asked for ({what})"));
+            self.violation(
+                peer,
+                format!("more than {MAX_UNREQUESTED_PER_HEARTBEAT} replies nobody asked for ({what})"),
+            );
         }
     }
 
@@ -639,7 +642,10 @@ impl<S: SyncStorage> SyncCore<S> {
             Message::RecordRequest { paths } => {
                 if paths.len() > MAX_PATHS_PER_RECORD_REQUEST {
                     self.forget_peer(peer);
-                    self.violation(peer, format!("a record request for more than {MAX_PATHS_PER_RECORD_REQUEST} paths"));
+                    self.violation(
+                        peer,
+                        format!("a record request for more than {MAX_PATHS_PER_RECORD_REQUEST} paths"),
+                    );
                     return Ok(());
                 }
                 let mut records = Vec::new();
@@ -1177,9 +1183,8 @@ impl<S: SyncStorage> SyncCore<S> {
         // This part covers the names after `after`, up to its last entry
         // (or to the end, for the last part).
         let upto = if complete { None } else { theirs.last().map(|e| e.name.clone()) };
-        let covered = |name: &String| {
-            after.as_ref().is_none_or(|a| name > a) && upto.as_ref().is_none_or(|u| name <= u)
-        };
+        let covered =
+            |name: &String| after.as_ref().is_none_or(|a| name > a) && upto.as_ref().is_none_or(|u| name <= u);
         self.tree.refresh(&self.storage)?;
         let ours: BTreeMap<String, TreeEntry> = self
             .tree
@@ -1443,12 +1448,8 @@ impl<S: SyncStorage> SyncCore<S> {
     /// failing disk) is answered "don't have", so the peer asks elsewhere.
     fn pump_uploads(&mut self) {
         loop {
-            let ready: Vec<DeviceId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| !p.uploads.is_empty() && !p.congested)
-                .map(|(d, _)| *d)
-                .collect();
+            let ready: Vec<DeviceId> =
+                self.peers.iter().filter(|(_, p)| !p.uploads.is_empty() && !p.congested).map(|(d, _)| *d).collect();
             if ready.is_empty() {
                 return;
             }

@@ -129,9 +129,9 @@ impl Fetch {
     /// Whether a version at `path` equal to or newer than `vv` is waiting.
     pub(crate) fn has_newer(&self, path: &SyncPath, vv: &VersionVector) -> bool {
         self.by_path.get(path).is_some_and(|ids| {
-            ids.iter().filter_map(|id| self.pending.get(id)).any(|p| {
-                matches!(vv.compare(&p.record.vv), Causality::Equal | Causality::Dominated)
-            })
+            ids.iter()
+                .filter_map(|id| self.pending.get(id))
+                .any(|p| matches!(vv.compare(&p.record.vv), Causality::Equal | Causality::Dominated))
         })
     }
 
@@ -141,7 +141,10 @@ impl Fetch {
             .pending
             .values()
             .map(|p| {
-                format!("{} {:?} from {:?} seq {:?} missing {:?}", p.record.path, p.record.vv, p.source, p.origin, p.missing)
+                format!(
+                    "{} {:?} from {:?} seq {:?} missing {:?}",
+                    p.record.path, p.record.vv, p.source, p.origin, p.missing
+                )
             })
             .collect();
         out.push(format!("in flight {:?} backoff ends {:?}", self.in_flight, self.backoff_ends));
@@ -464,8 +467,7 @@ impl Fetch {
             if !slots.is_empty() && slots.keys().all(|p| want.refused.contains(p)) {
                 // A full round of refusals: wait, longer each time.
                 want.refused.clear();
-                want.not_before =
-                    now + backoff(FIRST_REFUSED_BACKOFF_MS, MAX_REFUSED_BACKOFF_MS, want.failed_rounds);
+                want.not_before = now + backoff(FIRST_REFUSED_BACKOFF_MS, MAX_REFUSED_BACKOFF_MS, want.failed_rounds);
                 want.failed_rounds += 1;
                 backoff_ends = Some(backoff_ends.map_or(want.not_before, |t| t.min(want.not_before)));
                 continue;

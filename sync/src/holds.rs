@@ -33,7 +33,9 @@ pub enum HoldReason {
 impl fmt::Display for HoldReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HoldReason::OpenForWriting => f.write_str("the file is open for writing here; both versions are kept once it is closed"),
+            HoldReason::OpenForWriting => {
+                f.write_str("the file is open for writing here; both versions are kept once it is closed")
+            }
             HoldReason::ChangedMeanwhile => f.write_str("the file changed here meanwhile; deciding again"),
             HoldReason::Blocked(why) => f.write_str(why),
             HoldReason::DiskFull => f.write_str("the disk is full; retrying"),

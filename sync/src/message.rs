@@ -179,7 +179,12 @@ mod tests {
             format!("08 00 00 01 0178{h_hex}01 01").replace(' ', "")
         );
         assert_eq!(
-            hex(&Message::TreeResponse { prefix: None, after: Some("w".into()), entries: vec![entry], complete: false }),
+            hex(&Message::TreeResponse {
+                prefix: None,
+                after: Some("w".into()),
+                entries: vec![entry],
+                complete: false
+            }),
             format!("08 00 01 0177 01 0178{h_hex}01 00").replace(' ', "")
         );
         assert_eq!(hex(&Message::RecordRequest { paths: vec![SyncPath::new("a").unwrap()] }), "09010161");

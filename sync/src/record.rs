@@ -168,7 +168,10 @@ impl FileRecord {
         }
         if self.kind == RecordKind::Symlink && !self.deleted {
             if self.symlink.is_empty() || self.symlink.len() > MAX_SYMLINK_BYTES || self.symlink.contains(&0) {
-                return Err(format!("{}: not a symlink target (empty, over {MAX_SYMLINK_BYTES} bytes, or NUL)", self.path));
+                return Err(format!(
+                    "{}: not a symlink target (empty, over {MAX_SYMLINK_BYTES} bytes, or NUL)",
+                    self.path
+                ));
             }
         } else if !self.symlink.is_empty() {
             return Err(format!("{}: a symlink target on something else", self.path));

@@ -263,8 +263,16 @@ impl MemStorage {
             return None;
         }
         let (vv, version) = self.next_version(path);
-        let record =
-            FileRecord { vv, version, deleted: true, size: 0, blocks: Blocks::default(), symlink: Vec::new(), mtime, ..old };
+        let record = FileRecord {
+            vv,
+            version,
+            deleted: true,
+            size: 0,
+            blocks: Blocks::default(),
+            symlink: Vec::new(),
+            mtime,
+            ..old
+        };
         self.put(record.clone());
         Some(record)
     }

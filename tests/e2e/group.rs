@@ -232,7 +232,7 @@ fn files_written_on_one_mount_appear_on_the_other() {
 }
 
 /// A signalling server and two devices of one group (not mounted).
-fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+pub fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
     let (server, url) = start_server(&tmp.join("server"));
     let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
     assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
@@ -244,7 +244,7 @@ fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) 
 }
 
 /// Unmounts every device, then checks every store is consistent.
-fn unmount_and_fsck(mounts: &[&Mounted]) {
+pub fn unmount_and_fsck(mounts: &[&Mounted]) {
     for m in mounts {
         m.unmount();
     }
@@ -253,7 +253,7 @@ fn unmount_and_fsck(mounts: &[&Mounted]) {
     }
 }
 
-fn wait_for_content(m: &Mounted, rel: &str, want: &[u8]) {
+pub fn wait_for_content(m: &Mounted, rel: &str, want: &[u8]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while std::fs::read(m.path(rel)).ok().as_deref() != Some(want) {
         assert!(std::time::Instant::now() < deadline, "{rel} did not arrive: {:?}", std::fs::read(m.path(rel)));

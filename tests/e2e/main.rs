@@ -10,4 +10,5 @@ mod conformance;
 mod demo;
 mod group;
 mod mount;
+mod safety;
 mod three;

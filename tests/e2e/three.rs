@@ -12,7 +12,7 @@ use crate::mount::{psync, Mounted};
 const NAMES: [&str; 3] = ["desktop", "laptop", "tablet"];
 const PATIENCE: Duration = Duration::from_secs(120);
 
-fn group_of_three(tmp: &Path) -> (Server, Vec<PathBuf>) {
+pub fn group_of_three(tmp: &Path) -> (Server, Vec<PathBuf>) {
     let (server, url) = start_server(&tmp.join("server"));
     let dirs: Vec<PathBuf> = NAMES.iter().map(|n| tmp.join(n)).collect();
     assert!(psync(&dirs[0], &["init", "--name", NAMES[0], "--server", &url]).status.success());
@@ -65,13 +65,13 @@ fn wait_for_trees(mounts: &[&Mounted], want: &BTreeMap<String, String>) {
     }
 }
 
-fn status(data: &Path) -> serde_json::Value {
+pub fn status(data: &Path) -> serde_json::Value {
     json(&psync(data, &["status", "--json"]))
 }
 
 /// Waits until `data`'s status shows each named peer with `online` and
 /// `in_sync` as wanted.
-fn wait_for_status(data: &Path, want: &[(&str, bool, bool)]) -> serde_json::Value {
+pub fn wait_for_status(data: &Path, want: &[(&str, bool, bool)]) -> serde_json::Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let s = status(data);

@@ -1,0 +1,167 @@
+//! Safe in real life: what a peer's changes can never do on this device,
+//! and how one path that cannot sync leaves the others syncing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::group::{group_of_two, unmount_and_fsck, wait_for_content};
+use crate::mount::{psync, Mounted};
+use crate::three::{group_of_three, status};
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Waits until `check` holds, or fails with `what` and both daemons' logs.
+fn eventually(what: &str, logs: &[&Path], mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|d| {
+                    format!("--- {}\n{}", d.display(), std::fs::read_to_string(d.join("psync.log")).unwrap_or_default())
+                })
+                .collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Situation 1: on the laptop, within one debounce window, `rm d/f; rmdir
+/// d; ln -s OUTSIDE d`. The desktop shows the change, and nothing outside
+/// its mount is touched: the replay never follows the peer's symlink (it
+/// once unlinked OUTSIDE/f, following it).
+#[test]
+fn a_peers_symlink_never_makes_the_replay_act_outside_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    const ROUNDS: usize = 5;
+    for i in 0..ROUNDS {
+        std::fs::write(outside.join(format!("f{i}")), b"outside the mount").unwrap();
+        let d = format!("d{i}");
+        std::fs::create_dir(mb.path(&d)).unwrap();
+        std::fs::write(mb.path(&format!("{d}/f{i}")), b"inside").unwrap();
+        std::fs::write(mb.path(&format!("{d}/keep{i}.md")), b"inside").unwrap();
+        wait_for_content(&ma, &format!("{d}/f{i}"), b"inside");
+        wait_for_content(&ma, &format!("{d}/keep{i}.md"), b"inside");
+        // As in real life, the desktop's kernel no longer has `d` cached
+        // when the change comes (so it looks `d` up again on the way).
+        forget_cached_names();
+        // The whole change inside one debounce window.
+        std::fs::remove_file(mb.path(&format!("{d}/f{i}"))).unwrap();
+        std::fs::remove_file(mb.path(&format!("{d}/keep{i}.md"))).unwrap();
+        std::fs::remove_dir(mb.path(&d)).unwrap();
+        std::os::unix::fs::symlink(&outside, mb.path(&d)).unwrap();
+        // Waiting on another file: looking at `d` here would cache it again.
+        std::fs::write(mb.path(&format!("after{i}.md")), b"after").unwrap();
+        wait_for_content(&ma, &format!("after{i}.md"), b"after");
+        assert!(std::fs::symlink_metadata(ma.path(&d)).unwrap().file_type().is_symlink(), "{d} is a symlink");
+    }
+    // The desktop's store holds the symlink as data, pointing where the laptop said.
+    assert_eq!(std::fs::read_link(ma.path("d0")).unwrap(), outside);
+    for i in 0..ROUNDS {
+        assert_eq!(
+            std::fs::read(outside.join(format!("f{i}"))).ok().as_deref(),
+            Some(&b"outside the mount"[..]),
+            "a file outside the mount was deleted or changed (round {i})"
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), ROUNDS, "nothing was created outside the mount either: {names:?}");
+    unmount_and_fsck(&[&ma, &mb]);
+}
+
+/// Makes the kernel drop the names it caches (dentries) that nothing uses.
+fn forget_cached_names() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's name cache (needs root)");
+}
+
+/// Situation 2: the laptop deletes a folder that, on the desktop, still
+/// holds a FIFO (which does not sync). The desktop keeps the folder with
+/// the FIFO, lists it as held with the reason, and everything else keeps
+/// syncing; once the FIFO is gone the delete goes through. A local name in
+/// NFD form stays local, listed, and does not stop anything either.
+#[test]
+fn a_folder_holding_local_files_is_kept_and_sync_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::create_dir(mb.path("drafts")).unwrap();
+    std::fs::write(mb.path("drafts/a.md"), b"draft").unwrap();
+    wait_for_content(&ma, "drafts/a.md", b"draft");
+    nix::unistd::mkfifo(&ma.path("drafts/pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let nfd = "re\u{301}sume\u{301}.md";
+    std::fs::write(ma.path(nfd), b"a name macOS would write").unwrap();
+
+    std::fs::remove_file(mb.path("drafts/a.md")).unwrap();
+    std::fs::remove_dir(mb.path("drafts")).unwrap();
+    eventually("drafts/a.md to go on the desktop", &[&a, &b], || !ma.path("drafts/a.md").exists());
+    let held = |s: &serde_json::Value| -> Option<String> {
+        s["local"]["held"]
+            .as_array()?
+            .iter()
+            .find(|h| h["path"] == "drafts")
+            .map(|h| h["reason"].as_str().unwrap_or_default().to_string())
+    };
+    eventually("the desktop's status to hold drafts", &[&a, &b], || held(&status(&a)).is_some());
+    let s = status(&a);
+    let reason = held(&s).unwrap();
+    assert!(reason.contains("pipe"), "the reason names what stays: {reason}");
+    let local_only = s["local"]["local_only"].as_array().unwrap();
+    assert!(local_only.iter().any(|l| l["path"] == nfd && l["reason"].as_str().unwrap().contains("NFC")), "{s:#}");
+    assert!(ma.path("drafts/pipe").exists(), "the FIFO stays");
+    let text = String::from_utf8_lossy(&psync(&a, &["status"]).stdout).into_owned();
+    assert!(text.contains("drafts") && text.contains("pipe"), "{text}");
+
+    // Everything else keeps syncing, both ways.
+    std::fs::write(mb.path("later.md"), b"after the delete").unwrap();
+    std::fs::write(ma.path("reply.md"), b"from the desktop").unwrap();
+    wait_for_content(&ma, "later.md", b"after the delete");
+    wait_for_content(&mb, "reply.md", b"from the desktop");
+    assert!(!mb.path(nfd).exists(), "the NFD name stayed local");
+
+    // Once the FIFO is gone, the delete goes through.
+    std::fs::remove_file(ma.path("drafts/pipe")).unwrap();
+    std::fs::write(ma.path("nudge.md"), b"a local change").unwrap();
+    eventually("drafts to go on the desktop", &[&a, &b], || !ma.path("drafts").exists());
+    eventually("nothing held", &[&a, &b], || held(&status(&a)).is_none());
+    unmount_and_fsck(&[&ma, &mb]);
+}
+
+/// Situation 3: `psync remove` of a device with a live link cuts it at
+/// once: its new writes are not applied, it receives nothing new, and the
+/// others keep syncing.
+#[test]
+fn a_removed_device_stops_syncing_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, dirs) = group_of_three(tmp.path());
+    let mounts: Vec<Mounted> = dirs.iter().map(|d| Mounted::with_data(d.clone())).collect();
+    let [a, b, c] = [&mounts[0], &mounts[1], &mounts[2]];
+    let logs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    std::fs::write(c.path("before.md"), b"from the tablet, before").unwrap();
+    wait_for_content(a, "before.md", b"from the tablet, before");
+    wait_for_content(b, "before.md", b"from the tablet, before");
+
+    let out = psync(&a.data, &["remove", "tablet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let connected_to_tablet = |data: &Path| {
+        status(data)["peers"].as_array().unwrap().iter().any(|p| p["name"] == "tablet" && p["connected"] == true)
+    };
+    eventually("the desktop and laptop to drop the tablet", &logs, || {
+        !connected_to_tablet(&a.data) && !connected_to_tablet(&b.data)
+    });
+    std::fs::write(c.path("after.md"), b"from the removed tablet").unwrap();
+    std::fs::write(a.path("secret.md"), b"not for the tablet").unwrap();
+    std::fs::write(b.path("canary.md"), b"the group still syncs").unwrap();
+    wait_for_content(a, "canary.md", b"the group still syncs");
+    wait_for_content(b, "secret.md", b"not for the tablet");
+    assert!(!a.path("after.md").exists() && !b.path("after.md").exists(), "the removed device's write arrived");
+    assert!(!c.path("secret.md").exists(), "the removed device received a new change");
+    for m in &mounts {
+        m.unmount();
+        m.fsck();
+    }
+}
