@@ -400,8 +400,12 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
         StoreCommand::Import { source } => {
             let dir = data_dir(global)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
-            // Until devices have keys (see the identity issue), a new store gets a random id.
-            let device = DeviceId(rand::random());
+            // A device of a group is known by its key; one without a group
+            // gets a random id.
+            let device = match group::sync_setup(&dir)? {
+                Some(setup) => setup.key.public().device_id(),
+                None => DeviceId(rand::random()),
+            };
             let store = Store::open_or_create(&dir, device)?;
             let mut count = ImportCount::default();
             import_dir(&store, &source, ROOT_INO, &mut count)?;

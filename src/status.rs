@@ -328,7 +328,7 @@ pub struct Source {
 
 impl Source {
     fn collect(&self) -> Result<Status> {
-        let stats = self.store.stats()?;
+        let stats = self.store.tree_stats()?;
         let (live, snapshot) = match &self.sync {
             Some((live, control)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -524,7 +524,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
     };
     let local = match &store {
         Some(store) => {
-            let s = store.stats()?;
+            let s = store.tree_stats()?;
             LocalStatus {
                 files: s.files,
                 dirs: s.dirs,

@@ -34,9 +34,16 @@ pub struct StoreStats {
 }
 
 impl Store {
-    /// Walks the store and counts. Cost is proportional to the store.
-    pub fn stats(&self) -> Result<StoreStats> {
+    /// Counts files, directories, symlinks and live bytes from the inodes
+    /// alone (no block is read): what `psync status` shows. Cost is
+    /// proportional to the number of files.
+    pub fn tree_stats(&self) -> Result<StoreStats> {
         let mut s = StoreStats { seq: self.current_seq(), ..Default::default() };
+        self.count_inodes(&mut s)?;
+        Ok(s)
+    }
+
+    fn count_inodes(&self, s: &mut StoreStats) -> Result<()> {
         self.for_each_prefix(&[keys::TAG_INODE], |_, v| {
             let node: Inode = codec::decode(v)?;
             match node.kind {
@@ -49,7 +56,14 @@ impl Store {
                 _ => s.specials += 1,
             }
             Ok(true)
-        })?;
+        })
+    }
+
+    /// Walks the whole store, blocks included, and counts. Cost is
+    /// proportional to the store's size in bytes.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats { seq: self.current_seq(), ..Default::default() };
+        self.count_inodes(&mut s)?;
         self.for_each_prefix(&[keys::TAG_VERSION], |_, _| {
             s.versions += 1;
             Ok(true)

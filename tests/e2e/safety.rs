@@ -165,3 +165,42 @@ fn a_removed_device_stops_syncing_at_once() {
         m.fsck();
     }
 }
+
+/// Situation 5: a vault of 20,000 notes reaches a device mounted for the
+/// first time, completely, and the sending device answers `psync status`
+/// all along (its sync loop once spent minutes in full scans per message).
+#[test]
+fn a_20000_note_vault_reaches_a_new_device() {
+    const NOTES: usize = 20_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let vault = tmp.path().join("vault");
+    let note =
+        |i: usize| format!("# Note {i}\n\nLinks to [[note{}]] and [[note{}]].\n", (i * 7) % NOTES, (i * 13) % NOTES);
+    for i in 0..NOTES {
+        let dir = vault.join(format!("folder{:03}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("note{i}.md")), note(i)).unwrap();
+    }
+    let imported = psync(&a, &["store", "import", vault.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let ma = Mounted::with_data(a.clone());
+    let started = Instant::now();
+    let mb = Mounted::with_data(b.clone());
+    eventually("all notes on the laptop", &[&a, &b], || {
+        // The desktop answers status while it serves the laptop.
+        let desktop = status(&a);
+        assert!(desktop["daemon"]["pid"].as_u64().is_some(), "{desktop:#}");
+        let laptop = status(&b);
+        laptop["local"]["files"].as_u64() == Some(NOTES as u64)
+            && laptop["peers"].as_array().unwrap().iter().any(|p| p["name"] == "desktop" && p["in_sync"] == true)
+    });
+    eprintln!("{NOTES} notes reached the new device in {:.1} s", started.elapsed().as_secs_f64());
+    for i in (0..NOTES).step_by(997) {
+        let rel = format!("folder{:03}/note{i}.md", i / 100);
+        assert_eq!(std::fs::read_to_string(mb.path(&rel)).unwrap(), note(i), "{rel}");
+    }
+    unmount_and_fsck(&[&ma, &mb]);
+}
