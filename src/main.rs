@@ -1,18 +1,7 @@
 //! The `psync` command. Glue only: parses arguments, opens the store, calls
 //! library crates and prints results. No logic that a test would want lives here.
 
-mod beneath;
-mod config;
-mod daemon;
-mod group;
-mod peering;
-mod replay;
-mod status;
-mod sync_daemon;
-mod sync_loop;
-mod sync_storage;
-mod transport;
-mod udp_runtime;
+use psync::{beneath, config, daemon, group, status};
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -3,16 +3,24 @@
 //! key dials (offer in a signed envelope), the other answers; both check the
 //! envelope against the roster, the SDP fingerprint against the pinned one,
 //! then run the signed hello. Only then does the link reach the sync loop.
+//!
+//! The roster only ever grows along its own chain: a copy from the server
+//! that is shorter or forks is refused loudly; a peer whose hello shows a
+//! roster head this device does not know is refused until the server gives
+//! that head (asked for at once). One member cannot exhaust this device:
+//! one connection attempt per peer at a time, and a bounded rate of offers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use psync_base::ContentHash;
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::net::{ClientEvent, SignalClient};
-use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster};
+use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster, RosterRelation};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::status::{SharedLive, SignallingState};
 use crate::sync_loop::{wall_ms, Control};
@@ -27,6 +35,9 @@ const REDIAL_TICK: Duration = Duration::from_secs(2);
 /// Waits between failed attempts to reach one peer: doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Offers one peer may make per [`OFFER_WINDOW`] (count); more are ignored.
+const MAX_OFFERS_PER_WINDOW: usize = 10;
+const OFFER_WINDOW: Duration = Duration::from_secs(60);
 
 /// What this device brings to every connection.
 #[derive(Debug, Clone)]
@@ -48,20 +59,24 @@ fn group_of(roster: &Roster) -> Control {
     }
 }
 
-/// Attempts to reach one peer: at most one at a time, with growing waits
-/// between failures.
+/// Attempts to reach one peer: at most one at a time (dialing or
+/// answering), with growing waits between failures.
 #[derive(Debug, Default)]
 struct Attempts {
     running: HashSet<PublicKey>,
-    failures: HashMap<PublicKey, (u32, tokio::time::Instant)>,
+    failures: HashMap<PublicKey, (u32, Instant)>,
+    /// The answer being built for each peer's latest offer.
+    answering: HashMap<PublicKey, tokio::task::AbortHandle>,
+    /// When each peer's recent offers came.
+    offers: HashMap<PublicKey, VecDeque<Instant>>,
 }
 
 impl Attempts {
-    fn may_start(&self, peer: &PublicKey, now: tokio::time::Instant) -> bool {
+    fn may_start(&self, peer: &PublicKey, now: Instant) -> bool {
         !self.running.contains(peer) && self.failures.get(peer).is_none_or(|(_, retry_at)| now >= *retry_at)
     }
 
-    fn finished(&mut self, peer: PublicKey, ok: bool, now: tokio::time::Instant) {
+    fn finished(&mut self, peer: PublicKey, ok: bool, now: Instant) {
         self.running.remove(&peer);
         if ok {
             self.failures.remove(&peer);
@@ -71,6 +86,43 @@ impl Attempts {
             self.failures.insert(peer, (count + 1, now + wait));
         }
     }
+
+    /// Whether `peer` may make another offer now (a bounded rate).
+    fn offer_allowed(&mut self, peer: PublicKey, now: Instant) -> bool {
+        let recent = self.offers.entry(peer).or_default();
+        while recent.front().is_some_and(|t| now.duration_since(*t) > OFFER_WINDOW) {
+            recent.pop_front();
+        }
+        if recent.len() >= MAX_OFFERS_PER_WINDOW {
+            return false;
+        }
+        recent.push_back(now);
+        true
+    }
+}
+
+/// Channels the connection tasks use to reach the peering loop.
+#[derive(Clone)]
+struct Tasks {
+    relay: mpsc::UnboundedSender<Envelope>,
+    answer_slots: mpsc::UnboundedSender<((PublicKey, u64), oneshot::Sender<String>)>,
+    done: mpsc::UnboundedSender<(PublicKey, bool)>,
+    /// A peer showed a roster head we do not know: ask the server.
+    unknown_head: mpsc::UnboundedSender<ContentHash>,
+    sync: mpsc::Sender<Control>,
+}
+
+struct Peering {
+    me: Me,
+    roster: Roster,
+    client: SignalClient,
+    live: SharedLive,
+    on_roster: Box<dyn Fn(&Roster) + Send>,
+    tasks: Tasks,
+    attempts: Attempts,
+    online: HashSet<PublicKey>,
+    replay: ReplayGuard,
+    waiting_answers: HashMap<(PublicKey, u64), oneshot::Sender<String>>,
 }
 
 /// Runs until the signalling client or the sync loop goes away. `live`
@@ -78,161 +130,222 @@ impl Attempts {
 /// loop holds); `on_roster` is called with each newer verified roster.
 pub async fn run(
     me: Me,
-    mut roster: Roster,
-    mut client: SignalClient,
+    roster: Roster,
+    client: SignalClient,
     sync: mpsc::Sender<Control>,
     live: SharedLive,
     on_roster: Box<dyn Fn(&Roster) + Send>,
 ) {
-    let group = roster.group_id();
-    let mut replay = ReplayGuard::default();
-    let mut waiting_answers: HashMap<(PublicKey, u64), oneshot::Sender<String>> = HashMap::new();
-    let (relay_tx, mut relay_rx) = mpsc::unbounded_channel::<Envelope>();
-    let (answer_slot_tx, mut answer_slot_rx) = mpsc::unbounded_channel::<((PublicKey, u64), oneshot::Sender<String>)>();
-    let (attempt_tx, mut attempt_rx) = mpsc::unbounded_channel::<(PublicKey, bool)>();
-    let mut attempts = Attempts::default();
-    let mut online: HashSet<PublicKey> = HashSet::new();
+    let (relay, mut relay_rx) = mpsc::unbounded_channel();
+    let (answer_slots, mut slots_rx) = mpsc::unbounded_channel();
+    let (done, mut done_rx) = mpsc::unbounded_channel();
+    let (unknown_head, mut unknown_rx) = mpsc::unbounded_channel();
+    let tasks = Tasks { relay, answer_slots, done, unknown_head, sync };
+    let mut p = Peering {
+        me,
+        roster,
+        client,
+        live,
+        on_roster,
+        tasks,
+        attempts: Attempts::default(),
+        online: HashSet::new(),
+        replay: ReplayGuard::default(),
+        waiting_answers: HashMap::new(),
+    };
     let mut tick = tokio::time::interval(REDIAL_TICK);
-    live.update(|l| l.roster = Some(roster.clone()));
-    let _ = sync.send(group_of(&roster)).await;
+    p.live.update(|l| l.roster = Some(p.roster.clone()));
+    let _ = p.tasks.sync.send(group_of(&p.roster)).await;
     loop {
-        let event = tokio::select! {
-            event = client.events.recv() => match event { Some(e) => e, None => return },
-            Some(envelope) = relay_rx.recv() => { client.relay(envelope); continue }
-            Some((slot, tx)) = answer_slot_rx.recv() => { waiting_answers.insert(slot, tx); continue }
-            Some((peer, ok)) = attempt_rx.recv() => {
-                attempts.finished(peer, ok, tokio::time::Instant::now());
-                continue
-            }
-            _ = tick.tick() => {
-                // Links lost or attempts failed: try again those still online.
-                let linked = live.read(|l| l.linked.clone());
-                let now = tokio::time::Instant::now();
-                for peer in online.iter().copied() {
-                    if !linked.contains(&peer.device_id())
-                        && offers_to(&me.key.public(), &peer)
-                        && roster.is_active(&peer)
-                        && attempts.may_start(&peer, now)
-                    {
-                        attempts.running.insert(peer);
-                        spawn_dial(&me, &roster, peer, &sync, &relay_tx, &answer_slot_tx, &attempt_tx);
-                    }
+        tokio::select! {
+            event = p.client.events.recv() => match event {
+                Some(event) => p.on_event(event).await,
+                None => return,
+            },
+            Some(envelope) = relay_rx.recv() => p.client.relay(envelope),
+            Some((slot, tx)) = slots_rx.recv() => { p.waiting_answers.insert(slot, tx); }
+            Some((peer, ok)) = done_rx.recv() => p.attempts.finished(peer, ok, Instant::now()),
+            Some(head) = unknown_rx.recv() => {
+                if !p.roster.has_entry(&head) {
+                    p.roster_warning(format!(
+                        "a peer's roster has an entry ({head}) the server has not shown this device; \
+                         asking the server (no sync with that peer until then)"
+                    ));
+                    p.client.refresh_roster();
                 }
-                continue
             }
-        };
-        if sync.is_closed() {
+            _ = tick.tick() => p.redial(),
+        }
+        if p.tasks.sync.is_closed() {
             return;
         }
-        let dial = |peer: PublicKey, roster: &Roster, attempts: &mut Attempts| {
-            if peer != me.key.public()
-                && roster.is_active(&peer)
-                && offers_to(&me.key.public(), &peer)
-                && !attempts.running.contains(&peer)
+    }
+}
+
+impl Peering {
+    /// Links lost or attempts failed: try again those still online.
+    fn redial(&mut self) {
+        let linked = self.live.read(|l| l.linked.clone());
+        let now = Instant::now();
+        let peers: Vec<PublicKey> = self.online.iter().copied().collect();
+        for peer in peers {
+            if !linked.contains(&peer.device_id())
+                && offers_to(&self.me.key.public(), &peer)
+                && self.roster.is_active(&peer)
+                && self.attempts.may_start(&peer, now)
             {
-                // The peer just appeared: no waiting out earlier failures.
-                attempts.failures.remove(&peer);
-                attempts.running.insert(peer);
-                spawn_dial(&me, roster, peer, &sync, &relay_tx, &answer_slot_tx, &attempt_tx);
+                self.attempts.running.insert(peer);
+                spawn_dial(&self.me, &self.roster, peer, &self.tasks);
             }
+        }
+    }
+
+    /// A peer just appeared: dial it if it is ours to dial, without waiting
+    /// out earlier failures.
+    fn dial_new(&mut self, peer: PublicKey) {
+        if peer != self.me.key.public()
+            && self.roster.is_active(&peer)
+            && offers_to(&self.me.key.public(), &peer)
+            && !self.attempts.running.contains(&peer)
+        {
+            self.attempts.failures.remove(&peer);
+            self.attempts.running.insert(peer);
+            spawn_dial(&self.me, &self.roster, peer, &self.tasks);
+        }
+    }
+
+    /// Takes a copy of the roster from the server if it extends ours; a
+    /// shorter or forked one is refused loudly.
+    async fn adopt(&mut self, entries: Vec<psync_signal::RosterEntry>) {
+        let fresh = match Roster::from_entries(entries) {
+            Ok(fresh) => fresh,
+            Err(e) => return self.roster_warning(format!("the server's roster does not verify; keeping ours: {e}")),
         };
+        match self.roster.compare(&fresh) {
+            RosterRelation::Same => {}
+            RosterRelation::Extends => {
+                self.roster = fresh;
+                (self.on_roster)(&self.roster);
+                self.live.update(|l| {
+                    l.roster = Some(self.roster.clone());
+                    l.roster_warning = None;
+                });
+                let _ = self.tasks.sync.send(group_of(&self.roster)).await;
+            }
+            RosterRelation::Behind => self.roster_warning(format!(
+                "the server's roster lacks entries this device has ({} of {}): keeping ours (it may hide a change)",
+                fresh.entries().len(),
+                self.roster.entries().len()
+            )),
+            RosterRelation::Forks { at } => self.roster_warning(format!(
+                "the server's roster forks from ours after entry {at}: refused (a device or the server is misbehaving)"
+            )),
+            RosterRelation::OtherGroup => self.roster_warning("the server sent another group's roster: refused".into()),
+        }
+    }
+
+    fn roster_warning(&self, warning: String) {
+        tracing::error!("{warning}");
+        self.live.update(|l| l.roster_warning = Some(warning));
+    }
+
+    async fn on_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::LoggedIn { roster: entries, online: now_online } => {
-                match Roster::from_entries(entries) {
-                    Ok(fresh) if fresh.group_id() == group && fresh.entries().len() >= roster.entries().len() => {
-                        if fresh.entries().len() > roster.entries().len() {
-                            on_roster(&fresh);
-                        }
-                        roster = fresh;
-                        let _ = sync.send(group_of(&roster)).await;
-                    }
-                    Ok(_) => tracing::warn!("the server's roster is older or for another group; keeping ours"),
-                    Err(e) => tracing::warn!("the server's roster does not verify; keeping ours: {e}"),
-                }
-                online = now_online.iter().copied().filter(|p| *p != me.key.public()).collect();
-                live.update(|l| {
+                self.adopt(entries).await;
+                self.online = now_online.iter().copied().filter(|p| *p != self.me.key.public()).collect();
+                let online = self.online.iter().map(PublicKey::device_id).collect();
+                self.live.update(|l| {
                     l.signalling = SignallingState::Connected;
-                    l.online = online.iter().map(PublicKey::device_id).collect();
-                    l.roster = Some(roster.clone());
+                    l.online = online;
                 });
                 for peer in now_online {
-                    dial(peer, &roster, &mut attempts);
+                    self.dial_new(peer);
                 }
             }
+            ClientEvent::Roster(entries) => self.adopt(entries).await,
             ClientEvent::Online(peer) => {
-                online.insert(peer);
-                live.update(|l| l.online.insert(peer.device_id()));
-                dial(peer, &roster, &mut attempts)
+                self.online.insert(peer);
+                self.live.update(|l| l.online.insert(peer.device_id()));
+                self.dial_new(peer)
             }
             ClientEvent::Offline(peer) => {
-                online.remove(&peer);
-                live.update(|l| l.online.remove(&peer.device_id()));
+                self.online.remove(&peer);
+                self.live.update(|l| l.online.remove(&peer.device_id()));
             }
-            ClientEvent::RosterAppended(entry) => match roster.apply(entry) {
+            ClientEvent::RosterAppended(entry) => match self.roster.apply(entry) {
                 Ok(()) => {
-                    on_roster(&roster);
-                    live.update(|l| l.roster = Some(roster.clone()));
-                    let _ = sync.send(group_of(&roster)).await;
+                    (self.on_roster)(&self.roster);
+                    self.live.update(|l| l.roster = Some(self.roster.clone()));
+                    let _ = self.tasks.sync.send(group_of(&self.roster)).await;
                 }
-                Err(e) => tracing::warn!("refused a roster entry: {e}"),
+                Err(e) => {
+                    tracing::warn!("refused a roster entry ({e}); asking the server for the whole roster");
+                    self.client.refresh_roster();
+                }
             },
-            ClientEvent::Relayed(envelope) => {
-                let payload = match envelope.open(&roster, &me.key.public(), wall_ms(), &mut replay) {
-                    Ok(payload) => payload.to_vec(),
-                    Err(e) => {
-                        tracing::warn!(from = %envelope.from.device_id(), "refused an envelope: {e}");
-                        continue;
-                    }
-                };
-                match PeerSignal::decode(&payload) {
-                    Ok(PeerSignal::Offer(offer)) => {
-                        let (me, roster, sync, relay) = (me.clone(), roster.clone(), sync.clone(), relay_tx.clone());
-                        let (peer, session) = (envelope.from, envelope.session);
-                        tokio::spawn(async move {
-                            if let Err(e) = answer(me, roster, peer, session, offer, sync, relay).await {
-                                tracing::warn!(peer = %peer.device_id(), "could not accept a connection: {e:#}");
-                            }
-                        });
-                    }
-                    Ok(PeerSignal::Answer(sdp)) => match waiting_answers.remove(&(envelope.from, envelope.session)) {
-                        Some(slot) => {
-                            let _ = slot.send(sdp);
-                        }
-                        None => tracing::warn!(from = %envelope.from.device_id(), "an answer nobody waits for"),
-                    },
-                    Err(e) => tracing::warn!(from = %envelope.from.device_id(), "{e:#}"),
-                }
-            }
+            ClientEvent::Relayed(envelope) => self.on_envelope(envelope),
             ClientEvent::Disconnected(why) => {
                 tracing::info!("signalling server connection lost: {why}");
-                online.clear();
-                live.update(|l| {
+                self.online.clear();
+                self.live.update(|l| {
                     l.signalling = SignallingState::Lost(why);
                     l.online.clear();
                 });
             }
             ClientEvent::Refused(why) => {
                 tracing::warn!("signalling server refused: {why}");
-                live.update(|l| l.signalling = SignallingState::Refused(why));
+                self.live.update(|l| l.signalling = SignallingState::Refused(why));
             }
             ClientEvent::InviteOpened(_) | ClientEvent::InviteMsg { .. } => {}
         }
     }
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        let from = envelope.from;
+        let payload = match envelope.open(&self.roster, &self.me.key.public(), wall_ms(), &mut self.replay) {
+            Ok(payload) => payload.to_vec(),
+            Err(e) => {
+                tracing::warn!(from = %from.device_id(), "refused an envelope: {e}");
+                return;
+            }
+        };
+        match PeerSignal::decode(&payload) {
+            Ok(PeerSignal::Offer(offer)) => {
+                if !self.attempts.offer_allowed(from, Instant::now()) {
+                    tracing::warn!(from = %from.device_id(), "too many connection offers; ignoring this one");
+                    return;
+                }
+                // One connection attempt per peer: a newer offer replaces
+                // the answer still being built for an older one.
+                if let Some(previous) = self.attempts.answering.remove(&from) {
+                    previous.abort();
+                }
+                let (me, roster, tasks, session) =
+                    (self.me.clone(), self.roster.clone(), self.tasks.clone(), envelope.session);
+                let handle = tokio::spawn(async move {
+                    if let Err(e) = answer(me, roster, from, session, offer, tasks).await {
+                        tracing::warn!(peer = %from.device_id(), "could not accept a connection: {e:#}");
+                    }
+                });
+                self.attempts.answering.insert(from, handle.abort_handle());
+            }
+            Ok(PeerSignal::Answer(sdp)) => match self.waiting_answers.remove(&(from, envelope.session)) {
+                Some(slot) => {
+                    let _ = slot.send(sdp);
+                }
+                None => tracing::warn!(from = %from.device_id(), "an answer nobody waits for"),
+            },
+            Err(e) => tracing::warn!(from = %from.device_id(), "{e:#}"),
+        }
+    }
 }
 
-fn spawn_dial(
-    me: &Me,
-    roster: &Roster,
-    peer: PublicKey,
-    sync: &mpsc::Sender<Control>,
-    relay: &mpsc::UnboundedSender<Envelope>,
-    slots: &mpsc::UnboundedSender<((PublicKey, u64), oneshot::Sender<String>)>,
-    done: &mpsc::UnboundedSender<(PublicKey, bool)>,
-) {
-    let (me, roster, sync, relay, slots, done) =
-        (me.clone(), roster.clone(), sync.clone(), relay.clone(), slots.clone(), done.clone());
+fn spawn_dial(me: &Me, roster: &Roster, peer: PublicKey, tasks: &Tasks) {
+    let (me, roster, tasks) = (me.clone(), roster.clone(), tasks.clone());
     tokio::spawn(async move {
-        let result = dial(me, roster, peer, sync, relay, slots).await;
+        let done = tasks.done.clone();
+        let result = dial(me, roster, peer, tasks).await;
         if let Err(e) = &result {
             tracing::warn!(peer = %peer.device_id(), "could not connect: {e:#}");
         }
@@ -244,45 +357,30 @@ fn pinned(roster: &Roster, peer: &PublicKey) -> Result<String> {
     roster.fingerprint(peer).map(str::to_string).ok_or_else(|| anyhow!("no DTLS fingerprint pinned for the peer"))
 }
 
-async fn dial(
-    me: Me,
-    roster: Roster,
-    peer: PublicKey,
-    sync: mpsc::Sender<Control>,
-    relay: mpsc::UnboundedSender<Envelope>,
-    slots: mpsc::UnboundedSender<((PublicKey, u64), oneshot::Sender<String>)>,
-) -> Result<()> {
+async fn dial(me: Me, roster: Roster, peer: PublicKey, tasks: Tasks) -> Result<()> {
     let pinned = pinned(&roster, &peer)?;
     let mut negotiation = Negotiation::new(&me.certificate, &me.ice).await?;
     let offer = negotiation.offer().await?;
     let session = rand::random::<u64>();
     let (answer_tx, answer_rx) = oneshot::channel();
-    slots.send(((peer, session), answer_tx)).map_err(|_| anyhow!("peering stopped"))?;
+    tasks.answer_slots.send(((peer, session), answer_tx)).map_err(|_| anyhow!("peering stopped"))?;
     let payload = PeerSignal::Offer(offer).encode()?;
-    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
+    tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, answer_rx)
         .await
         .context("no answer in time")?
         .map_err(|_| anyhow!("peering stopped"))?;
     negotiation.accept(&answer, &pinned).await?;
-    finish(me, roster, peer, pinned, negotiation, sync).await
+    finish(me, roster, peer, pinned, negotiation, &tasks).await
 }
 
-async fn answer(
-    me: Me,
-    roster: Roster,
-    peer: PublicKey,
-    session: u64,
-    offer: String,
-    sync: mpsc::Sender<Control>,
-    relay: mpsc::UnboundedSender<Envelope>,
-) -> Result<()> {
+async fn answer(me: Me, roster: Roster, peer: PublicKey, session: u64, offer: String, tasks: Tasks) -> Result<()> {
     let pinned = pinned(&roster, &peer)?;
     let mut negotiation = Negotiation::new(&me.certificate, &me.ice).await?;
     let sdp = negotiation.answer(&offer, &pinned).await?;
     let payload = PeerSignal::Answer(sdp).encode()?;
-    relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
-    finish(me, roster, peer, pinned, negotiation, sync).await
+    tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
+    finish(me, roster, peer, pinned, negotiation, &tasks).await
 }
 
 async fn finish(
@@ -291,16 +389,27 @@ async fn finish(
     peer: PublicKey,
     pinned: String,
     negotiation: Negotiation,
-    sync: mpsc::Sender<Control>,
+    tasks: &Tasks,
 ) -> Result<()> {
     let mut link = negotiation.connect(CONNECT_TIMEOUT).await?;
     let mine = me.certificate.fingerprint();
-    if let Err(e) = link.hello(&me.key, peer, &roster, (&mine, &pinned)).await {
+    let their_head = match link.hello(&me.key, peer, &roster, (&mine, &pinned)).await {
+        Ok(head) => head,
+        Err(e) => {
+            link.close().await;
+            return Err(e);
+        }
+    };
+    // A peer whose roster has an entry we lack may know of a change the
+    // server has not shown us (a removal, say): no sync with it until the
+    // server's copy has that entry too.
+    if their_head != roster.head() && !roster.has_entry(&their_head) {
+        let _ = tasks.unknown_head.send(their_head);
         link.close().await;
-        return Err(e);
+        bail!("the peer's roster has an entry this device does not know ({their_head}); asked the server for it");
     }
     tracing::info!(peer = %peer.device_id(), "connected");
-    sync.send(Control::Connected(peer.device_id(), link)).await.map_err(|_| anyhow!("the sync loop stopped"))
+    tasks.sync.send(Control::Connected(peer.device_id(), link)).await.map_err(|_| anyhow!("the sync loop stopped"))
 }
 
 #[cfg(test)]

@@ -37,6 +37,12 @@ pub struct Replayer {
     pub notifier: fuser::Notifier,
 }
 
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer").field("mountpoint", &self.mountpoint).finish()
+    }
+}
+
 fn node_kind(kind: RecordKind) -> NodeKind {
     match kind {
         RecordKind::File => NodeKind::File,

@@ -54,6 +54,9 @@ pub struct Live {
     pub linked: BTreeSet<DeviceId>,
     /// The newest verified roster.
     pub roster: Option<Roster>,
+    /// A roster from the server or a peer that was refused (shorter than
+    /// ours, or forking from it), in words.
+    pub roster_warning: Option<String>,
 }
 
 /// [`Live`] behind a lock that a panic elsewhere does not poison for us.
@@ -73,6 +76,7 @@ impl SharedLive {
 }
 
 /// A `tracing` layer that keeps the latest warnings and errors for `psync status`.
+#[derive(Debug)]
 pub struct RecentErrors;
 
 static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
@@ -161,6 +165,10 @@ pub struct SignallingStatus {
     pub connected: bool,
     /// Details of the connection state.
     pub state: SignallingState,
+    /// A roster copy refused because it did not extend ours (a server or a
+    /// device misbehaving), if any.
+    #[serde(default)]
+    pub roster_warning: Option<String>,
 }
 
 /// One other device of the group.
@@ -309,6 +317,7 @@ pub struct Identity {
 }
 
 /// What the daemon answers from.
+#[derive(Debug)]
 pub struct Source {
     /// The data dir.
     pub data_dir: PathBuf,
@@ -376,6 +385,7 @@ impl Source {
                     server: identity.server.clone(),
                     connected: l.signalling == SignallingState::Connected,
                     state: l.signalling.clone(),
+                    roster_warning: l.roster_warning.clone(),
                 });
                 if let Some(roster) = &l.roster {
                     status.peers = peers(roster, identity.id, |id| PeerLive {
@@ -565,6 +575,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
             server: setup.server.clone(),
             connected: false,
             state: SignallingState::Lost("no daemon is running".into()),
+            roster_warning: None,
         });
         status.peers = peers(&setup.roster, setup.key.public().device_id(), |_| PeerLive::default());
     }
@@ -655,6 +666,9 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             SignallingState::Refused(why) => format!("REFUSED: {why}"),
         };
         let _ = writeln!(out, "signalling  {}  {state}", sig.server);
+        if let Some(warning) = &sig.roster_warning {
+            let _ = writeln!(out, "ROSTER      {warning}");
+        }
     }
     let l = &s.local;
     let _ = writeln!(out, "local       {} files, {} dirs, {}  (sequence {})", l.files, l.dirs, bytes(l.bytes), l.seq);

@@ -18,4 +18,4 @@ pub mod server;
 
 pub use envelope::{Envelope, EnvelopeError, ReplayGuard};
 pub use identity::{readable_id, DeviceKey, IdentityError, PublicKey, SignatureBytes};
-pub use roster::{Member, Role, Roster, RosterEntry, RosterError, RosterOp};
+pub use roster::{Member, Role, Roster, RosterEntry, RosterError, RosterOp, RosterRelation};

@@ -493,6 +493,8 @@ pub enum ClientEvent {
     Relayed(Envelope),
     /// The roster grew.
     RosterAppended(RosterEntry),
+    /// The whole roster log, as asked with [`SignalClient::refresh_roster`].
+    Roster(Vec<RosterEntry>),
     /// The connection dropped; the client reconnects with backoff.
     Disconnected(String),
     /// The server refused something.
@@ -548,6 +550,11 @@ impl SignalClient {
     /// Appends a signed roster entry.
     pub fn append(&self, entry: RosterEntry) {
         let _ = self.tx.send(ClientMsg::Append { entry });
+    }
+
+    /// Asks for the group's roster again (answered by [`ClientEvent::Roster`]).
+    pub fn refresh_roster(&self) {
+        let _ = self.tx.send(ClientMsg::GetRoster);
     }
 
     /// Opens an invite mailbox (answered by [`ClientEvent::InviteOpened`]).
@@ -657,6 +664,7 @@ async fn session(
                     ServerMsg::Offline(k) => ClientEvent::Offline(k),
                     ServerMsg::Relayed(e) => ClientEvent::Relayed(e),
                     ServerMsg::RosterAppended(e) => ClientEvent::RosterAppended(e),
+                    ServerMsg::Roster { roster } => ClientEvent::Roster(roster),
                     ServerMsg::Error { message, .. } => ClientEvent::Refused(message),
                     ServerMsg::InviteOpened { mailbox } => ClientEvent::InviteOpened(mailbox),
                     ServerMsg::InviteMsg { mailbox, payload } => ClientEvent::InviteMsg { mailbox, payload },

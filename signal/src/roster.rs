@@ -107,6 +107,24 @@ pub struct Member {
     pub removed: bool,
 }
 
+/// How another copy of a group's log relates to ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosterRelation {
+    /// The very same log.
+    Same,
+    /// Ours and more after it: take it.
+    Extends,
+    /// A prefix of ours (it lacks our newest entries).
+    Behind,
+    /// It and ours part ways after `at` common entries: never taken.
+    Forks {
+        /// Entries both share.
+        at: usize,
+    },
+    /// Not this group's log at all.
+    OtherGroup,
+}
+
 /// Why an entry or a log was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RosterError {
@@ -273,6 +291,29 @@ impl Roster {
         &self.entries
     }
 
+    /// How `other` (another copy of this group's log, from the server or a
+    /// peer) relates to this one.
+    pub fn compare(&self, other: &Roster) -> RosterRelation {
+        let common = self.entries.iter().zip(&other.entries).take_while(|(a, b)| a == b).count();
+        if other.group_id != self.group_id {
+            RosterRelation::OtherGroup
+        } else if common == self.entries.len() && common == other.entries.len() {
+            RosterRelation::Same
+        } else if common == self.entries.len() {
+            RosterRelation::Extends
+        } else if common == other.entries.len() {
+            RosterRelation::Behind
+        } else {
+            RosterRelation::Forks { at: common }
+        }
+    }
+
+    /// Whether `head` is the hash of one of this log's entries (a peer
+    /// whose head is one of ours is behind, not forked).
+    pub fn has_entry(&self, head: &ContentHash) -> bool {
+        self.entries.iter().any(|e| e.hash() == *head)
+    }
+
     /// Every device ever added, revoked ones included.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
@@ -329,6 +370,26 @@ mod tests {
         // The whole log verifies from scratch and names the same group.
         let again = Roster::from_entries(roster.entries().to_vec()).unwrap();
         assert_eq!((again.group_id(), again.head()), (roster.group_id(), roster.head()));
+    }
+
+    /// Another copy of the log is taken only when it extends ours; one
+    /// that lacks our newest entries, or parts ways with ours, is told apart.
+    #[test]
+    fn copies_of_a_log_are_compared_entry_by_entry() {
+        let founder = DeviceKey::generate();
+        let (laptop, phone) = (DeviceKey::generate(), DeviceKey::generate());
+        let base = Roster::create(&founder, "notes", "desktop", "fp", 1);
+        let mut longer = base.clone();
+        longer.apply(longer.sign_next(&founder, add(&laptop.public(), Role::Full), 2)).unwrap();
+        let mut fork = base.clone();
+        fork.apply(fork.sign_next(&founder, add(&phone.public(), Role::Full), 2)).unwrap();
+        assert_eq!(base.compare(&base), RosterRelation::Same);
+        assert_eq!(base.compare(&longer), RosterRelation::Extends);
+        assert_eq!(longer.compare(&base), RosterRelation::Behind);
+        assert_eq!(longer.compare(&fork), RosterRelation::Forks { at: 1 });
+        let other = Roster::create(&founder, "other", "desktop", "fp", 1);
+        assert_eq!(base.compare(&other), RosterRelation::OtherGroup);
+        assert!(longer.has_entry(&base.head()) && !longer.has_entry(&fork.head()));
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum ClientMsg {
         /// The mailbox.
         mailbox: u32,
     },
+    /// A member asks for the group's whole roster again (a peer showed a
+    /// roster head it does not know).
+    GetRoster,
 }
 
 /// Why the server refused something.
@@ -174,6 +177,11 @@ pub enum ServerMsg {
         code: ErrorCode,
         /// For logs and users.
         message: String,
+    },
+    /// The group's roster log, as asked.
+    Roster {
+        /// The log.
+        roster: Vec<RosterEntry>,
     },
 }
 
@@ -344,6 +352,11 @@ impl ServerState {
                 }
             }
             (ClientMsg::JoinInvite { .. }, Some(_)) => self.error(conn, ErrorCode::Unauthorized, "already a member"),
+            (ClientMsg::GetRoster, Some((group, _))) => {
+                let roster = self.groups.get(&group).map(|r| r.entries().to_vec()).unwrap_or_default();
+                self.send(conn, ServerMsg::Roster { roster });
+            }
+            (ClientMsg::GetRoster, None) => self.error(conn, ErrorCode::Unauthorized, "log in first"),
             (ClientMsg::Append { .. } | ClientMsg::Relay { .. } | ClientMsg::OpenInvite, None) => {
                 self.error(conn, ErrorCode::Unauthorized, "log in first");
             }

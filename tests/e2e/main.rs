@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod demo;
 mod group;
+mod hostile;
 mod mount;
 mod safety;
 mod three;
