@@ -230,8 +230,9 @@ pub(crate) mod tests {
             .map(|(i, id)| {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Arc::new(Store::open_or_create(dir.path(), *id).unwrap());
-                let core =
-                    SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, 1_000_000);
+                // The sync loop's clock: these cores also run under it.
+                let now = crate::sync_loop::mono_ms();
+                let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, now);
                 Device { _dir: dir, store, core }
             })
             .collect()

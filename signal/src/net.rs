@@ -22,8 +22,27 @@ use crate::envelope::Envelope;
 use crate::identity::{DeviceKey, PublicKey};
 use crate::roster::{Roster, RosterEntry};
 use crate::server::{
-    login_message, ClientMsg, ConnId, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN, MAX_FRAME_BYTES,
+    login_message, ClientMsg, ConnId, Origin, ServerMsg, ServerOut, ServerState, LOGIN_DOMAIN, MAX_FRAME_BYTES,
 };
+
+/// Bytes waiting to be written to one connection past which it is closed
+/// (a client that does not read must not grow the server's memory).
+pub const MAX_OUTGOING_BYTES: usize = 8 << 20;
+/// How long a new connection may take to finish its TLS and WebSocket
+/// handshakes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where `ip` counts for the per-origin limits: an IPv4 address, or the
+/// /64 an IPv6 address is in (one subscriber gets a whole /64).
+pub fn origin(ip: IpAddr) -> Origin {
+    match ip {
+        IpAddr::V4(v4) => Origin(u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Origin(u128::from(u32::from(v4))),
+            None => Origin(u128::from(v6) & !((1u128 << 64) - 1)),
+        },
+    }
+}
 
 /// Per-address limits of a server.
 #[derive(Debug, Clone, Copy)]
@@ -143,12 +162,22 @@ impl ServerDir {
     }
 }
 
+/// A connection's writer: frames queued, counted in bytes.
+struct Writer {
+    frames: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Ends the connection at once (its writer may be stuck on a client
+    /// that does not read).
+    kill: Arc<tokio::sync::Notify>,
+}
+
 struct Shared {
     state: Mutex<ServerState>,
-    conns: Mutex<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Per-address token buckets: (tokens, at ms).
-    ip_rate: Mutex<HashMap<IpAddr, (f64, u64)>>,
+    conns: Mutex<HashMap<ConnId, Writer>>,
+    /// Connections per origin.
+    per_ip: Mutex<HashMap<Origin, usize>>,
+    /// Per-origin token buckets: (tokens, at ms).
+    ip_rate: Mutex<HashMap<Origin, (f64, u64)>>,
     limits: IpLimits,
     dir: ServerDir,
 }
@@ -158,11 +187,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// One message from `ip`: within its per-address rate?
-    fn ip_allows(&self, ip: IpAddr, now: u64) -> bool {
+    /// One message from `origin`: within its rate?
+    fn ip_allows(&self, origin: Origin, now: u64) -> bool {
         let mut rates = lock(&self.ip_rate);
         let rate = self.limits.messages_per_second;
-        let (tokens, at) = rates.entry(ip).or_insert((rate, now));
+        let (tokens, at) = rates.entry(origin).or_insert((rate, now));
         *tokens = (*tokens + now.saturating_sub(*at) as f64 / 1000.0 * rate).min(rate);
         *at = now;
         if *tokens < 1.0 {
@@ -176,14 +205,21 @@ impl Shared {
         for out in outs {
             match out {
                 ServerOut::Send(conn, msg) => {
-                    if let (Ok(bytes), Some(tx)) = (codec::encode(&msg), lock(&self.conns).get(&conn)) {
-                        let _ = tx.send(Outgoing::Frame(bytes));
+                    if let (Ok(bytes), Some(writer)) = (codec::encode(&msg), lock(&self.conns).get(&conn)) {
+                        let len = bytes.len();
+                        let queued = writer.queued.fetch_add(len, std::sync::atomic::Ordering::SeqCst) + len;
+                        if queued > MAX_OUTGOING_BYTES {
+                            tracing::warn!(conn, "the client does not read ({} MiB waiting); closing", queued >> 20);
+                            writer.kill.notify_one();
+                        } else {
+                            let _ = writer.frames.send(Outgoing::Frame(bytes));
+                        }
                     }
                 }
                 ServerOut::Close(conn, reason) => {
                     tracing::info!(conn, %reason, "closing connection");
-                    if let Some(tx) = lock(&self.conns).get(&conn) {
-                        let _ = tx.send(Outgoing::Close);
+                    if let Some(writer) = lock(&self.conns).get(&conn) {
+                        let _ = writer.frames.send(Outgoing::Close);
                     }
                 }
                 ServerOut::Persist(group) => {
@@ -259,7 +295,7 @@ pub async fn serve_with_limits(
         next_conn += 1;
         {
             let mut per_ip = lock(&shared.per_ip);
-            let count = per_ip.entry(addr.ip()).or_insert(0);
+            let count = per_ip.entry(origin(addr.ip())).or_insert(0);
             if *count >= shared.limits.connections {
                 tracing::warn!(%addr, "too many connections from this address");
                 continue;
@@ -273,11 +309,11 @@ pub async fn serve_with_limits(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => handle_connection(shared, tls, addr, conn).await,
                         _ => {
                             tracing::debug!(%addr, "TLS handshake failed");
-                            if let Some(count) = lock(&shared.per_ip).get_mut(&addr.ip()) {
+                            if let Some(count) = lock(&shared.per_ip).get_mut(&origin(addr.ip())) {
                                 *count = count.saturating_sub(1);
                             }
                         }
@@ -292,23 +328,33 @@ async fn handle_connection<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let from = origin(addr.ip());
     let result = async {
-        let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
-            .await
-            .map_err(|e| NetError::Ws(e.to_string()))?;
+        // A client that never finishes the upgrade is not kept.
+        let ws = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())),
+        )
+        .await
+        .map_err(|_| NetError::Ws("the WebSocket handshake took too long".into()))?
+        .map_err(|e| NetError::Ws(e.to_string()))?;
         let (mut sink, mut source) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        lock(&shared.conns).insert(conn, tx);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let kill = Arc::new(tokio::sync::Notify::new());
+        lock(&shared.conns).insert(conn, Writer { frames: tx, queued: queued.clone(), kill: kill.clone() });
         let nonce: [u8; 32] = rand::random();
-        let outs = lock(&shared.state).connected(conn, nonce, now_ms());
+        let outs = lock(&shared.state).connected_from(conn, from, nonce, now_ms());
         shared.dispatch(outs);
         let writer = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 match out {
                     Outgoing::Frame(bytes) => {
+                        let len = bytes.len();
                         if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
                             break;
                         }
+                        queued.fetch_sub(len, std::sync::atomic::Ordering::SeqCst);
                     }
                     Outgoing::Close => {
                         let _ = sink.close().await;
@@ -317,23 +363,27 @@ where
                 }
             }
         });
-        while let Some(frame) = source.next().await {
-            let bytes = match frame {
-                Ok(WsMessage::Binary(bytes)) => bytes.to_vec(),
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                // Text frames are not part of the protocol.
-                Ok(WsMessage::Text(_)) => vec![0xFF],
-                Ok(_) => continue,
+        let mut writer = writer;
+        loop {
+            let frame = tokio::select! {
+                frame = source.next() => frame,
+                // Closed by the server, or a client that does not read.
+                _ = &mut writer => break,
+                _ = kill.notified() => break,
             };
-            if !shared.ip_allows(addr.ip(), now_ms()) {
+            let bytes = match frame {
+                None | Some(Ok(WsMessage::Close(_)) | Err(_)) => break,
+                Some(Ok(WsMessage::Binary(bytes))) => bytes.to_vec(),
+                // Text frames are not part of the protocol.
+                Some(Ok(WsMessage::Text(_))) => vec![0xFF],
+                Some(Ok(_)) => continue,
+            };
+            if !shared.ip_allows(from, now_ms()) {
                 tracing::warn!(%addr, "message rate from this address exceeded");
                 break;
             }
             let outs = lock(&shared.state).frame(conn, &bytes, now_ms());
             shared.dispatch(outs);
-            if writer.is_finished() {
-                break;
-            }
         }
         writer.abort();
         Ok::<(), NetError>(())
@@ -343,7 +393,7 @@ where
         tracing::debug!(%addr, "connection ended: {e}");
     }
     lock(&shared.conns).remove(&conn);
-    if let Some(count) = lock(&shared.per_ip).get_mut(&addr.ip()) {
+    if let Some(count) = lock(&shared.per_ip).get_mut(&from) {
         *count = count.saturating_sub(1);
     }
     let outs = lock(&shared.state).disconnected(conn);
@@ -698,4 +748,20 @@ pub async fn register(url: &str, roster: &Roster) -> Result<ContentHash, NetErro
         }
     }
     Err(NetError::Ws("connection closed before the server answered".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv6 subscriber gets a whole /64: it counts as one origin; an
+    /// IPv4 address mapped into IPv6 counts as that address.
+    #[test]
+    fn origins_are_ipv4_addresses_and_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(origin(ip("2001:db8:1:2::1")), origin(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
+        assert_ne!(origin(ip("2001:db8:1:2::1")), origin(ip("2001:db8:1:3::1")));
+        assert_eq!(origin(ip("::ffff:192.0.2.7")), origin(ip("192.0.2.7")));
+        assert_ne!(origin(ip("192.0.2.7")), origin(ip("192.0.2.8")));
+    }
 }

@@ -38,6 +38,47 @@ pub const MAX_INVITES: usize = 1_000;
 pub const MAX_CONNECTIONS_PER_DEVICE: usize = 4;
 /// How long an invite mailbox lives.
 pub const INVITE_TTL_MS: u64 = 10 * 60 * 1000;
+/// Groups one origin (an IPv4 address, an IPv6 /64) may register per
+/// [`ORIGIN_WINDOW_MS`] (count): each is kept for good, so a stranger must
+/// not be able to fill the server's table.
+pub const REGISTRATIONS_PER_ORIGIN: u32 = 5;
+/// Groups the whole server registers per [`ORIGIN_WINDOW_MS`] (count).
+pub const REGISTRATIONS_PER_WINDOW: u32 = 200;
+/// Invite mailboxes one origin may try to enter per [`ORIGIN_WINDOW_MS`]
+/// (count): a wrong guess burns someone's invite.
+pub const INVITE_TRIES_PER_ORIGIN: u32 = 20;
+/// The window those counts are over (milliseconds: one hour).
+pub const ORIGIN_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// Where a connection comes from, as the limits see it: an IPv4 address or
+/// an IPv6 /64 prefix (one subscriber's block), made by the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Origin(pub u128);
+
+/// Counts per origin over a fixed window.
+#[derive(Debug, Default)]
+struct WindowCounts {
+    started: u64,
+    counts: BTreeMap<Origin, u32>,
+    total: u32,
+}
+
+impl WindowCounts {
+    /// Counts one more for `origin` if it stays within `per_origin` (and
+    /// the whole within `total_max`).
+    fn allow(&mut self, origin: Origin, now: u64, per_origin: u32, total_max: u32) -> bool {
+        if now.saturating_sub(self.started) >= ORIGIN_WINDOW_MS {
+            *self = WindowCounts { started: now, ..Default::default() };
+        }
+        let n = self.counts.entry(origin).or_default();
+        if *n >= per_origin || self.total >= total_max {
+            return false;
+        }
+        *n += 1;
+        self.total += 1;
+        true
+    }
+}
 
 #[derive(Debug)]
 struct Mailbox {
@@ -200,6 +241,7 @@ pub enum ServerOut {
 
 #[derive(Debug)]
 struct Conn {
+    origin: Origin,
     nonce: [u8; 32],
     member: Option<(ContentHash, PublicKey)>,
     last_seen: u64,
@@ -217,6 +259,8 @@ pub struct ServerState {
     /// and the CLI commands run beside it).
     online: BTreeMap<ContentHash, BTreeMap<PublicKey, Vec<ConnId>>>,
     mailboxes: BTreeMap<u32, Mailbox>,
+    registrations: WindowCounts,
+    invite_tries: WindowCounts,
     out: Vec<ServerOut>,
     now: u64,
 }
@@ -235,6 +279,8 @@ impl ServerState {
             conns: BTreeMap::new(),
             online: BTreeMap::new(),
             mailboxes: BTreeMap::new(),
+            registrations: WindowCounts::default(),
+            invite_tries: WindowCounts::default(),
             out: Vec::new(),
             now: 0,
         }
@@ -260,9 +306,22 @@ impl ServerState {
 
     /// A new connection: it gets a challenge.
     pub fn connected(&mut self, conn: ConnId, nonce: [u8; 32], now: u64) -> Vec<ServerOut> {
+        self.connected_from(conn, Origin::default(), nonce, now)
+    }
+
+    /// A new connection from `origin`: it gets a challenge.
+    pub fn connected_from(&mut self, conn: ConnId, origin: Origin, nonce: [u8; 32], now: u64) -> Vec<ServerOut> {
+        self.now = now;
         self.conns.insert(
             conn,
-            Conn { nonce, member: None, last_seen: now, tokens: f64::from(MESSAGES_PER_SECOND), tokens_at: now },
+            Conn {
+                origin,
+                nonce,
+                member: None,
+                last_seen: now,
+                tokens: f64::from(MESSAGES_PER_SECOND),
+                tokens_at: now,
+            },
         );
         self.send(conn, ServerMsg::Challenge { protocol: SIGNAL_PROTOCOL, server_id: self.server_id, nonce });
         std::mem::take(&mut self.out)
@@ -373,6 +432,17 @@ impl ServerState {
                 self.error(conn, ErrorCode::Exists, "group exists");
             }
             Ok(_) if self.groups.len() >= MAX_GROUPS => self.error(conn, ErrorCode::Full, "server is full"),
+            Ok(_)
+                if !self.registrations.allow(
+                    self.conns.get(&conn).map(|c| c.origin).unwrap_or_default(),
+                    self.now,
+                    REGISTRATIONS_PER_ORIGIN,
+                    REGISTRATIONS_PER_WINDOW,
+                ) =>
+            {
+                self.error(conn, ErrorCode::RateLimited, "too many new groups from this network; try again later");
+                self.out.push(ServerOut::Close(conn, "registration rate".into()));
+            }
             Ok(roster) => {
                 let group = roster.group_id();
                 self.groups.insert(group, roster);
@@ -494,6 +564,12 @@ impl ServerState {
 
     fn join_invite(&mut self, conn: ConnId, mailbox: u32, payload: Vec<u8>) {
         let now = self.now;
+        let origin = self.conns.get(&conn).map(|c| c.origin).unwrap_or_default();
+        if !self.invite_tries.allow(origin, now, INVITE_TRIES_PER_ORIGIN, u32::MAX) {
+            self.error(conn, ErrorCode::RateLimited, "too many invite codes tried from this network; try again later");
+            self.out.push(ServerOut::Close(conn, "invite guessing".into()));
+            return;
+        }
         // One joiner per invite: a second attempt finds nothing.
         match self.mailboxes.get_mut(&mailbox) {
             Some(m) if m.joiner.is_none() && m.expires > now => {

@@ -188,3 +188,73 @@ fn devices_meet_over_tls() {
         next_event(&mut client, |e| matches!(e, ClientEvent::LoggedIn { .. })).await;
     });
 }
+
+/// A connection that never finishes its WebSocket handshake is let go, and
+/// a member that stops reading is closed before the server holds more than
+/// `MAX_OUTGOING_BYTES` for it.
+#[test]
+fn silent_and_non_reading_clients_are_let_go() {
+    use futures_util::{SinkExt, StreamExt};
+    use psync_base::codec;
+    use psync_signal::net::{HANDSHAKE_TIMEOUT, MAX_OUTGOING_BYTES};
+    use psync_signal::server::{login_message, ClientMsg, ServerMsg, LOGIN_DOMAIN};
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_server_rt, addr) = start_server(dir.path(), None);
+    let url = format!("ws://{addr}");
+    let (a, b) = (Arc::new(DeviceKey::generate()), Arc::new(DeviceKey::generate()));
+    let mut roster = Roster::create(&a, "notes", "desktop", "", 1);
+    let op =
+        RosterOp::Add { key: b.public(), name: "laptop".into(), role: Role::Full, dtls_fingerprint: String::new() };
+    roster.apply(roster.sign_next(&a, op, 2)).unwrap();
+    let group = roster.group_id();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Connects and sends nothing: closed within the handshake deadline.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a silent connection is closed: {read:?}");
+
+        // b logs in by hand, then stops reading; a relays to b until b's
+        // connection is closed.
+        register(&url, &roster).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let challenge = match ws.next().await.unwrap().unwrap() {
+            Ws::Binary(bytes) => codec::decode::<ServerMsg>(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let ServerMsg::Challenge { server_id, nonce, .. } = challenge else { panic!("no challenge") };
+        let signature = b.sign(LOGIN_DOMAIN, &login_message(&server_id, &nonce, &group, &b.public()));
+        let login = ClientMsg::Login { group, key: b.public(), signature };
+        ws.send(Ws::Binary(codec::encode(&login).unwrap().into())).await.unwrap();
+        let mut ca = SignalClient::spawn(url.clone(), group, a.clone());
+        next_event(&mut ca, |e| matches!(e, ClientEvent::LoggedIn { .. })).await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let payload = vec![7u8; 60_000];
+        let envelopes = 3 * MAX_OUTGOING_BYTES / payload.len();
+        let mut refused = false;
+        for seq in 0..envelopes as u64 {
+            ca.relay(Envelope::seal(&a, group, b.public(), 1, seq, now, payload.clone()));
+            // Within the per-connection message rate.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            while let Ok(event) = ca.events.try_recv() {
+                if matches!(event, ClientEvent::Refused(ref why) if why.contains("not online")) {
+                    refused = true;
+                }
+            }
+            if refused {
+                break;
+            }
+        }
+        assert!(refused, "the server still holds everything for a member that does not read");
+        // b's connection was closed: reading now ends before all arrived.
+        let mut received = 0;
+        while let Ok(Some(Ok(Ws::Binary(_)))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            received += 1;
+        }
+        assert!(received < envelopes, "{received} of {envelopes} envelopes were kept for it");
+    });
+}

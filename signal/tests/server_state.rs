@@ -314,3 +314,37 @@ fn a_device_may_hold_a_few_connections_at_once() {
     let ServerMsg::Welcome { online, .. } = &sent_to(&out, w.next_conn - 1)[0] else { panic!("{out:?}") };
     assert!(!online.contains(&laptop.public()), "offline once the last connection is gone: {online:?}");
 }
+
+/// A stranger cannot fill the server's table of groups (each is kept for
+/// good): registrations are bounded per origin and per hour. Invite codes
+/// tried from one origin are bounded too (a wrong guess burns an invite).
+#[test]
+fn registrations_and_invite_guesses_are_bounded_per_origin() {
+    use psync_signal::server::{Origin, INVITE_TRIES_PER_ORIGIN, ORIGIN_WINDOW_MS, REGISTRATIONS_PER_ORIGIN};
+    let mut server = ServerState::new([7; 16], vec![]);
+    let register = |server: &mut ServerState, conn: ConnId, origin: Origin, now: u64| {
+        let key = DeviceKey::generate();
+        let roster = Roster::create(&key, "g", "d", "fp", conn as i64);
+        server.connected_from(conn, origin, [conn as u8; 32], now);
+        let out = server.frame(conn, &frame(&ClientMsg::Register { entries: roster.entries().to_vec() }), now);
+        out.contains(&ServerOut::Persist(roster.group_id()))
+    };
+    let accepted = (0..20).filter(|i| register(&mut server, *i, Origin(42), NOW)).count();
+    assert_eq!(accepted, REGISTRATIONS_PER_ORIGIN as usize);
+    assert!(register(&mut server, 100, Origin(43), NOW), "another origin still may");
+    assert!(register(&mut server, 101, Origin(42), NOW + ORIGIN_WINDOW_MS), "and the first again an hour later");
+
+    let mut refused_at = None;
+    for i in 0..INVITE_TRIES_PER_ORIGIN as u64 + 5 {
+        let conn = 1_000 + i;
+        server.connected_from(conn, Origin(7), [9; 32], NOW);
+        let out = server.frame(conn, &frame(&ClientMsg::JoinInvite { mailbox: 4242, payload: vec![1] }), NOW);
+        let limited =
+            sent_to(&out, conn).iter().any(|m| matches!(m, ServerMsg::Error { code: ErrorCode::RateLimited, .. }));
+        if limited {
+            assert!(closed(&out, conn));
+            refused_at.get_or_insert(i);
+        }
+    }
+    assert_eq!(refused_at, Some(INVITE_TRIES_PER_ORIGIN as u64), "the tries past the bound are refused");
+}
