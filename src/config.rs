@@ -38,6 +38,7 @@ struct ConfigFile {
     upload_limit: Option<String>,
     download_limit: Option<String>,
     log_level: Option<String>,
+    allow_other: Option<bool>,
     #[serde(default)]
     ice: IceSection,
 }
@@ -61,6 +62,10 @@ pub struct MountOptions {
     /// Download limit per second, e.g. 500KiB or 2MiB; 0 for none [default: none].
     #[arg(long, value_name = "RATE", value_parser = rate_arg)]
     pub download_limit: Option<String>,
+    /// Let other users use the mount (as its permissions allow); by default
+    /// only its owner (and root) may [needs root or user_allow_other in /etc/fuse.conf].
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 impl MountOptions {
@@ -75,6 +80,9 @@ impl MountOptions {
         }
         if let Some(rate) = &self.download_limit {
             args.extend(["--download-limit".to_string(), rate.clone()]);
+        }
+        if self.allow_other {
+            args.push("--allow-other".to_string());
         }
         args
     }
@@ -97,6 +105,9 @@ pub struct Settings {
     pub ice_bind: Vec<SocketAddr>,
     /// STUN/TURN servers.
     pub ice_servers: Vec<String>,
+    /// Other users may use the mount (`allow_other`); off unless asked for.
+    #[serde(default)]
+    pub allow_other: bool,
 }
 
 impl Settings {
@@ -182,6 +193,7 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         log_level: parsed.log_level,
         ice_bind: ice.bind,
         ice_servers: ice.servers,
+        allow_other: flags.allow_other || parsed.allow_other.unwrap_or(false),
     })
 }
 
@@ -279,8 +291,12 @@ mod tests {
         assert_eq!(s.ice_bind.len(), 2);
         assert_eq!(s.ice_servers, vec!["stun:stun.example.org:3478"]);
 
-        let flags =
-            MountOptions { debounce_ms: Some(0), upload_limit: Some("0".into()), download_limit: Some("3MiB".into()) };
+        let flags = MountOptions {
+            debounce_ms: Some(0),
+            upload_limit: Some("0".into()),
+            download_limit: Some("3MiB".into()),
+            allow_other: false,
+        };
         let s = load(Some(&path), &flags).unwrap();
         assert_eq!((s.debounce_ms, s.upload_bytes_per_sec, s.download_bytes_per_sec), (0, None, Some(3 << 20)));
         // The detached daemon gets the same flags back.

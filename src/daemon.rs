@@ -63,7 +63,7 @@ pub struct DaemonArgs {
 
 /// `psync mount`.
 pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool, args: &DaemonArgs) -> Result<ExitCode> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    crate::data_dir::prepare(data_dir)?;
     let data_dir = data_dir.canonicalize()?;
     // Read before detaching, so a mistake in the file or a flag shows here.
     let config_file = crate::config::locate(args.config.as_deref(), &data_dir)?;
@@ -148,6 +148,11 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
         // Leave the terminal's session so its hangup does not reach us.
         let _ = nix::unistd::setsid();
     }
+    // What the daemon writes (store, log, socket) is its owner's alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if notify {
+        crate::daemon_log::keep_bounded(data_dir.join(LOG_FILE));
+    }
     // Block the signals in every thread; this thread takes them with sigwait.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
@@ -169,7 +174,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     };
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
-    let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string())?;
+    let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string(), settings.allow_other)?;
     let mut status = crate::status::Source {
         data_dir: data_dir.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),

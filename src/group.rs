@@ -73,7 +73,7 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
 
 /// The data dir, checked to hold no identity yet (one device per data dir).
 fn fresh_data_dir(data_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    crate::data_dir::prepare(data_dir)?;
     if data_dir.join(KEY_FILE).exists() {
         bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
     }

@@ -7,6 +7,8 @@
 pub mod beneath;
 pub mod config;
 pub mod daemon;
+pub mod daemon_log;
+pub mod data_dir;
 pub mod group;
 pub mod peering;
 pub mod replay;

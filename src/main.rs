@@ -3,7 +3,7 @@
 
 use psync::{beneath, config, daemon, group, status};
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -228,7 +228,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(&cli)));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // Plain text when it goes to a file (the daemon's log), colours on a terminal.
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
         .with(status::RecentErrors)
         .init();
     match run(cli) {
@@ -388,7 +389,7 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Import { source } => {
             let dir = data_dir(global)?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+            psync::data_dir::prepare(&dir)?;
             // A device of a group is known by its key; one without a group
             // gets a random id.
             let device = match group::sync_setup(&dir)? {

@@ -120,9 +120,10 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     Ok(path)
 }
 
-/// Whether `allow_other` may be used: as root, or if `/etc/fuse.conf` says
-/// `user_allow_other`.
-fn may_allow_other() -> bool {
+/// Whether the kernel lets this process open its mounts to other users
+/// (needed for `allow_other`, and for the automatic unmount): as root, or
+/// if `/etc/fuse.conf` says `user_allow_other`.
+pub fn may_allow_other() -> bool {
     nix::unistd::geteuid().is_root()
         || std::fs::read_to_string("/etc/fuse.conf")
             .map(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
@@ -130,8 +131,14 @@ fn may_allow_other() -> bool {
 }
 
 /// Mounts `core` at `mountpoint` (already prepared) and serves it on
-/// background threads until unmounted.
-pub fn mount(core: Arc<FsCore>, mountpoint: &Path, source: &str) -> Result<BackgroundSession, MountError> {
+/// background threads until unmounted. Only its owner (and root) may use
+/// it unless `allow_other`.
+pub fn mount(
+    core: Arc<FsCore>,
+    mountpoint: &Path,
+    source: &str,
+    allow_other: bool,
+) -> Result<BackgroundSession, MountError> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(source.to_string()),
@@ -140,9 +147,16 @@ pub fn mount(core: Arc<FsCore>, mountpoint: &Path, source: &str) -> Result<Backg
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    if allow_other && !may_allow_other() {
+        return Err(MountError::Other(
+            mountpoint.to_path_buf(),
+            io::Error::other("allow_other needs root, or user_allow_other in /etc/fuse.conf"),
+        ));
+    }
     if may_allow_other() {
-        // Other users (per permissions), and the kernel unmounts if we die.
-        config.acl = SessionACL::All;
+        // The kernel unmounts if we die; that needs an ACL beyond the
+        // owner: root and the owner, or everyone if asked.
+        config.acl = if allow_other { SessionACL::All } else { SessionACL::RootAndOwner };
         config.mount_options.push(MountOption::AutoUnmount);
     }
     config.n_threads = Some(4);

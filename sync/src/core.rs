@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use psync_base::{ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
 use crate::fetch::{Added, Arrival, Fetch, Slots};
-use crate::holds::{HeldVersion, HoldReason, Holds};
+use crate::holds::{HeldVersion, HoldReason, Holds, Origin};
 use crate::limits::*;
 use crate::message::{Message, TreeEntry, PROTOCOL_VERSION};
 use crate::path::SyncPath;
@@ -237,6 +237,21 @@ impl Peer {
 
     fn has_stream_work(&self) -> bool {
         self.hello && !self.congested && self.sent_upto.is_some_and(|s| s < self.stream_until)
+    }
+}
+
+/// A peer's version on its way to being installed, and where it came
+/// from (its sequence numbers wait, unacknowledged, until it is decided).
+#[derive(Debug)]
+struct Version {
+    record: FileRecord,
+    source: DeviceId,
+    origins: Vec<Origin>,
+}
+
+impl Version {
+    fn new(record: FileRecord, source: DeviceId, seq: Option<u64>) -> Version {
+        Version { record, source, origins: seq.map(|s| (source, s)).into_iter().collect() }
     }
 }
 
@@ -801,33 +816,49 @@ impl<S: SyncStorage> SyncCore<S> {
             return Ok(());
         }
         if let Err(why) = record.check() {
-            self.hold(record, peer, HoldReason::Refused(why));
-            return Ok(());
+            // Refused for good: acknowledged, and listed with the reason.
+            return self.hold(Version::new(record, peer, seq), HoldReason::Refused(why));
         }
         self.receive_record(record, peer, seq)
     }
 
-    /// Holds a version; past the bound on what one peer may have held, the
-    /// peer is dropped.
-    fn hold(&mut self, record: FileRecord, source: DeviceId, reason: HoldReason) {
-        self.holds.hold(record, source, reason, self.now);
+    /// Holds a version with its reason; its origins stay unacknowledged
+    /// until it is installed or superseded (a refused one is acknowledged:
+    /// it never will be). Past the bound on what one peer may have held,
+    /// the peer is dropped.
+    fn hold(&mut self, version: Version, reason: HoldReason) -> Result<(), SyncError> {
+        let Version { record, source, mut origins } = version;
+        let kept = if matches!(reason, HoldReason::Refused(_)) { Vec::new() } else { std::mem::take(&mut origins) };
+        for (peer, seq) in &kept {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.pending_seqs.insert(*seq);
+            }
+        }
+        let dropped = self.holds.hold(record, source, kept, reason, self.now);
+        origins.extend(dropped.into_iter().flat_map(|h| h.origins));
+        self.release_origins(origins)?;
         if self.holds.from(&source) > MAX_HELD_PER_PEER && self.peers.contains_key(&source) {
             self.forget_peer(source);
             self.violation(source, format!("more than {MAX_HELD_PER_PEER} of its versions cannot be installed"));
         }
+        Ok(())
     }
 
     /// Takes a remote record: decides at once, or waits for its blocks.
     fn receive_record(&mut self, record: FileRecord, source: DeviceId, seq: Option<u64>) -> Result<(), SyncError> {
-        if self.fetch.has_newer(&record.path, &record.vv) || self.holds.holds(&record) {
+        if self.fetch.has_newer(&record.path, &record.vv) {
+            return Ok(());
+        }
+        if self.holds.also_from(&record, seq.map(|s| (source, s))) {
+            // Decided when the held copy is; its sequence number waits too.
+            if let (Some(seq), Some(p)) = (seq, self.peers.get_mut(&source)) {
+                p.pending_seqs.insert(seq);
+            }
             return Ok(());
         }
         let local = match self.storage.record(&record.path) {
             Ok(local) => local,
-            Err(e) => {
-                self.storage_failed(record, source, e);
-                return Ok(());
-            }
+            Err(e) => return self.storage_failed(Version::new(record, source, seq), e),
         };
         if resolve(local.as_ref(), &record) == Resolution::Keep {
             return Ok(());
@@ -837,21 +868,21 @@ impl<S: SyncStorage> SyncCore<S> {
             self.release_origin(gone.source, gone.origin)?;
         }
         match self.fetch.add(&self.storage, record.clone(), source, seq) {
-            Ok(Added::Ready(record)) => self.finalize(record, source)?,
+            Ok(Added::Ready(record)) => self.finalize(Version::new(record, source, seq)),
             Ok(Added::Waiting) => {
                 if let (Some(seq), Some(p)) = (seq, self.peers.get_mut(&source)) {
                     p.pending_seqs.insert(seq);
                 }
+                Ok(())
             }
-            Ok(Added::Invalid(record, why)) => self.hold(record, source, HoldReason::Refused(why)),
-            Err(e) => self.storage_failed(record, source, e),
+            Ok(Added::Invalid(record, why)) => self.hold(Version::new(record, source, seq), HoldReason::Refused(why)),
+            Err(e) => self.storage_failed(Version::new(record, source, seq), e),
         }
-        Ok(())
     }
 
-    /// The storage failed on one record: held, retried later; a full disk
+    /// The storage failed on one version: held, retried later; a full disk
     /// pauses installs and downloads for a while.
-    fn storage_failed(&mut self, record: FileRecord, source: DeviceId, error: StorageError) {
+    fn storage_failed(&mut self, version: Version, error: StorageError) -> Result<(), SyncError> {
         let reason = match error {
             StorageError::DiskFull => {
                 self.pause_for_full_disk();
@@ -859,7 +890,7 @@ impl<S: SyncStorage> SyncCore<S> {
             }
             StorageError::Failed(why) => HoldReason::StorageFailed(why),
         };
-        self.hold(record, source, reason);
+        self.hold(version, reason)
     }
 
     fn pause_for_full_disk(&mut self) {
@@ -869,42 +900,50 @@ impl<S: SyncStorage> SyncCore<S> {
     }
 
     fn release_origin(&mut self, source: DeviceId, origin: Option<u64>) -> Result<(), SyncError> {
-        if let Some(seq) = origin {
-            if let Some(p) = self.peers.get_mut(&source) {
+        match origin {
+            Some(seq) => self.release_origins(vec![(source, seq)]),
+            None => Ok(()),
+        }
+    }
+
+    /// These versions are decided here: their peers may count them applied.
+    fn release_origins(&mut self, origins: Vec<Origin>) -> Result<(), SyncError> {
+        let mut peers = Vec::new();
+        for (peer, seq) in origins {
+            if let Some(p) = self.peers.get_mut(&peer) {
                 p.pending_seqs.remove(&seq);
+                peers.push(peer);
             }
-            self.update_applied(source)?;
+        }
+        peers.sort();
+        peers.dedup();
+        for peer in peers {
+            self.update_applied(peer)?;
         }
         Ok(())
     }
 
-    /// All of `record`'s blocks are here: decide against the current local
+    /// All of a version's blocks are here: decide against the current local
     /// state (which may have changed since it arrived) and install. What
     /// cannot be installed now is held with the reason and tried again.
-    fn finalize(&mut self, record: FileRecord, source: DeviceId) -> Result<(), SyncError> {
+    fn finalize(&mut self, version: Version) -> Result<(), SyncError> {
         if self.paused_until.is_some() {
-            self.hold(record, source, HoldReason::DiskFull);
-            return Ok(());
+            return self.hold(version, HoldReason::DiskFull);
         }
+        let record = &version.record;
         let local = match self.storage.record(&record.path) {
             Ok(local) => local,
-            Err(e) => {
-                self.storage_failed(record, source, e);
-                return Ok(());
-            }
+            Err(e) => return self.storage_failed(version, e),
         };
-        let records = match resolve(local.as_ref(), &record) {
-            Resolution::Keep => return Ok(()),
+        let records = match resolve(local.as_ref(), record) {
+            Resolution::Keep => return self.release_origins(version.origins),
             Resolution::Take => vec![record.clone()],
             Resolution::Conflict { merged, copy } => {
                 let mut out = vec![*merged];
                 if let Some(copy) = copy {
                     match self.place_copy(*copy) {
                         Ok(copy) => out.extend(copy),
-                        Err(e) => {
-                            self.storage_failed(record, source, e);
-                            return Ok(());
-                        }
+                        Err(e) => return self.storage_failed(version, e),
                     }
                 }
                 out
@@ -916,20 +955,19 @@ impl<S: SyncStorage> SyncCore<S> {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(InstallOutcome::Installed) => {}
-            Ok(InstallOutcome::Busy) => self.hold(record, source, HoldReason::OpenForWriting),
-            Ok(InstallOutcome::Moved) => self.hold(record, source, HoldReason::ChangedMeanwhile),
-            Ok(InstallOutcome::Blocked(why)) => self.hold(record, source, HoldReason::Blocked(why)),
-            Err(e) => self.storage_failed(record, source, e),
+            Ok(InstallOutcome::Installed) => self.release_origins(version.origins),
+            Ok(InstallOutcome::Busy) => self.hold(version, HoldReason::OpenForWriting),
+            Ok(InstallOutcome::Moved) => self.hold(version, HoldReason::ChangedMeanwhile),
+            Ok(InstallOutcome::Blocked(why)) => self.hold(version, HoldReason::Blocked(why)),
+            Err(e) => self.storage_failed(version, e),
         }
-        Ok(())
     }
 
     /// Decides held versions again: after a local change those a local
     /// writer held up; on the timer those whose wait is over.
     fn retry_holds(&mut self, local_change: bool) -> Result<(), SyncError> {
         for held in self.holds.take_due(self.now, local_change) {
-            self.finalize(held.record, held.source)?;
+            self.finalize(Version { record: held.record, source: held.source, origins: held.origins })?;
         }
         Ok(())
     }
@@ -1061,10 +1099,14 @@ impl<S: SyncStorage> SyncCore<S> {
         // the record that superseded it was garbage-collected, and come back
         // to life.
         for (path, vv) in &installed {
-            self.holds.drop_superseded(path, vv);
-            for gone in self.fetch.drop_superseded(path, vv) {
-                self.release_origin(gone.source, gone.origin).map_err(|SyncError::Storage(e)| e)?;
-            }
+            let held = self.holds.drop_superseded(path, vv);
+            let waiting = self.fetch.drop_superseded(path, vv);
+            let origins = held
+                .into_iter()
+                .flat_map(|h| h.origins)
+                .chain(waiting.into_iter().filter_map(|w| w.origin.map(|seq| (w.source, seq))))
+                .collect();
+            self.release_origins(origins).map_err(|SyncError::Storage(e)| e)?;
         }
         self.outputs.push_back(Output::Installed(changes));
         self.schedule_announce();
@@ -1086,11 +1128,11 @@ impl<S: SyncStorage> SyncCore<S> {
             }
             Ok(Arrival::Stored(done)) => {
                 for pending in done {
+                    let version = Version::new(pending.record, pending.source, pending.origin);
                     match pending.invalid {
-                        Some(why) => self.hold(pending.record, pending.source, HoldReason::Refused(why)),
-                        None => self.finalize(pending.record, pending.source)?,
+                        Some(why) => self.hold(version, HoldReason::Refused(why))?,
+                        None => self.finalize(version)?,
                     }
-                    self.release_origin(pending.source, pending.origin)?;
                 }
             }
             Err(StorageError::DiskFull) => {
@@ -1397,7 +1439,7 @@ impl<S: SyncStorage> SyncCore<S> {
         }
         let min_acked = acked.into_iter().min().unwrap_or(u64::MAX);
         let old_enough = |t: &FileRecord| t.mtime.saturating_add(self.config.tombstone_min_age_secs) <= now_secs;
-        let doomed: Vec<SyncPath> = self
+        let doomed: Vec<FileRecord> = self
             .storage
             .tombstones()?
             .into_iter()
@@ -1405,8 +1447,20 @@ impl<S: SyncStorage> SyncCore<S> {
             // resolving the same old conflict late would recreate it exactly:
             // its tombstone (rare, small) is kept so a deleted copy stays deleted.
             .filter(|(seq, t)| *seq <= min_acked && old_enough(t) && !is_conflict_copy(&t.path))
-            .map(|(_, t)| t.path)
+            .map(|(_, t)| t)
             .collect();
+        // Versions held or waiting here that a tombstone has seen must go
+        // with it: once it is forgotten, nothing would stop them from
+        // bringing the file back.
+        for t in &doomed {
+            for held in self.holds.drop_superseded(&t.path, &t.vv) {
+                self.release_origins(held.origins)?;
+            }
+            for gone in self.fetch.drop_superseded(&t.path, &t.vv) {
+                self.release_origin(gone.source, gone.origin)?;
+            }
+        }
+        let doomed: Vec<SyncPath> = doomed.into_iter().map(|t| t.path).collect();
         if !doomed.is_empty() {
             // The tree takes in every change before the tombstones that record
             // them go (it follows sequence numbers, not a scan).

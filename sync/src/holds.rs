@@ -67,10 +67,16 @@ pub struct HeldVersion {
     pub attempts: u32,
 }
 
+/// Where a version came from in a peer's index: (peer, its sequence
+/// number). It stays unacknowledged while the version is held, so the peer
+/// never forgets a tombstone this device has not applied yet.
+pub(crate) type Origin = (DeviceId, u64);
+
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) record: FileRecord,
     pub(crate) source: DeviceId,
+    pub(crate) origins: Vec<Origin>,
     reason: HoldReason,
     since: Millis,
     retry_at: Millis,
@@ -99,36 +105,59 @@ impl Holds {
         self.per_source.get(peer).copied().unwrap_or(0)
     }
 
-    /// Holds `record` (or holds it again, with a new reason). Versions of
-    /// the path it has seen are dropped.
-    pub(crate) fn hold(&mut self, record: FileRecord, source: DeviceId, reason: HoldReason, now: Millis) {
+    /// Holds `record` (or holds it again, with a new reason). Held versions
+    /// of the path it has seen are dropped and returned (their origins are
+    /// the caller's to release).
+    pub(crate) fn hold(
+        &mut self,
+        record: FileRecord,
+        source: DeviceId,
+        mut origins: Vec<Origin>,
+        reason: HoldReason,
+        now: Millis,
+    ) -> Vec<Held> {
         let held = self.by_path.entry(record.path.clone()).or_default();
-        let previous = held.iter().position(|h| h.record.vv == record.vv && h.record == record);
+        let previous = held.iter().position(|h| h.record == record);
         let (since, attempts) = match previous {
             Some(i) => {
                 let old = held.remove(i);
                 decrement(&mut self.per_source, &old.source);
+                origins.extend(old.origins);
                 (old.since, old.attempts + 1)
             }
             None => (now, 0),
         };
-        let mut dropped = Vec::new();
-        held.retain(|h| {
-            let seen = matches!(h.record.vv.compare(&record.vv), Causality::Dominated | Causality::Equal);
-            if seen {
-                dropped.push(h.source);
-            }
-            !seen
-        });
-        for source in dropped {
-            decrement(&mut self.per_source, &source);
+        let (dropped, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held)
+            .into_iter()
+            .partition(|h| matches!(h.record.vv.compare(&record.vv), Causality::Dominated | Causality::Equal));
+        *held = kept;
+        for h in &dropped {
+            decrement(&mut self.per_source, &h.source);
         }
         let retry_at = match reason {
             HoldReason::Refused(_) => Millis::MAX,
             _ => now + backoff(FIRST_HOLD_BACKOFF_MS, MAX_HOLD_BACKOFF_MS, attempts),
         };
-        held.push(Held { record, source, reason, since, retry_at, attempts });
+        origins.sort();
+        origins.dedup();
+        held.push(Held { record, source, origins, reason, since, retry_at, attempts });
         *self.per_source.entry(source).or_default() += 1;
+        dropped
+    }
+
+    /// A peer sent a version that is held already: its sequence number
+    /// waits with it. `false` if no such version is held.
+    pub(crate) fn also_from(&mut self, record: &FileRecord, origin: Option<Origin>) -> bool {
+        let Some(held) = self.by_path.get_mut(&record.path).and_then(|v| v.iter_mut().find(|h| h.record == *record))
+        else {
+            return false;
+        };
+        if let Some(origin) = origin {
+            if !held.origins.contains(&origin) {
+                held.origins.push(origin);
+            }
+        }
+        true
     }
 
     /// Takes out what is due: everything worth retrying after a local
@@ -149,23 +178,21 @@ impl Holds {
         out
     }
 
-    /// Drops held versions of `path` that `vv` has seen (installed now).
-    pub(crate) fn drop_superseded(&mut self, path: &SyncPath, vv: &VersionVector) {
-        let Some(held) = self.by_path.get_mut(path) else { return };
-        let mut dropped = Vec::new();
-        held.retain(|h| {
-            let seen = matches!(h.record.vv.compare(vv), Causality::Dominated | Causality::Equal);
-            if seen {
-                dropped.push(h.source);
-            }
-            !seen
-        });
+    /// Drops held versions of `path` that `vv` has seen (installed now,
+    /// or a tombstone about to be forgotten) and returns them.
+    pub(crate) fn drop_superseded(&mut self, path: &SyncPath, vv: &VersionVector) -> Vec<Held> {
+        let Some(held) = self.by_path.get_mut(path) else { return Vec::new() };
+        let (dropped, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held)
+            .into_iter()
+            .partition(|h| matches!(h.record.vv.compare(vv), Causality::Dominated | Causality::Equal));
+        *held = kept;
         if held.is_empty() {
             self.by_path.remove(path);
         }
-        for source in dropped {
-            decrement(&mut self.per_source, &source);
+        for h in &dropped {
+            decrement(&mut self.per_source, &h.source);
         }
+        dropped
     }
 
     /// Drops everything `peer` sent (it left the group).
@@ -175,11 +202,6 @@ impl Holds {
         }
         self.by_path.retain(|_, v| !v.is_empty());
         self.per_source.remove(peer);
-    }
-
-    /// Whether a version equal to `record` is held (no need to decide it twice).
-    pub(crate) fn holds(&self, record: &FileRecord) -> bool {
-        self.by_path.get(&record.path).is_some_and(|v| v.iter().any(|h| h.record == *record))
     }
 
     /// Everything held, for `psync status`.

@@ -9,6 +9,12 @@
 //!   operation on its path;
 //! - no deleted file came back with a version the delete had seen.
 //!
+//! Some seeds also hold paths back (a file open for writing, a path blocked
+//! by local files that do not sync, a full disk, for a while each), and
+//! some make one device read-only: its own changes must reach nobody, and
+//! it must hold the group's version of every path it did not touch. These
+//! draw from a random stream of their own, so other seeds replay as before.
+//!
 //! Reproduce a seed: `PSYNC_SIM_SEEDS=1234 cargo test -p psync-sync --test sim -- --nocapture`
 //! Many seeds: `PSYNC_SIM_SEEDS=1-20000 cargo test --release -p psync-sync --test sim`
 
@@ -70,9 +76,27 @@ struct Device {
     restart_at: Millis,
 }
 
+/// Something that holds a path (or all installs) back on one device.
+#[derive(Debug, Clone)]
+enum Blocker {
+    Busy(SyncPath),
+    Blocked(SyncPath),
+    DiskFull,
+}
+
 struct Sim {
     seed: u64,
     rng: Rng,
+    /// Draws for held paths, so seeds without them replay as before.
+    faults: Rng,
+    /// This seed holds paths back now and then.
+    holds: bool,
+    /// (until, device, what) currently in force.
+    blockers: Vec<(Millis, usize, Blocker)>,
+    /// The read-only device, if this seed has one.
+    read_only: Option<usize>,
+    /// Paths the read-only device changed itself (its version of them is its own).
+    ro_touched: BTreeSet<SyncPath>,
     now: Millis,
     devices: Vec<Device>,
     links: BTreeSet<(usize, usize)>,
@@ -108,6 +132,10 @@ impl Sim {
         let n = 2 + rng.below(4) as usize;
         let ids: Vec<DeviceId> = (0..n).map(device_id).collect();
         let mut config = SyncConfig::new(ids.clone());
+        let read_only = (seed % 4 == 2 && n >= 3).then_some(n - 1);
+        if let Some(ro) = read_only {
+            config.read_only = vec![ids[ro]];
+        }
         config.tombstone_min_age_secs = 5;
         config.gc_interval_ms = 3_000;
         config.heartbeat_ms = 1_000;
@@ -131,6 +159,11 @@ impl Sim {
         let mut sim = Sim {
             seed,
             rng,
+            faults: Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1),
+            holds: seed % 3 == 1,
+            blockers: Vec::new(),
+            read_only,
+            ro_touched: BTreeSet::new(),
             now: START,
             devices,
             links: BTreeSet::new(),
@@ -145,7 +178,10 @@ impl Sim {
             config,
             watched: BTreeMap::new(),
         };
-        sim.log(format!("seed {seed}: {n} devices, loss {loss}, duplication {duplicate}"));
+        sim.log(format!(
+            "seed {seed}: {n} devices, loss {loss}, duplication {duplicate}, holds {}, read-only {:?}",
+            sim.holds, sim.read_only
+        ));
         for a in 0..n {
             for b in a + 1..n {
                 sim.connect(a, b);
@@ -312,7 +348,14 @@ impl Sim {
         }
     }
 
+    fn touched(&mut self, i: usize, p: &SyncPath) {
+        if self.read_only == Some(i) {
+            self.ro_touched.insert(p.clone());
+        }
+    }
+
     fn write(&mut self, i: usize, p: &SyncPath, data: &[u8]) {
+        self.touched(i, p);
         let mtime = (self.now / 1000) as i64;
         let record = self.storage(i).local_write(p, data, mtime);
         self.history.push(UserOp {
@@ -324,6 +367,7 @@ impl Sim {
     }
 
     fn delete(&mut self, i: usize, p: &SyncPath) {
+        self.touched(i, p);
         let mtime = (self.now / 1000) as i64;
         if let Some(record) = self.storage(i).local_delete(p, mtime) {
             self.history.push(UserOp { device: i, path: p.clone(), vv: record.vv, kind: OpKind::Delete });
@@ -342,6 +386,7 @@ impl Sim {
                 Some(RecordKind::Dir) => {}
                 Some(_) => return false,
                 None => {
+                    self.touched(i, &dir);
                     let mtime = (self.now / 1000) as i64;
                     self.storage(i).local_mkdir(&dir, mtime);
                 }
@@ -532,11 +577,75 @@ impl Sim {
                     self.restart(i);
                 }
             }
+            if self.holds && self.faults.chance(0.01) {
+                self.hold_something();
+            }
+            self.release_blockers(false);
         }
+    }
+
+    /// The storage of device `i`, running or crashed.
+    fn storage_of(&mut self, i: usize) -> &mut MemStorage {
+        let d = &mut self.devices[i];
+        match (&mut d.core, &mut d.disk) {
+            (Some(core), _) => core.storage_mut(),
+            (None, Some(disk)) => disk,
+            (None, None) => unreachable!("a device is running or on disk"),
+        }
+    }
+
+    fn hold_something(&mut self) {
+        let i = self.faults.below(self.devices.len() as u64) as usize;
+        let p = self.random_file_path_from_faults();
+        let blocker = match self.faults.below(3) {
+            0 => Blocker::Busy(p),
+            1 => Blocker::Blocked(p),
+            _ => Blocker::DiskFull,
+        };
+        let until = self.now + 500 + self.faults.below(5_000);
+        match &blocker {
+            Blocker::Busy(p) => self.storage_of(i).set_busy(p, true),
+            Blocker::Blocked(p) => self.storage_of(i).set_blocked(p, Some("local files that do not sync")),
+            Blocker::DiskFull => self.storage_of(i).set_disk_full(true),
+        }
+        self.log(format!("device {i}: held back {blocker:?} until {} ms", until - START));
+        self.blockers.push((until, i, blocker));
+    }
+
+    /// Ends what is due (everything with `all`); the device hears of it
+    /// as of a local change (a writer closing, a FIFO removed).
+    fn release_blockers(&mut self, all: bool) {
+        let now = self.now;
+        let (due, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.blockers).into_iter().partition(|(until, _, _)| all || *until <= now);
+        self.blockers = kept;
+        for (_, i, blocker) in due {
+            match &blocker {
+                Blocker::Busy(p) => self.storage_of(i).set_busy(p, false),
+                Blocker::Blocked(p) => self.storage_of(i).set_blocked(p, None),
+                Blocker::DiskFull => {
+                    let still = self.blockers.iter().any(|(_, j, b)| *j == i && matches!(b, Blocker::DiskFull));
+                    self.storage_of(i).set_disk_full(still);
+                }
+            }
+            self.log(format!("device {i}: released {blocker:?}"));
+            if self.alive(i) {
+                self.feed(i, Input::LocalChanged);
+            }
+        }
+    }
+
+    fn random_file_path_from_faults(&mut self) -> SyncPath {
+        let dirs = ["", "notes", "notes/daily", "pdf"];
+        let names = ["a.md", "b.md", "c.md", "paper.pdf", "daily", "notes"];
+        let dir = *self.faults.pick(&dirs).unwrap();
+        let name = *self.faults.pick(&names).unwrap();
+        path(&if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") })
     }
 
     fn heal_and_settle(&mut self) {
         self.log("heal everything; no more faults".to_string());
+        self.release_blockers(true);
         self.loss = 0.0;
         self.duplicate = 0.0;
         self.cut.clear();
@@ -575,16 +684,64 @@ impl Sim {
         core.storage().live_records().unwrap().into_iter().map(|r| (r.path.clone(), r)).collect()
     }
 
+    /// Devices whose changes the group takes (all but a read-only one).
+    fn full_devices(&self) -> Vec<usize> {
+        (0..self.devices.len()).filter(|i| Some(*i) != self.read_only).collect()
+    }
+
     fn converged(&self) -> bool {
         let first = self.snapshot(0);
-        self.devices.iter().all(|d| d.core.as_ref().is_some_and(|c| c.pending_count() == 0))
-            && (1..self.devices.len()).all(|i| self.snapshot(i) == first)
+        self.devices.iter().all(|d| d.core.as_ref().is_some_and(|c| c.pending_count() == 0 && c.held_count() == 0))
+            && self.full_devices().into_iter().all(|i| self.snapshot(i) == first)
+            && self.read_only_agrees(&first)
+    }
+
+    /// The read-only device holds the group's version of every path it did
+    /// not change itself: neither its user (there or in a folder above) nor
+    /// its core (a folder it kept for its own files has its own version).
+    fn read_only_agrees(&self, group: &BTreeMap<SyncPath, FileRecord>) -> bool {
+        self.read_only_differences(group).is_empty()
+    }
+
+    fn read_only_differences(&self, group: &BTreeMap<SyncPath, FileRecord>) -> Vec<String> {
+        let Some(ro) = self.read_only else { return Vec::new() };
+        let ro_id = self.devices[ro].id;
+        let mine = self.snapshot(ro);
+        group
+            .iter()
+            .filter(|(p, _)| !self.ro_touched_at_or_above(p))
+            .filter(|(p, _)| mine.get(*p).is_none_or(|m| m.vv.get(&ro_id) == 0))
+            // The same content from the same change; its history may hold
+            // more (a tombstone it merged that the group had forgotten).
+            .filter(|(p, r)| !mine.get(*p).is_some_and(|m| m.version == r.version && m.same_content(r)))
+            .map(|(p, r)| format!("{p}:\n    group {r:?}\n    its {:?}", mine.get(p)))
+            .collect()
+    }
+
+    fn ro_touched_at_or_above(&self, p: &SyncPath) -> bool {
+        let mut up = Some(p.clone());
+        while let Some(a) = up {
+            if self.ro_touched.contains(&a) {
+                return true;
+            }
+            up = a.parent();
+        }
+        false
     }
 
     fn describe_difference(&self) -> String {
         let first = self.snapshot(0);
         let mut out = String::new();
-        for i in 1..self.devices.len() {
+        for i in 0..self.devices.len() {
+            let core = self.devices[i].core.as_ref().unwrap();
+            if core.held_count() > 0 {
+                out += &format!("  device {i} holds {:?}\n", core.held());
+            }
+        }
+        for difference in self.read_only_differences(&first) {
+            out += &format!("  the read-only device differs at {difference}\n");
+        }
+        for i in self.full_devices().into_iter().skip(1) {
             let other = self.snapshot(i);
             for p in first.keys().chain(other.keys()).collect::<BTreeSet<_>>() {
                 let (a, b) = (first.get(p), other.get(p));
@@ -609,9 +766,15 @@ impl Sim {
             }
             if r.kind == RecordKind::File {
                 for (i, d) in self.devices.iter().enumerate() {
-                    if d.core.as_ref().unwrap().storage().content(r).is_none() {
+                    let storage = d.core.as_ref().unwrap().storage();
+                    if storage.live(p) == Some(r) && storage.content(r).is_none() {
                         self.fail(&format!("device {i} lacks a block of {p}"));
                     }
+                }
+            }
+            if let Some(ro) = self.read_only {
+                if r.vv.get(&self.devices[ro].id) > 0 {
+                    self.fail(&format!("{p}: a change by the read-only device reached the group: {:?}", r.vv));
                 }
             }
         }
@@ -623,6 +786,9 @@ impl Sim {
         // No lost writes.
         for (n, op) in self.history.iter().enumerate() {
             let OpKind::Write { digest: d, version } = &op.kind else { continue };
+            if Some(op.device) == self.read_only {
+                continue; // stays on its device by design
+            }
             // Identical content written concurrently elsewhere at the same
             // path is the same information: the devices keep one copy of it
             // (under either writer's version), and an operation that saw
@@ -630,7 +796,7 @@ impl Sim {
             let twins: Vec<(&VersionVector, &VersionId)> = self
                 .history
                 .iter()
-                .filter(|o| o.path == op.path)
+                .filter(|o| o.path == op.path && Some(o.device) != self.read_only)
                 .filter_map(|o| match &o.kind {
                     OpKind::Write { digest: od, version: ov } if od == d => Some((&o.vv, ov)),
                     _ => None,
@@ -653,7 +819,7 @@ impl Sim {
                     Some(parent) => parent.join(&copy_name).ok(),
                     None => SyncPath::new(&copy_name).ok(),
                 };
-                self.history.iter().any(|later| {
+                self.history.iter().filter(|l| Some(l.device) != self.read_only).any(|later| {
                     (later.path == op.path && matches!(later.vv.compare(twin_vv), Causality::Dominates))
                         || (Some(&later.path) == copy_path.as_ref()
                             && matches!(later.vv.compare(&copy_vv), Causality::Dominates))
@@ -668,7 +834,7 @@ impl Sim {
         }
         // No resurrection.
         for op in &self.history {
-            if !matches!(op.kind, OpKind::Delete) {
+            if !matches!(op.kind, OpKind::Delete) || Some(op.device) == self.read_only {
                 continue;
             }
             if let Some(r) = final_tree.get(&op.path) {

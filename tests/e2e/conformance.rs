@@ -40,7 +40,8 @@ fn pjdfstest_passes_except_the_listed_cases() {
         Command::new("id").arg("tests").output().is_ok_and(|o| o.status.success()),
         "pjdfstest needs a user named `tests`: run ./scripts/test.sh (it creates it)"
     );
-    let m = Mounted::new();
+    // pjdfstest acts as other users too: the mount must let them in.
+    let m = Mounted::new_with_flags(&["--allow-other"]);
     let second = tempfile::tempdir_in("/var/tmp").expect("second filesystem dir");
     let out = Command::new(tool("pjdfstest"))
         .arg("-c")

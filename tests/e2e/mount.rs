@@ -41,11 +41,16 @@ fn run_ok(cmd: &mut Command) -> String {
 
 impl Mounted {
     pub fn new() -> Mounted {
+        Self::new_with_flags(&[])
+    }
+
+    /// A fresh data dir mounted with extra `psync mount` flags.
+    pub fn new_with_flags(flags: &[&str]) -> Mounted {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().join("data");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let m = Mounted { tmp, data, mnt, flags: Vec::new() };
+        let m = Mounted { tmp, data, mnt, flags: flags.iter().map(|f| f.to_string()).collect() };
         m.mount();
         m
     }

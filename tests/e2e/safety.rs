@@ -2,6 +2,7 @@
 //! and how one path that cannot sync leaves the others syncing.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::group::{group_of_two, unmount_and_fsck, wait_for_content};
@@ -203,4 +204,47 @@ fn a_20000_note_vault_reaches_a_new_device() {
         assert_eq!(std::fs::read_to_string(mb.path(&rel)).unwrap(), note(i), "{rel}");
     }
     unmount_and_fsck(&[&ma, &mb]);
+}
+
+/// Local hygiene: the data dir and what the daemon writes in it are its
+/// owner's alone, the mount serves only its owner (and root) unless asked,
+/// and the log file is plain text.
+#[test]
+fn the_data_dir_is_private_and_the_mount_its_owners() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&m.data), 0o700, "the data dir is private");
+    for entry in walk(&m.data.join("db")) {
+        assert_eq!(mode(&entry) & 0o077, 0, "{} is readable by others", entry.display());
+    }
+    std::fs::write(m.path("note.md"), b"mine").unwrap();
+    let log = std::fs::read_to_string(m.data.join("psync.log")).unwrap();
+    assert!(!log.contains('\u{1b}'), "terminal colour codes in the log file:\n{log}");
+    // Another user (the test suite's `tests` user) cannot use the mount.
+    let as_other =
+        |path: &Path| Command::new("runuser").args(["-u", "tests", "--", "ls"]).arg(path).output().expect("runuser");
+    std::fs::set_permissions(&m.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(m.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_other(&m.mnt);
+    assert!(!out.status.success(), "another user listed the mount: {}", String::from_utf8_lossy(&out.stdout));
+    m.unmount();
+    let shared = Mounted::with_flags(m.data.clone(), &["--allow-other"]);
+    std::fs::set_permissions(shared.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_other(&shared.mnt);
+    assert!(out.status.success(), "with --allow-other: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("note.md"));
+    shared.unmount();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }

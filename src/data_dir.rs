@@ -1,0 +1,38 @@
+//! The data dir: where one device keeps its store, identity, logs and
+//! control socket. It is private to its owner.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Permissions of a data dir: its owner only.
+pub const MODE: u32 = 0o700;
+
+/// Creates `dir` (and its parents) if needed and makes it private to its
+/// owner: nobody else may list it or read the store, keys and logs in it.
+pub fn prepare(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if meta.permissions().mode() & 0o777 != MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(MODE))
+            .with_context(|| format!("cannot make data dir {} private (mode 700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dirs_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        prepare(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, MODE);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, MODE, "tightened");
+    }
+}
