@@ -705,3 +705,208 @@ fn a_held_conflict_does_not_swallow_the_writers_final_text() {
         assert!(texts.contains(&b"desktop's edit".to_vec()), "device {i}: {texts:?}");
     }
 }
+
+// ---- holding, bounds, large files, roles ----------------------------------------------
+
+fn held_reasons(m: &Mesh, i: usize) -> Vec<(String, psync_sync::HoldReason)> {
+    m.cores[i].held().into_iter().map(|h| (h.path.as_str().to_string(), h.reason)).collect()
+}
+
+/// A version that cannot be installed here now (local files that do not
+/// sync are in the way) is held with the reason; everything else arrives;
+/// the peer counts it not applied; once the path is free it goes in.
+#[test]
+fn a_version_that_cannot_go_in_is_held_and_the_rest_syncs() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.run(2_000);
+    m.storage(1).set_blocked(&path("drafts"), Some("the folder holds a FIFO"));
+    m.storage(0).local_mkdir(&path("drafts"), 1);
+    m.storage(0).local_write(&path("drafts/a.md"), b"draft", 1);
+    m.storage(0).local_write(&path("free.md"), b"free", 1);
+    m.local_change(0);
+    m.run(5_000);
+    assert_eq!(m.content(1, "free.md").unwrap(), b"free", "the rest syncs");
+    let held = held_reasons(&m, 1);
+    assert!(
+        held.iter()
+            .any(|(p, r)| p == "drafts/a.md" && matches!(r, psync_sync::HoldReason::Blocked(w) if w.contains("FIFO"))),
+        "{held:?}"
+    );
+    assert!(!m.cores[1].peer_progress().unwrap()[0].in_sync(), "held is not in sync");
+    m.storage(1).set_blocked(&path("drafts"), None);
+    m.local_change(1);
+    m.run(10_000);
+    assert_eq!(m.content(1, "drafts/a.md").unwrap(), b"draft");
+    assert_eq!(m.cores[1].held_count(), 0);
+    assert!(m.cores[1].peer_progress().unwrap()[0].in_sync());
+    assert!(m.cores[0].peer_progress().unwrap()[0].in_sync());
+}
+
+/// A full disk pauses installs and downloads; once there is space they
+/// resume by themselves (no local change needed), and nothing is lost.
+#[test]
+fn a_full_disk_pauses_and_sync_resumes_by_itself() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.run(2_000);
+    m.storage(1).set_disk_full(true);
+    for i in 0..5 {
+        m.storage(0).local_write(&path(&format!("n{i}.md")), format!("note {i}").as_bytes(), 1);
+    }
+    m.local_change(0);
+    m.run(3_000);
+    assert!(m.cores[1].disk_full(), "installs are paused");
+    assert!(m.content(1, "n0.md").is_none());
+    m.storage(1).set_disk_full(false);
+    m.run(120_000);
+    for i in 0..5 {
+        assert_eq!(m.content(1, &format!("n{i}.md")).unwrap(), format!("note {i}").as_bytes());
+    }
+    assert!(!m.cores[1].disk_full());
+    assert!(m.cores[1].peer_progress().unwrap()[0].in_sync());
+}
+
+/// Index frames are cut by bytes, not only by count: long paths never make
+/// a frame larger than the budget (plus the one record that starts it).
+#[test]
+fn index_frames_are_cut_by_bytes() {
+    use psync_sync::limits::RECORD_FRAME_BYTES;
+    let mut m = Mesh::new(2, |_| {});
+    let dir = "d".repeat(200);
+    let mut parent = String::new();
+    for level in 0..15 {
+        parent = if level == 0 { dir.clone() } else { format!("{parent}/{dir}") };
+        m.storage(0).local_mkdir(&path(&parent), 1);
+    }
+    for i in 0..1_000 {
+        m.storage(0).local_write(&path(&format!("{parent}/{i:0>200}")), b"x", 1);
+    }
+    m.connect_all();
+    m.run(30_000);
+    assert_eq!(m.cores[1].storage().live_records().unwrap().len(), 1_015);
+    let sizes: Vec<usize> = m
+        .log
+        .iter()
+        .filter(|(_, _, msg)| matches!(msg, Message::IndexUpdate { records, .. } if !records.is_empty()))
+        .map(|(_, _, msg)| psync_sync::message::encode_frame(msg).unwrap().len())
+        .collect();
+    assert!(sizes.len() >= 3, "{} frames for about 3.5 MB of records", sizes.len());
+    assert!(sizes.iter().all(|s| *s <= RECORD_FRAME_BYTES + 8_192), "{sizes:?}");
+}
+
+/// A tree node with more children than fit a frame answers in parts, each
+/// bounded, covering every child once.
+#[test]
+fn tree_responses_come_in_bounded_parts() {
+    use psync_sync::limits::TREE_FRAME_BYTES;
+    let mut core = SyncCore::new(MemStorage::new(dev(1), 1), SyncConfig::new(vec![dev(1), dev(2)]), 1, T0);
+    core.storage_mut().local_mkdir(&path("big"), 1);
+    for i in 0..40_000 {
+        core.storage_mut().local_write(&path(&format!("big/{i:0>40}")), b"x", 1);
+    }
+    core.handle(T0, Input::Connected(dev(2))).unwrap();
+    core.handle(
+        T0,
+        Input::Message(dev(2), Message::Hello { protocol: psync_sync::message::PROTOCOL_VERSION, index_id: 9, seq: 0 }),
+    )
+    .unwrap();
+    while core.poll_output().is_some() {}
+    core.handle(T0, Input::Message(dev(2), Message::TreeRequest { prefix: Some(path("big")) })).unwrap();
+    let mut parts = Vec::new();
+    while let Some(out) = core.poll_output() {
+        if let Output::Send(_, msg @ Message::TreeResponse { .. }) = out {
+            parts.push(msg);
+        }
+    }
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let mut names = Vec::new();
+    let mut expected_after: Option<String> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let size = psync_sync::message::encode_frame(part).unwrap().len();
+        assert!(size <= TREE_FRAME_BYTES + 1_024, "part {i}: {size} bytes");
+        let Message::TreeResponse { after, entries, complete, .. } = part else { unreachable!() };
+        assert_eq!(*after, expected_after, "parts follow each other");
+        assert_eq!(*complete, i + 1 == parts.len());
+        expected_after = entries.last().map(|e| e.name.clone());
+        names.extend(entries.iter().map(|e| e.name.clone()));
+    }
+    assert_eq!(names.len(), 40_000);
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "each child once, in order");
+}
+
+/// A file with more blocks than a record lists (here 20 MiB, mostly holes)
+/// travels as pages of block hashes, fetched like blocks: the record stays
+/// small, and the content arrives whole.
+#[test]
+fn a_large_file_travels_as_pages() {
+    let mut m = Mesh::new(2, |_| {});
+    let mut data = vec![0u8; 20 << 20];
+    for (i, chunk) in data.chunks_mut(BLOCK_SIZE as usize).enumerate() {
+        if i % 7 == 0 {
+            chunk[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        }
+    }
+    let record = m.storage(0).local_write(&path("video.bin"), &data, 1);
+    assert!(matches!(record.blocks, Blocks::Paged(ref pages) if pages.len() == 2), "{:?}", record.blocks);
+    m.connect_all();
+    m.run(60_000);
+    assert_eq!(m.content(1, "video.bin").unwrap(), data);
+    let record_bytes: usize = m
+        .log
+        .iter()
+        .filter(|(_, _, msg)| matches!(msg, Message::IndexUpdate { records, .. } if !records.is_empty()))
+        .map(|(_, _, msg)| psync_sync::message::encode_frame(msg).unwrap().len())
+        .sum();
+    assert!(record_bytes < 1_024, "the record names 2 pages, not 320 blocks: {record_bytes} bytes");
+    let requested = m.sent(|msg| matches!(msg, Message::BlockRequest { .. }));
+    assert_eq!(requested, 2 + 320usize.div_ceil(7), "two pages, then the blocks that are not holes");
+}
+
+/// Read-only is the sending device's role, not something in a version's
+/// history: a full device's edit of content a (since demoted) device once
+/// made is taken; the demoted device's own new changes are not.
+#[test]
+fn read_only_is_enforced_on_the_sender() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect_all();
+    m.storage(2).local_write(&path("a.md"), b"from 2 while full", 1);
+    m.local_change(2);
+    m.run(5_000);
+    assert_eq!(m.content(0, "a.md").unwrap(), b"from 2 while full");
+    for core in &mut m.cores {
+        core.set_group(vec![dev(1), dev(2), dev(3)], vec![dev(3)]);
+    }
+    m.storage(2).local_write(&path("b.md"), b"from 2, read-only now", 2);
+    m.local_change(2);
+    m.storage(1).local_write(&path("a.md"), b"edited on 1", 2);
+    m.local_change(1);
+    m.run(10_000);
+    assert_eq!(m.content(0, "a.md").unwrap(), b"edited on 1", "a full device's edit is taken");
+    assert!(m.content(0, "b.md").is_none() && m.content(1, "b.md").is_none(), "the read-only device's is not");
+    assert_eq!(m.content(2, "a.md").unwrap(), b"edited on 1", "it still receives everything");
+}
+
+/// A device removed from the group: its link is dropped at once, what it
+/// sent and is not installed yet is forgotten, and it is refused if it
+/// connects again.
+#[test]
+fn a_removed_device_is_dropped_and_refused() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect_all();
+    m.run(2_000);
+    m.violations.clear();
+    m.cores[0].set_group(vec![dev(1), dev(2)], vec![]);
+    let mut dropped = Vec::new();
+    while let Some(out) = m.cores[0].poll_output() {
+        if let Output::Violation(peer, why) = out {
+            dropped.push((peer, why));
+        }
+    }
+    assert!(dropped.iter().any(|(p, w)| *p == dev(3) && w.contains("no longer in the group")), "{dropped:?}");
+    assert_eq!(m.cores[0].peer_progress().unwrap().len(), 1);
+    m.cores[0].handle(m.now, Input::Connected(dev(3))).unwrap();
+    let refused = std::iter::from_fn(|| m.cores[0].poll_output())
+        .any(|o| matches!(o, Output::Violation(p, ref w) if p == dev(3) && w.contains("not a member")));
+    assert!(refused);
+}
