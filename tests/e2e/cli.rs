@@ -57,7 +57,7 @@ fn sample_tree(root: &Path) {
     std::fs::write(root.join("notes/a.md"), "# A\n").unwrap();
     std::fs::write(root.join("notes/deep/er/b.md"), "b".repeat(100_000)).unwrap();
     std::fs::write(root.join("empty"), "").unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let big = crate::mount::noise(3_000_000, 5);
     std::fs::write(root.join("paper.pdf"), big).unwrap();
     std::fs::set_permissions(root.join("notes/a.md"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink("notes/a.md", root.join("link")).unwrap();

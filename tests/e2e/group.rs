@@ -200,7 +200,7 @@ fn files_written_on_one_mount_appear_on_the_other() {
     let (_server, a, b) = group_of_two(tmp.path());
 
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
-    let pdf: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let pdf = crate::mount::noise(3_000_000, 2);
     std::fs::create_dir(ma.path("notes")).unwrap();
     std::fs::write(ma.path("notes/today.md"), b"# Today\n- sync works\n").unwrap();
     std::fs::write(ma.path("paper.pdf"), &pdf).unwrap();
@@ -342,7 +342,7 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     std::fs::write(ma.path("ready.md"), b"connected").unwrap();
     wait_for_content(&mb, "ready.md", b"connected");
 
-    let big: Vec<u8> = (0..144_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big = crate::mount::noise(144_000_000, 3);
     std::fs::write(ma.path("video.bin"), &big).unwrap();
     // Kill as soon as the receiver is fetching (a fixed sleep raced faster transfers).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -366,7 +366,7 @@ fn a_256_mib_file_transfers_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, a, b) = group_of_two(tmp.path());
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
-    let big: Vec<u8> = (0..256u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big = crate::mount::noise(256 << 20, 4);
     std::fs::write(ma.path("archive.bin"), &big).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while std::fs::metadata(mb.path("archive.bin")).map(|m| m.len()).ok() != Some(big.len() as u64) {

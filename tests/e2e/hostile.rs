@@ -334,7 +334,7 @@ fn a_member_that_asks_and_never_reads_is_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, a, b, url) = honest_pair(tmp.path());
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
-    let big: Vec<u8> = (0..(24u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big = crate::mount::noise(24 << 20, 1);
     std::fs::write(ma.path("big.bin"), &big).unwrap();
     wait_for_content(&mb, "big.bin", &big);
     let hashes: Vec<ContentHash> = big.chunks(65_536).map(ContentHash::of).collect();

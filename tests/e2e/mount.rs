@@ -18,6 +18,14 @@ pub struct Mounted {
     pub flags: Vec<String>,
 }
 
+/// `len` bytes that never repeat (every 64 KiB block differs), from a
+/// seed: a transfer of them moves every byte.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
 pub fn psync(data: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_psync"))
         .arg("--data-dir")
