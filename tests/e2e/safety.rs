@@ -248,3 +248,53 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An 8 GiB file (131,072 blocks: its block list alone is larger than a
+/// frame) syncs, and changes after it keep flowing. Its blocks repeat, so
+/// the stores hold little; what is tested is the record's size on the wire.
+#[test]
+fn an_8_gib_file_syncs_and_changes_after_it_keep_flowing() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const SIZE: u64 = 8 << 30;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    let block = crate::mount::noise(65_536, 8);
+    let started = Instant::now();
+    {
+        let mut f = std::fs::File::create(ma.path("disk.img")).unwrap();
+        let chunk = block.repeat(32); // 2 MiB per write
+        for _ in 0..SIZE / chunk.len() as u64 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    eprintln!("8 GiB written through the mount in {:.1} s", started.elapsed().as_secs_f64());
+    std::fs::write(ma.path("after.md"), b"written after the big file").unwrap();
+    wait_for_content(&mb, "after.md", b"written after the big file");
+    eventually("disk.img on the laptop", &[&a, &b], || {
+        std::fs::metadata(mb.path("disk.img")).is_ok_and(|m| m.len() == SIZE)
+    });
+    let read_block = |m: &Mounted, offset: u64| {
+        let mut f = std::fs::File::open(m.path("disk.img")).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        f.read_exact(&mut buf).unwrap();
+        buf
+    };
+    for offset in [0, SIZE / 2, SIZE - 65_536] {
+        assert_eq!(read_block(&mb, offset), block, "block at {offset}");
+    }
+    // An edit in the middle of it, then another note: both arrive.
+    let patch = crate::mount::noise(65_536, 9);
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(ma.path("disk.img")).unwrap();
+        f.seek(SeekFrom::Start(SIZE / 2)).unwrap();
+        f.write_all(&patch).unwrap();
+    }
+    std::fs::write(ma.path("later.md"), b"and later still").unwrap();
+    wait_for_content(&mb, "later.md", b"and later still");
+    eventually("the edit inside disk.img on the laptop", &[&a, &b], || read_block(&mb, SIZE / 2) == patch);
+    assert_eq!(read_block(&mb, SIZE / 2 + 65_536), block);
+    unmount_and_fsck(&[&ma, &mb]);
+}
