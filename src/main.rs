@@ -162,6 +162,16 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// On a read-only device: take the group's version back for paths
+    /// changed here (the group does not take them); the local versions stay
+    /// in each file's history.
+    Revert {
+        /// Paths inside the mount (relative to it).
+        paths: Vec<String>,
+        /// Every path changed on this device.
+        #[arg(long, conflicts_with = "paths")]
+        all: bool,
+    },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -366,6 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
+        Command::Revert { paths, all } => status::revert_command(&data_dir(&cli.global)?, paths, all),
         Command::Store(cmd) => run_store(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "psync", &mut std::io::stdout());

@@ -233,6 +233,16 @@ pub struct LocalStatus {
     /// The latest error sync reported and went on from.
     #[serde(default)]
     pub sync_error: Option<String>,
+    /// This device is read-only in its group: its own changes stay here.
+    #[serde(default)]
+    pub read_only: bool,
+    /// On a read-only device, paths holding its own changes (count);
+    /// `psync revert` takes the group's version back.
+    #[serde(default)]
+    pub own_changes: usize,
+    /// The first [`MAX_LISTED`] of them.
+    #[serde(default)]
+    pub own_changes_listed: Vec<String>,
 }
 
 /// Paths listed at most in each list of `psync status`.
@@ -336,6 +346,19 @@ pub struct Source {
 }
 
 impl Source {
+    fn revert(&self, paths: &[String]) -> Result<usize> {
+        let Some((_, control)) = &self.sync else {
+            anyhow::bail!("this device does not sync (it belongs to no group)")
+        };
+        let paths = paths
+            .iter()
+            .map(|p| psync_sync::SyncPath::new(p.trim_matches('/')).map_err(|e| anyhow::anyhow!("{p:?}: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        control.blocking_send(Control::Revert(paths, tx)).context("the sync loop has stopped")?;
+        rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?.map_err(anyhow::Error::msg)
+    }
+
     fn collect(&self) -> Result<Status> {
         let stats = self.store.tree_stats()?;
         let (live, snapshot) = match &self.sync {
@@ -375,6 +398,14 @@ impl Source {
                 disk_full: snapshot.disk_full,
                 local_only: local_only_status(&self.store)?,
                 sync_error: snapshot.last_error.clone(),
+                read_only: snapshot.read_only,
+                own_changes: snapshot.own_changes.len(),
+                own_changes_listed: snapshot
+                    .own_changes
+                    .iter()
+                    .take(MAX_LISTED)
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
             },
             conflicts,
             recent_errors: recent_errors(),
@@ -479,12 +510,16 @@ pub fn serve(source: Source) -> Result<()> {
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     request: String,
+    /// For `revert`: the paths (none: all).
+    #[serde(default)]
+    paths: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Answer {
     Status(Box<Status>),
+    Reverted(usize),
     Error(String),
 }
 
@@ -497,6 +532,10 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
             Ok(status) => Answer::Status(Box::new(status)),
             Err(e) => Answer::Error(format!("{e:#}")),
         },
+        Ok(r) if r.request == "revert" => match source.revert(&r.paths) {
+            Ok(n) => Answer::Reverted(n),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
         Ok(r) => Answer::Error(format!("unknown request {:?}", r.request)),
         Err(e) => Answer::Error(format!("malformed request: {e}")),
     };
@@ -506,18 +545,44 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
-/// Asks the daemon serving `data_dir`; `None` when no daemon answers.
-fn ask_daemon(data_dir: &Path) -> Result<Option<Status>> {
+/// Sends one request to the daemon serving `data_dir`; `None` when no daemon answers.
+fn ask(data_dir: &Path, request: Request) -> Result<Option<Answer>> {
     let path = data_dir.join(SOCKET_FILE);
     let Ok(mut stream) = UnixStream::connect(&path) else { return Ok(None) };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    serde_json::to_writer(&mut stream, &Request { request: "status".into() })?;
+    serde_json::to_writer(&mut stream, &request)?;
     stream.write_all(b"\n")?;
     let mut text = String::new();
     stream.take(64 << 20).read_to_string(&mut text).context("no answer from the daemon's control socket")?;
     match serde_json::from_str::<Answer>(&text).context("the daemon's answer is malformed")? {
-        Answer::Status(status) => Ok(Some(*status)),
         Answer::Error(e) => anyhow::bail!("the daemon could not answer: {e}"),
+        answer => Ok(Some(answer)),
+    }
+}
+
+/// Asks the daemon serving `data_dir` for its status; `None` when no daemon answers.
+fn ask_daemon(data_dir: &Path) -> Result<Option<Status>> {
+    match ask(data_dir, Request { request: "status".into(), paths: Vec::new() })? {
+        Some(Answer::Status(status)) => Ok(Some(*status)),
+        Some(_) => anyhow::bail!("the daemon answered something else than its status"),
+        None => Ok(None),
+    }
+}
+
+/// `psync revert [--all | PATH...]`: on a read-only device, takes the
+/// group's version of its own changes back.
+pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<std::process::ExitCode> {
+    if paths.is_empty() && !all {
+        anyhow::bail!("name the paths to revert, or --all for every change made on this device");
+    }
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    match ask(&data_dir, Request { request: "revert".into(), paths })? {
+        Some(Answer::Reverted(n)) => {
+            println!("taking the group's version of {n} paths back (their local versions stay in the history)");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => anyhow::bail!("no daemon serves {}: mount it first (`psync mount DIR`)", data_dir.display()),
     }
 }
 
@@ -708,6 +773,21 @@ fn render(s: &Status, peak_wanted: usize) -> String {
         let _ = writeln!(out, "local only  {} paths here do not sync:", l.local_only.len());
         for p in &l.local_only {
             let _ = writeln!(out, "  {}  {}", p.path, p.reason);
+        }
+    }
+    if l.read_only {
+        let _ = writeln!(
+            out,
+            "read-only   this device's changes stay here; the group does not take them ({} paths changed here{})",
+            l.own_changes,
+            if l.own_changes > 0 {
+                "; `psync revert --all` or `psync revert PATH` takes the group's version back"
+            } else {
+                ""
+            }
+        );
+        for p in &l.own_changes_listed {
+            let _ = writeln!(out, "  {p}");
         }
     }
     if let Some(e) = &l.sync_error {

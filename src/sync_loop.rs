@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{Change, HeldVersion, Input, Millis, Output, PeerProgress, SyncCore, SyncError, SyncStorage};
+use psync_sync::{
+    Change, HeldVersion, Input, Millis, Output, PeerProgress, SyncCore, SyncError, SyncPath, SyncStorage,
+};
 use tokio::sync::mpsc;
 
 use crate::status::SharedLive;
@@ -46,6 +48,9 @@ pub enum Control {
     Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
     /// `psync status` asks where sync stands.
     Status(std::sync::mpsc::Sender<SyncSnapshot>),
+    /// `psync revert`: on a read-only device, take the group's version of
+    /// these paths (all of its own changes if empty); answers how many.
+    Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),
 }
 
 /// Where sync stands, for `psync status`.
@@ -67,6 +72,11 @@ pub struct SyncSnapshot {
     pub links: HashMap<DeviceId, LinkStats>,
     /// The latest error the core reported, if any (sync went on).
     pub last_error: Option<String>,
+    /// This device is read-only in its group.
+    pub read_only: bool,
+    /// On a read-only device, the paths holding its own changes, which the
+    /// group does not take.
+    pub own_changes: Vec<SyncPath>,
 }
 
 enum Inbound {
@@ -141,9 +151,16 @@ pub async fn run<S: SyncStorage>(
                         held: core.held(),
                         disk_full: core.disk_full(),
                         last_error: last_error.clone(),
+                        read_only: core.is_read_only(),
+                        own_changes: core.own_changes().unwrap_or_default(),
                     };
                     let _ = reply.send(snapshot);
                     Ok(())
+                }
+                Some(Control::Revert(paths, reply)) => {
+                    let result = core.revert(mono_ms(), paths);
+                    let _ = reply.send(result.as_ref().map(|n| *n).map_err(|e| e.to_string()));
+                    result.map(|_| ())
                 }
                 Some(Control::Connected(device, link)) => {
                     generation += 1;

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod merkle;
 pub mod message;
 pub mod path;
+mod readonly;
 pub mod record;
 pub mod storage;
 mod tree;

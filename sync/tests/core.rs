@@ -910,3 +910,29 @@ fn a_removed_device_is_dropped_and_refused() {
         .any(|o| matches!(o, Output::Violation(p, ref w) if p == dev(3) && w.contains("not a member")));
     assert!(refused);
 }
+
+/// A read-only device's own changes stay on it and are listed; a revert
+/// takes the group's version back (a file only it made goes).
+#[test]
+fn a_read_only_device_lists_its_own_changes_and_reverts_them() {
+    let mut m = Mesh::new(2, |c| c.read_only = vec![dev(2)]);
+    m.connect_all();
+    m.storage(0).local_write(&path("a.md"), b"the group's", 1);
+    m.local_change(0);
+    m.run(5_000);
+    assert_eq!(m.content(1, "a.md").unwrap(), b"the group's");
+    assert!(m.cores[1].is_read_only() && !m.cores[0].is_read_only());
+    m.storage(1).local_write(&path("a.md"), b"mine", 2);
+    m.storage(1).local_write(&path("new.md"), b"only here", 2);
+    m.local_change(1);
+    m.run(5_000);
+    assert_eq!(m.content(0, "a.md").unwrap(), b"the group's", "not taken by the group");
+    assert_eq!(m.cores[1].own_changes().unwrap(), vec![path("a.md"), path("new.md")]);
+    assert!(m.cores[0].own_changes().unwrap().is_empty());
+    let now = m.now;
+    assert_eq!(m.cores[1].revert(now, Vec::new()).unwrap(), 2);
+    m.run(5_000);
+    assert_eq!(m.content(1, "a.md").unwrap(), b"the group's");
+    assert!(m.content(1, "new.md").is_none());
+    assert!(m.cores[1].own_changes().unwrap().is_empty(), "{:?}", m.cores[1].own_changes());
+}

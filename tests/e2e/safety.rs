@@ -298,3 +298,51 @@ fn an_8_gib_file_syncs_and_changes_after_it_keep_flowing() {
     assert_eq!(read_block(&mb, SIZE / 2 + 65_536), block);
     unmount_and_fsck(&[&ma, &mb]);
 }
+
+/// A read-only device: its own edits stay on it, `psync status` says so
+/// and lists them, the group's changes still reach it, and `psync revert`
+/// takes the group's version back.
+#[test]
+fn a_read_only_devices_edits_stay_local_and_can_be_reverted() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = crate::group::start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("phone"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let mut inviter = Command::new(env!("CARGO_BIN_EXE_psync"))
+        .arg("--data-dir")
+        .arg(&a)
+        .args(["invite", "--yes", "--read-only"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut code = String::new();
+    std::io::BufReader::new(inviter.stdout.take().unwrap()).read_line(&mut code).unwrap();
+    assert!(psync(&b, &["join", code.trim(), "--name", "phone", "--server", &url]).status.success());
+    assert!(inviter.wait().unwrap().success());
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::write(ma.path("shared.md"), b"the group's text").unwrap();
+    wait_for_content(&mb, "shared.md", b"the group's text");
+
+    std::fs::write(mb.path("shared.md"), b"edited on the phone").unwrap();
+    std::fs::write(mb.path("phone-only.md"), b"made on the phone").unwrap();
+    eventually("the phone's status to list its own changes", &[&a, &b], || {
+        let s = status(&b);
+        s["local"]["read_only"] == true && s["local"]["own_changes"] == 2
+    });
+    let text = String::from_utf8_lossy(&psync(&b, &["status"]).stdout).into_owned();
+    assert!(text.contains("read-only") && text.contains("psync revert"), "{text}");
+    // The group goes on, and takes nothing from the phone.
+    std::fs::write(ma.path("canary.md"), b"from the desktop").unwrap();
+    wait_for_content(&mb, "canary.md", b"from the desktop");
+    assert_eq!(std::fs::read(ma.path("shared.md")).unwrap(), b"the group's text");
+    assert!(!ma.path("phone-only.md").exists());
+
+    let out = psync(&b, &["revert", "--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for_content(&mb, "shared.md", b"the group's text");
+    eventually("phone-only.md to go", &[&a, &b], || !mb.path("phone-only.md").exists());
+    eventually("no own changes left", &[&a, &b], || status(&b)["local"]["own_changes"] == 0);
+    unmount_and_fsck(&[&ma, &mb]);
+}
