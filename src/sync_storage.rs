@@ -347,4 +347,21 @@ pub(crate) mod tests {
         let (r0, r1) = (devs[0].core.root().unwrap(), devs[1].core.root().unwrap());
         assert_eq!(r0, r1, "identical trees");
     }
+
+    /// A block a peer asks for that is damaged (or missing) here is
+    /// answered "don't have" (the peer asks elsewhere), never an error
+    /// that would stop sync.
+    #[test]
+    fn a_damaged_block_is_not_served() {
+        let devs = devices(1);
+        let store = &devs[0].store;
+        write(store, ROOT_INO, "a.md", b"some text");
+        let node = store.resolve(b"a.md").unwrap();
+        let hash = store.block_list(&node.content).unwrap()[0].unwrap();
+        let storage = StoreSync::new(store.clone());
+        assert_eq!(storage.block(&hash).unwrap().as_deref(), Some(&b"some text"[..]));
+        store.debug_overwrite_block(&hash, b"bit rot").unwrap();
+        assert_eq!(storage.block(&hash).unwrap(), None);
+        assert_eq!(storage.block(&ContentHash([9; 32])).unwrap(), None);
+    }
 }

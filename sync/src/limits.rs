@@ -54,7 +54,7 @@ pub const MAX_HOLD_BACKOFF_MS: u64 = 60_000;
 /// (milliseconds); doubles while it stays full, up to [`MAX_DISK_FULL_PAUSE_MS`].
 pub const FIRST_DISK_FULL_PAUSE_MS: u64 = 1_000;
 /// Longest such pause (milliseconds).
-pub const MAX_DISK_FULL_PAUSE_MS: u64 = 60_000;
+pub const MAX_DISK_FULL_PAUSE_MS: u64 = 30_000;
 
 /// `first * 2^attempts`, at most `max`.
 pub(crate) fn backoff(first: u64, max: u64, attempts: u32) -> u64 {

@@ -346,3 +346,43 @@ fn a_read_only_devices_edits_stay_local_and_can_be_reverted() {
     eventually("no own changes left", &[&a, &b], || status(&b)["local"]["own_changes"] == 0);
     unmount_and_fsck(&[&ma, &mb]);
 }
+
+/// A full disk on the receiving device: installs pause (status says so),
+/// nothing is lost, and once there is space again sync resumes by itself.
+#[test]
+fn a_full_disk_pauses_sync_and_it_resumes_by_itself() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root to mount a small tmpfs (CI runs as root)");
+    let tmp = tempfile::tempdir().unwrap();
+    let laptop = tmp.path().join("laptop");
+    std::fs::create_dir(&laptop).unwrap();
+    mount(Some("tmpfs"), &laptop, Some("tmpfs"), MsFlags::empty(), Some("size=160m")).expect("mount tmpfs");
+    let _tmpfs = Tmpfs(laptop.clone());
+    let (_server, a, b) = group_of_two(tmp.path());
+    assert_eq!(b, laptop);
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+    std::fs::write(ma.path("before.md"), b"fits").unwrap();
+    wait_for_content(&mb, "before.md", b"fits");
+    // Fill the laptop's disk, leaving too little for what comes next.
+    let free = nix::sys::statvfs::statvfs(&laptop).unwrap();
+    let available = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let filler = laptop.join("filler");
+    // (RocksDB has space preallocated for its log beyond this.)
+    std::fs::write(&filler, vec![1u8; available.saturating_sub(1 << 20) as usize]).unwrap();
+    let big = crate::mount::noise(96 << 20, 12);
+    std::fs::write(ma.path("big.bin"), &big).unwrap();
+    std::fs::write(ma.path("small.md"), b"waits with it").unwrap();
+    eventually("the laptop to say its disk is full", &[&a, &b], || status(&b)["local"]["disk_full"] == true);
+    assert!(!mb.path("big.bin").exists());
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_content(&mb, "small.md", b"waits with it");
+    eventually("big.bin on the laptop", &[&a, &b], || std::fs::read(mb.path("big.bin")).is_ok_and(|got| got == big));
+    eventually("the laptop to say all is well", &[&a, &b], || status(&b)["local"]["disk_full"] == false);
+    unmount_and_fsck(&[&ma, &mb]);
+}
