@@ -208,6 +208,9 @@ struct Peer {
     /// Replies nobody asked for, and tree requests, this heartbeat interval.
     unrequested: usize,
     tree_requests: usize,
+    /// Tree requests we sent them this heartbeat interval (kept under half
+    /// of what a peer answers, so a big walk never looks like a flood).
+    tree_requests_sent: usize,
 }
 
 impl Peer {
@@ -233,6 +236,7 @@ impl Peer {
             walk_until: 0,
             unrequested: 0,
             tree_requests: 0,
+            tree_requests_sent: 0,
         }
     }
 
@@ -944,7 +948,7 @@ impl<S: SyncStorage> SyncCore<S> {
             Ok(local) => local,
             Err(e) => return self.storage_failed(Version::new(record, source, seq), e),
         };
-        if resolve(local.as_ref(), &record) == Resolution::Keep {
+        if self.decide(local.as_ref(), &record) == Resolution::Keep {
             return Ok(());
         }
         // Waiting versions it has seen give way.
@@ -1019,7 +1023,7 @@ impl<S: SyncStorage> SyncCore<S> {
             Ok(local) => local,
             Err(e) => return self.storage_failed(version, e),
         };
-        let records = match resolve(local.as_ref(), record) {
+        let records = match self.decide(local.as_ref(), record) {
             Resolution::Keep => return self.release_origins(version.origins),
             Resolution::Take => vec![record.clone()],
             Resolution::Conflict { merged, copy } => {
@@ -1054,6 +1058,18 @@ impl<S: SyncStorage> SyncCore<S> {
             self.finalize(Version { record: held.record, source: held.source, origins: held.origins })?;
         }
         Ok(())
+    }
+
+    /// The rules, and one more on a read-only device: what it made of two
+    /// of the group's versions (a merge) never reaches the group, so where
+    /// the group holds another content under the very same history, the
+    /// group's is taken (elsewhere the total order would settle it when
+    /// the merge came back; here it never comes back).
+    fn decide(&self, local: Option<&FileRecord>, incoming: &FileRecord) -> Resolution {
+        match local {
+            Some(local) if self.is_read_only() && local.vv == incoming.vv && local != incoming => Resolution::Take,
+            _ => resolve(local, incoming),
+        }
     }
 
     /// A conflict copy is a record like any other: it is placed only if it
@@ -1241,7 +1257,12 @@ impl<S: SyncStorage> SyncCore<S> {
             return Ok(());
         }
         let caught_up = self.fetch.load(&peer).records == 0 && p.sent_upto.is_some_and(|s| s >= self.storage.seq());
-        let due = self.now >= p.tree_sync_after && p.tree_asked.is_empty();
+        if self.now >= p.tree_sync_after {
+            // A walk this old is over; an answer lost on the way must not
+            // keep the next one from starting.
+            p.tree_asked.clear();
+        }
+        let due = self.now >= p.tree_sync_after;
         if caught_up && due && root != self.root()? {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.tree_sync_after = self.now + 3 * self.config.heartbeat_ms;
@@ -1260,9 +1281,13 @@ impl<S: SyncStorage> SyncCore<S> {
 
     fn ask_tree(&mut self, peer: DeviceId, prefix: Option<SyncPath>) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if p.tree_asked.len() >= MAX_TREE_REQUESTS_OUTSTANDING || !p.tree_asked.insert(prefix.clone()) {
+        if p.tree_asked.len() >= MAX_TREE_REQUESTS_OUTSTANDING
+            || p.tree_requests_sent >= MAX_TREE_REQUESTS_PER_HEARTBEAT / 2
+            || !p.tree_asked.insert(prefix.clone())
+        {
             return; // the next walk goes on from there
         }
+        p.tree_requests_sent += 1;
         self.send(peer, Message::TreeRequest { prefix });
         self.walking_with(peer);
     }
@@ -1445,6 +1470,7 @@ impl<S: SyncStorage> SyncCore<S> {
         for (d, p) in self.peers.iter_mut() {
             p.unrequested = 0;
             p.tree_requests = 0;
+            p.tree_requests_sent = 0;
             if p.hello {
                 beat.push(*d);
             }

@@ -898,10 +898,13 @@ fn devices_converge_and_lose_nothing() {
 /// there from two places), the devices kept one copy under one writer's
 /// version, and the checker did not count the other writer's write as
 /// present (the core was right; the checker now treats identical concurrent
-/// writes at a path as the same information).
+/// writes at a path as the same information). 12246: a read-only device
+/// merged two of the group's versions into a third content under the same
+/// history and kept it for good (its merge never reaches the group); it now
+/// takes the group's content in that case.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [12840, 18017] {
+    for seed in [12840, 18017, 12246] {
         run_seed(seed);
     }
 }
