@@ -71,7 +71,7 @@ pub fn file_type(stat: &FileStat) -> SFlag {
 /// One path component: never empty, `.`, `..` or holding `/`.
 pub fn check_name(name: &OsStr) -> io::Result<()> {
     let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') || name.is_empty() {
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a file name: {name:?}")));
     }
     Ok(())

@@ -588,7 +588,7 @@ pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<
 
 /// What the data dir alone says, with no daemon running.
 fn offline_status(data_dir: &Path) -> Result<Status> {
-    let store = if data_dir.join(psync_store::DB_DIR_NAME).exists() {
+    let store = if Store::exists(data_dir) {
         Some(Arc::new(match Store::open(data_dir) {
             // A daemon that holds the store but does not answer (starting, or stuck).
             Err(psync_store::StoreError::Locked(_)) => Store::open_read_only(data_dir)?,

@@ -191,11 +191,11 @@ impl Txn<'_> {
     fn note_local_only(&mut self, path: &[u8], gone: bool, reason: String) -> Result<()> {
         let meta = self.store.meta();
         let key = local_only_key(path);
-        if gone {
-            if self.store.get_record::<LocalOnlyPath>(&key)?.is_some_and(|l| l.path == path) {
-                self.batch.delete_cf(meta, key);
-            }
-        } else {
+        let noted = self.store.get_record::<LocalOnlyPath>(&key)?.is_some_and(|l| l.path == path);
+        if gone && noted {
+            self.batch.delete_cf(meta, key);
+        } else if !gone && !noted {
+            // Said once, when the path appears; not at every save.
             tracing::warn!("{} does not sync: {reason}", String::from_utf8_lossy(path));
             self.batch.put_cf(meta, key, codec::encode(&LocalOnlyPath { path: path.to_vec(), reason })?);
         }

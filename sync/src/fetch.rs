@@ -304,14 +304,12 @@ impl Fetch {
         data: Option<Vec<u8>>,
     ) -> Result<Arrival, StorageError> {
         let Some(want) = self.wants.get_mut(&hash) else { return Ok(Arrival::Unwanted) };
-        let asked_here = want.asked.is_some_and(|(p, _)| p == peer);
-        if asked_here {
+        if want.asked.is_some_and(|(p, _)| p == peer) {
             want.asked = None;
+            if let Some(n) = self.in_flight.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+            }
         }
-        if asked_here {
-            self.release_slot(peer);
-        }
-        let Some(want) = self.wants.get_mut(&hash) else { return Ok(Arrival::Unwanted) };
         let Some(data) = data else {
             want.refused.insert(peer);
             return Ok(Arrival::Refused);

@@ -163,11 +163,10 @@ impl Holds {
     /// Takes out what is due: everything worth retrying after a local
     /// change (`local_change`), else what its timer says.
     pub(crate) fn take_due(&mut self, now: Millis, local_change: bool) -> Vec<Held> {
+        let is_due = |h: &Held| h.retry_at <= now || (local_change && h.reason.after_local_change());
         let mut out = Vec::new();
-        for held in self.by_path.values_mut() {
-            let (due, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held)
-                .into_iter()
-                .partition(|h| h.retry_at <= now || (local_change && h.reason.after_local_change()));
+        for held in self.by_path.values_mut().filter(|held| held.iter().any(is_due)) {
+            let (due, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held).into_iter().partition(is_due);
             *held = kept;
             out.extend(due);
         }

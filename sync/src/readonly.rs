@@ -9,10 +9,7 @@ use psync_base::DeviceId;
 
 use crate::path::SyncPath;
 use crate::record::FileRecord;
-use crate::storage::{StorageError, SyncStorage};
-
-/// Records read from storage per step of a refresh.
-const REFRESH_BATCH_RECORDS: usize = 1024;
+use crate::storage::{follow_changes, StorageError, SyncStorage};
 
 #[derive(Debug, Default)]
 pub(crate) struct OwnChanges {
@@ -30,22 +27,14 @@ pub(crate) fn is_own_change(record: &FileRecord, me: DeviceId) -> bool {
 
 impl OwnChanges {
     pub(crate) fn refresh<S: SyncStorage>(&mut self, storage: &S, me: DeviceId) -> Result<(), StorageError> {
-        let target = storage.seq();
-        while self.at_seq < target {
-            let batch = storage.records_since(self.at_seq, REFRESH_BATCH_RECORDS)?;
-            for (_, record) in &batch {
-                if is_own_change(record, me) {
-                    self.paths.insert(record.path.clone());
-                } else {
-                    self.paths.remove(&record.path);
-                }
+        let paths = &mut self.paths;
+        follow_changes(storage, &mut self.at_seq, |record| {
+            if is_own_change(record, me) {
+                paths.insert(record.path.clone());
+            } else {
+                paths.remove(&record.path);
             }
-            self.at_seq = match batch.last() {
-                Some((last, _)) if batch.len() == REFRESH_BATCH_RECORDS => *last,
-                _ => target,
-            };
-        }
-        Ok(())
+        })
     }
 
     pub(crate) fn paths(&self) -> &BTreeSet<SyncPath> {

@@ -99,6 +99,32 @@ pub trait SyncStorage {
     fn set_peer_state(&mut self, peer: &DeviceId, state: PeerState) -> Result<(), StorageError>;
 }
 
+/// Records read from storage per step of [`follow_changes`].
+const FOLLOW_BATCH_RECORDS: usize = 1024;
+
+/// Hands every record the storage changed after `*at_seq` to `take`, in
+/// sequence order, and moves `*at_seq` to the storage's sequence number:
+/// how a view kept beside the storage (the anti-entropy tree, a read-only
+/// device's own changes) stays up to date at the cost of what changed.
+pub(crate) fn follow_changes<S: SyncStorage + ?Sized>(
+    storage: &S,
+    at_seq: &mut u64,
+    mut take: impl FnMut(&FileRecord),
+) -> Result<(), StorageError> {
+    let target = storage.seq();
+    while *at_seq < target {
+        let batch = storage.records_since(*at_seq, FOLLOW_BATCH_RECORDS)?;
+        for (_, record) in &batch {
+            take(record);
+        }
+        *at_seq = match batch.last() {
+            Some((last, _)) if batch.len() == FOLLOW_BATCH_RECORDS => *last,
+            _ => target,
+        };
+    }
+    Ok(())
+}
+
 /// An in-memory [`SyncStorage`] with local edit operations that behave like
 /// the filesystem's commits: for tests and simulations.
 #[derive(Debug, Clone)]

@@ -9,11 +9,7 @@ use psync_base::ContentHash;
 
 use crate::message::TreeEntry;
 use crate::path::SyncPath;
-use crate::record::FileRecord;
-use crate::storage::{StorageError, SyncStorage};
-
-/// Records read from storage per step of a refresh.
-const REFRESH_BATCH_RECORDS: usize = 1024;
+use crate::storage::{follow_changes, StorageError, SyncStorage};
 
 #[derive(Debug, Default)]
 struct Node {
@@ -95,23 +91,11 @@ pub(crate) struct LiveTree {
 impl LiveTree {
     /// Takes in every change the storage made since the last refresh.
     pub(crate) fn refresh<S: SyncStorage>(&mut self, storage: &S) -> Result<(), StorageError> {
-        let target = storage.seq();
-        while self.at_seq < target {
-            let batch = storage.records_since(self.at_seq, REFRESH_BATCH_RECORDS)?;
-            for (_, record) in &batch {
-                self.apply(record);
-            }
-            self.at_seq = match batch.last() {
-                Some((last, _)) if batch.len() == REFRESH_BATCH_RECORDS => *last,
-                _ => target,
-            };
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, record: &FileRecord) {
-        let digest = (!record.deleted).then(|| record.digest());
-        self.top.set(&parts(&record.path), digest);
+        let top = &mut self.top;
+        follow_changes(storage, &mut self.at_seq, |record| {
+            let digest = (!record.deleted).then(|| record.digest());
+            top.set(&parts(&record.path), digest);
+        })
     }
 
     /// The hash of the whole tree.
