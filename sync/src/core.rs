@@ -1444,7 +1444,13 @@ impl<S: SyncStorage> SyncCore<S> {
             }
         }
         if self.paused_until.is_some_and(|t| t <= self.now) {
+            // The pause is over: what it held is tried at once (if the disk
+            // is still full, the first failure pauses again and the rest is
+            // held again as it comes).
             self.paused_until = None;
+            for held in self.holds.take_disk_full() {
+                self.finalize(Version { record: held.record, source: held.source, origins: held.origins })?;
+            }
         }
         if self.next_heartbeat <= self.now {
             self.next_heartbeat = self.now + self.config.heartbeat_ms;

@@ -160,13 +160,21 @@ impl Holds {
         true
     }
 
-    /// Takes out what is due: everything worth retrying after a local
-    /// change (`local_change`), else what its timer says.
+    /// Takes out what is due: what its timer says, and with
+    /// `local_change` everything worth retrying after a local change.
     pub(crate) fn take_due(&mut self, now: Millis, local_change: bool) -> Vec<Held> {
-        let is_due = |h: &Held| h.retry_at <= now || (local_change && h.reason.after_local_change());
+        self.take_where(|h| h.retry_at <= now || (local_change && h.reason.after_local_change()))
+    }
+
+    /// Takes out every version held because the disk was full (its pause is over).
+    pub(crate) fn take_disk_full(&mut self) -> Vec<Held> {
+        self.take_where(|h| h.reason == HoldReason::DiskFull)
+    }
+
+    fn take_where(&mut self, is_due: impl Fn(&Held) -> bool) -> Vec<Held> {
         let mut out = Vec::new();
-        for held in self.by_path.values_mut().filter(|held| held.iter().any(is_due)) {
-            let (due, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held).into_iter().partition(is_due);
+        for held in self.by_path.values_mut().filter(|held| held.iter().any(&is_due)) {
+            let (due, kept): (Vec<Held>, Vec<Held>) = std::mem::take(held).into_iter().partition(&is_due);
             *held = kept;
             out.extend(due);
         }
