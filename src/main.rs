@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use psync_base::DeviceId;
-use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, BLOCK_SIZE, ROOT_INO};
+use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, ROOT_INO};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -502,15 +502,7 @@ fn run_store(global: &Global, cmd: StoreCommand) -> Result<()> {
             let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
             let old =
                 store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
-            let now = Timestamp::now();
-            store.truncate(node.ino, 0, now)?;
-            let mut offset = 0;
-            while offset < old.content.size {
-                let chunk = store.read_content(&old.content, offset, BLOCK_SIZE as u32 * 16)?;
-                store.write(node.ino, offset, &chunk, now)?;
-                offset += chunk.len() as u64;
-            }
-            let seq = store.commit(node.ino, now, true)?;
+            let seq = store.restore(node.ino, old.seq, Timestamp::now())?;
             println!("restored {path:?} to version {version} (now version {})", seq.unwrap_or(node.committed_seq));
         }
     }

@@ -26,4 +26,19 @@ impl Store {
         format.format_version = version;
         self.db().put_cf(self.meta(), keys::FORMAT, codec::encode(&format)?).map_err(|e| self.rocks_err(e))
     }
+
+    /// Turns this store into one of format 2 with `entries` keys of its
+    /// inode-level change log (`s`, `t`), as psync wrote them before format 3,
+    /// so tests can prove the migration removes them.
+    pub fn debug_make_format_2_change_log(&self, entries: u64) -> Result<()> {
+        for n in 1..=entries {
+            let mut change = vec![b's'];
+            change.extend_from_slice(&n.to_be_bytes());
+            self.db().put_cf(self.meta(), change, [0u8, 1]).map_err(|e| self.rocks_err(e))?;
+            let mut tombstone = vec![b't'];
+            tombstone.extend_from_slice(&u128::from(n).to_be_bytes());
+            self.db().put_cf(self.meta(), tombstone, [0u8; 8]).map_err(|e| self.rocks_err(e))?;
+        }
+        self.debug_set_format_version(2)
+    }
 }

@@ -22,7 +22,7 @@ pub struct FsckReport {
     pub dirents: u64,
     /// History versions checked.
     pub versions: u64,
-    /// Tombstones checked.
+    /// Deleted paths the sync index keeps for peers, checked.
     pub tombstones: u64,
     /// Distinct blocks read and verified against their hash.
     pub blocks_verified: u64,
@@ -254,12 +254,6 @@ impl Store {
             if orphan && !node.links.is_empty() {
                 c.problem(format!("inode {ino} is marked unlinked but has links"));
             }
-            if node.seq != 0 {
-                match self.get_record::<ChangeRef>(&keys::change(node.seq)) {
-                    Ok(Some(ChangeRef::Live(i))) if i == ino => {}
-                    _ => c.problem(format!("inode {ino}: change log entry {} missing or wrong", node.seq)),
-                }
-            }
             if node.committed_seq != 0
                 && self.get_record::<FileVersion>(&keys::version(node.file_id, node.committed_seq))?.is_none()
             {
@@ -285,27 +279,12 @@ impl Store {
             c.check_content(&version.content, &format!("version {} of file {}", version.seq, version.file_id))?;
         }
 
-        // Tombstones and the change log.
-        for (k, tomb) in c.decode_all::<Tombstone>(keys::TAG_TOMBSTONE, "tombstone")? {
-            c.report.tombstones += 1;
-            max_seq = max_seq.max(tomb.seq);
-            if keys::u128_at(&k, 1) != Some(tomb.file_id.0) {
-                c.problem(format!("tombstone of {} stored under the wrong key", tomb.file_id));
-            }
-            match self.get_record::<ChangeRef>(&keys::change(tomb.seq)) {
-                Ok(Some(ChangeRef::Deleted(id))) if id == tomb.file_id => {}
-                _ => c.problem(format!("tombstone of {}: change log entry {} missing", tomb.file_id, tomb.seq)),
-            }
-        }
-        for (k, change) in c.decode_all::<ChangeRef>(keys::TAG_CHANGE, "change")? {
-            let seq = keys::u64_at(&k, 1).unwrap_or(0);
-            max_seq = max_seq.max(seq);
-            let ok = match change {
-                ChangeRef::Live(ino) => inodes.get(&ino).is_some_and(|n| n.seq == seq),
-                ChangeRef::Deleted(id) => self.tombstone(id)?.is_some_and(|t| t.seq == seq),
-            };
-            if !ok {
-                c.problem(format!("change log entry {seq} points at {change:?}, which has moved on or is gone"));
+        // Formats 1-2 kept an inode-level change log; the migration removes it.
+        let (from, to) = keys::LEGACY_CHANGE_LOG;
+        if let Some(item) = self.db().iterator_cf(self.meta(), IteratorMode::From(from, Direction::Forward)).next() {
+            let (k, _) = item.map_err(|e| self.rocks_err(e))?;
+            if *k < *to {
+                c.problem(format!("a key of the old change log is left: {:?}", HexKey(&k)));
             }
         }
         if let Some(counters) = counters {
@@ -324,10 +303,10 @@ impl Store {
         // The sync index: every entry has its sequence key; live entries
         // name existing nodes of their kind.
         let mut index_seqs = HashSet::new();
-        for (k, v) in self.scan_prefix(&[crate::sync_index::TAG_PATH])? {
+        for (k, v) in self.scan_prefix(&[keys::TAG_PATH])? {
             let path = k[1..].to_vec();
             let shown = String::from_utf8_lossy(&path).into_owned();
-            let entry: crate::sync_index::PathEntry = match codec::decode(&v) {
+            let entry: PathEntry = match codec::decode(&v) {
                 Ok(e) => e,
                 Err(e) => {
                     c.problem(format!("sync entry {shown:?} does not decode: {e}"));
@@ -336,7 +315,10 @@ impl Store {
             };
             max_seq = max_seq.max(entry.seq);
             index_seqs.insert(entry.seq);
-            match self.db().get_pinned_cf(self.meta(), crate::sync_index::seq_key(entry.seq)) {
+            if entry.deleted {
+                c.report.tombstones += 1;
+            }
+            match self.db().get_pinned_cf(self.meta(), keys::path_seq(entry.seq)) {
                 Ok(Some(p)) if *p == *path => {}
                 _ => c.problem(format!("sync entry {shown:?}: sequence key {} missing or wrong", entry.seq)),
             }
@@ -350,7 +332,7 @@ impl Store {
                 }
             }
         }
-        for (k, _) in self.scan_prefix(&[crate::sync_index::TAG_PATH_SEQ])? {
+        for (k, _) in self.scan_prefix(&[keys::TAG_PATH_SEQ])? {
             let seq = keys::u64_at(&k, 1).unwrap_or(0);
             if !index_seqs.contains(&seq) {
                 c.problem(format!("sync sequence key {seq} points at no entry"));

@@ -6,12 +6,13 @@
 use std::collections::{HashMap, HashSet};
 
 use psync_base::{codec, ContentHash};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode};
 
 use crate::error::Result;
 use crate::keys;
 use crate::records::*;
 use crate::store::Store;
+use crate::txn::Txn;
 
 /// Which history to keep.
 #[derive(Debug, Clone, Copy)]
@@ -50,10 +51,10 @@ impl Store {
         if self.is_read_only() {
             return Err(crate::StoreError::ReadOnly);
         }
-        self.with_writer_locked(|| self.gc_locked(policy, now))
+        self.mutate(false, |txn| self.gc_locked(txn, policy, now))
     }
 
-    fn gc_locked(&self, policy: GcPolicy, now: Timestamp) -> Result<GcReport> {
+    fn gc_locked(&self, txn: &mut Txn<'_>, policy: GcPolicy, now: Timestamp) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut live_contents: Vec<Content> = Vec::new();
         let mut committed: HashSet<(FileId, u64)> = HashSet::new();
@@ -75,7 +76,9 @@ impl Store {
             versions.sort_by_key(|v| v.seq);
         }
         let cutoff = now.secs.saturating_sub(policy.keep_for_secs);
-        self.prune_versions(&by_file, policy, cutoff, &committed, &mut report)?;
+        self.prune_versions(txn, &by_file, policy, cutoff, &committed, &mut report)?;
+        // Marking reads the store: the pruned versions must be gone from it.
+        txn.write_now()?;
 
         // 2. Mark.
         let mut pages: HashSet<ContentHash> = HashSet::new();
@@ -97,7 +100,6 @@ impl Store {
         }
 
         // 3. Sweep.
-        let mut batch = WriteBatch::default();
         let mut garbage_pages = Vec::new();
         self.for_each_prefix(&[keys::TAG_PAGE], |k, _| {
             if let Some(hash) = keys::hash_at(k, 1) {
@@ -108,52 +110,52 @@ impl Store {
             Ok(true)
         })?;
         for hash in garbage_pages {
-            batch.delete_cf(self.meta(), keys::page(&hash));
+            txn.delete_page(&hash);
             report.pages_removed += 1;
-            self.flush_if_full(&mut batch)?;
+            flush_if_full(txn)?;
         }
         for item in self.db().iterator_cf(self.blocks_cf(), IteratorMode::From(&[], Direction::Forward)) {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
             let Some(hash) = keys::hash_at(&k, 0) else { continue };
             if !blocks.contains(&hash) {
-                batch.delete_cf(self.blocks_cf(), &k);
+                txn.delete_block(&hash);
                 report.blocks_removed += 1;
                 report.block_bytes_freed += v.len() as u64;
-                self.flush_if_full(&mut batch)?;
+                flush_if_full(txn)?;
             }
         }
-        self.db().write(batch).map_err(|e| self.rocks_err(e))?;
+        txn.write_now()?;
         Ok(report)
     }
 
     fn prune_versions(
         &self,
+        txn: &mut Txn<'_>,
         by_file: &HashMap<FileId, Vec<FileVersion>>,
         policy: GcPolicy,
         cutoff: i64,
         committed: &HashSet<(FileId, u64)>,
         report: &mut GcReport,
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
         for versions in by_file.values() {
             let keep_from = versions.len().saturating_sub(policy.keep_versions.max(1));
             for (i, v) in versions.iter().enumerate() {
                 let keep = i >= keep_from || v.committed_at.secs >= cutoff || committed.contains(&(v.file_id, v.seq));
                 if !keep {
-                    batch.delete_cf(self.meta(), keys::version(v.file_id, v.seq));
+                    txn.delete_version(v.file_id, v.seq);
                     report.versions_removed += 1;
-                    self.flush_if_full(&mut batch)?;
+                    flush_if_full(txn)?;
                 }
             }
         }
-        self.db().write(batch).map_err(|e| self.rocks_err(e))
-    }
-
-    fn flush_if_full(&self, batch: &mut WriteBatch) -> Result<()> {
-        if batch.len() >= DELETES_PER_BATCH {
-            let full = std::mem::take(batch);
-            self.db().write(full).map_err(|e| self.rocks_err(e))?;
-        }
         Ok(())
     }
+}
+
+/// Each batch removes only unreferenced data, so it may land on its own.
+fn flush_if_full(txn: &mut Txn<'_>) -> Result<()> {
+    if txn.pending_writes() >= DELETES_PER_BATCH {
+        txn.write_now()?;
+    }
+    Ok(())
 }

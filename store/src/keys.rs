@@ -12,8 +12,6 @@
 //! | `meta`   | `d` parent:u64 name:bytes             | `DirEntry`           | directory entry -> child inode            |
 //! | `meta`   | `p` hash:32                           | `Page`               | up to 256 block hashes (content-addressed)|
 //! | `meta`   | `h` file_id:16 seq:u64                | `FileVersion`        | committed version of a file (history)     |
-//! | `meta`   | `s` seq:u64                           | `ChangeRef`          | change log: latest change of each object  |
-//! | `meta`   | `t` file_id:16                        | `Tombstone`          | a deleted object, for sync                |
 //! | `meta`   | `o` ino:u64                           | empty                | unlinked while open; removed on next open |
 //! | `meta`   | `x` path:bytes                        | `PathEntry`          | sync index: version of a path (or deleted)|
 //! | `meta`   | `q` seq:u64                           | path bytes           | sync index in sequence order              |
@@ -24,10 +22,12 @@
 //! Invariants (checked by fsck): every `d` entry names an existing inode
 //! that lists the same (parent, name) link; every inode is reachable from the
 //! root or marked `o`; every page and block referenced by an inode or a
-//! version exists and matches its hash; each `s` entry is the current
-//! sequence number of the object it names.
+//! version exists and matches its hash; each `x` entry has the `q` key of its
+//! sequence number and each `q` key names an `x` entry with that number; a
+//! live `x` entry names an existing node of its kind. No `s` or `t` key
+//! exists (format 3 removed the old inode-level change log).
 
-use psync_base::ContentHash;
+use psync_base::{nfc_key, ContentHash, DeviceId};
 
 use crate::records::FileId;
 
@@ -41,9 +41,15 @@ pub(crate) const TAG_INODE: u8 = b'i';
 pub(crate) const TAG_DIRENT: u8 = b'd';
 pub(crate) const TAG_PAGE: u8 = b'p';
 pub(crate) const TAG_VERSION: u8 = b'h';
-pub(crate) const TAG_CHANGE: u8 = b's';
-pub(crate) const TAG_TOMBSTONE: u8 = b't';
 pub(crate) const TAG_ORPHAN: u8 = b'o';
+pub(crate) const TAG_PATH: u8 = b'x';
+pub(crate) const TAG_PATH_SEQ: u8 = b'q';
+pub(crate) const TAG_PEER: u8 = b'r';
+pub(crate) const TAG_LOCAL_ONLY: u8 = b'n';
+
+/// Formats 1-2 wrote an inode-level change log under `s` (seq) and `t`
+/// (file id) that nothing read; format 3 deletes the range `[s, u)`.
+pub(crate) const LEGACY_CHANGE_LOG: (&[u8], &[u8]) = (b"s", b"u");
 
 fn tagged_u64(tag: u8, n: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -88,19 +94,33 @@ pub(crate) fn version(file_id: FileId, seq: u64) -> [u8; 25] {
     key
 }
 
-pub(crate) fn change(seq: u64) -> [u8; 9] {
-    tagged_u64(TAG_CHANGE, seq)
+pub(crate) fn orphan(ino: u64) -> [u8; 9] {
+    tagged_u64(TAG_ORPHAN, ino)
 }
 
-pub(crate) fn tombstone(file_id: FileId) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = TAG_TOMBSTONE;
-    key[1..].copy_from_slice(&file_id.0.to_be_bytes());
+pub(crate) fn path(path: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + path.len());
+    key.push(TAG_PATH);
+    key.extend_from_slice(path);
     key
 }
 
-pub(crate) fn orphan(ino: u64) -> [u8; 9] {
-    tagged_u64(TAG_ORPHAN, ino)
+pub(crate) fn path_seq(seq: u64) -> [u8; 9] {
+    tagged_u64(TAG_PATH_SEQ, seq)
+}
+
+pub(crate) fn peer(device: &DeviceId) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = TAG_PEER;
+    key[1..].copy_from_slice(&device.0);
+    key
+}
+
+/// Keyed by the path's NFC form, so a peer's twin of a local-only name finds it.
+pub(crate) fn local_only(path: &[u8]) -> Vec<u8> {
+    let mut key = vec![TAG_LOCAL_ONLY];
+    key.extend_from_slice(&nfc_key(path));
+    key
 }
 
 /// Reads the big-endian u64 at `key[at..at + 8]`.

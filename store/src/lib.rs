@@ -1,4 +1,4 @@
-//! The PSync store: one device's files, directories, history and change log
+//! The PSync store: one device's files, directories, history and sync index
 //! in RocksDB, with content in BLAKE3-addressed blocks.
 //!
 //! **Invariant:** the store knows nothing of FUSE, the network or the sync
@@ -9,21 +9,31 @@
 //! (private; its table is the source of truth for the on-disk format).
 #![deny(missing_docs)]
 
+mod content;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod fsck;
 mod gc;
+mod install;
 mod keys;
+mod nodes;
+mod open;
+mod ops;
+mod pins;
+mod read;
 mod records;
 mod stats;
 mod store;
 mod sync_index;
+mod txn;
 
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
 pub use gc::{GcPolicy, GcReport};
+pub use install::InstallResult;
+pub use nodes::{NewNode, NodeAttrs, RenameMode, SetAttr};
 pub use records::*;
 pub use stats::StoreStats;
-pub use store::{Change, NewNode, NodeAttrs, RenameMode, SetAttr, Store, DB_DIR_NAME};
-pub use sync_index::{BlockRefs, InstallResult, LocalOnlyPath, PathVersion, PeerRecord};
+pub use store::{Store, DB_DIR_NAME};
+pub use sync_index::{BlockRefs, LocalOnlyPath, PathVersion, PeerRecord};

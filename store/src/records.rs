@@ -10,8 +10,10 @@ pub use psync_base::BLOCK_SIZE;
 pub const BLOCKS_PER_PAGE: u64 = psync_base::page::BLOCKS_PER_PAGE as u64;
 /// Largest file the store accepts (1 PiB; far beyond any vault).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
-/// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format version this build writes and reads. 2: names that
+/// are not UTF-8 NFC stay local (`n` keys). 3: the inode-level change log
+/// (`s`, `t` keys) is gone; the sync index is the one change log.
+pub const FORMAT_VERSION: u32 = 3;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
@@ -29,7 +31,7 @@ pub struct FormatRecord {
 }
 
 /// Persisted allocation counters.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Counters {
     pub next_ino: u64,
     pub next_seq: u64,
@@ -226,30 +228,15 @@ pub struct FileVersion {
     pub committed_at: Timestamp,
 }
 
-/// A deleted object, kept so peers learn of the delete and cannot resurrect it.
+/// A path's entry in the sync index (the one change log: its `q` keys
+/// order the entries by local sequence number).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tombstone {
-    /// Which object.
-    pub file_id: FileId,
-    /// Its kind when deleted.
-    pub kind: NodeKind,
-    /// Its last path.
-    pub path: Vec<u8>,
-    /// Version vector including the delete.
+pub(crate) struct PathEntry {
     pub vv: VersionVector,
-    /// When it was deleted.
-    pub deleted_at: Timestamp,
-    /// Which device deleted it.
-    pub deleted_by: DeviceId,
-    /// Local sequence number of the delete.
+    pub dot: (DeviceId, u64),
+    pub deleted: bool,
+    pub kind: NodeKind,
+    /// Local sequence number of this entry (the `q` key).
     pub seq: u64,
-}
-
-/// What a change-log entry points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ChangeRef {
-    /// A live inode.
-    Live(u64),
-    /// A tombstone.
-    Deleted(FileId),
+    pub mtime: i64,
 }

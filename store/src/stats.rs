@@ -27,7 +27,7 @@ pub struct StoreStats {
     pub block_bytes: u64,
     /// Committed versions in history.
     pub versions: u64,
-    /// Deleted objects remembered for sync.
+    /// Deleted paths the sync index remembers for peers.
     pub tombstones: u64,
     /// Highest local sequence number.
     pub seq: u64,
@@ -68,8 +68,9 @@ impl Store {
             s.versions += 1;
             Ok(true)
         })?;
-        self.for_each_prefix(&[keys::TAG_TOMBSTONE], |_, _| {
-            s.tombstones += 1;
+        self.for_each_prefix(&[keys::TAG_PATH], |_, v| {
+            let entry: PathEntry = codec::decode(v)?;
+            s.tombstones += u64::from(entry.deleted);
             Ok(true)
         })?;
         for item in self.db().iterator_cf(self.blocks_cf(), IteratorMode::From(&[], Direction::Forward)) {

@@ -10,25 +10,14 @@
 //! protocol itself.
 
 use psync_base::page::decode_page;
-use psync_base::{check_syncable, codec, nfc_key, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
+use psync_base::{check_syncable, codec, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::records::*;
-use crate::store::{NewNode, NodeAttrs, Store, Txn};
-
-/// A path's entry in the sync index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PathEntry {
-    pub vv: VersionVector,
-    pub dot: (DeviceId, u64),
-    pub deleted: bool,
-    pub kind: NodeKind,
-    /// Local sequence number of this entry (the `q` key).
-    pub seq: u64,
-    pub mtime: i64,
-}
+use crate::store::Store;
+use crate::txn::Txn;
 
 /// Which blocks a file version holds: listed, or as the store's pages of
 /// block hashes (what [`Store::path_version`] gives: no page is read).
@@ -76,11 +65,6 @@ pub struct PeerRecord {
     pub acked: u64,
 }
 
-pub(crate) const TAG_PATH: u8 = b'x';
-pub(crate) const TAG_PATH_SEQ: u8 = b'q';
-pub(crate) const TAG_PEER: u8 = b'r';
-pub(crate) const TAG_LOCAL_ONLY: u8 = b'n';
-
 /// A local path that does not sync, and why (kept for `psync status`, and
 /// so a peer's path that only differs in its Unicode form never becomes a
 /// second file beside it).
@@ -92,53 +76,7 @@ pub struct LocalOnlyPath {
     pub reason: String,
 }
 
-/// What [`Store::install_versions`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InstallResult {
-    /// All of it, in one batch.
-    Installed,
-    /// Nothing: these files are open for writing or hold uncommitted writes.
-    Busy(Vec<Vec<u8>>),
-    /// Nothing: these paths changed since the caller decided.
-    Moved(Vec<Vec<u8>>),
-    /// Nothing: a path cannot take its version here now (the reason says
-    /// why: local files that do not sync in the way).
-    Blocked {
-        /// The path.
-        path: Vec<u8>,
-        /// Why, for the user.
-        reason: String,
-    },
-}
-
-fn local_only_key(path: &[u8]) -> Vec<u8> {
-    let mut key = vec![TAG_LOCAL_ONLY];
-    key.extend_from_slice(&nfc_key(path));
-    key
-}
-
-fn path_key(path: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + path.len());
-    key.push(TAG_PATH);
-    key.extend_from_slice(path);
-    key
-}
-
-pub(crate) fn seq_key(seq: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = TAG_PATH_SEQ;
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn peer_key(device: &DeviceId) -> [u8; 33] {
-    let mut key = [0u8; 33];
-    key[0] = TAG_PEER;
-    key[1..].copy_from_slice(&device.0);
-    key
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
         name.to_vec()
     } else {
@@ -147,23 +85,22 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl Txn<'_> {
-    fn path_entry(&self, path: &[u8]) -> Result<Option<PathEntry>> {
+    pub(crate) fn path_entry(&self, path: &[u8]) -> Result<Option<PathEntry>> {
         if let Some(e) = self.paths.get(path) {
             return Ok(Some(e.clone()));
         }
-        self.store.get_record(&path_key(path))
+        self.store.get_record(&keys::path(path))
     }
 
     /// Writes `entry` for `path` under a new local sequence number.
-    fn put_path_entry(&mut self, path: &[u8], mut entry: PathEntry) -> Result<()> {
-        let meta = self.store.meta();
+    pub(crate) fn put_path_entry(&mut self, path: &[u8], mut entry: PathEntry) -> Result<()> {
         if let Some(old) = self.path_entry(path)? {
-            self.batch.delete_cf(meta, seq_key(old.seq));
+            self.delete(&keys::path_seq(old.seq));
         }
         entry.seq = self.counters.next_seq;
         self.counters.next_seq += 1;
-        self.batch.put_cf(meta, path_key(path), codec::encode(&entry)?);
-        self.batch.put_cf(meta, seq_key(entry.seq), path);
+        self.put_record(&keys::path(path), &entry)?;
+        self.put_raw(&keys::path_seq(entry.seq), path);
         self.paths.insert(path.to_vec(), entry);
         Ok(())
     }
@@ -189,15 +126,14 @@ impl Txn<'_> {
 
     /// Remembers (or forgets, once gone) a local path that does not sync.
     fn note_local_only(&mut self, path: &[u8], gone: bool, reason: String) -> Result<()> {
-        let meta = self.store.meta();
-        let key = local_only_key(path);
+        let key = keys::local_only(path);
         let noted = self.store.get_record::<LocalOnlyPath>(&key)?.is_some_and(|l| l.path == path);
         if gone && noted {
-            self.batch.delete_cf(meta, key);
+            self.delete(&key);
         } else if !gone && !noted {
             // Said once, when the path appears; not at every save.
             tracing::warn!("{} does not sync: {reason}", String::from_utf8_lossy(path));
-            self.batch.put_cf(meta, key, codec::encode(&LocalOnlyPath { path: path.to_vec(), reason })?);
+            self.put_record(&key, &LocalOnlyPath { path: path.to_vec(), reason })?;
         }
         Ok(())
     }
@@ -210,7 +146,7 @@ impl Txn<'_> {
     }
 
     /// Whether `node`'s current state is something peers should see.
-    fn shareable(node: &Inode) -> bool {
+    pub(crate) fn shareable(node: &Inode) -> bool {
         match node.kind {
             NodeKind::File => node.committed_seq != 0,
             NodeKind::Dir | NodeKind::Symlink => true,
@@ -261,207 +197,6 @@ impl Txn<'_> {
         }
         Ok(())
     }
-
-    /// Resolves a path to (parent inode, name, existing entry).
-    fn locate(&mut self, path: &[u8]) -> Result<(u64, Vec<u8>, Option<DirEntry>)> {
-        let mut parent = ROOT_INO;
-        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
-        let (last, dirs) = parts.split_last().ok_or(StoreError::Invalid("empty path"))?;
-        for part in dirs {
-            let entry = self.dirent(parent, part)?.ok_or(StoreError::NotFound)?;
-            if entry.kind != NodeKind::Dir {
-                return Err(StoreError::NotDir);
-            }
-            parent = entry.ino;
-        }
-        let existing = self.dirent(parent, last)?;
-        Ok((parent, last.to_vec(), existing))
-    }
-
-    /// Removes whatever is at `(parent, name)` (a directory must be empty:
-    /// what is left in it here does not sync, and is never removed for a peer).
-    fn remove_existing(&mut self, parent: u64, name: &[u8], entry: DirEntry, now: Timestamp) -> Result<()> {
-        if entry.kind == NodeKind::Dir {
-            let left = self.dir_names(entry.ino)?;
-            if !left.is_empty() {
-                let names: Vec<String> =
-                    left.iter().take(5).map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
-                let more = if left.len() > 5 { format!(" and {} more", left.len() - 5) } else { String::new() };
-                return Err(StoreError::Blocked(format!(
-                    "the folder still holds files that do not sync from here: {}{more}; they are kept, \
-                     and the folder with them",
-                    names.join(", ")
-                )));
-            }
-            self.remove_link(parent, name, entry.ino, now)?;
-            self.touch_dir(parent, now, -1)
-        } else {
-            self.remove_link(parent, name, entry.ino, now)?;
-            self.touch_dir(parent, now, 0)
-        }
-    }
-
-    /// Builds a content value from the hashes of its pages (pages and
-    /// blocks must be stored, and fit the size).
-    fn content_from_pages(&mut self, size: u64, pages: &[Option<ContentHash>]) -> Result<Content> {
-        let blocks = size.div_ceil(BLOCK_SIZE);
-        if pages.len() as u64 > blocks.div_ceil(BLOCKS_PER_PAGE) || pages.last() == Some(&None) {
-            return Err(StoreError::Invalid("page list does not match the size"));
-        }
-        for (index, hash) in pages.iter().enumerate() {
-            let Some(hash) = hash else { continue };
-            let bytes = self
-                .store
-                .page_bytes(hash)?
-                .ok_or_else(|| StoreError::Corrupt(format!("installing a version whose page {hash} is missing")))?;
-            let entries = decode_page(&bytes).map_err(|e| StoreError::Corrupt(format!("page {hash}: {e}")))?;
-            let in_page = blocks.saturating_sub(index as u64 * BLOCKS_PER_PAGE).min(BLOCKS_PER_PAGE);
-            if entries.len() as u64 > in_page {
-                return Err(StoreError::Invalid("a page lists blocks past the end of the file"));
-            }
-            for block in entries.iter().flatten() {
-                if !self.store.has_block(block)? {
-                    return Err(StoreError::Corrupt(format!("installing a version whose block {block} is missing")));
-                }
-            }
-        }
-        Ok(Content { size, pages: pages.to_vec() })
-    }
-
-    /// Builds a content value from a block list (blocks must be stored).
-    fn content_from_blocks(&mut self, size: u64, blocks: &[Option<ContentHash>]) -> Result<Content> {
-        if blocks.len() as u64 != size.div_ceil(BLOCK_SIZE) {
-            return Err(StoreError::Invalid("block list does not match the size"));
-        }
-        let mut pages = Vec::new();
-        for chunk in blocks.chunks(BLOCKS_PER_PAGE as usize) {
-            let mut page = Page { blocks: chunk.to_vec() };
-            while page.blocks.last() == Some(&None) {
-                page.blocks.pop();
-            }
-            if page.blocks.is_empty() {
-                pages.push(None);
-                continue;
-            }
-            for hash in page.blocks.iter().flatten() {
-                if !self.store.has_block(hash)? {
-                    return Err(StoreError::Corrupt(format!("installing a version whose block {hash} is missing")));
-                }
-            }
-            let bytes = codec::encode(&page)?;
-            let hash = ContentHash::of(&bytes);
-            self.batch.put_cf(self.store.meta(), keys::page(&hash), bytes);
-            pages.push(Some(hash));
-        }
-        while pages.last() == Some(&None) {
-            pages.pop();
-        }
-        Ok(Content { size, pages })
-    }
-
-    /// Whether the node at `path` is one peers know: a live index entry of
-    /// its kind. Anything else there (a FIFO, a file never committed) is
-    /// local and is never replaced or removed for a peer.
-    fn known_to_peers(&self, path: &[u8], entry: &DirEntry) -> Result<bool> {
-        if entry.kind.is_special() {
-            return Ok(false);
-        }
-        Ok(self.path_entry(path)?.is_some_and(|e| !e.deleted && e.kind == entry.kind))
-    }
-
-    /// Applies a peer's version at its path (structure first, then the entry).
-    fn install_version(&mut self, v: &PathVersion, now: Timestamp) -> Result<()> {
-        if let Some(local) = self.store.get_record::<LocalOnlyPath>(&local_only_key(&v.path))? {
-            return Err(StoreError::Blocked(format!(
-                "a local file that does not sync has this name in another form ({}): {}",
-                String::from_utf8_lossy(&local.path),
-                local.reason
-            )));
-        }
-        let (parent, name, existing) = match self.locate(&v.path) {
-            Ok(found) => found,
-            Err(StoreError::NotDir) => {
-                return Err(StoreError::Blocked(
-                    "a local file that does not sync stands where one of its folders should be".into(),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        let mtime = Timestamp { secs: v.mtime, nanos: 0 };
-        if let Some(entry) = &existing {
-            if !self.known_to_peers(&v.path, entry)? && !v.deleted {
-                return Err(StoreError::Blocked(format!(
-                    "a local {} that does not sync is in the way",
-                    entry.kind.describe()
-                )));
-            }
-        }
-        if v.deleted {
-            if let Some(entry) = existing {
-                // Only what peers know is removed for them.
-                if self.known_to_peers(&v.path, &entry)? {
-                    self.remove_existing(parent, &name, entry, now)?;
-                }
-            }
-        } else {
-            // Replace a node of another kind.
-            let existing = match existing {
-                Some(e) if e.kind != v.kind => {
-                    self.remove_existing(parent, &name, e, now)?;
-                    None
-                }
-                other => other,
-            };
-            let attrs = NodeAttrs { perm: v.perm, uid: 0, gid: 0 };
-            let mut node = match existing {
-                Some(e) => self.inode(e.ino)?,
-                None => {
-                    let new = match v.kind {
-                        NodeKind::Dir => NewNode::Dir,
-                        NodeKind::Symlink => NewNode::Symlink(&v.symlink),
-                        _ => NewNode::File,
-                    };
-                    // New nodes belong to the mount's owner: the parent's.
-                    let dir = self.inode(parent)?;
-                    self.create_node(parent, &name, new, NodeAttrs { uid: dir.uid, gid: dir.gid, ..attrs }, now)?
-                }
-            };
-            node.perm = v.perm & 0o7777;
-            node.mtime = mtime;
-            node.ctime = now;
-            node.vv = v.vv.clone();
-            match v.kind {
-                NodeKind::File => {
-                    node.content = match &v.blocks {
-                        BlockRefs::Blocks(list) => self.content_from_blocks(v.size, list)?,
-                        BlockRefs::Pages(pages) => self.content_from_pages(v.size, pages)?,
-                    };
-                    node.dirty = false;
-                    let seq = self.counters.next_seq;
-                    self.counters.next_seq += 1;
-                    let path = v.path.clone();
-                    let version = FileVersion {
-                        file_id: node.file_id,
-                        seq,
-                        vv: v.vv.clone(),
-                        content: node.content.clone(),
-                        mtime,
-                        perm: node.perm,
-                        path,
-                        committed_at: now,
-                    };
-                    self.batch.put_cf(self.store.meta(), keys::version(node.file_id, seq), codec::encode(&version)?);
-                    node.committed_seq = seq;
-                }
-                NodeKind::Symlink => node.symlink = v.symlink.clone(),
-                _ => {}
-            }
-            self.put_inode(node);
-        }
-        let entry =
-            PathEntry { vv: v.vv.clone(), dot: v.dot, deleted: v.deleted, kind: v.kind, seq: 0, mtime: v.mtime };
-        self.put_path_entry(&v.path, entry)
-    }
 }
 
 impl Store {
@@ -511,7 +246,7 @@ impl Store {
 
     /// The sync-index version of `path`, live or deleted.
     pub fn path_version(&self, path: &[u8]) -> Result<Option<PathVersion>> {
-        match self.get_record::<PathEntry>(&path_key(path))? {
+        match self.get_record::<PathEntry>(&keys::path(path))? {
             Some(entry) => Ok(Some(self.version_of(path, entry)?)),
             None => Ok(None),
         }
@@ -520,9 +255,9 @@ impl Store {
     /// Sync-index versions changed after `since`, ascending, at most `limit`.
     pub fn path_versions_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, PathVersion)>> {
         let mut out = Vec::new();
-        let start = seq_key(since.saturating_add(1));
+        let start = keys::path_seq(since.saturating_add(1));
         let mut keys = Vec::new();
-        self.for_each_from(&start, TAG_PATH_SEQ, |k, v| {
+        self.for_each_from(&start, keys::TAG_PATH_SEQ, |k, v| {
             keys.push((keys::u64_at(k, 1).unwrap_or(0), v.to_vec()));
             Ok(keys.len() < limit)
         })?;
@@ -537,7 +272,7 @@ impl Store {
     /// Every entry of the sync index with its sequence number, by path.
     pub fn path_versions(&self, deleted: bool) -> Result<Vec<(u64, PathVersion)>> {
         let mut entries = Vec::new();
-        self.for_each_prefix(&[TAG_PATH], |k, v| {
+        self.for_each_prefix(&[keys::TAG_PATH], |k, v| {
             let entry: PathEntry = codec::decode(v)?;
             if entry.deleted == deleted {
                 entries.push((k[1..].to_vec(), entry));
@@ -549,7 +284,7 @@ impl Store {
 
     /// Whether a live sync-index entry lies below `dir`.
     pub fn has_live_path_below(&self, dir: &[u8]) -> Result<bool> {
-        let mut prefix = vec![TAG_PATH];
+        let mut prefix = vec![keys::TAG_PATH];
         prefix.extend_from_slice(dir);
         prefix.push(b'/');
         let mut found = false;
@@ -561,72 +296,14 @@ impl Store {
         Ok(found)
     }
 
-    /// Applies peers' versions in one atomic batch. Parents come before
-    /// children; every referenced block and page is already stored.
-    ///
-    /// `decided_on`: the local version (its history; `None`: no entry) each
-    /// path had when the caller decided to install. Nothing is installed if
-    /// a file it would replace has local changes the store may not have yet
-    /// (open for writing, or written and not committed), if a path changed
-    /// since that decision (a writer's close committed in between), or if a
-    /// path cannot take its version (local files that do not sync in the
-    /// way): a peer's version never replaces them; decide again later.
-    pub fn install_versions(
-        &self,
-        versions: &[PathVersion],
-        decided_on: &[(Vec<u8>, Option<VersionVector>)],
-        now: Timestamp,
-    ) -> Result<InstallResult> {
-        let mut blocked_at = Vec::new();
-        let result = self.mutate(false, |txn| {
-            // Under the writer lock: no commit can slip in after this check.
-            let mut moved = Vec::new();
-            for (path, vv) in decided_on {
-                let current = txn.store.get_record::<PathEntry>(&path_key(path))?.map(|e| e.vv);
-                if current.as_ref() != vv.as_ref() {
-                    moved.push(path.clone());
-                }
-            }
-            if !moved.is_empty() {
-                return Ok(InstallResult::Moved(moved));
-            }
-            let mut busy = Vec::new();
-            for v in versions {
-                // A path under directories that do not exist yet holds no file.
-                if let Ok((_, _, Some(entry))) = txn.locate(&v.path) {
-                    if entry.kind == NodeKind::File && (txn.store.has_writer(entry.ino) || txn.inode(entry.ino)?.dirty)
-                    {
-                        busy.push(v.path.clone());
-                    }
-                }
-            }
-            if !busy.is_empty() {
-                return Ok(InstallResult::Busy(busy));
-            }
-            txn.remote = true;
-            for v in versions {
-                if let Err(e) = txn.install_version(v, now) {
-                    // The whole batch is dropped: nothing was written.
-                    blocked_at = v.path.clone();
-                    return Err(e);
-                }
-            }
-            Ok(InstallResult::Installed)
-        });
-        match result {
-            Err(StoreError::Blocked(reason)) => Ok(InstallResult::Blocked { path: blocked_at, reason }),
-            other => other,
-        }
-    }
-
     /// Forgets deleted entries (every device has them).
     pub fn drop_deleted_paths(&self, paths: &[Vec<u8>]) -> Result<()> {
         self.mutate(false, |txn| {
             for path in paths {
-                if let Some(entry) = txn.store.get_record::<PathEntry>(&path_key(path))? {
+                if let Some(entry) = txn.store.get_record::<PathEntry>(&keys::path(path))? {
                     if entry.deleted {
-                        txn.batch.delete_cf(txn.store.meta(), path_key(path));
-                        txn.batch.delete_cf(txn.store.meta(), seq_key(entry.seq));
+                        txn.delete(&keys::path(path));
+                        txn.delete(&keys::path_seq(entry.seq));
                     }
                 }
             }
@@ -638,7 +315,7 @@ impl Store {
     /// the index alone: nothing is resolved or opened).
     pub fn live_paths_where(&self, wanted: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        self.for_each_prefix(&[TAG_PATH], |k, v| {
+        self.for_each_prefix(&[keys::TAG_PATH], |k, v| {
             if wanted(&k[1..]) {
                 let entry: PathEntry = codec::decode(v)?;
                 if !entry.deleted {
@@ -653,7 +330,7 @@ impl Store {
     /// Local paths that do not sync, with why (at most `limit`).
     pub fn local_only_paths(&self, limit: usize) -> Result<Vec<LocalOnlyPath>> {
         let mut out = Vec::new();
-        self.for_each_prefix(&[TAG_LOCAL_ONLY], |_, v| {
+        self.for_each_prefix(&[keys::TAG_LOCAL_ONLY], |_, v| {
             out.push(codec::decode(v)?);
             Ok(out.len() < limit)
         })?;
@@ -670,7 +347,10 @@ impl Store {
         if ContentHash::of(data) != *hash || decode_page(data).is_err() {
             return Err(StoreError::Corrupt(format!("page {hash} does not match its hash or is not a page")));
         }
-        self.with_writer_locked(|| self.db().put_cf(self.meta(), keys::page(hash), data).map_err(|e| self.rocks_err(e)))
+        self.mutate(false, |txn| {
+            txn.put_page_bytes(hash, data);
+            Ok(())
+        })
     }
 
     /// Stores a block after checking it against its hash.
@@ -678,18 +358,20 @@ impl Store {
         if ContentHash::of(data) != *hash || data.len() as u64 > BLOCK_SIZE {
             return Err(StoreError::Corrupt(format!("block {hash} does not match its hash")));
         }
-        self.db().put_cf(self.blocks_cf(), hash.as_bytes(), data).map_err(|e| self.rocks_err(e))
+        self.mutate(false, |txn| {
+            txn.put_block_bytes(hash, data);
+            Ok(())
+        })
     }
 
     /// What we remember about a peer.
     pub fn peer_record(&self, device: &DeviceId) -> Result<PeerRecord> {
-        Ok(self.get_record(&peer_key(device))?.unwrap_or_default())
+        Ok(self.get_record(&keys::peer(device))?.unwrap_or_default())
     }
 
     /// Remembers it.
     pub fn set_peer_record(&self, device: &DeviceId, record: PeerRecord) -> Result<()> {
-        let bytes = codec::encode(&record)?;
-        self.db().put_cf(self.meta(), peer_key(device), bytes).map_err(|e| self.rocks_err(e))
+        self.mutate(false, |txn| txn.put_record(&keys::peer(device), &record))
     }
 }
 
@@ -698,16 +380,15 @@ impl Txn<'_> {
     /// NFD and the same name in NFC were two index entries but one path on
     /// the wire). Their index entries go; live ones are noted as local only.
     pub(crate) fn drop_unsyncable_index_entries(&mut self) -> Result<()> {
-        let meta = self.store.meta();
-        for (key, value) in self.store.scan_prefix(&[TAG_PATH])? {
+        for (key, value) in self.store.scan_prefix(&[keys::TAG_PATH])? {
             let path = &key[1..];
             let Err(why) = check_syncable(path) else { continue };
             let entry: PathEntry = codec::decode(&value)?;
-            self.batch.delete_cf(meta, &key);
-            self.batch.delete_cf(meta, seq_key(entry.seq));
+            self.delete(&key);
+            self.delete(&keys::path_seq(entry.seq));
             if !entry.deleted {
                 let note = LocalOnlyPath { path: path.to_vec(), reason: why.to_string() };
-                self.batch.put_cf(meta, local_only_key(path), codec::encode(&note)?);
+                self.put_record(&keys::local_only(path), &note)?;
             }
         }
         Ok(())

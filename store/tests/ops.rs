@@ -173,7 +173,7 @@ fn commit_records_versions_vectors_and_changes() {
     let f = fixture();
     let s = &f.store;
     let a = file(s, ROOT_INO, "a");
-    assert_eq!(s.changes_since(0, 100).unwrap().len(), 0, "an uncommitted new file is not yet a change");
+    assert_eq!(s.path_versions_since(0, 100).unwrap().len(), 0, "an uncommitted new file is not yet a change");
     assert_eq!(s.dirty_files().unwrap(), vec![a.ino]);
     s.write(a.ino, 0, b"v1", t(2)).unwrap();
     let seq1 = s.commit(a.ino, t(2), true).unwrap().unwrap();
@@ -191,19 +191,21 @@ fn commit_records_versions_vectors_and_changes() {
     assert_eq!(versions[0].vv.compare(&versions[1].vv), Causality::Dominated);
     assert_eq!(s.read_content(&versions[0].content, 0, 10).unwrap(), b"v1");
     assert_eq!(versions[1].path, b"a");
-    // Each object appears once in the change log, at its latest change.
-    let changes = s.changes_since(0, 100).unwrap();
+    // Each path appears once in the change log (the sync index), at its latest change.
+    let changes = s.path_versions_since(0, 100).unwrap();
     assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].0, seq2);
-    assert!(s.changes_since(seq2, 100).unwrap().is_empty());
-    let d = mkdir(s, ROOT_INO, "d");
-    let since = s.changes_since(seq2, 100).unwrap();
-    assert!(matches!(&since[..], [(_, Change::Live(n))] if n.ino == d.ino));
+    let (last, latest) = &changes[0];
+    assert!(*last > seq2, "the index entry is numbered after the commit it records");
+    assert_eq!((latest.path.as_slice(), latest.deleted, latest.vv.get(&device())), (&b"a"[..], false, *last));
+    assert!(s.path_versions_since(*last, 100).unwrap().is_empty());
+    mkdir(s, ROOT_INO, "d");
+    let since = s.path_versions_since(*last, 100).unwrap();
+    assert!(matches!(&since[..], [(_, v)] if v.path == b"d" && v.kind == NodeKind::Dir && !v.deleted));
     assert_clean(s);
 }
 
 #[test]
-fn unlink_makes_tombstone_and_open_files_survive_until_released() {
+fn unlink_records_a_deleted_path_and_open_files_survive_until_released() {
     let f = fixture();
     let s = &f.store;
     let a = file(s, ROOT_INO, "a");
@@ -216,15 +218,16 @@ fn unlink_makes_tombstone_and_open_files_survive_until_released() {
     assert_clean(s);
     s.unpin(a.ino, 1).unwrap();
     assert!(matches!(s.inode(a.ino), Err(StoreError::NotFound)));
-    let tomb = s.tombstone(a.file_id).unwrap().unwrap();
-    assert_eq!(tomb.path, b"a");
-    assert_eq!(tomb.deleted_by, device());
-    assert_eq!(tomb.vv.get(&device()), tomb.seq, "the delete is this device's latest change");
-    let changes = s.changes_since(0, 10).unwrap();
-    assert!(matches!(&changes[..], [(_, Change::Deleted(t))] if t.file_id == a.file_id));
+    let changes = s.path_versions_since(0, 10).unwrap();
+    let [(seq, deleted)] = &changes[..] else { panic!("one change expected, got {changes:?}") };
+    assert_eq!((deleted.path.as_slice(), deleted.deleted), (&b"a"[..], true));
+    assert_eq!(deleted.dot, (device(), deleted.vv.get(&device())), "the delete is this device's change");
+    assert_eq!(deleted.vv.get(&device()), *seq, "the delete is this device's latest change");
+    assert_eq!(s.stats().unwrap().tombstones, 1);
     assert_clean(s);
-    s.remove_tombstone(a.file_id).unwrap();
-    assert!(s.changes_since(0, 10).unwrap().is_empty());
+    s.drop_deleted_paths(&[b"a".to_vec()]).unwrap();
+    assert!(s.path_versions_since(0, 10).unwrap().is_empty());
+    assert_eq!(s.stats().unwrap().tombstones, 0);
     assert_clean(s);
 }
 
@@ -771,4 +774,74 @@ fn large_versions_install_from_pages() {
     let node = dst.store.resolve(b"big.bin").unwrap();
     assert!(dst.store.read(node.ino, 0, data.len() as u32).unwrap() == data);
     assert_clean(&dst.store);
+}
+
+#[test]
+fn opening_a_format_2_store_removes_its_dead_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open_or_create(dir.path(), device()).unwrap();
+        let a = file(&s, ROOT_INO, "a");
+        s.write(a.ino, 0, b"kept", t(2)).unwrap();
+        s.commit(a.ino, t(2), true).unwrap();
+        s.debug_make_format_2_change_log(500).unwrap();
+        let report = s.fsck().unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains("old change log")),
+            "fsck notices the old keys: {:?}",
+            report.problems
+        );
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_clean(&s);
+    assert_eq!(s.read(s.resolve(b"a").unwrap().ino, 0, 10).unwrap(), b"kept", "nothing else is touched");
+    assert_eq!(s.path_versions(false).unwrap().len(), 1);
+    drop(s);
+    let s = Store::open_read_only(dir.path()).unwrap();
+    assert_clean(&s);
+}
+
+#[test]
+fn saves_leave_no_growing_log() {
+    // Editors save by writing a temporary file and renaming it over the
+    // note: each save must leave the key count where it was (history aside).
+    let f = fixture();
+    let s = &f.store;
+    let count_keys = |s: &Store| s.stats().unwrap();
+    for round in 0..50u8 {
+        let tmp = file(s, ROOT_INO, "note.md.tmp");
+        s.write(tmp.ino, 0, &[round; 10], t(2)).unwrap();
+        s.commit(tmp.ino, t(2), false).unwrap();
+        s.rename(ROOT_INO, b"note.md.tmp", ROOT_INO, b"note.md", RenameMode::Replace, t(2)).unwrap();
+    }
+    let stats = count_keys(s);
+    assert_eq!(stats.files, 1);
+    assert_eq!(stats.tombstones, 1, "one deleted path (the temporary name) is kept for peers, not one per save");
+    assert_eq!(s.path_versions_since(0, 1000).unwrap().len(), 2, "the index holds note.md and the temporary name");
+    assert_clean(s);
+}
+
+#[test]
+fn restore_is_one_transaction_that_reuses_the_old_pages() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    let old: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    s.write(a.ino, 0, &old, t(2)).unwrap();
+    let v1 = s.commit(a.ino, t(2), false).unwrap().unwrap();
+    s.truncate(a.ino, 10, t(3)).unwrap();
+    s.write(a.ino, 0, b"new", t(3)).unwrap();
+    s.commit(a.ino, t(3), false).unwrap().unwrap();
+    let before = s.stats().unwrap();
+    let v3 = s.restore(a.ino, v1, t(4)).unwrap().expect("a new version");
+    let node = s.inode(a.ino).unwrap();
+    assert_eq!((node.committed_seq, node.dirty, node.size()), (v3, false, old.len() as u64));
+    assert_eq!(s.read(a.ino, 0, old.len() as u32).unwrap(), old);
+    let after = s.stats().unwrap();
+    assert_eq!(after.blocks, before.blocks, "no block is written again");
+    assert_eq!(after.versions, before.versions + 1);
+    assert_eq!(s.versions(a.file_id).unwrap()[0].content, node.content, "the old pages are reused");
+    assert_eq!(s.restore(a.ino, v3, t(5)).unwrap(), None, "restoring the current content makes no version");
+    assert!(matches!(s.restore(a.ino, 999_999, t(5)), Err(StoreError::NotFound)));
+    assert_clean(s);
 }
