@@ -21,16 +21,31 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::transport::IceConfig;
-
 /// The config file's name in the data dir and the XDG config dir.
-pub const CONFIG_FILE: &str = "config.toml";
+pub use crate::data_dir::CONFIG_FILE;
 /// Comma-separated UDP addresses WebRTC binds, overriding the file.
 pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
 /// Larger than any sane debounce: a typo like `debounce_ms = 100000000` is refused.
 const DEBOUNCE_MS_MAX: u64 = 60_000;
 
 /// The config file as written; every key is optional.
+/// Where the transport binds and which servers help it through NATs.
+#[derive(Debug, Clone)]
+pub struct IceConfig {
+    /// Local UDP addresses to bind (port 0 for any). Never a wildcard in tests:
+    /// that would advertise every interface.
+    pub bind: Vec<SocketAddr>,
+    /// `stun:` / `turn:` URLs; empty for loopback and LAN use.
+    pub servers: Vec<String>,
+}
+
+impl IceConfig {
+    /// Loopback only, no STUN: the tests and the local demo.
+    pub fn loopback() -> Self {
+        Self { bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))], servers: Vec::new() }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {

@@ -6,6 +6,27 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+// Every file of a data dir, named here (the store's `db/` is psync-store's).
+
+/// This device's signing key.
+pub const KEY_FILE: &str = "device.key";
+/// Name, signalling server and group of this device.
+pub const IDENTITY_FILE: &str = "identity.json";
+/// The local copy of the group's signed roster.
+pub const ROSTER_FILE: &str = "roster.bin";
+/// The optional config file.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The running daemon's pid and mount point.
+pub const DAEMON_FILE: &str = "daemon.json";
+/// The daemon's log (rotated to `psync.log.1`).
+pub const LOG_FILE: &str = "psync.log";
+/// The control socket `psync status` asks.
+pub const SOCKET_FILE: &str = "control.sock";
+/// A signalling server's own state (`psync signal`).
+pub const SIGNAL_DIR: &str = "signal";
+/// The store (RocksDB).
+pub const STORE_DIR: &str = psync_store::DB_DIR_NAME;
+
 /// Permissions of a data dir: its owner only.
 pub const MODE: u32 = 0o700;
 

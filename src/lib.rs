@@ -1,20 +1,28 @@
-//! The `psync` daemon and its commands as a library: the WebRTC shell and
-//! peering, the sync loop and its store adapter, the replay on the mount,
-//! the control socket and `psync status`, configuration and identity. The
-//! `psync` binary (`main.rs`) parses arguments and calls in here; tests of
-//! the whole (the hostile member in `tests/e2e`) use the same pieces.
+//! The `psync` daemon and its commands as a library. The `psync` binary
+//! (`main.rs`) only sets up logging and calls [`cli::run`]; tests of the
+//! whole (the hostile member in `tests/e2e`) use the same pieces.
+//!
+//! Layers, each using only those below it (a test checks there are no
+//! module cycles):
+//! - [`cli`]: the commands;
+//! - [`daemon`]: the mount daemon, wiring everything below;
+//! - [`control`]: the control socket (`psync status`, `psync revert`);
+//! - [`peering`]: signalling, roster checks, dialling peers;
+//! - [`driver`]: the sync loop around the sans-I/O core, and its store adapter;
+//! - [`replay`]: peers' changes made visible on the mount, never outside it;
+//! - [`net`]: WebRTC links and their framing;
+//! - [`live`], [`identity`], [`config`], [`data_dir`], [`clock`]: shared state,
+//!   this device's files and settings, time.
 
-pub mod beneath;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
-pub mod daemon_log;
 pub mod data_dir;
-pub mod group;
+pub mod driver;
+pub mod identity;
+pub mod live;
+pub mod net;
 pub mod peering;
 pub mod replay;
-pub mod status;
-pub mod sync_daemon;
-pub mod sync_loop;
-pub mod sync_storage;
-pub mod transport;
-pub mod udp_runtime;

@@ -22,9 +22,10 @@ use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster, Ro
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::status::{SharedLive, SignallingState};
-use crate::sync_loop::{wall_ms, Control};
-use crate::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
+use crate::clock::wall_ms;
+use crate::driver::inbox::Control;
+use crate::live::{SharedLive, SignallingState};
+use crate::net::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
 
 /// How long a dialing device waits for the answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -415,9 +416,9 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync_loop::mono_ms;
-    use crate::sync_storage::tests::{read, write};
-    use crate::sync_storage::StoreSync;
+    use crate::clock::mono_ms;
+    use crate::driver::storage::tests::{read, write};
+    use crate::driver::storage::StoreSync;
     use psync_signal::net::register;
     use psync_signal::{Role, RosterOp};
     use psync_store::{Store, ROOT_INO};
@@ -429,7 +430,7 @@ mod tests {
     /// other, connect over WebRTC and converge.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_devices_find_each_other_and_converge() {
-        let (_server_dir, url) = crate::transport::tests::signal_server().await;
+        let (_server_dir, url) = crate::net::transport::tests::signal_server().await;
 
         let keys = [Arc::new(DeviceKey::generate()), Arc::new(DeviceKey::generate())];
         let certs = [Arc::new(DtlsCertificate::generate().unwrap()), Arc::new(DtlsCertificate::generate().unwrap())];
@@ -454,7 +455,7 @@ mod tests {
             let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, mono_ms());
             let (control, control_rx) = mpsc::channel(16);
             let live = SharedLive::default();
-            tokio::spawn(crate::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0, live.clone()));
+            tokio::spawn(crate::driver::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0, live.clone()));
             let client = SignalClient::spawn(url.clone(), group, keys[i].clone());
             let me = Me { key: keys[i].clone(), certificate: certs[i].clone(), ice: IceConfig::loopback() };
             tokio::spawn(run(me, roster.clone(), client, control.clone(), live, Box::new(|_| {})));

@@ -2,6 +2,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use psync::cli::exit;
 use psync_store::Store;
 
 fn psync(data_dir: &Path, args: &[&str]) -> Output {
@@ -21,9 +22,15 @@ fn ok(data_dir: &Path, args: &[&str]) -> String {
 }
 
 fn fail(data_dir: &Path, args: &[&str]) -> String {
+    fail_with(data_dir, args, exit::FAILED)
+}
+
+/// Fails with exactly `code` (`psync --help` lists them).
+fn fail_with(data_dir: &Path, args: &[&str], code: u8) -> String {
     let out = psync(data_dir, args);
-    assert!(!out.status.success(), "psync {args:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(i32::from(code)), "psync {args:?}: {said}");
+    said
 }
 
 /// Every file, directory and symlink under `root` with contents and permissions.
@@ -108,7 +115,7 @@ fn clear_errors() {
     // A store in use by another process: changes are refused with a hint,
     // looking works on a read-only snapshot.
     let held = Store::open(&data).unwrap();
-    let said = fail(&data, &["gc"]);
+    let said = fail_with(&data, &["gc"], exit::STORE_BUSY);
     assert!(said.contains("in use by another psync process"), "{said}");
     let out = psync(&data, &["stats", "--json"]);
     assert!(out.status.success());
@@ -116,6 +123,11 @@ fn clear_errors() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["files"], 4);
     drop(held);
+
+    // Commands that need the daemon say so, with their own code.
+    let said = fail_with(&data, &["revert", "--all"], exit::NO_DAEMON);
+    assert!(said.contains("no daemon serves"), "{said}");
+    fail_with(&data, &["no-such-command"], exit::USAGE);
 }
 
 #[test]
@@ -130,7 +142,8 @@ fn fsck_exits_non_zero_on_damage() {
         let hash = store.block_list(&node.content).unwrap()[3].unwrap();
         store.debug_delete_block(&hash).unwrap();
     }
-    let said = fail(&data, &["fsck"]);
+    // Damage found is not "could not run": a script can tell them apart.
+    let said = fail_with(&data, &["fsck"], exit::DAMAGED);
     assert!(said.contains("STORE IS INCONSISTENT") && said.contains("is missing"), "{said}");
     let json: serde_json::Value = serde_json::from_str(&psync_stdout(&data, &["fsck", "--json"])).unwrap();
     assert!(!json["problems"].as_array().unwrap().is_empty());
@@ -151,7 +164,7 @@ fn completions_and_man_pages_cover_every_command() {
     }
     assert!(ok(tmp.path(), &["completions", "zsh"]).contains("#compdef psync"));
     assert!(ok(tmp.path(), &["completions", "fish"]).contains("complete -c psync"));
-    assert!(fail(tmp.path(), &["completions", "tcsh"]).contains("invalid value"));
+    assert!(fail_with(tmp.path(), &["completions", "tcsh"], exit::USAGE).contains("invalid value"));
 
     let man = ok(tmp.path(), &["man"]);
     assert!(man.starts_with(".ie") || man.contains(".TH psync"), "{}", &man[..200.min(man.len())]);
@@ -181,7 +194,7 @@ fn the_systemd_unit_runs_commands_psync_accepts() {
         let out = psync(tmp.path(), &args);
         let err = String::from_utf8_lossy(&out.stderr);
         // Refused for the missing folder, not for its arguments (clap exits 2).
-        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert_eq!(out.status.code(), Some(i32::from(exit::FAILED)), "{key}: {err}");
         assert!(err.contains(missing.to_str().unwrap()), "{key}: {err}");
     }
 }

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use psync::driver::inbox::Control;
+use psync::live::SharedLive;
+use psync::net::transport::{IceConfig, Link};
 use psync::peering::{self, Me};
-use psync::status::SharedLive;
-use psync::sync_loop::Control;
-use psync::transport::{IceConfig, Link};
 use psync_base::{ContentHash, DeviceId, VersionVector};
 use psync_signal::net::SignalClient;
 use psync_signal::{Roster, RosterOp};
@@ -45,14 +45,14 @@ impl Hostile {
         tmp: &Path,
         inviter: &Path,
         url: &str,
-        roster: impl FnOnce(Roster, &psync::group::SyncSetup) -> Roster,
+        roster: impl FnOnce(Roster, &psync::identity::SyncSetup) -> Roster,
     ) -> Hostile {
         let data = tmp.join("mallory");
         let (invite, code) = start_invite(inviter);
         let joined = psync(&data, &["join", &code, "--name", "mallory", "--server", url]);
         assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
         assert!(invite.wait_with_output().unwrap().status.success());
-        let setup = psync::group::sync_setup(&data).unwrap().expect("an identity");
+        let setup = psync::identity::sync_setup(&data).unwrap().expect("an identity");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (links_tx, links) = mpsc::unbounded_channel();
         let id = setup.key.public().device_id();
@@ -133,7 +133,7 @@ fn hello(seq: u64) -> Message {
 }
 
 fn device_id(data: &Path) -> DeviceId {
-    psync::group::sync_setup(data).unwrap().unwrap().key.public().device_id()
+    psync::identity::sync_setup(data).unwrap().unwrap().key.public().device_id()
 }
 
 fn daemon_pid(data: &Path) -> i32 {
@@ -198,7 +198,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 fn honest_pair(tmp: &Path) -> (crate::group::Server, PathBuf, PathBuf, String) {
     let (server, a, b) = group_of_two(tmp);
-    let url = psync::group::sync_setup(&a).unwrap().unwrap().server;
+    let url = psync::identity::sync_setup(&a).unwrap().unwrap().server;
     (server, a, b, url)
 }
 
@@ -370,15 +370,15 @@ fn offers_in_a_loop_are_bounded() {
     let (_server, a, b, url) = honest_pair(tmp.path());
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
     let mallory = Hostile::join(tmp.path(), &a, &url, |r, _| r);
-    let setup = psync::group::sync_setup(&mallory.data).unwrap().unwrap();
-    let desktop = psync::group::sync_setup(&a).unwrap().unwrap().key.public();
+    let setup = psync::identity::sync_setup(&mallory.data).unwrap().unwrap();
+    let desktop = psync::identity::sync_setup(&a).unwrap().unwrap().key.public();
     let (_, fds_before) = footprint(&a);
     mallory.rt.block_on(async {
         let mut client = SignalClient::spawn(mallory.url.clone(), setup.group, setup.key.clone());
         let mut negotiation =
-            psync::transport::Negotiation::new(&setup.certificate, &IceConfig::loopback()).await.unwrap();
+            psync::net::transport::Negotiation::new(&setup.certificate, &IceConfig::loopback()).await.unwrap();
         let offer = negotiation.offer().await.unwrap();
-        let payload = psync::transport::PeerSignal::Offer(offer).encode().unwrap();
+        let payload = psync::net::transport::PeerSignal::Offer(offer).encode().unwrap();
         // Relays before the login are refused: wait for it.
         let logged_in = async {
             while let Some(event) = client.events.recv().await {
@@ -395,7 +395,7 @@ fn offers_in_a_loop_are_bounded() {
                 desktop,
                 1_000_000 + session,
                 1,
-                psync::sync_loop::wall_ms(),
+                psync::clock::wall_ms(),
                 payload.clone(),
             );
             client.relay(envelope);

@@ -9,7 +9,6 @@
 //! signed envelope per direction is simpler to authenticate than a stream of
 //! candidates.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,10 +19,13 @@ use psync_signal::dtls::DtlsCertificate;
 use psync_signal::envelope::sdp_matches_fingerprint;
 use psync_signal::peer_hello::{decode_challenge, decode_proof, Handshake};
 use psync_signal::{DeviceKey, PublicKey, Roster};
-use psync_sync::message::MAX_FRAME_BYTES;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use tokio::sync::mpsc;
+
+pub use crate::config::IceConfig;
+
+use super::frames::{pieces, Reassembler};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate, RTCConfigurationBuilder,
@@ -39,11 +41,6 @@ const SEND_BUFFER_LIMIT: usize = 4 << 20;
 /// Frames received but not yet taken by the sync loop; when full, the channel
 /// stops reading and SCTP's window pushes back on the sender.
 const RECEIVE_QUEUE: usize = 256;
-/// SCTP messages stay at the size every WebRTC stack accepts (RFC 8841's
-/// default); larger frames travel as pieces, each led by one marker byte.
-const PIECE_BYTES: usize = 64 * 1024 - 1;
-const MORE_FOLLOWS: u8 = 0;
-const LAST_PIECE: u8 = 1;
 /// How long the signed hello may take once the channel is open.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long host-candidate gathering may take.
@@ -55,23 +52,6 @@ const LOOPBACK_SCTP_MTU: u32 = 8000;
 /// UDP datagrams up to this size are received whole (a loopback peer's
 /// SCTP packets plus DTLS overhead).
 const RECEIVE_MTU: usize = 9000;
-
-/// Where the transport binds and which servers help it through NATs.
-#[derive(Debug, Clone)]
-pub struct IceConfig {
-    /// Local UDP addresses to bind (port 0 for any). Never a wildcard in tests:
-    /// that would advertise every interface.
-    pub bind: Vec<SocketAddr>,
-    /// `stun:` / `turn:` URLs; empty for loopback and LAN use.
-    pub servers: Vec<String>,
-}
-
-impl IceConfig {
-    /// Loopback only, no STUN: the tests and the local demo.
-    pub fn loopback() -> Self {
-        Self { bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))], servers: Vec::new() }
-    }
-}
 
 /// What devices relay to each other through the signalling server, inside
 /// signed envelopes.
@@ -187,7 +167,7 @@ impl Negotiation {
             .with_handler(Arc::new(Events { gathered: gathered_tx, remote_channel: remote_tx, failed: failed_tx }))
             .with_udp_addrs(ice.bind.clone())
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
-            .with_runtime(crate::udp_runtime::LargeUdpBuffers::shared())
+            .with_runtime(super::udp_runtime::LargeUdpBuffers::shared())
             .build()
             .await
             .map_err(|e| anyhow!("cannot create a WebRTC peer connection: {e}"))?;
@@ -272,32 +252,21 @@ async fn read_frames(
     channel: Arc<dyn DataChannel>,
     frames: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut frame = Vec::new();
+    let mut reassembler = Reassembler::default();
     while let Some(event) = channel.poll().await {
         match event {
-            DataChannelEvent::OnMessage(message) => {
-                let Some((&marker, piece)) = message.data.split_first() else {
-                    tracing::warn!("peer sent an empty message; closing the connection");
-                    break;
-                };
-                if frame.len() + piece.len() > MAX_FRAME_BYTES {
-                    tracing::warn!(limit = MAX_FRAME_BYTES, "peer sent an oversized frame; closing the connection");
-                    break;
-                }
-                frame.extend_from_slice(piece);
-                match marker {
-                    MORE_FOLLOWS => {}
-                    LAST_PIECE => {
-                        if frames.send(std::mem::take(&mut frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => {
-                        tracing::warn!(marker, "peer sent an unknown piece marker; closing the connection");
-                        break;
+            DataChannelEvent::OnMessage(message) => match reassembler.push(&message.data) {
+                Ok(None) => {}
+                Ok(Some(frame)) => {
+                    if frames.send(frame).await.is_err() {
+                        return;
                     }
                 }
-            }
+                Err(e) => {
+                    tracing::warn!("{e}; closing the connection");
+                    break;
+                }
+            },
             DataChannelEvent::OnClose => return,
             _ => {}
         }
@@ -307,15 +276,7 @@ async fn read_frames(
 }
 
 async fn send_frame(channel: &Arc<dyn DataChannel>, frame: &[u8]) -> Result<()> {
-    if frame.len() > MAX_FRAME_BYTES {
-        bail!("frame of {} bytes is over the {MAX_FRAME_BYTES}-byte limit", frame.len());
-    }
-    let mut pieces = frame.chunks(PIECE_BYTES).peekable();
-    if pieces.peek().is_none() {
-        return send_piece(channel, LAST_PIECE, &[]).await;
-    }
-    while let Some(piece) = pieces.next() {
-        let marker = if pieces.peek().is_some() { MORE_FOLLOWS } else { LAST_PIECE };
+    for (marker, piece) in pieces(frame)? {
         send_piece(channel, marker, piece).await?;
     }
     Ok(())
@@ -490,6 +451,8 @@ impl Drop for LinkReceiver {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::net::frames::{MORE_FOLLOWS, PIECE_BYTES};
+    use psync_sync::message::MAX_FRAME_BYTES;
 
     /// Every candidate either side offers is on loopback: the tests never send
     /// a packet anywhere else.

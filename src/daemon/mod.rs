@@ -1,6 +1,9 @@
 //! `psync mount` and `psync unmount`: process management around the
 //! filesystem. Glue: the filesystem itself is in `psync-fs`.
 
+mod log;
+mod sync;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -25,8 +28,7 @@ struct DaemonInfo {
     mountpoint: PathBuf,
 }
 
-const DAEMON_FILE: &str = "daemon.json";
-const LOG_FILE: &str = "psync.log";
+use crate::data_dir::{DAEMON_FILE, LOG_FILE, SOCKET_FILE};
 /// Set for the detached child: it reports readiness on stdout.
 const NOTIFY_ENV: &str = "PSYNC_NOTIFY_READY";
 const READY: &str = "READY";
@@ -151,7 +153,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     // What the daemon writes (store, log, socket) is its owner's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     if notify {
-        crate::daemon_log::keep_bounded(data_dir.join(LOG_FILE));
+        log::keep_bounded(data_dir.join(LOG_FILE));
     }
     // Block the signals in every thread; this thread takes them with sigwait.
     let mut signals = SigSet::empty();
@@ -160,7 +162,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     }
     signals.thread_block()?;
 
-    let sync_setup = crate::group::sync_setup(data_dir)?;
+    let sync_setup = crate::identity::sync_setup(data_dir)?;
     // A device with an identity is known to its group by its key.
     let device = sync_setup.as_ref().map_or_else(|| DeviceId(rand::random()), |s| s.key.public().device_id());
     let store = match Store::open_or_create(data_dir, device) {
@@ -175,7 +177,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
     let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string(), settings.allow_other)?;
-    let mut status = crate::status::Source {
+    let mut status = crate::control::server::Source {
         data_dir: data_dir.to_path_buf(),
         mountpoint: mountpoint.to_path_buf(),
         store: store.clone(),
@@ -186,14 +188,13 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     };
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
-            status.identity = Some(crate::status::Identity {
+            status.identity = Some(crate::control::server::Identity {
                 name: setup.name.clone(),
                 id: store.device(),
                 server: setup.server.clone(),
             });
             let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
-            status.sync =
-                Some(crate::sync_daemon::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?);
+            status.sync = Some(sync::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?);
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \
@@ -201,7 +202,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
             );
         }
     }
-    crate::status::serve(status)?;
+    crate::control::server::serve(status)?;
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
     std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
     tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());
@@ -238,7 +239,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     }
     let result = joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))?;
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
-    let _ = std::fs::remove_file(data_dir.join(crate::status::SOCKET_FILE));
+    let _ = std::fs::remove_file(data_dir.join(SOCKET_FILE));
     result.context("filesystem session ended with an error")?;
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(ExitCode::SUCCESS)

@@ -231,7 +231,7 @@ pub(crate) mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Arc::new(Store::open_or_create(dir.path(), *id).unwrap());
                 // The sync loop's clock: these cores also run under it.
-                let now = crate::sync_loop::mono_ms();
+                let now = crate::clock::mono_ms();
                 let core = SyncCore::new(StoreSync::new(store.clone()), SyncConfig::new(ids.clone()), i as u64, now);
                 Device { _dir: dir, store, core }
             })

@@ -1,29 +1,18 @@
-//! `psync signal`, `psync init`, `psync devices`: identity and group glue
-//! over `psync-signal`.
+//! `psync signal`, `init`, `invite`, `join`, `devices`, `remove`: the group
+//! commands, over `psync-signal` and this device's identity files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use psync_base::{codec, ContentHash};
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::net::{register, serve_with_limits, tls_acceptor, ClientEvent, IpLimits, ServerDir, SignalClient};
-use psync_signal::{readable_id, DeviceKey, Roster, RosterEntry};
-use serde::{Deserialize, Serialize};
+use psync_signal::{readable_id, DeviceKey, Roster};
 
-const KEY_FILE: &str = "device.key";
-const IDENTITY_FILE: &str = "identity.json";
-const ROSTER_FILE: &str = "roster.bin";
-
-/// What `psync init` (and later `psync join`) records about this device.
-#[derive(Debug, Serialize, Deserialize)]
-struct Identity {
-    name: String,
-    server: String,
-    group: String,
-}
+use crate::data_dir::KEY_FILE;
+use crate::identity::{load_identity, load_roster, save_identity, save_roster};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -42,7 +31,7 @@ pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>) -> Res
     }
     let acceptor = tls.map(|(cert, key)| tls_acceptor(cert, key)).transpose()?;
     let scheme = if acceptor.is_some() { "wss" } else { "ws" };
-    let dir = ServerDir::new(&data_dir.join("signal"))?;
+    let dir = ServerDir::new(&data_dir.join(crate::data_dir::SIGNAL_DIR))?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         println!("signalling server listening on {scheme}://{}", listener.local_addr()?);
@@ -89,23 +78,6 @@ fn fresh_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a new device's key, DTLS certificate, the group's roster and its identity record.
-fn save_identity(
-    data_dir: &Path,
-    key: &DeviceKey,
-    dtls: &DtlsCertificate,
-    roster: &Roster,
-    name: &str,
-    server: &str,
-) -> Result<()> {
-    key.save(&data_dir.join(KEY_FILE))?;
-    dtls.save(data_dir)?;
-    save_roster(data_dir, roster.entries())?;
-    let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
-    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
-    Ok(())
-}
-
 /// Logs in and returns the group's roster from the server, verified here.
 async fn logged_in_roster(client: &mut SignalClient) -> Result<Roster> {
     let entries = wait_for(client, "login", |e| match e {
@@ -114,28 +86,6 @@ async fn logged_in_roster(client: &mut SignalClient) -> Result<Roster> {
     })
     .await?;
     Roster::from_entries(entries).context("the server's roster does not verify")
-}
-
-pub fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
-    let tmp: PathBuf = data_dir.join(format!("{ROSTER_FILE}.tmp"));
-    std::fs::write(&tmp, codec::encode(&entries.to_vec())?)?;
-    std::fs::rename(&tmp, data_dir.join(ROSTER_FILE))?;
-    Ok(())
-}
-
-fn load_roster(data_dir: &Path) -> Result<Vec<RosterEntry>> {
-    let bytes = std::fs::read(data_dir.join(ROSTER_FILE)).context("no local roster copy")?;
-    Ok(codec::decode(&bytes)?)
-}
-
-fn load_identity(data_dir: &Path) -> Result<(Identity, DeviceKey, ContentHash)> {
-    let text = std::fs::read(data_dir.join(IDENTITY_FILE)).with_context(|| {
-        format!("{} has no device identity; run `psync init` (or `psync join`) first", data_dir.display())
-    })?;
-    let identity: Identity = serde_json::from_slice(&text).context("identity.json is damaged")?;
-    let key = DeviceKey::load(&data_dir.join(KEY_FILE))?;
-    let group = ContentHash::from_hex(&identity.group).context("identity.json has a bad group id")?;
-    Ok((identity, key, group))
 }
 
 /// `psync devices [--json]`: the group's devices, from the server's roster
@@ -375,44 +325,4 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
         println!("removed {name} ({})", readable_id(&target.device_id()));
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// What the mount daemon needs to sync: present once the device has an
-/// identity (`psync init` or `psync join`).
-#[derive(Debug)]
-pub struct SyncSetup {
-    /// This device's name in the group.
-    pub name: String,
-    /// Signalling server URL.
-    pub server: String,
-    /// The group id.
-    pub group: ContentHash,
-    /// This device's key.
-    pub key: Arc<DeviceKey>,
-    /// Its DTLS certificate.
-    pub certificate: Arc<DtlsCertificate>,
-    /// The local, verified roster copy (the server's replaces it if longer).
-    pub roster: Roster,
-}
-
-/// `None` when the data dir has no identity yet (the mount then runs
-/// without sync); an error when it has one that does not load.
-pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
-    if !data_dir.join(IDENTITY_FILE).exists() {
-        return Ok(None);
-    }
-    let (identity, key, group) = load_identity(data_dir)?;
-    let certificate = DtlsCertificate::load(data_dir)?;
-    let roster = Roster::from_entries(load_roster(data_dir)?).context("the local roster copy does not verify")?;
-    if roster.group_id() != group {
-        bail!("the local roster copy is for another group than identity.json");
-    }
-    Ok(Some(SyncSetup {
-        name: identity.name,
-        server: identity.server,
-        group,
-        key: Arc::new(key),
-        certificate: Arc::new(certificate),
-        roster,
-    }))
 }

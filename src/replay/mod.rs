@@ -8,7 +8,7 @@
 //!
 //! **Invariant:** the replay never leaves the mount. Every path is resolved
 //! beneath a descriptor of the mount's root without following any symlink
-//! (`crate::beneath`); a path that no longer resolves so (a peer replaced a
+//! ([`beneath`]); a path that no longer resolves so (a peer replaced a
 //! folder with a symlink meanwhile) is skipped and the kernel's cache of it
 //! dropped, never acted on elsewhere.
 
@@ -25,7 +25,9 @@ use psync_fs::{FsCore, Replay};
 use psync_store::{NodeKind, Store, ROOT_INO};
 use psync_sync::{Change, RecordKind, SyncPath};
 
-use crate::beneath::{self, dir_beneath, open_beneath};
+pub mod beneath;
+
+use beneath::{dir_beneath, open_beneath};
 
 /// Repeats installed changes on the mount.
 pub struct Replayer {

@@ -14,13 +14,15 @@ use psync_store::Store;
 use psync_sync::{Change, SyncConfig, SyncCore};
 use tokio::sync::mpsc;
 
+use crate::clock::mono_ms;
 use crate::config::Settings;
-use crate::group::SyncSetup;
+use crate::driver::inbox::Control;
+use crate::driver::storage::StoreSync;
+use crate::driver::sync_loop;
+use crate::identity::SyncSetup;
+use crate::live::SharedLive;
 use crate::peering::{self, Me};
 use crate::replay::Replayer;
-use crate::status::SharedLive;
-use crate::sync_loop::{self, mono_ms, Control};
-use crate::sync_storage::StoreSync;
 
 /// Spawns the sync thread; returns once it is running, with what
 /// `psync status` reads: the shared live state and the loop's control channel.
@@ -53,7 +55,7 @@ pub fn start(
     let handles = (live.clone(), control.clone());
     let roster_dir = data_dir.to_path_buf();
     let save_roster = move |roster: &Roster| {
-        if let Err(e) = crate::group::save_roster(&roster_dir, roster.entries()) {
+        if let Err(e) = crate::identity::save_roster(&roster_dir, roster.entries()) {
             tracing::warn!("cannot save the newer roster: {e:#}");
         }
     };

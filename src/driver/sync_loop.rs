@@ -9,18 +9,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{
-    Change, HeldVersion, Input, Millis, Output, PeerProgress, SyncCore, SyncError, SyncPath, SyncStorage,
-};
+use psync_sync::{Change, Input, Millis, Output, SyncCore, SyncError, SyncStorage};
 use tokio::sync::mpsc;
 
-use crate::status::SharedLive;
-use crate::transport::{Link, LinkProbe, LinkSender, LinkStats};
+use super::inbox::{Control, SyncSnapshot};
+use crate::clock::{mono_ms, wall_ms};
+use crate::live::SharedLive;
+use crate::net::transport::{Link, LinkProbe, LinkSender};
 
 /// Frames (count) read from all links and not yet handled; a fast sender
 /// then waits in its reader task, never the loop.
@@ -35,49 +35,6 @@ const MAX_QUEUED_BYTES_PER_PEER: usize = 64 << 20;
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// How long `psync status` waits for one link's counters.
 const STATS_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// What the rest of the daemon tells the loop.
-#[derive(Debug)]
-pub enum Control {
-    /// A link to this device passed the hello; it replaces any earlier one.
-    Connected(DeviceId, Link),
-    /// The filesystem committed a change.
-    LocalChanged,
-    /// The roster changed: the group's devices and the read-only ones.
-    /// Links to devices no longer in it are dropped at once.
-    Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
-    /// `psync status` asks where sync stands.
-    Status(std::sync::mpsc::Sender<SyncSnapshot>),
-    /// `psync revert`: on a read-only device, take the group's version of
-    /// these paths (all of its own changes if empty); answers how many.
-    Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),
-}
-
-/// Where sync stands, for `psync status`.
-#[derive(Debug, Clone, Default)]
-pub struct SyncSnapshot {
-    /// Every peer with a link, and how far each side is.
-    pub peers: Vec<PeerProgress>,
-    /// When each peer was last heard from, connected or not (this run; [`mono_ms`]).
-    pub last_seen: HashMap<DeviceId, Millis>,
-    /// Records waiting for blocks, from all peers.
-    pub waiting_records: usize,
-    /// Blocks still to fetch.
-    pub wanted_blocks: usize,
-    /// Peers' versions that cannot be installed now, each with its reason.
-    pub held: Vec<HeldVersion>,
-    /// Installs are paused because the disk filled up.
-    pub disk_full: bool,
-    /// Each current link's counters.
-    pub links: HashMap<DeviceId, LinkStats>,
-    /// The latest error the core reported, if any (sync went on).
-    pub last_error: Option<String>,
-    /// This device is read-only in its group.
-    pub read_only: bool,
-    /// On a read-only device, the paths holding its own changes, which the
-    /// group does not take.
-    pub own_changes: Vec<SyncPath>,
-}
 
 enum Inbound {
     Frame(DeviceId, u64, Vec<u8>),
@@ -97,17 +54,6 @@ struct Peer {
     generation: u64,
     outbound: Outbound,
     probe: LinkProbe,
-}
-
-/// Milliseconds of a clock that never goes back (the core's time).
-pub fn mono_ms() -> Millis {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as Millis + 1
-}
-
-/// Wall-clock milliseconds since the Unix epoch (signed envelopes, times shown).
-pub fn wall_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 /// Runs until `control` is closed. Paths installed from peers go to
@@ -351,7 +297,7 @@ async fn write_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync_storage::tests::{devices, read, write};
+    use crate::driver::storage::tests::{devices, read, write};
     use psync_store::ROOT_INO;
 
     async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -384,7 +330,7 @@ mod tests {
         write(&a_store, ROOT_INO, "paper.pdf", &big);
         a_ctl.send(Control::LocalChanged).await.unwrap();
 
-        let (la, lb) = crate::transport::tests::pair().await;
+        let (la, lb) = crate::net::transport::tests::pair().await;
         a_ctl.send(Control::Connected(b_id, la)).await.unwrap();
         b_ctl.send(Control::Connected(a_id, lb)).await.unwrap();
         eventually("a's files on b", || read(&b_store, "paper.pdf").as_deref() == Some(&big[..])).await;
@@ -398,7 +344,7 @@ mod tests {
         // A new link replaces the old one; changes made in between arrive.
         write(&a_store, ROOT_INO, "later.md", b"while reconnecting");
         a_ctl.send(Control::LocalChanged).await.unwrap();
-        let (la, lb) = crate::transport::tests::pair().await;
+        let (la, lb) = crate::net::transport::tests::pair().await;
         a_ctl.send(Control::Connected(b_id, la)).await.unwrap();
         b_ctl.send(Control::Connected(a_id, lb)).await.unwrap();
         eventually("later.md on b", || read(&b_store, "later.md").is_some()).await;

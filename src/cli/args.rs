@@ -1,0 +1,234 @@
+//! The command line, as clap reads it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use psync_store::GcPolicy;
+
+use crate::config;
+
+/// `psync`: the command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "psync",
+    version,
+    about = "Peer-to-peer folder sync that is a filesystem",
+    after_help = "Getting started (one machine runs the signalling server):
+  psync signal --listen 0.0.0.0:7700 --tls-cert cert.pem --tls-key key.pem
+  psync init --name desktop --server wss://signal.example.org:7700
+  psync invite                              # prints a code; on the new device:
+  psync join CODE --name laptop --server wss://signal.example.org:7700
+  psync mount ~/Vault                       # on each device; then:
+  psync status
+
+Try it locally first: ./scripts/demo.sh in the source tree.
+
+Exit codes: 0 done; 1 could not run (the message says why); 2 bad usage;
+3 fsck found damage; 4 no daemon serves the data dir; 5 the store is in use
+by a running daemon."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Where this device keeps its store and configuration.
+    /// Default: $XDG_DATA_HOME/psync (~/.local/share/psync).
+    #[arg(long, global = true, env = "PSYNC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The config file. Default: DATA_DIR/config.toml, else
+    /// $XDG_CONFIG_HOME/psync/config.toml, if either exists.
+    #[arg(long, global = true, env = "PSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to log: error, warn, info, debug, trace, or a filter like
+    /// psync=debug,webrtc=warn. RUST_LOG, when set, wins. Default: the config
+    /// file's log_level, else info for the daemon and warn for commands.
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = config::parse_log_level)]
+    pub log_level: Option<String>,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check the store's integrity; exits non-zero if anything is inconsistent.
+    Fsck {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old history and unreferenced blocks.
+    Gc {
+        /// Versions to keep per file, however old.
+        #[arg(long, default_value_t = GcPolicy::default().keep_versions)]
+        keep_versions: usize,
+        /// Also keep every version younger than this many days.
+        #[arg(long, default_value_t = 30)]
+        keep_days: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the store holds.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a signalling server: wss:// with --tls-cert and --tls-key; plain ws:// only on loopback.
+    Signal {
+        /// Address to listen on, e.g. 127.0.0.1:7700.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// TLS certificate chain (PEM); with --tls-key, serves wss://.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Create this device's identity and found a new group on a signalling server.
+    Init {
+        /// This device's name, shown to the other devices.
+        #[arg(long)]
+        name: String,
+        /// The signalling server, e.g. ws://127.0.0.1:7700.
+        #[arg(long)]
+        server: String,
+        /// The group's name.
+        #[arg(long, default_value = "vault")]
+        group_name: String,
+    },
+    /// Add a device: prints a one-time code (alone on the first line), waits
+    /// for `psync join`, shows the new device and asks before signing it in.
+    Invite {
+        /// Add the device without asking (for scripts).
+        #[arg(long)]
+        yes: bool,
+        /// The new device receives everything but its changes are ignored ("safe mode").
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Revoke a device (by name or id prefix); peers and the server refuse it.
+    Remove {
+        /// The device's name or the start of its id.
+        device: String,
+    },
+    /// Join a group with a code from `psync invite` on a member device.
+    Join {
+        /// The code, e.g. 1234-apple-river.
+        code: String,
+        /// This device's name.
+        #[arg(long)]
+        name: String,
+        /// The signalling server, e.g. ws://127.0.0.1:7700.
+        #[arg(long)]
+        server: String,
+    },
+    /// List the group's devices (verified against the signed roster).
+    Devices {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount the folder (creating the store on first use); on a device of a group it also syncs.
+    /// Settings come from the config file (see --config) and these flags.
+    Mount {
+        /// An empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Stay in the foreground (logs to stderr) instead of detaching.
+        #[arg(long)]
+        foreground: bool,
+        #[command(flatten)]
+        options: config::MountOptions,
+    },
+    /// Flush everything and unmount; the daemon exits.
+    Unmount {
+        /// Where the folder is mounted.
+        mountpoint: PathBuf,
+        /// Detach at once even if files are open (they keep working until closed).
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Show this device, the daemon, the signalling server and every peer:
+    /// online, connected, in sync or what is pending; conflicts; recent errors.
+    Status {
+        /// Print as JSON (a stable interface for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted (with --json: one line per refresh).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// On a read-only device: take the group's version back for paths
+    /// changed here (the group does not take them); the local versions stay
+    /// in each file's history.
+    Revert {
+        /// Paths inside the mount (relative to it).
+        paths: Vec<String>,
+        /// Every path changed on this device.
+        #[arg(long, conflicts_with = "paths")]
+        all: bool,
+    },
+    /// Work with the store directly, without mounting it.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Print shell completions, e.g. `psync completions bash > /usr/share/bash-completion/completions/psync`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`psync man | man -l -`), or write one page per command into a directory.
+    Man {
+        /// Write psync.1, psync-mount.1, ... here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `psync store ...`.
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy a directory tree into the store (creating the store if needed).
+    /// Files that already exist get a new version when their content differs.
+    Import {
+        /// Directory to copy from.
+        source: PathBuf,
+    },
+    /// Copy the store's tree out into a directory.
+    Export {
+        /// Directory to write into (created if missing).
+        dest: PathBuf,
+    },
+    /// List a directory of the store.
+    Ls {
+        /// Path inside the store.
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Print a file of the store.
+    Cat {
+        /// Path inside the store.
+        path: String,
+    },
+    /// Show the committed versions of a file.
+    Log {
+        /// Path inside the store.
+        path: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an old version the current content of a file (as a new version).
+    Restore {
+        /// Path inside the store.
+        path: String,
+        /// Sequence number of the version, from `psync store log`.
+        #[arg(long)]
+        version: u64,
+    },
+}

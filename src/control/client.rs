@@ -1,0 +1,127 @@
+//! The commands' side of the control socket: ask the daemon, or, with no
+//! daemon running, tell what the data dir alone can.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use psync_signal::readable_id;
+use psync_store::Store;
+
+use super::report::{conflict_copies, local_only_status, peers, PeerLive};
+use super::schema::*;
+use crate::data_dir::SOCKET_FILE;
+use crate::live::SignallingState;
+
+/// Sends one request to the daemon serving `data_dir`; `None` when no daemon answers.
+fn ask(data_dir: &Path, request: Request) -> Result<Option<Answer>> {
+    let path = data_dir.join(SOCKET_FILE);
+    let Ok(mut stream) = UnixStream::connect(&path) else { return Ok(None) };
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    serde_json::to_writer(&mut stream, &request)?;
+    stream.write_all(b"\n")?;
+    let mut text = String::new();
+    stream.take(64 << 20).read_to_string(&mut text).context("no answer from the daemon's control socket")?;
+    match serde_json::from_str::<Answer>(&text).context("the daemon's answer is malformed")? {
+        Answer::Error(e) => anyhow::bail!("the daemon could not answer: {e}"),
+        answer => Ok(Some(answer)),
+    }
+}
+
+/// Asks the daemon serving `data_dir` for its status; `None` when no daemon answers.
+fn ask_daemon(data_dir: &Path) -> Result<Option<Status>> {
+    match ask(data_dir, Request { request: "status".into(), paths: Vec::new() })? {
+        Some(Answer::Status(status)) => Ok(Some(*status)),
+        Some(_) => anyhow::bail!("the daemon answered something else than its status"),
+        None => Ok(None),
+    }
+}
+
+/// `psync revert [--all | PATH...]`: on a read-only device, takes the
+/// group's version of its own changes back.
+pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<std::process::ExitCode> {
+    if paths.is_empty() && !all {
+        anyhow::bail!("name the paths to revert, or --all for every change made on this device");
+    }
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    match ask(&data_dir, Request { request: "revert".into(), paths })? {
+        Some(Answer::Reverted(n)) => {
+            println!("taking the group's version of {n} paths back (their local versions stay in the history)");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => Err(crate::cli::exit::NoDaemon(data_dir).into()),
+    }
+}
+
+/// What the data dir alone says, with no daemon running.
+fn offline_status(data_dir: &Path) -> Result<Status> {
+    let store = if Store::exists(data_dir) {
+        Some(Arc::new(match Store::open(data_dir) {
+            // A daemon that holds the store but does not answer (starting, or stuck).
+            Err(psync_store::StoreError::Locked(_)) => Store::open_read_only(data_dir)?,
+            other => other?,
+        }))
+    } else {
+        None
+    };
+    let local = match &store {
+        Some(store) => {
+            let s = store.tree_stats()?;
+            LocalStatus {
+                files: s.files,
+                dirs: s.dirs,
+                bytes: s.logical_bytes,
+                seq: s.seq,
+                local_only: local_only_status(store)?,
+                ..LocalStatus::default()
+            }
+        }
+        None => LocalStatus::default(),
+    };
+    let conflicts = match &store {
+        Some(store) => conflict_copies(store)?,
+        None => Vec::new(),
+    };
+    let setup = crate::identity::sync_setup(data_dir)?;
+    let device_id = match (&setup, &store) {
+        (Some(s), _) => readable_id(&s.key.public().device_id()),
+        (None, Some(store)) => readable_id(&store.device()),
+        (None, None) => String::new(),
+    };
+    let mut status = Status {
+        device: DeviceStatus {
+            name: setup.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            id: device_id,
+            data_dir: data_dir.to_path_buf(),
+            mountpoint: None,
+        },
+        daemon: None,
+        signalling: None,
+        peers: Vec::new(),
+        local,
+        conflicts,
+        recent_errors: Vec::new(),
+    };
+    if let Some(setup) = setup {
+        status.signalling = Some(SignallingStatus {
+            server: setup.server.clone(),
+            connected: false,
+            state: SignallingState::Lost("no daemon is running".into()),
+            roster_warning: None,
+        });
+        status.peers = peers(&setup.roster, setup.key.public().device_id(), |_| PeerLive::default());
+    }
+    Ok(status)
+}
+
+/// The daemon's status, or what the data dir alone says when none runs.
+pub fn status(data_dir: &Path) -> Result<Status> {
+    match ask_daemon(data_dir)? {
+        Some(status) => Ok(status),
+        None => offline_status(data_dir),
+    }
+}

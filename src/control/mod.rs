@@ -1,0 +1,7 @@
+//! The control socket in the data dir (owner only): `psync status` and
+//! `psync revert` ask the running daemon through it.
+
+pub mod client;
+mod report;
+pub mod schema;
+pub mod server;

@@ -1,0 +1,190 @@
+//! What the control socket speaks: one JSON request line in, one JSON
+//! document out. `Status` is what `psync status --json` prints; fields are
+//! only ever added.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::live::SignallingState;
+
+/// What `psync status --json` prints. Fields are only ever added.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This device.
+    pub device: DeviceStatus,
+    /// The running daemon, if any.
+    pub daemon: Option<DaemonStatus>,
+    /// The signalling server, if this device belongs to a group.
+    pub signalling: Option<SignallingStatus>,
+    /// Every other device of the group.
+    pub peers: Vec<PeerStatus>,
+    /// What this device holds.
+    pub local: LocalStatus,
+    /// Conflict copies present (paths).
+    pub conflicts: Vec<String>,
+    /// The daemon's latest warnings and errors (seconds since the epoch first).
+    pub recent_errors: Vec<String>,
+}
+
+/// This device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its name in the group (empty without an identity).
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Where it is mounted, if it is.
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// The daemon serving the mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// Whether sync runs (it does not for a device without a group).
+    pub syncing: bool,
+    /// The settings in force (config file, flags).
+    pub settings: crate::config::Settings,
+}
+
+/// The signalling server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignallingStatus {
+    /// Its URL.
+    pub server: String,
+    /// Whether this device is logged in.
+    pub connected: bool,
+    /// Details of the connection state.
+    pub state: SignallingState,
+    /// A roster copy refused because it did not extend ours (a server or a
+    /// device misbehaving), if any.
+    #[serde(default)]
+    pub roster_warning: Option<String>,
+}
+
+/// One other device of the group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// `full` or `read_only`.
+    pub role: String,
+    /// Online at the signalling server.
+    pub online: bool,
+    /// Whether this device has a sync link to it.
+    pub connected: bool,
+    /// How: `webrtc` when connected.
+    pub connection: Option<String>,
+    /// Seconds since it was last heard from over a link (this daemon run).
+    pub last_seen_secs_ago: Option<u64>,
+    /// Connected, and each side has applied everything the other announced.
+    pub in_sync: bool,
+    /// Its changes not yet applied here (records).
+    pub incoming_records: u64,
+    /// Our changes it has not acknowledged (records).
+    pub outgoing_records: u64,
+    /// Our latest sequence number it has acknowledged.
+    pub acked_seq: u64,
+    /// Round-trip time of the connection's ICE checks.
+    pub rtt_ms: Option<f64>,
+    /// Bytes sent to it over the current connection (UDP payload on the wire).
+    pub bytes_sent: Option<u64>,
+    /// Bytes received from it over the current connection.
+    pub bytes_received: Option<u64>,
+}
+
+/// What this device holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LocalStatus {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    /// The latest local sequence number.
+    pub seq: u64,
+    /// Records from peers waiting for blocks.
+    pub waiting_records: usize,
+    /// Blocks still to fetch.
+    pub wanted_blocks: usize,
+    /// Peers' versions that cannot be installed now (count).
+    pub held_records: usize,
+    /// Each held version with its reason (the first [`MAX_LISTED`]).
+    #[serde(default)]
+    pub held: Vec<HeldStatus>,
+    /// Installs are paused because the disk filled up (they resume by themselves).
+    #[serde(default)]
+    pub disk_full: bool,
+    /// Local paths that do not sync, with why (the first [`MAX_LISTED`]).
+    #[serde(default)]
+    pub local_only: Vec<LocalOnlyStatus>,
+    /// The latest error sync reported and went on from.
+    #[serde(default)]
+    pub sync_error: Option<String>,
+    /// This device is read-only in its group: its own changes stay here.
+    #[serde(default)]
+    pub read_only: bool,
+    /// On a read-only device, paths holding its own changes (count);
+    /// `psync revert` takes the group's version back.
+    #[serde(default)]
+    pub own_changes: usize,
+    /// The first [`MAX_LISTED`] of them.
+    #[serde(default)]
+    pub own_changes_listed: Vec<String>,
+}
+
+/// Paths listed at most in each list of `psync status`.
+pub const MAX_LISTED: usize = 100;
+
+/// A peer's version held back here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldStatus {
+    /// The path.
+    pub path: String,
+    /// Why it is held, in words.
+    pub reason: String,
+    /// `open_for_writing`, `changed_meanwhile`, `blocked`, `disk_full`, `storage_failed` or `refused`.
+    pub kind: String,
+    /// The device it came from.
+    pub from: String,
+    /// Seconds since it was first held.
+    pub held_secs: u64,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// A local path that does not sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalOnlyStatus {
+    /// The path (not UTF-8 bytes are shown escaped).
+    pub path: String,
+    /// Why it does not sync.
+    pub reason: String,
+}
+
+/// One request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub request: String,
+    /// For `revert`: the paths (none: all).
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// The answer to one request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Answer {
+    Status(Box<Status>),
+    Reverted(usize),
+    Error(String),
+}

@@ -1,0 +1,195 @@
+//! The daemon's side of the control socket: who may ask, and the answers,
+//! built from the live state and the sync loop's snapshot.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use psync_base::DeviceId;
+use psync_signal::readable_id;
+use psync_store::Store;
+
+use super::report::{conflict_copies, held_status, local_only_status, peers, PeerLive};
+use super::schema::*;
+use crate::clock::mono_ms;
+use crate::data_dir::SOCKET_FILE;
+use crate::driver::inbox::{Control, SyncSnapshot};
+use crate::live::{recent_errors, SharedLive, SignallingState};
+
+/// Requests are one short line.
+const MAX_REQUEST: u64 = 1024;
+/// How long the sync loop may take to answer.
+const SYNC_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who this device is in its group.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: DeviceId,
+    /// The signalling server.
+    pub server: String,
+}
+
+/// What the daemon answers from.
+#[derive(Debug)]
+pub struct Source {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The open store.
+    pub store: Arc<Store>,
+    /// Present when the device belongs to a group.
+    pub identity: Option<Identity>,
+    /// Sync, when it runs.
+    pub sync: Option<(SharedLive, tokio::sync::mpsc::Sender<Control>)>,
+    /// When the daemon started.
+    pub started: Instant,
+    /// The settings it runs with.
+    pub settings: crate::config::Settings,
+}
+
+impl Source {
+    fn revert(&self, paths: &[String]) -> Result<usize> {
+        let Some((_, control)) = &self.sync else {
+            anyhow::bail!("this device does not sync (it belongs to no group)")
+        };
+        let paths = paths
+            .iter()
+            .map(|p| psync_sync::SyncPath::new(p.trim_matches('/')).map_err(|e| anyhow::anyhow!("{p:?}: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        control.blocking_send(Control::Revert(paths, tx)).context("the sync loop has stopped")?;
+        rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?.map_err(anyhow::Error::msg)
+    }
+
+    fn collect(&self) -> Result<Status> {
+        let stats = self.store.tree_stats()?;
+        let (live, snapshot) = match &self.sync {
+            Some((live, control)) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                control.blocking_send(Control::Status(tx)).context("the sync loop has stopped")?;
+                let snapshot = rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?;
+                (Some(live), snapshot)
+            }
+            None => (None, SyncSnapshot::default()),
+        };
+        let conflicts = conflict_copies(&self.store)?;
+        let mut status = Status {
+            device: DeviceStatus {
+                name: self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+                id: readable_id(&self.store.device()),
+                data_dir: self.data_dir.clone(),
+                mountpoint: Some(self.mountpoint.clone()),
+            },
+            daemon: Some(DaemonStatus {
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                syncing: self.sync.is_some(),
+                settings: self.settings.clone(),
+            }),
+            signalling: None,
+            peers: Vec::new(),
+            local: LocalStatus {
+                files: stats.files,
+                dirs: stats.dirs,
+                bytes: stats.logical_bytes,
+                seq: stats.seq,
+                waiting_records: snapshot.waiting_records,
+                wanted_blocks: snapshot.wanted_blocks,
+                held_records: snapshot.held.len(),
+                held: held_status(&snapshot.held),
+                disk_full: snapshot.disk_full,
+                local_only: local_only_status(&self.store)?,
+                sync_error: snapshot.last_error.clone(),
+                read_only: snapshot.read_only,
+                own_changes: snapshot.own_changes.len(),
+                own_changes_listed: snapshot
+                    .own_changes
+                    .iter()
+                    .take(MAX_LISTED)
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
+            },
+            conflicts,
+            recent_errors: recent_errors(),
+        };
+        if let (Some(identity), Some(live)) = (&self.identity, live) {
+            live.read(|l| {
+                status.signalling = Some(SignallingStatus {
+                    server: identity.server.clone(),
+                    connected: l.signalling == SignallingState::Connected,
+                    state: l.signalling.clone(),
+                    roster_warning: l.roster_warning.clone(),
+                });
+                if let Some(roster) = &l.roster {
+                    status.peers = peers(roster, identity.id, |id| PeerLive {
+                        online: l.online.contains(&id),
+                        linked: l.linked.contains(&id),
+                        // A held version is not applied yet: not in sync.
+                        progress: snapshot.peers.iter().find(|p| p.device == id).cloned().map(|mut p| {
+                            p.waiting_records += snapshot.held.iter().filter(|h| h.from == id).count();
+                            p
+                        }),
+                        last_seen_secs_ago: snapshot.last_seen.get(&id).map(|t| mono_ms().saturating_sub(*t) / 1000),
+                        link: snapshot.links.get(&id).copied(),
+                    });
+                }
+            });
+        }
+        Ok(status)
+    }
+}
+
+/// Serves the control socket on its own thread until the process exits.
+pub fn serve(source: Source) -> Result<()> {
+    let path = source.data_dir.join(SOCKET_FILE);
+    // A socket left by a killed daemon: nobody answers on it any more.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let uid = nix::unistd::getuid();
+    std::thread::Builder::new().name("psync-control".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let allowed = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .is_ok_and(|cred| cred.uid() == uid.as_raw() || cred.uid() == 0);
+            if !allowed {
+                tracing::warn!("refused a control connection from another user");
+                continue;
+            }
+            if let Err(e) = answer(&source, stream) {
+                tracing::debug!("control request failed: {e:#}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn answer(source: &Source, stream: UnixStream) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(r) if r.request == "status" => match source.collect() {
+            Ok(status) => Answer::Status(Box::new(status)),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Ok(r) if r.request == "revert" => match source.revert(&r.paths) {
+            Ok(n) => Answer::Reverted(n),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Ok(r) => Answer::Error(format!("unknown request {:?}", r.request)),
+        Err(e) => Answer::Error(format!("malformed request: {e}")),
+    };
+    let mut stream = stream;
+    serde_json::to_writer(&mut stream, &reply)?;
+    stream.write_all(b"\n")?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! What the rest of the daemon tells the sync loop, and what it answers.
+
+use std::collections::HashMap;
+
+use psync_base::DeviceId;
+use psync_sync::{HeldVersion, Millis, PeerProgress, SyncPath};
+
+use crate::net::transport::{Link, LinkStats};
+
+/// What the rest of the daemon tells the loop.
+#[derive(Debug)]
+pub enum Control {
+    /// A link to this device passed the hello; it replaces any earlier one.
+    Connected(DeviceId, Link),
+    /// The filesystem committed a change.
+    LocalChanged,
+    /// The roster changed: the group's devices and the read-only ones.
+    /// Links to devices no longer in it are dropped at once.
+    Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
+    /// `psync status` asks where sync stands.
+    Status(std::sync::mpsc::Sender<SyncSnapshot>),
+    /// `psync revert`: on a read-only device, take the group's version of
+    /// these paths (all of its own changes if empty); answers how many.
+    Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),
+}
+
+/// Where sync stands, for `psync status`.
+#[derive(Debug, Clone, Default)]
+pub struct SyncSnapshot {
+    /// Every peer with a link, and how far each side is.
+    pub peers: Vec<PeerProgress>,
+    /// When each peer was last heard from, connected or not (this run; [`crate::clock::mono_ms`]).
+    pub last_seen: HashMap<DeviceId, Millis>,
+    /// Records waiting for blocks, from all peers.
+    pub waiting_records: usize,
+    /// Blocks still to fetch.
+    pub wanted_blocks: usize,
+    /// Peers' versions that cannot be installed now, each with its reason.
+    pub held: Vec<HeldVersion>,
+    /// Installs are paused because the disk filled up.
+    pub disk_full: bool,
+    /// Each current link's counters.
+    pub links: HashMap<DeviceId, LinkStats>,
+    /// The latest error the core reported, if any (sync went on).
+    pub last_error: Option<String>,
+    /// This device is read-only in its group.
+    pub read_only: bool,
+    /// On a read-only device, the paths holding its own changes, which the
+    /// group does not take.
+    pub own_changes: Vec<SyncPath>,
+}
