@@ -10,7 +10,7 @@
 //! that head (asked for at once). One member cannot exhaust this device:
 //! one connection attempt per peer at a time, and a bounded rate of offers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +18,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use psync_base::ContentHash;
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::net::{ClientEvent, SignalClient};
-use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Role, Roster, RosterRelation};
+use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Roster};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::wall_ms;
 use crate::driver::inbox::Control;
 use crate::live::{SharedLive, SignallingState};
-use crate::net::transport::{offers_to, IceConfig, Negotiation, PeerSignal};
+use crate::net::transport::{IceConfig, Negotiation, PeerSignal};
+
+mod state;
+
+use state::{Adopted, PeeringState};
 
 /// How long a dialing device waits for the answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,12 +37,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often online peers without a link are looked at again.
 const REDIAL_TICK: Duration = Duration::from_secs(2);
-/// Waits between failed attempts to reach one peer: doubling up to this.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// Offers one peer may make per [`OFFER_WINDOW`] (count); more are ignored.
-const MAX_OFFERS_PER_WINDOW: usize = 10;
-const OFFER_WINDOW: Duration = Duration::from_secs(60);
 
 /// What this device brings to every connection.
 #[derive(Debug, Clone)]
@@ -51,55 +49,10 @@ pub struct Me {
     pub ice: IceConfig,
 }
 
-/// The group as the sync core needs it: all active devices, and the read-only ones.
-fn group_of(roster: &Roster) -> Control {
-    let active = || roster.members().filter(|m| !m.removed);
-    Control::Group {
-        devices: active().map(|m| m.key.device_id()).collect(),
-        read_only: active().filter(|m| m.role == Role::ReadOnly).map(|m| m.key.device_id()).collect(),
-    }
-}
-
-/// Attempts to reach one peer: at most one at a time (dialing or
-/// answering), with growing waits between failures.
-#[derive(Debug, Default)]
-struct Attempts {
-    running: HashSet<PublicKey>,
-    failures: HashMap<PublicKey, (u32, Instant)>,
-    /// The answer being built for each peer's latest offer.
-    answering: HashMap<PublicKey, tokio::task::AbortHandle>,
-    /// When each peer's recent offers came.
-    offers: HashMap<PublicKey, VecDeque<Instant>>,
-}
-
-impl Attempts {
-    fn may_start(&self, peer: &PublicKey, now: Instant) -> bool {
-        !self.running.contains(peer) && self.failures.get(peer).is_none_or(|(_, retry_at)| now >= *retry_at)
-    }
-
-    fn finished(&mut self, peer: PublicKey, ok: bool, now: Instant) {
-        self.running.remove(&peer);
-        if ok {
-            self.failures.remove(&peer);
-        } else {
-            let count = self.failures.get(&peer).map_or(0, |(n, _)| *n);
-            let wait = FIRST_BACKOFF.saturating_mul(1 << count.min(6)).min(MAX_BACKOFF);
-            self.failures.insert(peer, (count + 1, now + wait));
-        }
-    }
-
-    /// Whether `peer` may make another offer now (a bounded rate).
-    fn offer_allowed(&mut self, peer: PublicKey, now: Instant) -> bool {
-        let recent = self.offers.entry(peer).or_default();
-        while recent.front().is_some_and(|t| now.duration_since(*t) > OFFER_WINDOW) {
-            recent.pop_front();
-        }
-        if recent.len() >= MAX_OFFERS_PER_WINDOW {
-            return false;
-        }
-        recent.push_back(now);
-        true
-    }
+/// The group as the sync core needs it.
+fn group_of(state: &PeeringState) -> Control {
+    let (devices, read_only) = state.group();
+    Control::Group { devices, read_only }
 }
 
 /// Channels the connection tasks use to reach the peering loop.
@@ -113,15 +66,17 @@ struct Tasks {
     sync: mpsc::Sender<Control>,
 }
 
+/// The shell around [`PeeringState`]: the signalling client, the tasks
+/// that connect, and what `psync status` sees.
 struct Peering {
     me: Me,
-    roster: Roster,
+    state: PeeringState,
     client: SignalClient,
     live: SharedLive,
     on_roster: Box<dyn Fn(&Roster) + Send>,
     tasks: Tasks,
-    attempts: Attempts,
-    online: HashSet<PublicKey>,
+    /// The answer being built for each peer's latest offer.
+    answering: HashMap<PublicKey, tokio::task::AbortHandle>,
     replay: ReplayGuard,
     waiting_answers: HashMap<(PublicKey, u64), oneshot::Sender<String>>,
 }
@@ -143,20 +98,19 @@ pub async fn run(
     let (unknown_head, mut unknown_rx) = mpsc::unbounded_channel();
     let tasks = Tasks { relay, answer_slots, done, unknown_head, sync };
     let mut p = Peering {
+        state: PeeringState::new(me.key.public(), roster),
         me,
-        roster,
         client,
         live,
         on_roster,
         tasks,
-        attempts: Attempts::default(),
-        online: HashSet::new(),
+        answering: HashMap::new(),
         replay: ReplayGuard::default(),
         waiting_answers: HashMap::new(),
     };
     let mut tick = tokio::time::interval(REDIAL_TICK);
-    p.live.update(|l| l.roster = Some(p.roster.clone()));
-    let _ = p.tasks.sync.send(group_of(&p.roster)).await;
+    p.live.update(|l| l.roster = Some(p.state.roster().clone()));
+    let _ = p.tasks.sync.send(group_of(&p.state)).await;
     loop {
         tokio::select! {
             event = p.client.events.recv() => match event {
@@ -165,9 +119,9 @@ pub async fn run(
             },
             Some(envelope) = relay_rx.recv() => p.client.relay(envelope),
             Some((slot, tx)) = slots_rx.recv() => { p.waiting_answers.insert(slot, tx); }
-            Some((peer, ok)) = done_rx.recv() => p.attempts.finished(peer, ok, Instant::now()),
+            Some((peer, ok)) = done_rx.recv() => p.state.finished(peer, ok, Instant::now().into_std()),
             Some(head) = unknown_rx.recv() => {
-                if !p.roster.has_entry(&head) {
+                if !p.state.roster().has_entry(&head) {
                     p.roster_warning(format!(
                         "a peer's roster has an entry ({head}) the server has not shown this device; \
                          asking the server (no sync with that peer until then)"
@@ -187,62 +141,36 @@ impl Peering {
     /// Links lost or attempts failed: try again those still online.
     fn redial(&mut self) {
         let linked = self.live.read(|l| l.linked.clone());
-        let now = Instant::now();
-        let peers: Vec<PublicKey> = self.online.iter().copied().collect();
-        for peer in peers {
-            if !linked.contains(&peer.device_id())
-                && offers_to(&self.me.key.public(), &peer)
-                && self.roster.is_active(&peer)
-                && self.attempts.may_start(&peer, now)
-            {
-                self.attempts.running.insert(peer);
-                spawn_dial(&self.me, &self.roster, peer, &self.tasks);
-            }
+        for peer in self.state.due_redials(&linked, Instant::now().into_std()) {
+            self.dial(peer);
         }
     }
 
-    /// A peer just appeared: dial it if it is ours to dial, without waiting
-    /// out earlier failures.
-    fn dial_new(&mut self, peer: PublicKey) {
-        if peer != self.me.key.public()
-            && self.roster.is_active(&peer)
-            && offers_to(&self.me.key.public(), &peer)
-            && !self.attempts.running.contains(&peer)
-        {
-            self.attempts.failures.remove(&peer);
-            self.attempts.running.insert(peer);
-            spawn_dial(&self.me, &self.roster, peer, &self.tasks);
-        }
+    fn dial(&self, peer: PublicKey) {
+        spawn_dial(&self.me, self.state.roster(), peer, &self.tasks);
     }
 
     /// Takes a copy of the roster from the server if it extends ours; a
     /// shorter or forked one is refused loudly.
     async fn adopt(&mut self, entries: Vec<psync_signal::RosterEntry>) {
-        let fresh = match Roster::from_entries(entries) {
-            Ok(fresh) => fresh,
-            Err(e) => return self.roster_warning(format!("the server's roster does not verify; keeping ours: {e}")),
-        };
-        match self.roster.compare(&fresh) {
-            RosterRelation::Same => {}
-            RosterRelation::Extends => {
-                self.roster = fresh;
-                (self.on_roster)(&self.roster);
-                self.live.update(|l| {
-                    l.roster = Some(self.roster.clone());
-                    l.roster_warning = None;
-                });
-                let _ = self.tasks.sync.send(group_of(&self.roster)).await;
-            }
-            RosterRelation::Behind => self.roster_warning(format!(
-                "the server's roster lacks entries this device has ({} of {}): keeping ours (it may hide a change)",
-                fresh.entries().len(),
-                self.roster.entries().len()
-            )),
-            RosterRelation::Forks { at } => self.roster_warning(format!(
-                "the server's roster forks from ours after entry {at}: refused (a device or the server is misbehaving)"
-            )),
-            RosterRelation::OtherGroup => self.roster_warning("the server sent another group's roster: refused".into()),
+        match self.state.adopt(entries) {
+            Adopted::Same => {}
+            Adopted::Newer => self.roster_changed(true).await,
+            Adopted::Refused(why) => self.roster_warning(why),
         }
+    }
+
+    /// The roster in force changed: saved, shown, and told to the sync loop.
+    async fn roster_changed(&mut self, clear_warning: bool) {
+        let roster = self.state.roster().clone();
+        (self.on_roster)(&roster);
+        self.live.update(|l| {
+            l.roster = Some(roster);
+            if clear_warning {
+                l.roster_warning = None;
+            }
+        });
+        let _ = self.tasks.sync.send(group_of(&self.state)).await;
     }
 
     fn roster_warning(&self, warning: String) {
@@ -254,32 +182,31 @@ impl Peering {
         match event {
             ClientEvent::LoggedIn { roster: entries, online: now_online } => {
                 self.adopt(entries).await;
-                self.online = now_online.iter().copied().filter(|p| *p != self.me.key.public()).collect();
-                let online = self.online.iter().map(PublicKey::device_id).collect();
+                let dial = self.state.logged_in(now_online);
+                let online = self.state.online_devices();
                 self.live.update(|l| {
                     l.signalling = SignallingState::Connected;
                     l.online = online;
                 });
-                for peer in now_online {
-                    self.dial_new(peer);
+                for peer in dial {
+                    self.dial(peer);
                 }
             }
             ClientEvent::Roster(entries) => self.adopt(entries).await,
             ClientEvent::Online(peer) => {
-                self.online.insert(peer);
-                self.live.update(|l| l.online.insert(peer.device_id()));
-                self.dial_new(peer)
+                let dial = self.state.came_online(peer);
+                let online = self.state.online_devices();
+                self.live.update(|l| l.online = online);
+                if let Some(peer) = dial {
+                    self.dial(peer);
+                }
             }
             ClientEvent::Offline(peer) => {
-                self.online.remove(&peer);
+                self.state.went_offline(&peer);
                 self.live.update(|l| l.online.remove(&peer.device_id()));
             }
-            ClientEvent::RosterAppended(entry) => match self.roster.apply(entry) {
-                Ok(()) => {
-                    (self.on_roster)(&self.roster);
-                    self.live.update(|l| l.roster = Some(self.roster.clone()));
-                    let _ = self.tasks.sync.send(group_of(&self.roster)).await;
-                }
+            ClientEvent::RosterAppended(entry) => match self.state.append(entry) {
+                Ok(()) => self.roster_changed(false).await,
                 Err(e) => {
                     tracing::warn!("refused a roster entry ({e}); asking the server for the whole roster");
                     self.client.refresh_roster();
@@ -288,7 +215,7 @@ impl Peering {
             ClientEvent::Relayed(envelope) => self.on_envelope(envelope),
             ClientEvent::Disconnected(why) => {
                 tracing::info!("signalling server connection lost: {why}");
-                self.online.clear();
+                self.state.disconnected();
                 self.live.update(|l| {
                     l.signalling = SignallingState::Lost(why);
                     l.online.clear();
@@ -304,7 +231,7 @@ impl Peering {
 
     fn on_envelope(&mut self, envelope: Envelope) {
         let from = envelope.from;
-        let payload = match envelope.open(&self.roster, &self.me.key.public(), wall_ms(), &mut self.replay) {
+        let payload = match envelope.open(self.state.roster(), &self.me.key.public(), wall_ms(), &mut self.replay) {
             Ok(payload) => payload.to_vec(),
             Err(e) => {
                 tracing::warn!(from = %from.device_id(), "refused an envelope: {e}");
@@ -313,23 +240,23 @@ impl Peering {
         };
         match PeerSignal::decode(&payload) {
             Ok(PeerSignal::Offer(offer)) => {
-                if !self.attempts.offer_allowed(from, Instant::now()) {
+                if !self.state.offer_allowed(from, Instant::now().into_std()) {
                     tracing::warn!(from = %from.device_id(), "too many connection offers; ignoring this one");
                     return;
                 }
                 // One connection attempt per peer: a newer offer replaces
                 // the answer still being built for an older one.
-                if let Some(previous) = self.attempts.answering.remove(&from) {
+                if let Some(previous) = self.answering.remove(&from) {
                     previous.abort();
                 }
                 let (me, roster, tasks, session) =
-                    (self.me.clone(), self.roster.clone(), self.tasks.clone(), envelope.session);
+                    (self.me.clone(), self.state.roster().clone(), self.tasks.clone(), envelope.session);
                 let handle = tokio::spawn(async move {
                     if let Err(e) = answer(me, roster, from, session, offer, tasks).await {
                         tracing::warn!(peer = %from.device_id(), "could not accept a connection: {e:#}");
                     }
                 });
-                self.attempts.answering.insert(from, handle.abort_handle());
+                self.answering.insert(from, handle.abort_handle());
             }
             Ok(PeerSignal::Answer(sdp)) => match self.waiting_answers.remove(&(from, envelope.session)) {
                 Some(slot) => {
