@@ -3,6 +3,8 @@
 
 use psync_store::StoreError;
 
+use crate::control::client::NoDaemon;
+
 /// Could not run (the message says why).
 pub const FAILED: u8 = 1;
 /// Bad usage (clap's own code).
@@ -13,11 +15,6 @@ pub const DAMAGED: u8 = 3;
 pub const NO_DAEMON: u8 = 4;
 /// The store is in use by a running daemon (a command that needs it alone).
 pub const STORE_BUSY: u8 = 5;
-
-/// A command that needs the running daemon found none.
-#[derive(Debug, thiserror::Error)]
-#[error("no daemon serves {0}: mount it first (`psync mount DIR`)")]
-pub struct NoDaemon(pub std::path::PathBuf);
 
 /// The exit code for a command that failed with `error`.
 pub fn code_of(error: &anyhow::Error) -> u8 {

@@ -16,6 +16,11 @@ use super::schema::*;
 use crate::data_dir::SOCKET_FILE;
 use crate::live::SignallingState;
 
+/// A command that needs the running daemon found none.
+#[derive(Debug, thiserror::Error)]
+#[error("no daemon serves {0}: mount it first (`psync mount DIR`)")]
+pub struct NoDaemon(pub std::path::PathBuf);
+
 /// Sends one request to the daemon serving `data_dir`; `None` when no daemon answers.
 fn ask(data_dir: &Path, request: Request) -> Result<Option<Answer>> {
     let path = data_dir.join(SOCKET_FILE);
@@ -53,7 +58,7 @@ pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<
             Ok(std::process::ExitCode::SUCCESS)
         }
         Some(_) => anyhow::bail!("the daemon answered something else"),
-        None => Err(crate::cli::exit::NoDaemon(data_dir).into()),
+        None => Err(NoDaemon(data_dir).into()),
     }
 }
 

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use psync_base::page::{decode_page, BLOCKS_PER_PAGE, MAX_PAGE_BYTES};
 use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
-use crate::core::Millis;
 use crate::limits::{backoff, FIRST_REFUSED_BACKOFF_MS, MAX_REFUSED_BACKOFF_MS};
 use crate::path::SyncPath;
 use crate::record::{Blocks, FileRecord};
 use crate::storage::{StorageError, SyncStorage};
+use crate::Millis;
 
 type PendingId = u64;
 

@@ -8,10 +8,10 @@ use std::fmt;
 
 use psync_base::{Causality, DeviceId, VersionVector};
 
-use crate::core::Millis;
 use crate::limits::{backoff, FIRST_HOLD_BACKOFF_MS, MAX_HOLD_BACKOFF_MS};
 use crate::path::SyncPath;
 use crate::record::FileRecord;
+use crate::Millis;
 
 /// Why a version is held.
 #[derive(Debug, Clone, PartialEq, Eq)]

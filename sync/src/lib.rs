@@ -22,7 +22,10 @@ pub mod record;
 pub mod storage;
 mod tree;
 
-pub use crate::core::{Change, Input, Millis, Output, PeerProgress, SyncConfig, SyncCore, SyncError};
+pub use crate::core::{Change, Input, Output, PeerProgress, SyncConfig, SyncCore, SyncError};
+
+/// Milliseconds (monotonic in the daemon; simulations may start anywhere).
+pub type Millis = u64;
 pub use holds::{HeldVersion, HoldReason};
 pub use message::Message;
 pub use path::SyncPath;

@@ -282,7 +282,7 @@ impl Sim {
     /// With `PSYNC_SIM_WATCH=path`, logs every change of that path's record
     /// on every device (for debugging a failing seed).
     fn watch(&mut self) {
-        let Ok(watched) = std::env::var("PSYNC_SIM_WATCH") else { return };
+        let Some(watched) = harness_env("PSYNC_SIM_WATCH") else { return };
         let p = path(&watched);
         for i in 0..self.devices.len() {
             let now_rec = self.devices[i].core.as_ref().and_then(|c| c.storage().record(&p).unwrap());
@@ -847,7 +847,7 @@ impl Sim {
 }
 
 fn seeds() -> Vec<u64> {
-    match std::env::var("PSYNC_SIM_SEEDS") {
+    match harness_env("PSYNC_SIM_SEEDS").ok_or(()) {
         Ok(spec) => spec
             .split(',')
             .flat_map(|part| match part.split_once('-') {
@@ -924,3 +924,10 @@ fn same_seed_same_outcome() {
 /// trait import used.
 #[allow(dead_code)]
 fn _uses(_: &dyn SyncStorage, _: Message) {}
+
+/// The harness's own settings (which seeds, what to trace). The core itself
+/// reads no environment (sync/clippy.toml).
+#[allow(clippy::disallowed_methods)]
+fn harness_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}

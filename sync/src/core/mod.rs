@@ -38,8 +38,7 @@ mod session;
 mod timers;
 mod transfer;
 
-/// Milliseconds (monotonic in the daemon; simulations may start anywhere).
-pub type Millis = u64;
+pub use crate::Millis;
 
 /// Tunables. Defaults follow the user's design doc.
 #[derive(Debug, Clone)]
