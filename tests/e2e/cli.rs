@@ -1,19 +1,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use psync::cli::exit;
-use psync_store::Store;
 
-fn psync(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_psync"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run psync")
-}
+use crate::support::psync;
+use psync_store::Store;
 
 fn ok(data_dir: &Path, args: &[&str]) -> String {
     let out = psync(data_dir, args);

@@ -3,9 +3,9 @@
 //! it without a stale mount. Run with the binary under test (PSYNC_BIN skips
 //! installing and building).
 
+use crate::support::{eventually, lazy, PATIENCE};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn demo(dir: &Path, action: &str) -> std::process::Output {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
@@ -41,23 +41,19 @@ fn the_demo_starts_two_syncing_folders_and_stops_cleanly() {
 
     // Left running: an edit in either folder reaches the other.
     std::fs::write(dir.join("laptop/hello.md"), b"hello from the laptop\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read(dir.join("desktop/hello.md")).ok().as_deref() != Some(b"hello from the laptop\n") {
-        assert!(Instant::now() < deadline, "the laptop's note never reached the desktop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, "the laptop's note to reach the desktop", || {
+        std::fs::read(dir.join("desktop/hello.md")).ok().as_deref() == Some(b"hello from the laptop\n")
+    });
     // Both devices report their peer in sync (acks may trail the file briefly).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let status = || {
         let status = demo(&dir, "status");
         let text = String::from_utf8_lossy(&status.stdout).into_owned();
         assert!(status.status.success(), "{text}");
-        if text.matches("in sync").count() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "both devices should be in sync:\n{text}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        text
+    };
+    eventually(PATIENCE, lazy(|| format!("both devices to be in sync:\n{}", status())), || {
+        status().matches("in sync").count() == 2
+    });
 
     // Starting again restarts it; stopping leaves nothing mounted or running.
     let restarted = demo(&dir, "start");
@@ -67,9 +63,7 @@ fn the_demo_starts_two_syncing_folders_and_stops_cleanly() {
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     assert!(String::from_utf8_lossy(&stopped.stdout).contains("nothing is mounted"));
     assert!(psync_mounts_under(&dir).is_empty(), "{:?}", psync_mounts_under(&dir));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(server_pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "the signalling server still runs");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(PATIENCE, "the signalling server to stop", || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server_pid), None).is_err()
+    });
 }

@@ -4,7 +4,8 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::mount::{psync, Mounted};
+use crate::mount::Mounted;
+use crate::support::{eventually, json, lazy, psync, LogsOnFailure, PATIENCE};
 
 pub struct Server(Child);
 
@@ -28,11 +29,6 @@ pub fn start_server(data: &Path) -> (Server, String) {
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.contains("listening on ws://127.0.0.1:"), "{line}");
     (Server(child), format!("ws://127.0.0.1:{port}"))
-}
-
-pub fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -206,18 +202,13 @@ fn files_written_on_one_mount_appear_on_the_other() {
     std::fs::write(ma.path("paper.pdf"), &pdf).unwrap();
     std::fs::write(mb.path("from-laptop.md"), b"written on the laptop").unwrap();
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let _logs = LogsOnFailure(vec![a.clone(), b.clone()]);
     let arrived = |m: &Mounted, rel: &str, want: &[u8]| std::fs::read(m.path(rel)).is_ok_and(|got| got == want);
-    while !(arrived(&mb, "notes/today.md", b"# Today\n- sync works\n")
-        && arrived(&mb, "paper.pdf", &pdf)
-        && arrived(&ma, "from-laptop.md", b"written on the laptop"))
-    {
-        if std::time::Instant::now() > deadline {
-            let log = |d: &Path| std::fs::read_to_string(d.join("psync.log")).unwrap_or_default();
-            panic!("the mounts did not converge\n--- desktop log\n{}\n--- laptop log\n{}", log(&a), log(&b));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(PATIENCE, "the mounts to converge", || {
+        arrived(&mb, "notes/today.md", b"# Today\n- sync works\n")
+            && arrived(&mb, "paper.pdf", &pdf)
+            && arrived(&ma, "from-laptop.md", b"written on the laptop")
+    });
     // An edit of a file the other mount has read (and the kernel cached)
     // shows there too, once longer and once shorter.
     for edit in [&b"# Today\n- sync works\n- edited on the laptop, a longer line\n"[..], b"# short"] {
@@ -254,11 +245,9 @@ pub fn unmount_and_fsck(mounts: &[&Mounted]) {
 }
 
 pub fn wait_for_content(m: &Mounted, rel: &str, want: &[u8]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    while std::fs::read(m.path(rel)).ok().as_deref() != Some(want) {
-        assert!(std::time::Instant::now() < deadline, "{rel} did not arrive: {:?}", std::fs::read(m.path(rel)));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(PATIENCE, format!("{rel} to arrive in {}", m.mnt.display()), || {
+        std::fs::read(m.path(rel)).ok().as_deref() == Some(want)
+    });
 }
 
 /// Unmount = offline: changes made elsewhere meanwhile arrive when the
@@ -315,20 +304,17 @@ fn concurrent_edits_keep_both_versions_identically_on_both_mounts() {
         files.sort();
         files
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
+    let what = lazy(|| format!("agreement:\n{:?}\n{:?}", listing(&ma), listing(&mb)));
+    eventually(PATIENCE, what, || {
         let (la, lb) = (listing(&ma), listing(&mb));
-        if la == lb && la.len() == 2 {
-            let contents: Vec<&[u8]> = la.iter().map(|(_, c)| c.as_slice()).collect();
-            assert!(contents.contains(&&b"edited on the desktop"[..]), "{la:?}");
-            assert!(contents.contains(&&b"edited on the laptop"[..]), "{la:?}");
-            assert!(la.iter().any(|(n, _)| n == "plan.md"), "{la:?}");
-            assert!(la.iter().any(|(n, _)| n.starts_with("plan.sync-conflict-") && n.ends_with(".md")), "{la:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no agreement:\n{la:?}\n{lb:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        la == lb && la.len() == 2
+    });
+    let la = listing(&ma);
+    let contents: Vec<&[u8]> = la.iter().map(|(_, c)| c.as_slice()).collect();
+    assert!(contents.contains(&&b"edited on the desktop"[..]), "{la:?}");
+    assert!(contents.contains(&&b"edited on the laptop"[..]), "{la:?}");
+    assert!(la.iter().any(|(n, _)| n == "plan.md"), "{la:?}");
+    assert!(la.iter().any(|(n, _)| n.starts_with("plan.sync-conflict-") && n.ends_with(".md")), "{la:?}");
     unmount_and_fsck(&[&ma, &mb]);
 }
 
@@ -345,15 +331,14 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     let big = crate::mount::noise(144_000_000, 3);
     std::fs::write(ma.path("video.bin"), &big).unwrap();
     // Kill as soon as the receiver is fetching (a fixed sleep raced faster transfers).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while json(&psync(&b, &["status", "--json"]))["local"]["wanted_blocks"].as_u64().unwrap_or(0) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the transfer never started");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    eventually(PATIENCE, "the transfer to start", || {
+        json(&psync(&b, &["status", "--json"]))["local"]["wanted_blocks"].as_u64().unwrap_or(0) > 0
+    });
     // Files appear only when complete, so this means: not yet transferred.
     assert!(std::fs::metadata(mb.path("video.bin")).is_err(), "the transfer must still be running when killed");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(mb.daemon_pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = mb.daemon_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually(PATIENCE, "the killed daemon to be gone", || crate::mount::is_dead(pid));
     mb.mount(); // recovers the dead daemon's mount first
     wait_for_content(&mb, "video.bin", &big);
     unmount_and_fsck(&[&ma, &mb]);
@@ -368,11 +353,9 @@ fn a_256_mib_file_transfers_and_verifies() {
     let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
     let big = crate::mount::noise(256 << 20, 4);
     std::fs::write(ma.path("archive.bin"), &big).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    while std::fs::metadata(mb.path("archive.bin")).map(|m| m.len()).ok() != Some(big.len() as u64) {
-        assert!(std::time::Instant::now() < deadline, "256 MiB did not arrive in 10 minutes");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    eventually(PATIENCE * 5, "256 MiB to arrive", || {
+        std::fs::metadata(mb.path("archive.bin")).map(|m| m.len()).ok() == Some(big.len() as u64)
+    });
     let got = std::fs::read(mb.path("archive.bin")).unwrap();
     assert!(got == big, "the received file differs");
     ma.unmount();
@@ -391,7 +374,10 @@ fn invite_works_while_the_inviter_is_mounted() {
     let ma = Mounted::with_data(a.clone());
     std::fs::write(ma.path("welcome.md"), b"hello new device").unwrap();
     let (inviter, code) = start_invite(&a);
-    std::thread::sleep(std::time::Duration::from_secs(2)); // past the daemon's 1 s reconnect
+    // The invite runs beside the daemon's own signalling connection.
+    eventually(PATIENCE, "the mounted desktop to be logged in", || {
+        json(&psync(&a, &["status", "--json"]))["signalling"]["connected"] == true
+    });
     let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
     assert!(inviter.wait_with_output().unwrap().status.success());
@@ -494,7 +480,13 @@ fn inotify_events_fire_on_the_receiving_mount_for_remote_changes() {
 
     // The replay is not a change of the laptop's: both sides hold the same
     // history for the edited file, and it has exactly the desktop's two versions.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Once each side has applied all the other announced, a replay mistaken
+    // for a local change would show as a third version.
+    for dir in [&a, &b] {
+        eventually(PATIENCE, "the devices to be in sync", || {
+            json(&psync(dir, &["status", "--json"]))["peers"][0]["in_sync"] == true
+        });
+    }
     let log = |dir: &Path| json(&psync(dir, &["store", "log", "edit.md", "--json"]));
     let (log_a, log_b) = (log(&a), log(&b));
     let sizes =
@@ -521,15 +513,12 @@ fn a_file_open_for_writing_keeps_its_content_when_a_peer_edits_it() {
     open.sync_data().unwrap();
     std::fs::write(ma.path("draft.md"), b"desktop's edit\n").unwrap();
     // Time for the edit to reach the laptop (it shows as held in status).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while json(&psync(&b, &["status", "--json"]))["local"]["held_records"].as_u64() != Some(1) {
-        assert!(std::time::Instant::now() < deadline, "the desktop's edit was never held on the laptop");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(PATIENCE, "the desktop's edit to be held on the laptop", || {
+        json(&psync(&b, &["status", "--json"]))["local"]["held_records"].as_u64() == Some(1)
+    });
     open.write_all(b"and done\n").unwrap();
     drop(open);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let contents = |m: &Mounted| {
         let mut all: Vec<Vec<u8>> = std::fs::read_dir(&m.mnt)
             .unwrap()
@@ -546,25 +535,21 @@ fn a_file_open_for_writing_keeps_its_content_when_a_peer_edits_it() {
     let done = |c: &Vec<Vec<u8>>| {
         c.contains(&b"desktop's edit\n".to_vec()) && c.contains(&b"laptop, still typing\nand done\n".to_vec())
     };
-    while !done(&contents(&ma)) || contents(&ma) != contents(&mb) {
-        if std::time::Instant::now() >= deadline {
-            let history = |m: &Mounted| {
-                String::from_utf8_lossy(&psync(&m.data, &["store", "log", "draft.md"]).stdout).into_owned()
-            };
-            let names =
-                |m: &Mounted| std::fs::read_dir(&m.mnt).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
-            panic!(
-                "both versions should survive on both: {:?} {:?}\ndesktop {:?}:\n{}\nlaptop {:?}:\n{}",
-                contents(&ma),
-                contents(&mb),
-                names(&ma),
-                history(&ma),
-                names(&mb),
-                history(&mb)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let history =
+        |m: &Mounted| String::from_utf8_lossy(&psync(&m.data, &["store", "log", "draft.md"]).stdout).into_owned();
+    let names = |m: &Mounted| std::fs::read_dir(&m.mnt).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
+    let what = lazy(|| {
+        format!(
+            "both versions to survive on both: {:?} {:?}\ndesktop {:?}:\n{}\nlaptop {:?}:\n{}",
+            contents(&ma),
+            contents(&mb),
+            names(&ma),
+            history(&ma),
+            names(&mb),
+            history(&mb)
+        )
+    });
+    eventually(PATIENCE, what, || done(&contents(&ma)) && contents(&ma) == contents(&mb));
     unmount_and_fsck(&[&ma, &mb]);
 }
 

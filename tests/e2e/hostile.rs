@@ -20,10 +20,10 @@ use psync_sync::{Blocks, FileRecord, Message, RecordKind, SyncPath, VersionId};
 use tokio::sync::mpsc;
 
 use crate::group::{group_of_two, start_invite, unmount_and_fsck, wait_for_content};
-use crate::mount::{psync, Mounted};
+use crate::mount::Mounted;
+use crate::support::{eventually, psync, PATIENCE};
 use crate::three::status;
 
-const PATIENCE: Duration = Duration::from_secs(120);
 /// Resident memory an honest daemon may reach under any of these attacks.
 const MAX_DAEMON_RSS_BYTES: u64 = 384 << 20;
 /// Open descriptors an honest daemon may reach under any of these attacks.
@@ -188,14 +188,6 @@ fn honest_devices_keep_syncing(ma: &Mounted, mb: &Mounted, tag: &str) {
     wait_for_content(ma, &format!("from-laptop-{tag}.md"), tag.as_bytes());
 }
 
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn honest_pair(tmp: &Path) -> (crate::group::Server, PathBuf, PathBuf, String) {
     let (server, a, b) = group_of_two(tmp);
     let url = psync::identity::sync_setup(&a).unwrap().unwrap().server;
@@ -248,14 +240,16 @@ fn hostile_records_are_refused_one_by_one() {
             })
             .unwrap_or_default()
     };
-    eventually("the malformed records to be listed as refused on the desktop", || refused(&status(&a)).len() == 4);
+    eventually(PATIENCE, "the malformed records to be listed as refused on the desktop", || {
+        refused(&status(&a)).len() == 4
+    });
     let mut listed = refused(&status(&a));
     listed.sort();
     assert_eq!(listed, ["empty-target", "long-target", "misfit.bin", "nul-target"]);
     // What is well formed is data, like any other: a symlink is stored as
     // it is (never followed by PSync), on both honest devices, and both
     // agree on what `x` became.
-    eventually("the symlinks to reach the laptop", || {
+    eventually(PATIENCE, "the symlinks to reach the laptop", || {
         let kind = |m: &Mounted| std::fs::symlink_metadata(m.path("x")).map(|m| m.file_type()).ok();
         std::fs::read_link(mb.path("to-etc")).is_ok_and(|t| t == Path::new("/etc/passwd"))
             && kind(&ma).is_some()
@@ -314,7 +308,7 @@ fn records_whose_blocks_never_come_do_not_exhaust_a_device() {
     });
     // It answers every block request with "don't have".
     mallory.rt.spawn(serve(link, HashMap::new()));
-    eventually("the desktop to wait for the bait", || {
+    eventually(PATIENCE, "the desktop to wait for the bait", || {
         status(&a)["local"]["waiting_records"].as_u64().unwrap_or(0) > 1000
     });
     honest_devices_keep_syncing(&ma, &mb, "during-flood");
@@ -352,7 +346,7 @@ fn a_member_that_asks_and_never_reads_is_dropped() {
     });
     // Never reads; keeps the link open.
     let log = |d: &Path| std::fs::read_to_string(d.join("psync.log")).unwrap_or_default();
-    eventually("the desktop to drop the member that does not read", || {
+    eventually(PATIENCE, "the desktop to drop the member that does not read", || {
         log(&a).contains("block requests queued") || log(&a).contains("does not read")
     });
     honest_devices_keep_syncing(&ma, &mb, "after-flood");
@@ -403,7 +397,7 @@ fn offers_in_a_loop_are_bounded() {
         }
         drop(negotiation);
     });
-    eventually("the desktop to turn offers away", || {
+    eventually(PATIENCE, "the desktop to turn offers away", || {
         std::fs::read_to_string(a.join("psync.log")).unwrap_or_default().contains("too many connection offers")
     });
     honest_devices_keep_syncing(&ma, &mb, "after-offers");
@@ -438,7 +432,7 @@ fn roster_heads_are_checked_at_hello() {
     });
     let warned =
         |s: &serde_json::Value| s["signalling"]["roster_warning"].as_str().is_some_and(|w| w.contains("roster"));
-    eventually("the desktop to refuse the forked roster", || warned(&status(&a)));
+    eventually(PATIENCE, "the desktop to refuse the forked roster", || warned(&status(&a)));
     let log = std::fs::read_to_string(a.join("psync.log")).unwrap();
     assert!(log.contains("roster has an entry this device does not know"), "{log}");
     let mallory_row = status(&a)["peers"].as_array().unwrap().iter().find(|p| p["name"] == "mallory").cloned();

@@ -12,4 +12,5 @@ mod group;
 mod hostile;
 mod mount;
 mod safety;
+mod support;
 mod three;

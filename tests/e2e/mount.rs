@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{eventually, lazy, psync, PATIENCE};
+
 /// A data dir mounted at a mountpoint by a detached `psync mount`.
 pub struct Mounted {
     pub tmp: tempfile::TempDir,
@@ -26,14 +28,10 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-pub fn psync(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_psync"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run psync")
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+pub fn is_dead(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("zombie"))
+        || !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -382,13 +380,7 @@ fn fsynced_data_survives_sigkill_and_the_mount_recovers() {
     // Keep it open: the daemon dies with a handle open.
     let pid = m.daemon_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}/status")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().contains("zombie")
-    {
-        assert!(Instant::now() < deadline, "daemon did not die");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(PATIENCE, "the killed daemon to be gone", || is_dead(pid));
     drop(f);
     // Whether the kernel auto-unmounted it or left a stale mount, mounting again works.
     m.fsck();
@@ -434,20 +426,14 @@ fn a_stale_mount_left_by_a_dead_daemon_is_recovered() {
     // the daemon: nothing unmounts, and the kernel keeps a dead mount
     // ("Transport endpoint is not connected").
     let pid = m.daemon_pid();
-    for child in children_of(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+    let children = children_of(pid);
+    for child in &children {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*child), nix::sys::signal::Signal::SIGKILL);
     }
-    std::thread::sleep(Duration::from_millis(100));
+    eventually(PATIENCE, "the auto-unmount watcher to be gone", || children.iter().all(|c| is_dead(*c)));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match std::fs::metadata(&m.mnt) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break,
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the mount did not go stale; is_mounted={}", m.is_mounted());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = lazy(|| format!("the mount to go stale; is_mounted={}", m.is_mounted()));
+    eventually(PATIENCE, what, || std::fs::metadata(&m.mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)));
     m.mount();
     assert_eq!(std::fs::read_to_string(m.path("kept.md")).unwrap(), "kept");
     m.unmount();

@@ -3,30 +3,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::group::{group_of_two, unmount_and_fsck, wait_for_content};
-use crate::mount::{psync, Mounted};
+use crate::mount::Mounted;
+use crate::support::{eventually, psync, PATIENCE};
 use crate::three::{group_of_three, status};
-
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Waits until `check` holds, or fails with `what` and both daemons' logs.
-fn eventually(what: &str, logs: &[&Path], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs
-                .iter()
-                .map(|d| {
-                    format!("--- {}\n{}", d.display(), std::fs::read_to_string(d.join("psync.log")).unwrap_or_default())
-                })
-                .collect();
-            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Situation 1: on the laptop, within one debounce window, `rm d/f; rmdir
 /// d; ln -s OUTSIDE d`. The desktop shows the change, and nothing outside
@@ -99,7 +81,7 @@ fn a_folder_holding_local_files_is_kept_and_sync_goes_on() {
 
     std::fs::remove_file(mb.path("drafts/a.md")).unwrap();
     std::fs::remove_dir(mb.path("drafts")).unwrap();
-    eventually("drafts/a.md to go on the desktop", &[&a, &b], || !ma.path("drafts/a.md").exists());
+    eventually(PATIENCE, "drafts/a.md to go on the desktop", || !ma.path("drafts/a.md").exists());
     let held = |s: &serde_json::Value| -> Option<String> {
         s["local"]["held"]
             .as_array()?
@@ -107,7 +89,7 @@ fn a_folder_holding_local_files_is_kept_and_sync_goes_on() {
             .find(|h| h["path"] == "drafts")
             .map(|h| h["reason"].as_str().unwrap_or_default().to_string())
     };
-    eventually("the desktop's status to hold drafts", &[&a, &b], || held(&status(&a)).is_some());
+    eventually(PATIENCE, "the desktop's status to hold drafts", || held(&status(&a)).is_some());
     let s = status(&a);
     let reason = held(&s).unwrap();
     assert!(reason.contains("pipe"), "the reason names what stays: {reason}");
@@ -127,8 +109,8 @@ fn a_folder_holding_local_files_is_kept_and_sync_goes_on() {
     // Once the FIFO is gone, the delete goes through.
     std::fs::remove_file(ma.path("drafts/pipe")).unwrap();
     std::fs::write(ma.path("nudge.md"), b"a local change").unwrap();
-    eventually("drafts to go on the desktop", &[&a, &b], || !ma.path("drafts").exists());
-    eventually("nothing held", &[&a, &b], || held(&status(&a)).is_none());
+    eventually(PATIENCE, "drafts to go on the desktop", || !ma.path("drafts").exists());
+    eventually(PATIENCE, "nothing held", || held(&status(&a)).is_none());
     unmount_and_fsck(&[&ma, &mb]);
 }
 
@@ -141,7 +123,6 @@ fn a_removed_device_stops_syncing_at_once() {
     let (_server, dirs) = group_of_three(tmp.path());
     let mounts: Vec<Mounted> = dirs.iter().map(|d| Mounted::with_data(d.clone())).collect();
     let [a, b, c] = [&mounts[0], &mounts[1], &mounts[2]];
-    let logs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     std::fs::write(c.path("before.md"), b"from the tablet, before").unwrap();
     wait_for_content(a, "before.md", b"from the tablet, before");
     wait_for_content(b, "before.md", b"from the tablet, before");
@@ -151,7 +132,7 @@ fn a_removed_device_stops_syncing_at_once() {
     let connected_to_tablet = |data: &Path| {
         status(data)["peers"].as_array().unwrap().iter().any(|p| p["name"] == "tablet" && p["connected"] == true)
     };
-    eventually("the desktop and laptop to drop the tablet", &logs, || {
+    eventually(PATIENCE, "the desktop and laptop to drop the tablet", || {
         !connected_to_tablet(&a.data) && !connected_to_tablet(&b.data)
     });
     std::fs::write(c.path("after.md"), b"from the removed tablet").unwrap();
@@ -190,7 +171,7 @@ fn a_20000_note_vault_reaches_a_new_device() {
     let ma = Mounted::with_data(a.clone());
     let started = Instant::now();
     let mb = Mounted::with_data(b.clone());
-    eventually("all notes on the laptop", &[&a, &b], || {
+    eventually(PATIENCE, "all notes on the laptop", || {
         // The desktop answers status while it serves the laptop.
         let desktop = status(&a);
         assert!(desktop["daemon"]["pid"].as_u64().is_some(), "{desktop:#}");
@@ -272,7 +253,7 @@ fn an_8_gib_file_syncs_and_changes_after_it_keep_flowing() {
     eprintln!("8 GiB written through the mount in {:.1} s", started.elapsed().as_secs_f64());
     std::fs::write(ma.path("after.md"), b"written after the big file").unwrap();
     wait_for_content(&mb, "after.md", b"written after the big file");
-    eventually("disk.img on the laptop", &[&a, &b], || {
+    eventually(PATIENCE, "disk.img on the laptop", || {
         std::fs::metadata(mb.path("disk.img")).is_ok_and(|m| m.len() == SIZE)
     });
     let read_block = |m: &Mounted, offset: u64| {
@@ -294,7 +275,7 @@ fn an_8_gib_file_syncs_and_changes_after_it_keep_flowing() {
     }
     std::fs::write(ma.path("later.md"), b"and later still").unwrap();
     wait_for_content(&mb, "later.md", b"and later still");
-    eventually("the edit inside disk.img on the laptop", &[&a, &b], || read_block(&mb, SIZE / 2) == patch);
+    eventually(PATIENCE, "the edit inside disk.img on the laptop", || read_block(&mb, SIZE / 2) == patch);
     assert_eq!(read_block(&mb, SIZE / 2 + 65_536), block);
     unmount_and_fsck(&[&ma, &mb]);
 }
@@ -327,7 +308,7 @@ fn a_read_only_devices_edits_stay_local_and_can_be_reverted() {
 
     std::fs::write(mb.path("shared.md"), b"edited on the phone").unwrap();
     std::fs::write(mb.path("phone-only.md"), b"made on the phone").unwrap();
-    eventually("the phone's status to list its own changes", &[&a, &b], || {
+    eventually(PATIENCE, "the phone's status to list its own changes", || {
         let s = status(&b);
         s["local"]["read_only"] == true && s["local"]["own_changes"] == 2
     });
@@ -342,8 +323,8 @@ fn a_read_only_devices_edits_stay_local_and_can_be_reverted() {
     let out = psync(&b, &["revert", "--all"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for_content(&mb, "shared.md", b"the group's text");
-    eventually("phone-only.md to go", &[&a, &b], || !mb.path("phone-only.md").exists());
-    eventually("no own changes left", &[&a, &b], || status(&b)["local"]["own_changes"] == 0);
+    eventually(PATIENCE, "phone-only.md to go", || !mb.path("phone-only.md").exists());
+    eventually(PATIENCE, "no own changes left", || status(&b)["local"]["own_changes"] == 0);
     unmount_and_fsck(&[&ma, &mb]);
 }
 
@@ -378,11 +359,11 @@ fn a_full_disk_pauses_sync_and_it_resumes_by_itself() {
     let big = crate::mount::noise(96 << 20, 12);
     std::fs::write(ma.path("big.bin"), &big).unwrap();
     std::fs::write(ma.path("small.md"), b"waits with it").unwrap();
-    eventually("the laptop to say its disk is full", &[&a, &b], || status(&b)["local"]["disk_full"] == true);
+    eventually(PATIENCE, "the laptop to say its disk is full", || status(&b)["local"]["disk_full"] == true);
     assert!(!mb.path("big.bin").exists());
     std::fs::remove_file(&filler).unwrap();
     wait_for_content(&mb, "small.md", b"waits with it");
-    eventually("big.bin on the laptop", &[&a, &b], || std::fs::read(mb.path("big.bin")).is_ok_and(|got| got == big));
-    eventually("the laptop to say all is well", &[&a, &b], || status(&b)["local"]["disk_full"] == false);
+    eventually(PATIENCE, "big.bin on the laptop", || std::fs::read(mb.path("big.bin")).is_ok_and(|got| got == big));
+    eventually(PATIENCE, "the laptop to say all is well", || status(&b)["local"]["disk_full"] == false);
     unmount_and_fsck(&[&ma, &mb]);
 }

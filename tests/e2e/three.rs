@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::group::{json, start_invite, start_server, Server};
-use crate::mount::{psync, Mounted};
+use crate::group::{start_invite, start_server, Server};
+use crate::mount::Mounted;
+use crate::support::{eventually, json, lazy, psync, PATIENCE};
 
 const NAMES: [&str; 3] = ["desktop", "laptop", "tablet"];
-const PATIENCE: Duration = Duration::from_secs(120);
 
 pub fn group_of_three(tmp: &Path) -> (Server, Vec<PathBuf>) {
     let (server, url) = start_server(&tmp.join("server"));
@@ -52,16 +51,9 @@ fn hash(data: &[u8]) -> String {
 
 /// Waits until every mount shows `want` exactly.
 fn wait_for_trees(mounts: &[&Mounted], want: &BTreeMap<String, String>) {
-    let deadline = Instant::now() + PATIENCE;
     for m in mounts {
-        loop {
-            let got = tree(&m.mnt);
-            if &got == want {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} never matched:\n got {got:#?}\nwant {want:#?}", m.mnt.display());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let what = lazy(|| format!("{} to match\n got {:#?}\nwant {want:#?}", m.mnt.display(), tree(&m.mnt)));
+        eventually(PATIENCE, what, || tree(&m.mnt) == *want);
     }
 }
 
@@ -72,20 +64,20 @@ pub fn status(data: &Path) -> serde_json::Value {
 /// Waits until `data`'s status shows each named peer with `online` and
 /// `in_sync` as wanted.
 pub fn wait_for_status(data: &Path, want: &[(&str, bool, bool)]) -> serde_json::Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = status(data);
-        let matches = want.iter().all(|(name, online, in_sync)| {
+    let shows = |s: &serde_json::Value| {
+        want.iter().all(|(name, online, in_sync)| {
             s["peers"].as_array().unwrap().iter().any(|p| {
                 p["name"] == *name && p["online"].as_bool() == Some(*online) && p["in_sync"].as_bool() == Some(*in_sync)
             })
-        });
-        if matches {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "status of {} never showed {want:?}:\n{s:#}", data.display());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        })
+    };
+    let mut last = serde_json::Value::Null;
+    let what = lazy(|| format!("the status of {} to show {want:?}:\n{:#}", data.display(), status(data)));
+    eventually(PATIENCE, what, || {
+        last = status(data);
+        shows(&last)
+    });
+    last
 }
 
 #[test]
@@ -167,18 +159,15 @@ fn three_devices_stay_in_sync_and_status_tells_the_truth() {
     b.mount();
 
     // All three converge: the same winner, the same conflict copy, both texts kept.
-    let deadline = Instant::now() + PATIENCE;
-    let settled = loop {
-        let trees: Vec<_> = all.iter().map(|m| tree(&m.mnt)).collect();
-        if trees[0].contains_key("while-away.md")
+    let trees = || all.iter().map(|m| tree(&m.mnt)).collect::<Vec<_>>();
+    let what = lazy(|| format!("the three devices to converge: {:#?}", trees()));
+    eventually(PATIENCE, what, || {
+        let trees = trees();
+        trees[0].contains_key("while-away.md")
             && trees[0].keys().any(|k| k.contains("sync-conflict"))
             && trees.iter().all(|t| *t == trees[0])
-        {
-            break trees[0].clone();
-        }
-        assert!(Instant::now() < deadline, "the three devices did not converge: {trees:#?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
+    let settled = trees()[0].clone();
     let texts: Vec<Vec<u8>> =
         settled.keys().filter(|k| k.starts_with("notes/done")).map(|k| std::fs::read(a.mnt.join(k)).unwrap()).collect();
     assert_eq!(texts.len(), 2, "{settled:#?}");
