@@ -9,7 +9,6 @@
 //! - [`control`]: the control socket (`psync status`, `psync revert`);
 //! - [`peering`]: signalling, roster checks, dialling peers;
 //! - [`driver`]: the sync loop around the sans-I/O core, and its store adapter;
-//! - [`replay`]: peers' changes made visible on the mount, never outside it;
 //! - [`net`]: WebRTC links and their framing;
 //! - [`live`], [`identity`], [`config`], [`data_dir`], [`clock`]: shared state,
 //!   this device's files and settings, time.
@@ -25,4 +24,3 @@ pub mod identity;
 pub mod live;
 pub mod net;
 pub mod peering;
-pub mod replay;

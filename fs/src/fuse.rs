@@ -140,12 +140,7 @@ impl Filesystem for PsyncFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let found = if self.core.is_replay(req.pid()) {
-            self.core.replay_lookup(parent.0, name(n))
-        } else {
-            self.core.lookup(parent.0, name(n))
-        };
-        match found {
+        match self.core.request_lookup(caller(req), parent.0, name(n)) {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("lookup", &e)),
         }
@@ -190,15 +185,7 @@ impl Filesystem for PsyncFs {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        // Only the replay's own truncate is a replay: other requests its
-        // syscalls make the kernel send (writing back a local writer's
-        // times, say) are applied as usual.
-        let result = if self.core.is_replay(caller.pid) && req.size.is_some() {
-            self.core.replay_setattr(ino.0)
-        } else {
-            self.core.setattr(ino.0, req)
-        };
-        match result {
+        match self.core.request_setattr(caller, ino.0, req) {
             Ok(node) => reply.attr(&TTL, &attr(&node)),
             Err(e) => reply.error(errno("setattr", &e)),
         }
@@ -219,48 +206,28 @@ impl Filesystem for PsyncFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let made = if self.core.is_replay(req.pid()) {
-            self.core.replay_appear(parent.0, name(n), None).map(|(node, _)| node)
-        } else {
-            self.core.mkdir(parent.0, name(n), mode, umask, caller(req))
-        };
-        match made {
+        match self.core.request_mkdir(caller(req), parent.0, name(n), mode, umask) {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("mkdir", &e)),
         }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        let done = if self.core.is_replay(req.pid()) {
-            self.core.replay_vanish(parent.0, name(n))
-        } else {
-            self.core.unlink(parent.0, name(n))
-        };
-        match done {
+        match self.core.request_unlink(caller(req), parent.0, name(n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", &e)),
         }
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        let done = if self.core.is_replay(req.pid()) {
-            self.core.replay_vanish(parent.0, name(n))
-        } else {
-            self.core.rmdir(parent.0, name(n))
-        };
-        match done {
+        match self.core.request_rmdir(caller(req), parent.0, name(n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", &e)),
         }
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let made = if self.core.is_replay(req.pid()) {
-            self.core.replay_appear(parent.0, name(link_name), None).map(|(node, _)| node)
-        } else {
-            self.core.symlink(parent.0, name(link_name), target.as_os_str().as_bytes(), caller(req))
-        };
-        match made {
+        match self.core.request_symlink(caller(req), parent.0, name(link_name), target.as_os_str().as_bytes()) {
             Ok(node) => reply.entry(&TTL, &attr(&node), Generation(0)),
             Err(e) => reply.error(errno("symlink", &e)),
         }
@@ -290,12 +257,7 @@ impl Filesystem for PsyncFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = if self.core.is_replay(req.pid()) {
-            self.core.replay_open(ino.0, flags.0)
-        } else {
-            self.core.open(ino.0, flags.0)
-        };
-        match opened {
+        match self.core.request_open(caller(req), ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", &e)),
         }
@@ -389,25 +351,11 @@ impl Filesystem for PsyncFs {
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.core.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (i, entry) in entries.iter().enumerate() {
-                    let next = offset + i as u64 + 1;
-                    let name = OsStr::from_bytes(&entry.name);
-                    // The kernel takes no reference for "." and "..".
-                    let dots = entry.name == b"." || entry.name == b"..";
-                    let node = if dots { self.core.getattr(entry.ino) } else { self.core.lookup_listed(entry.ino) };
-                    // An entry removed since opendir is skipped, not an error.
-                    let Ok(node) = node else { continue };
-                    if reply.add(INodeNo(entry.ino), next, name, &TTL, &attr(&node), Generation(0)) {
-                        if !dots {
-                            self.core.forget(entry.ino, 1);
-                        }
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.core.readdirplus(fh.0, offset, |next, entry, node| {
+            reply.add(INodeNo(entry.ino), next, OsStr::from_bytes(&entry.name), &TTL, &attr(node), Generation(0))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", &e)),
         }
     }
@@ -476,12 +424,7 @@ impl Filesystem for PsyncFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        let made = if self.core.is_replay(req.pid()) {
-            self.core.replay_appear(parent.0, name(n), Some(flags))
-        } else {
-            self.core.create(parent.0, name(n), mode, umask, flags, caller(req))
-        };
-        match made {
+        match self.core.request_create(caller(req), parent.0, name(n), mode, umask, flags) {
             Ok((node, fh)) => reply.created(&TTL, &attr(&node), Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("create", &e)),
         }

@@ -9,7 +9,7 @@ use psync_base::DeviceId;
 use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, ROOT_INO};
 
 use super::{data_dir, exit, open_existing, open_for_reading, Global, StoreCommand};
-use crate::replay::beneath;
+use psync_fs::beneath;
 
 /// `psync fsck`: exits with [`exit::DAMAGED`] when the store is inconsistent.
 pub fn fsck(global: &Global, json: bool) -> Result<ExitCode> {

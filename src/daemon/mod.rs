@@ -18,7 +18,7 @@ use psync_fs::FsCore;
 use psync_store::{Store, StoreError};
 
 use crate::config::{MountOptions, Settings};
-use crate::replay::Replayer;
+use psync_fs::Replayer;
 use serde::{Deserialize, Serialize};
 
 /// Written to the data dir while a daemon serves it.

@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 use psync_fs::FsEvent;
 use psync_signal::net::SignalClient;
 use psync_signal::Roster;
+use psync_store::NodeKind;
 use psync_store::Store;
-use psync_sync::{Change, SyncConfig, SyncCore};
+use psync_sync::{Change, RecordKind, SyncConfig, SyncCore};
 use tokio::sync::mpsc;
 
 use crate::clock::mono_ms;
@@ -22,7 +23,7 @@ use crate::driver::sync_loop;
 use crate::identity::SyncSetup;
 use crate::live::SharedLive;
 use crate::peering::{self, Me};
-use crate::replay::Replayer;
+use psync_fs::{Replayer, Step};
 
 /// Spawns the sync thread; returns once it is running, with what
 /// `psync status` reads: the shared live state and the loop's control channel.
@@ -79,7 +80,7 @@ pub fn start(
             // Not a runtime thread: replaying blocks in syscalls on the mount.
             let (installed, installed_rx) = mpsc::unbounded_channel::<Vec<Change>>();
             let replay =
-                std::thread::Builder::new().name("psync-replay".into()).spawn(move || replayer.run(installed_rx));
+                std::thread::Builder::new().name("psync-replay".into()).spawn(move || show(replayer, installed_rx));
             if let Err(e) = replay {
                 tracing::error!("cannot start the replay thread: {e}");
                 return;
@@ -89,4 +90,28 @@ pub fn start(
         })
     })?;
     Ok(handles)
+}
+
+/// The replay thread: shows each batch the sync loop installed on the mount.
+fn show(replayer: Replayer, mut installed: mpsc::UnboundedReceiver<Vec<Change>>) {
+    replayer.become_replayer();
+    while let Some(batch) = installed.blocking_recv() {
+        let steps: Vec<Step> = batch
+            .into_iter()
+            .map(|c| Step {
+                path: c.path.as_str().to_string(),
+                before: c.before.map(node_kind),
+                after: c.after.map(node_kind),
+            })
+            .collect();
+        replayer.show(&steps);
+    }
+}
+
+fn node_kind(kind: RecordKind) -> NodeKind {
+    match kind {
+        RecordKind::File => NodeKind::File,
+        RecordKind::Dir => NodeKind::Dir,
+        RecordKind::Symlink => NodeKind::Symlink,
+    }
 }

@@ -11,9 +11,8 @@ use psync_store::{Inode, NewNode, NodeAttrs, NodeKind, RenameMode, SetAttr, Stor
 
 use crate::error::{FsError, FsResult};
 
-#[path = "replay.rs"]
-mod replay;
-pub use replay::Replay;
+pub mod replay;
+mod requests;
 
 /// What the filesystem tells the sync engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,13 +104,13 @@ pub struct Listing {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Handle {
-    ino: u64,
-    append: bool,
-    writable: bool,
+pub(crate) struct Handle {
+    pub(crate) ino: u64,
+    pub(crate) append: bool,
+    pub(crate) writable: bool,
     /// Opened by the replaying thread, which never writes data: not a
     /// local writer (see `Store::has_writer`).
-    replay: bool,
+    pub(crate) replay: bool,
 }
 
 impl Handle {
@@ -122,7 +121,7 @@ impl Handle {
 
 /// POSIX filesystem semantics over a [`Store`].
 pub struct FsCore {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     handles: Mutex<HashMap<u64, Handle>>,
     /// Directory listings taken at `opendir`, so offsets stay stable while
     /// entries are added or removed during a listing.
@@ -132,7 +131,7 @@ pub struct FsCore {
     /// The kernel caches writes (FUSE writeback cache): offsets it sends are
     /// final, including for O_APPEND, which it resolves itself.
     kernel_writeback: AtomicBool,
-    replay: replay::ReplayState,
+    pub(crate) replay: replay::ReplayState,
 }
 
 impl std::fmt::Debug for FsCore {
@@ -143,7 +142,7 @@ impl std::fmt::Debug for FsCore {
 
 const O_ACCMODE: i32 = libc::O_ACCMODE;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No invariant spans a panic inside these maps' critical sections.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -195,7 +194,7 @@ impl FsCore {
         Ok(())
     }
 
-    fn new_handle(&self, handle: Handle) -> u64 {
+    pub(crate) fn new_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.store.pin(handle.ino, 1);
         if handle.local_writer() {

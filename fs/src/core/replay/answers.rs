@@ -1,11 +1,5 @@
-//! Replaying peers' changes through the mount. A peer's change goes into
-//! the store directly, and Linux raises inotify events only for operations
-//! that pass through the VFS, so editors watching the mount would never
-//! hear of it. The daemon therefore repeats each change as a syscall on its
-//! own mount from one dedicated thread (never a FUSE worker: that would
-//! deadlock). Requests from that thread are recognised by thread id and
-//! answered from the store as it already is: they change nothing, so
-//! nothing is committed or synced back.
+//! The filesystem's half of the replay: requests from the replaying thread
+//! are answered from the store as it already is, and change nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -13,24 +7,16 @@ use std::sync::Mutex;
 
 use psync_store::{Content, Inode, NodeKind};
 
-use super::{lock, FsCore, Handle};
+use super::Replay;
+use crate::core::{lock, FsCore, Handle};
 use crate::error::{FsError, FsResult};
 
 /// Inode numbers from here on are stand-ins for entries already gone from
 /// the store; the store allocates from 1 upwards and never gets here.
 const STAND_IN_BASE: u64 = 1 << 62;
 
-/// What the replaying thread is about to do to one directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
-    /// The entry is in the store already; the kernel must see it created.
-    Appear,
-    /// The entry is gone from the store already; the kernel must see it removed.
-    Vanish(NodeKind),
-}
-
 #[derive(Debug, Default)]
-pub(super) struct ReplayState {
+pub(crate) struct ReplayState {
     /// Kernel thread id of the replaying thread (0: none yet).
     tid: AtomicU32,
     planned: Mutex<HashMap<(u64, Vec<u8>), Replay>>,
