@@ -18,8 +18,13 @@ SMALL_FILES=${SMALL_FILES:-10000}
 for p in fio bindfs; do
     command -v "$p" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
 done
-cargo build --locked --bin psync >/dev/null 2>&1 || cargo build --locked --bin psync
-psync="$CARGO_TARGET_DIR/debug/psync"
+# PSYNC_BIN: benchmark that binary (e.g. an older build, for before/after).
+if [ -n "${PSYNC_BIN:-}" ]; then
+    psync="$PSYNC_BIN"
+else
+    cargo build --locked --bin psync >/dev/null 2>&1 || cargo build --locked --bin psync
+    psync="$CARGO_TARGET_DIR/debug/psync"
+fi
 
 work=$(mktemp -d /var/tmp/psync-bench.XXXXXX)
 cleanup() {

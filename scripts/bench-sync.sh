@@ -9,6 +9,7 @@
 #   ./scripts/bench-sync.sh --no-syncthing    PSync only
 #   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --json out.json
 #   FUSE=0 ./scripts/bench-sync.sh            without the FUSE table (5.: scripts/bench-fs.sh)
+#   PSYNC_BIN=/path/to/psync ./scripts/bench-sync.sh   another build (before/after comparisons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -20,9 +21,15 @@ if ! command -v syncthing >/dev/null 2>&1 && [[ " $* " != *" --no-syncthing "* ]
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq syncthing >/dev/null ||
         echo "(syncthing is not installable here: PSync figures only)"
 fi
-echo "== building psync"
-cargo build --locked --bin psync
-psync="$CARGO_TARGET_DIR/debug/psync"
+# PSYNC_BIN: benchmark that binary (e.g. an older build, for before/after).
+if [ -n "${PSYNC_BIN:-}" ]; then
+    psync="$PSYNC_BIN"
+    echo "== benchmarking $psync"
+else
+    echo "== building psync"
+    cargo build --locked --bin psync
+    psync="$CARGO_TARGET_DIR/debug/psync"
+fi
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
 if [ "$(id -u)" = 0 ]; then
     unshare --net bash -c 'ip link set lo up && exec python3 scripts/bench_sync.py --psync "$@"' bench "$psync" "$@"

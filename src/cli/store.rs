@@ -79,114 +79,136 @@ pub fn stats(global: &Global, json: bool) -> Result<ExitCode> {
 /// `psync store ...`.
 pub fn run(global: &Global, cmd: StoreCommand) -> Result<()> {
     match cmd {
-        StoreCommand::Import { source } => {
-            let dir = data_dir(global)?;
-            crate::data_dir::prepare(&dir)?;
-            // A device of a group is known by its key; one without a group
-            // gets a random id.
-            let device = match crate::identity::sync_setup(&dir)? {
-                Some(setup) => setup.key.public().device_id(),
-                None => DeviceId(rand::random()),
+        StoreCommand::Import { source } => import(global, &source),
+        StoreCommand::Export { dest } => export(global, &dest),
+        StoreCommand::Ls { path } => ls(global, &path),
+        StoreCommand::Cat { path } => cat(global, &path),
+        StoreCommand::Log { path, json } => log(global, &path, json),
+        StoreCommand::Restore { path, version } => restore(global, &path, version),
+    }
+}
+
+/// `psync store import DIR`.
+fn import(global: &Global, source: &Path) -> Result<()> {
+    let dir = data_dir(global)?;
+    crate::data_dir::prepare(&dir)?;
+    // A device of a group is known by its key; one without a group
+    // gets a random id.
+    let device = match crate::identity::sync_setup(&dir)? {
+        Some(setup) => setup.key.public().device_id(),
+        None => DeviceId(rand::random()),
+    };
+    let store = Store::open_or_create(&dir, device)?;
+    let mut count = ImportCount::default();
+    import_dir(&store, source, ROOT_INO, &mut count)?;
+    store.sync()?;
+    println!(
+        "imported {} files ({} new versions), {} directories, {} symlinks from {}",
+        count.files,
+        count.versions,
+        count.dirs,
+        count.symlinks,
+        source.display()
+    );
+    Ok(())
+}
+
+/// `psync store export DIR`.
+fn export(global: &Global, dest: &Path) -> Result<()> {
+    let store = open_for_reading(global)?;
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let root = beneath::open_root(dest).with_context(|| format!("cannot open {}", dest.display()))?;
+    let n = export_dir(&store, ROOT_INO, &root, dest)?;
+    println!("exported {n} entries to {}", dest.display());
+    Ok(())
+}
+
+/// `psync store ls [PATH]`.
+fn ls(global: &Global, path: &str) -> Result<()> {
+    let store = open_for_reading(global)?;
+    let dir = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let entries = store.read_dir(dir.ino, after.as_deref(), 256)?;
+        let Some((last, _)) = entries.last() else { break };
+        after = Some(last.clone());
+        for (name, entry) in &entries {
+            let node = store.inode(entry.ino)?;
+            let kind = match node.kind {
+                NodeKind::File => '-',
+                NodeKind::Dir => 'd',
+                NodeKind::Symlink => 'l',
+                NodeKind::Fifo => 'p',
+                NodeKind::Socket => 's',
+                NodeKind::CharDevice => 'c',
+                NodeKind::BlockDevice => 'b',
             };
-            let store = Store::open_or_create(&dir, device)?;
-            let mut count = ImportCount::default();
-            import_dir(&store, &source, ROOT_INO, &mut count)?;
-            store.sync()?;
-            println!(
-                "imported {} files ({} new versions), {} directories, {} symlinks from {}",
-                count.files,
-                count.versions,
-                count.dirs,
-                count.symlinks,
-                source.display()
-            );
-        }
-        StoreCommand::Export { dest } => {
-            let store = open_for_reading(global)?;
-            std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-            let root = beneath::open_root(&dest).with_context(|| format!("cannot open {}", dest.display()))?;
-            let n = export_dir(&store, ROOT_INO, &root, &dest)?;
-            println!("exported {n} entries to {}", dest.display());
-        }
-        StoreCommand::Ls { path } => {
-            let store = open_for_reading(global)?;
-            let dir = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let entries = store.read_dir(dir.ino, after.as_deref(), 256)?;
-                let Some((last, _)) = entries.last() else { break };
-                after = Some(last.clone());
-                for (name, entry) in &entries {
-                    let node = store.inode(entry.ino)?;
-                    let kind = match node.kind {
-                        NodeKind::File => '-',
-                        NodeKind::Dir => 'd',
-                        NodeKind::Symlink => 'l',
-                        NodeKind::Fifo => 'p',
-                        NodeKind::Socket => 's',
-                        NodeKind::CharDevice => 'c',
-                        NodeKind::BlockDevice => 'b',
-                    };
-                    println!("{kind}{:04o} {:>10} {}", node.perm, node.size(), String::from_utf8_lossy(name));
-                }
-            }
-        }
-        StoreCommand::Cat { path } => {
-            let store = open_for_reading(global)?;
-            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-            let mut out = std::io::stdout().lock();
-            let mut offset = 0;
-            while offset < node.size() {
-                let chunk = store.read(node.ino, offset, (1 << 20) as u32)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                out.write_all(&chunk)?;
-                offset += chunk.len() as u64;
-            }
-            out.flush()?;
-        }
-        StoreCommand::Log { path, json } => {
-            let store = open_for_reading(global)?;
-            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-            let versions = store.versions(node.file_id)?;
-            if json {
-                let rows: Vec<_> = versions
-                    .iter()
-                    .map(|v| {
-                        serde_json::json!({
-                            "version": v.seq,
-                            "size": v.content.size,
-                            "committed_at": v.committed_at.secs,
-                            "path": String::from_utf8_lossy(&v.path),
-                            "current": v.seq == node.committed_seq,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
-                for v in &versions {
-                    let mark = if v.seq == node.committed_seq { " (current)" } else { "" };
-                    println!(
-                        "{:>8}  {:>12}  {:<20}  {}{mark}",
-                        v.seq,
-                        v.content.size,
-                        crate::clock::utc(v.committed_at.secs),
-                        String::from_utf8_lossy(&v.path)
-                    );
-                }
-            }
-        }
-        StoreCommand::Restore { path, version } => {
-            let store = open_existing(global)?;
-            let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-            let old =
-                store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
-            let seq = store.restore(node.ino, old.seq, Timestamp::now())?;
-            println!("restored {path:?} to version {version} (now version {})", seq.unwrap_or(node.committed_seq));
+            println!("{kind}{:04o} {:>10} {}", node.perm, node.size(), String::from_utf8_lossy(name));
         }
     }
+    Ok(())
+}
+
+/// `psync store cat PATH`.
+fn cat(global: &Global, path: &str) -> Result<()> {
+    let store = open_for_reading(global)?;
+    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0;
+    while offset < node.size() {
+        let chunk = store.read(node.ino, offset, (1 << 20) as u32)?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.write_all(&chunk)?;
+        offset += chunk.len() as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `psync store log PATH [--json]`.
+fn log(global: &Global, path: &str, json: bool) -> Result<()> {
+    let store = open_for_reading(global)?;
+    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    let versions = store.versions(node.file_id)?;
+    if json {
+        let rows: Vec<_> = versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "version": v.seq,
+                    "size": v.content.size,
+                    "committed_at": v.committed_at.secs,
+                    "path": String::from_utf8_lossy(&v.path),
+                    "current": v.seq == node.committed_seq,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
+        for v in &versions {
+            let mark = if v.seq == node.committed_seq { " (current)" } else { "" };
+            println!(
+                "{:>8}  {:>12}  {:<20}  {}{mark}",
+                v.seq,
+                v.content.size,
+                crate::clock::utc(v.committed_at.secs),
+                String::from_utf8_lossy(&v.path)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `psync store restore PATH --version N`: one transaction.
+fn restore(global: &Global, path: &str, version: u64) -> Result<()> {
+    let store = open_existing(global)?;
+    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    let old = store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
+    let seq = store.restore(node.ino, old.seq, Timestamp::now())?;
+    println!("restored {path:?} to version {version} (now version {})", seq.unwrap_or(node.committed_seq));
     Ok(())
 }
 

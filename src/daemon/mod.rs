@@ -146,34 +146,11 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args
 /// (SIGINT, SIGTERM, SIGHUP) asks for a clean unmount.
 fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitCode> {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
-    if notify {
-        // Leave the terminal's session so its hangup does not reach us.
-        let _ = nix::unistd::setsid();
-    }
-    // What the daemon writes (store, log, socket) is its owner's alone.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    if notify {
-        log::keep_bounded(data_dir.join(LOG_FILE));
-    }
-    // Block the signals in every thread; this thread takes them with sigwait.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
-        signals.add(s);
-    }
-    signals.thread_block()?;
-
+    let signals = become_daemon(data_dir, notify)?;
     let sync_setup = crate::identity::sync_setup(data_dir)?;
     // A device with an identity is known to its group by its key.
     let device = sync_setup.as_ref().map_or_else(|| DeviceId(rand::random()), |s| s.key.public().device_id());
-    let store = match Store::open_or_create(data_dir, device) {
-        Ok(store) => Arc::new(store),
-        Err(StoreError::Locked(_)) => bail!(
-            "data dir {} is in use by another psync process (mounted elsewhere? see `psync status` or {})",
-            data_dir.display(),
-            data_dir.join(DAEMON_FILE).display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
+    let store = open_store(data_dir, device)?;
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
     let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string(), settings.allow_other)?;
@@ -206,7 +183,50 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };
     std::fs::write(data_dir.join(DAEMON_FILE), serde_json::to_vec_pretty(&info)?)?;
     tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());
-    if notify {
+    announce_ready(notify, data_dir, mountpoint)?;
+    let result = wait_for_unmount(signals, session, mountpoint)?;
+    let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
+    let _ = std::fs::remove_file(data_dir.join(SOCKET_FILE));
+    result.context("filesystem session ended with an error")?;
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Leaves the terminal's session (when detached), makes what the daemon
+/// writes its owner's alone, bounds the log, and blocks the signals that
+/// mean "unmount" in every thread (this one takes them with `sigwait`).
+fn become_daemon(data_dir: &Path, detached: bool) -> Result<SigSet> {
+    if detached {
+        // Leave the terminal's session so its hangup does not reach us.
+        let _ = nix::unistd::setsid();
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if detached {
+        log::keep_bounded(data_dir.join(LOG_FILE));
+    }
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    Ok(signals)
+}
+
+fn open_store(data_dir: &Path, device: DeviceId) -> Result<Arc<Store>> {
+    match Store::open_or_create(data_dir, device) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(StoreError::Locked(_)) => bail!(
+            "data dir {} is in use by another psync process (mounted elsewhere? see `psync status` or {})",
+            data_dir.display(),
+            data_dir.join(DAEMON_FILE).display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells the waiting parent (or the terminal) that the mount is ready.
+fn announce_ready(detached: bool, data_dir: &Path, mountpoint: &Path) -> Result<()> {
+    if detached {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{READY}")?;
         out.flush()?;
@@ -216,9 +236,16 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     } else {
         println!("mounted {} at {}; press Ctrl-C to unmount", data_dir.display(), mountpoint.display());
     }
+    Ok(())
+}
 
-    // The session thread ends when the filesystem is unmounted (by
-    // `psync unmount`, umount or fusermount -u); it then wakes us.
+/// Serves until unmounted: a signal asks for a clean unmount; the session
+/// thread ending (by `psync unmount`, umount or fusermount -u) means done.
+fn wait_for_unmount(
+    signals: SigSet,
+    session: fuser::BackgroundSession,
+    mountpoint: &Path,
+) -> Result<std::io::Result<()>> {
     let main_pid = nix::unistd::getpid();
     let joiner = std::thread::spawn(move || {
         let result = session.join();
@@ -237,12 +264,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
             }
         }
     }
-    let result = joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))?;
-    let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
-    let _ = std::fs::remove_file(data_dir.join(SOCKET_FILE));
-    result.context("filesystem session ended with an error")?;
-    tracing::info!("unmounted {}", mountpoint.display());
-    Ok(ExitCode::SUCCESS)
+    joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))
 }
 
 /// `psync unmount`: flushes (the daemon commits and syncs on unmount),
