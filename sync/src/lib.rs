@@ -2,7 +2,8 @@
 //! decides what every device ends up with.
 //!
 //! **Invariant:** this crate knows nothing of tokio, WebRTC, RocksDB or FUSE
-//! (a test checks its dependency tree). Messages and time come in, messages
+//! (`tests/tests/architecture.rs` checks its dependency tree; clippy checks
+//! it reads no clock). Messages and time come in, messages
 //! and storage calls go out.
 //!
 //! Goals: every device converges to the same tree; nothing a device

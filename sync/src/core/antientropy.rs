@@ -1,7 +1,6 @@
 //! Anti-entropy: heartbeats carry the tree root; when roots differ, a
 //! walk of the incremental tree finds what differs.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {

@@ -1,7 +1,6 @@
 //! Tombstone collection: a deleted path is forgotten once every device
 //! of the group has acknowledged it.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {

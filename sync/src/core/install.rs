@@ -2,7 +2,6 @@
 //! `record`), holding what cannot be installed now, conflict copies, and
 //! applying a decision through storage.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {

@@ -1,6 +1,5 @@
 //! A read-only device's own changes, and reverting them to the group's.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {

@@ -1,7 +1,6 @@
 //! The index session with each peer: hello, index requests and updates,
 //! streaming our index to them, and what is acknowledged.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {

@@ -1,7 +1,6 @@
 //! Moving blocks: fetching what installs wait for, serving peers' requests
 //! within the byte budgets.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {
