@@ -140,93 +140,127 @@ impl Store {
     pub fn fsck(&self) -> Result<FsckReport> {
         let mut c =
             Checker { store: self, report: FsckReport::default(), pages_ok: HashMap::new(), blocks_ok: HashMap::new() };
+        let counters = c.header();
+        let mut seen = Seen::default();
+        c.inodes(&mut seen)?;
+        c.dirents(&mut seen)?;
+        c.inode_invariants(&mut seen)?;
+        c.history(&mut seen)?;
+        c.no_legacy_change_log()?;
+        c.counters(counters, &seen);
+        c.sync_index(counters, &mut seen)?;
+        c.garbage()?;
+        Ok(c.report)
+    }
+}
 
-        let format: Option<FormatRecord> = self.get_record(keys::FORMAT).unwrap_or_else(|e| {
-            c.problem(format!("format record: {e}"));
+/// What the walk has seen so far.
+#[derive(Default)]
+struct Seen {
+    inodes: HashMap<u64, Inode>,
+    orphans: HashSet<u64>,
+    children: HashMap<u64, Vec<u64>>,
+    subdirs: HashMap<u64, u32>,
+    dirents: HashSet<(u64, Vec<u8>)>,
+    /// The largest sequence number in use.
+    max_seq: u64,
+}
+
+impl Checker<'_> {
+    /// The format and counters records.
+    fn header(&mut self) -> Option<Counters> {
+        let format: Option<FormatRecord> = self.store.get_record(keys::FORMAT).unwrap_or_else(|e| {
+            self.problem(format!("format record: {e}"));
             None
         });
         if format.is_none() {
-            c.problem("format record missing".into());
+            self.problem("format record missing".into());
         }
-        let counters: Option<Counters> = self.get_record(keys::COUNTERS).unwrap_or(None);
+        let counters: Option<Counters> = self.store.get_record(keys::COUNTERS).unwrap_or(None);
         if counters.is_none() {
-            c.problem("counters record missing or undecodable".into());
+            self.problem("counters record missing or undecodable".into());
         }
+        counters
+    }
 
-        // Inodes.
-        let mut inodes: HashMap<u64, Inode> = HashMap::new();
-        for (k, node) in c.decode_all::<Inode>(keys::TAG_INODE, "inode")? {
+    /// Every inode, and the unlinked-inode markers.
+    fn inodes(&mut self, seen: &mut Seen) -> Result<()> {
+        for (k, node) in self.decode_all::<Inode>(keys::TAG_INODE, "inode")? {
             if keys::u64_at(&k, 1) != Some(node.ino) {
-                c.problem(format!("inode {} stored under the wrong key", node.ino));
+                self.problem(format!("inode {} stored under the wrong key", node.ino));
             }
-            inodes.insert(node.ino, node);
+            seen.inodes.insert(node.ino, node);
         }
-        c.report.inodes = inodes.len() as u64;
-        match inodes.get(&ROOT_INO) {
-            None => c.problem("root directory missing".into()),
+        self.report.inodes = seen.inodes.len() as u64;
+        match seen.inodes.get(&ROOT_INO) {
+            None => self.problem("root directory missing".into()),
             Some(root) if root.kind != NodeKind::Dir || !root.links.is_empty() => {
-                c.problem("root is not a directory without links".into())
+                self.problem("root is not a directory without links".into())
             }
             Some(_) => {}
         }
-        let orphans: HashSet<u64> =
-            self.scan_prefix(&[keys::TAG_ORPHAN])?.iter().filter_map(|(k, _)| keys::u64_at(k, 1)).collect();
+        seen.orphans =
+            self.store.scan_prefix(&[keys::TAG_ORPHAN])?.iter().filter_map(|(k, _)| keys::u64_at(k, 1)).collect();
+        Ok(())
+    }
 
-        // Directory entries.
-        let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
-        let mut subdirs: HashMap<u64, u32> = HashMap::new();
-        let mut dirents: HashSet<(u64, Vec<u8>)> = HashSet::new();
-        for (k, entry) in c.decode_all::<DirEntry>(keys::TAG_DIRENT, "directory entry")? {
-            c.report.dirents += 1;
+    /// Every directory entry against the inodes.
+    fn dirents(&mut self, seen: &mut Seen) -> Result<()> {
+        for (k, entry) in self.decode_all::<DirEntry>(keys::TAG_DIRENT, "directory entry")? {
+            self.report.dirents += 1;
             let Some(parent) = keys::u64_at(&k, 1) else {
-                c.problem("short directory entry key".into());
+                self.problem("short directory entry key".into());
                 continue;
             };
             let name = k[9..].to_vec();
             let shown = String::from_utf8_lossy(&name).into_owned();
             if let Err(e) = psync_base::validate_name(&name) {
-                c.problem(format!("entry {shown:?} in directory {parent}: {e}"));
+                self.problem(format!("entry {shown:?} in directory {parent}: {e}"));
             }
-            match inodes.get(&parent) {
+            match seen.inodes.get(&parent) {
                 Some(p) if p.kind == NodeKind::Dir => {}
-                _ => c.problem(format!("entry {shown:?} is in {parent}, which is not a directory")),
+                _ => self.problem(format!("entry {shown:?} is in {parent}, which is not a directory")),
             }
-            match inodes.get(&entry.ino) {
-                None => c.problem(format!("entry {shown:?} in directory {parent} names missing inode {}", entry.ino)),
+            match seen.inodes.get(&entry.ino) {
+                None => {
+                    self.problem(format!("entry {shown:?} in directory {parent} names missing inode {}", entry.ino))
+                }
                 Some(child) => {
                     if child.kind != entry.kind {
-                        c.problem(format!("entry {shown:?} kind differs from inode {}", entry.ino));
+                        self.problem(format!("entry {shown:?} kind differs from inode {}", entry.ino));
                     }
                     if !child.links.iter().any(|l| l.parent == parent && l.name == name) {
-                        c.problem(format!("inode {} lacks the link {parent}/{shown:?} that names it", entry.ino));
+                        self.problem(format!("inode {} lacks the link {parent}/{shown:?} that names it", entry.ino));
                     }
                     if child.kind == NodeKind::Dir {
-                        *subdirs.entry(parent).or_default() += 1;
+                        *seen.subdirs.entry(parent).or_default() += 1;
                     }
                 }
             }
-            children.entry(parent).or_default().push(entry.ino);
-            dirents.insert((parent, name));
+            seen.children.entry(parent).or_default().push(entry.ino);
+            seen.dirents.insert((parent, name));
         }
+        Ok(())
+    }
 
-        // Inode-side invariants and reachability.
+    /// Each inode against the entries: links, reachability, history, content.
+    fn inode_invariants(&mut self, seen: &mut Seen) -> Result<()> {
         let mut reachable: HashSet<u64> = HashSet::new();
         let mut queue = VecDeque::from([ROOT_INO]);
         while let Some(ino) = queue.pop_front() {
             if reachable.insert(ino) {
-                queue.extend(children.get(&ino).into_iter().flatten().copied());
+                queue.extend(seen.children.get(&ino).into_iter().flatten().copied());
             }
         }
-        let mut max_seq = 0;
         let mut ids: HashMap<FileId, u64> = HashMap::new();
-        let mut sorted: Vec<&Inode> = inodes.values().collect();
+        let mut sorted: Vec<&Inode> = seen.inodes.values().collect();
         sorted.sort_by_key(|n| n.ino);
         for node in sorted {
             let ino = node.ino;
-            max_seq = max_seq.max(node.seq).max(node.committed_seq);
+            seen.max_seq = seen.max_seq.max(node.seq).max(node.committed_seq);
             for link in &node.links {
-                if !dirents.contains(&(link.parent, link.name.clone())) {
-                    c.problem(format!(
+                if !seen.dirents.contains(&(link.parent, link.name.clone())) {
+                    self.problem(format!(
                         "inode {ino} has a link {}/{:?} with no directory entry",
                         link.parent,
                         String::from_utf8_lossy(&link.name)
@@ -235,130 +269,150 @@ impl Store {
             }
             if ino != ROOT_INO {
                 if let Some(other) = ids.insert(node.file_id, ino) {
-                    c.problem(format!("inodes {other} and {ino} share file id {}", node.file_id));
+                    self.problem(format!("inodes {other} and {ino} share file id {}", node.file_id));
                 }
             }
             if node.kind == NodeKind::Dir {
                 if ino != ROOT_INO && node.links.len() != 1 {
-                    c.problem(format!("directory {ino} has {} links", node.links.len()));
+                    self.problem(format!("directory {ino} has {} links", node.links.len()));
                 }
-                let counted = subdirs.get(&ino).copied().unwrap_or(0);
+                let counted = seen.subdirs.get(&ino).copied().unwrap_or(0);
                 if node.subdirs != counted {
-                    c.problem(format!("directory {ino} records {} subdirectories, has {counted}", node.subdirs));
+                    self.problem(format!("directory {ino} records {} subdirectories, has {counted}", node.subdirs));
                 }
             }
-            let orphan = orphans.contains(&ino);
+            let orphan = seen.orphans.contains(&ino);
             if !reachable.contains(&ino) && !orphan {
-                c.problem(format!("inode {ino} is not reachable from the root"));
+                self.problem(format!("inode {ino} is not reachable from the root"));
             }
             if orphan && !node.links.is_empty() {
-                c.problem(format!("inode {ino} is marked unlinked but has links"));
+                self.problem(format!("inode {ino} is marked unlinked but has links"));
             }
             if node.committed_seq != 0
-                && self.get_record::<FileVersion>(&keys::version(node.file_id, node.committed_seq))?.is_none()
+                && self.store.get_record::<FileVersion>(&keys::version(node.file_id, node.committed_seq))?.is_none()
             {
-                c.problem(format!("inode {ino}: committed version {} missing from history", node.committed_seq));
+                self.problem(format!("inode {ino}: committed version {} missing from history", node.committed_seq));
             }
             if node.kind == NodeKind::File {
-                c.check_content(&node.content, &format!("inode {ino}"))?;
+                self.check_content(&node.content, &format!("inode {ino}"))?;
             }
         }
-        for ino in &orphans {
-            if !inodes.contains_key(ino) {
-                c.problem(format!("unlinked-inode marker for missing inode {ino}"));
+        for ino in &seen.orphans {
+            if !seen.inodes.contains_key(ino) {
+                self.problem(format!("unlinked-inode marker for missing inode {ino}"));
             }
         }
+        Ok(())
+    }
 
-        // History.
-        for (k, version) in c.decode_all::<FileVersion>(keys::TAG_VERSION, "version")? {
-            c.report.versions += 1;
-            max_seq = max_seq.max(version.seq);
+    /// History: every version under its key, its content whole.
+    fn history(&mut self, seen: &mut Seen) -> Result<()> {
+        for (k, version) in self.decode_all::<FileVersion>(keys::TAG_VERSION, "version")? {
+            self.report.versions += 1;
+            seen.max_seq = seen.max_seq.max(version.seq);
             if keys::u128_at(&k, 1) != Some(version.file_id.0) || keys::u64_at(&k, 17) != Some(version.seq) {
-                c.problem(format!("version {} of {} stored under the wrong key", version.seq, version.file_id));
+                self.problem(format!("version {} of {} stored under the wrong key", version.seq, version.file_id));
             }
-            c.check_content(&version.content, &format!("version {} of file {}", version.seq, version.file_id))?;
+            self.check_content(&version.content, &format!("version {} of file {}", version.seq, version.file_id))?;
         }
+        Ok(())
+    }
 
-        // Formats 1-2 kept an inode-level change log; the migration removes it.
+    /// Formats 1-2 kept an inode-level change log; the migration removes it.
+    fn no_legacy_change_log(&mut self) -> Result<()> {
         let (from, to) = keys::LEGACY_CHANGE_LOG;
-        if let Some(item) = self.db().iterator_cf(self.meta(), IteratorMode::From(from, Direction::Forward)).next() {
-            let (k, _) = item.map_err(|e| self.rocks_err(e))?;
+        if let Some(item) =
+            self.store.db().iterator_cf(self.store.meta(), IteratorMode::From(from, Direction::Forward)).next()
+        {
+            let (k, _) = item.map_err(|e| self.store.rocks_err(e))?;
             if *k < *to {
-                c.problem(format!("a key of the old change log is left: {:?}", HexKey(&k)));
+                self.problem(format!("a key of the old change log is left: {:?}", HexKey(&k)));
             }
         }
+        Ok(())
+    }
+
+    /// The allocation counters are above everything allocated.
+    fn counters(&mut self, counters: Option<Counters>, seen: &Seen) {
         if let Some(counters) = counters {
-            let max_ino = inodes.keys().copied().max().unwrap_or(ROOT_INO);
+            let max_ino = seen.inodes.keys().copied().max().unwrap_or(ROOT_INO);
             if counters.next_ino <= max_ino {
-                c.problem(format!("next inode number {} is not above the largest inode {max_ino}", counters.next_ino));
+                self.problem(format!(
+                    "next inode number {} is not above the largest inode {max_ino}",
+                    counters.next_ino
+                ));
             }
-            if counters.next_seq <= max_seq {
-                c.problem(format!(
-                    "next sequence number {} is not above the largest in use {max_seq}",
-                    counters.next_seq
+            if counters.next_seq <= seen.max_seq {
+                self.problem(format!(
+                    "next sequence number {} is not above the largest in use {}",
+                    counters.next_seq, seen.max_seq
                 ));
             }
         }
+    }
 
-        // The sync index: every entry has its sequence key; live entries
-        // name existing nodes of their kind.
+    /// The sync index: every entry has its sequence key; live entries name
+    /// existing nodes of their kind.
+    fn sync_index(&mut self, counters: Option<Counters>, seen: &mut Seen) -> Result<()> {
         let mut index_seqs = HashSet::new();
-        for (k, v) in self.scan_prefix(&[keys::TAG_PATH])? {
+        for (k, v) in self.store.scan_prefix(&[keys::TAG_PATH])? {
             let path = k[1..].to_vec();
             let shown = String::from_utf8_lossy(&path).into_owned();
             let entry: PathEntry = match codec::decode(&v) {
                 Ok(e) => e,
                 Err(e) => {
-                    c.problem(format!("sync entry {shown:?} does not decode: {e}"));
+                    self.problem(format!("sync entry {shown:?} does not decode: {e}"));
                     continue;
                 }
             };
-            max_seq = max_seq.max(entry.seq);
+            seen.max_seq = seen.max_seq.max(entry.seq);
             index_seqs.insert(entry.seq);
             if entry.deleted {
-                c.report.tombstones += 1;
+                self.report.tombstones += 1;
             }
-            match self.db().get_pinned_cf(self.meta(), keys::path_seq(entry.seq)) {
+            match self.store.db().get_pinned_cf(self.store.meta(), keys::path_seq(entry.seq)) {
                 Ok(Some(p)) if *p == *path => {}
-                _ => c.problem(format!("sync entry {shown:?}: sequence key {} missing or wrong", entry.seq)),
+                _ => self.problem(format!("sync entry {shown:?}: sequence key {} missing or wrong", entry.seq)),
             }
             if !entry.deleted {
-                match self.resolve(&path) {
+                match self.store.resolve(&path) {
                     Ok(node) if node.kind == entry.kind => {}
-                    Ok(node) => {
-                        c.problem(format!("sync entry {shown:?} says {:?}, the tree has {:?}", entry.kind, node.kind))
-                    }
-                    Err(_) => c.problem(format!("sync entry {shown:?} is live but the path does not exist")),
+                    Ok(node) => self
+                        .problem(format!("sync entry {shown:?} says {:?}, the tree has {:?}", entry.kind, node.kind)),
+                    Err(_) => self.problem(format!("sync entry {shown:?} is live but the path does not exist")),
                 }
             }
         }
-        for (k, _) in self.scan_prefix(&[keys::TAG_PATH_SEQ])? {
+        for (k, _) in self.store.scan_prefix(&[keys::TAG_PATH_SEQ])? {
             let seq = keys::u64_at(&k, 1).unwrap_or(0);
             if !index_seqs.contains(&seq) {
-                c.problem(format!("sync sequence key {seq} points at no entry"));
+                self.problem(format!("sync sequence key {seq} points at no entry"));
             }
         }
         if let Some(counters) = counters {
-            if counters.next_seq <= max_seq {
-                c.problem(format!(
-                    "next sequence number {} is not above the sync index's {max_seq}",
-                    counters.next_seq
+            if counters.next_seq <= seen.max_seq {
+                self.problem(format!(
+                    "next sequence number {} is not above the sync index's {}",
+                    counters.next_seq, seen.max_seq
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Garbage (not an error).
-        for (k, _) in self.scan_prefix(&[keys::TAG_PAGE])? {
-            if keys::hash_at(&k, 1).is_some_and(|h| !c.pages_ok.contains_key(&h)) {
-                c.report.unreferenced_pages += 1;
+    /// Garbage (not an error): pages and blocks nothing references.
+    fn garbage(&mut self) -> Result<()> {
+        for (k, _) in self.store.scan_prefix(&[keys::TAG_PAGE])? {
+            if keys::hash_at(&k, 1).is_some_and(|h| !self.pages_ok.contains_key(&h)) {
+                self.report.unreferenced_pages += 1;
             }
         }
-        for item in self.db().iterator_cf(self.blocks_cf(), IteratorMode::From(&[], Direction::Forward)) {
-            let (k, _) = item.map_err(|e| self.rocks_err(e))?;
-            if keys::hash_at(&k, 0).is_some_and(|h| !c.blocks_ok.contains_key(&h)) {
-                c.report.unreferenced_blocks += 1;
+        for item in self.store.db().iterator_cf(self.store.blocks_cf(), IteratorMode::From(&[], Direction::Forward)) {
+            let (k, _) = item.map_err(|e| self.store.rocks_err(e))?;
+            if keys::hash_at(&k, 0).is_some_and(|h| !self.blocks_ok.contains_key(&h)) {
+                self.report.unreferenced_blocks += 1;
             }
         }
-        Ok(c.report)
+        Ok(())
     }
 }
