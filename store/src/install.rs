@@ -139,6 +139,25 @@ impl Txn<'_> {
 
     /// Applies a peer's version at its path (structure first, then the entry).
     fn install_version(&mut self, v: &PathVersion, now: Timestamp) -> Result<()> {
+        let (parent, name, existing) = self.place_for(v)?;
+        if v.deleted {
+            if let Some(entry) = existing {
+                // Only what peers know is removed for them.
+                if self.known_to_peers(&v.path, &entry)? {
+                    self.remove_existing(parent, &name, entry, now)?;
+                }
+            }
+        } else {
+            self.write_version(v, parent, &name, existing, now)?;
+        }
+        let entry =
+            PathEntry { vv: v.vv.clone(), dot: v.dot, deleted: v.deleted, kind: v.kind, seq: 0, mtime: v.mtime };
+        self.put_path_entry(&v.path, entry)
+    }
+
+    /// Where `v` goes: (parent inode, name, what is there now), or why it
+    /// cannot go there now (local files that do not sync in the way).
+    fn place_for(&mut self, v: &PathVersion) -> Result<(u64, Vec<u8>, Option<DirEntry>)> {
         if let Some(local) = self.store.get_record::<LocalOnlyPath>(&keys::local_only(&v.path))? {
             return Err(StoreError::Blocked(format!(
                 "a local file that does not sync has this name in another form ({}): {}",
@@ -155,7 +174,6 @@ impl Txn<'_> {
             }
             Err(e) => return Err(e),
         };
-        let mtime = Timestamp { secs: v.mtime, nanos: 0 };
         if let Some(entry) = &existing {
             if !self.known_to_peers(&v.path, entry)? && !v.deleted {
                 return Err(StoreError::Blocked(format!(
@@ -164,71 +182,73 @@ impl Txn<'_> {
                 )));
             }
         }
-        if v.deleted {
-            if let Some(entry) = existing {
-                // Only what peers know is removed for them.
-                if self.known_to_peers(&v.path, &entry)? {
-                    self.remove_existing(parent, &name, entry, now)?;
-                }
+        Ok((parent, name, existing))
+    }
+
+    /// Makes the live version `v` the node at `(parent, name)`: a node of
+    /// another kind there is replaced; a file's content becomes a version in
+    /// its history.
+    fn write_version(
+        &mut self,
+        v: &PathVersion,
+        parent: u64,
+        name: &[u8],
+        existing: Option<DirEntry>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let existing = match existing {
+            Some(e) if e.kind != v.kind => {
+                self.remove_existing(parent, name, e, now)?;
+                None
             }
-        } else {
-            // Replace a node of another kind.
-            let existing = match existing {
-                Some(e) if e.kind != v.kind => {
-                    self.remove_existing(parent, &name, e, now)?;
-                    None
-                }
-                other => other,
-            };
-            let attrs = NodeAttrs { perm: v.perm, uid: 0, gid: 0 };
-            let mut node = match existing {
-                Some(e) => self.inode(e.ino)?,
-                None => {
-                    let new = match v.kind {
-                        NodeKind::Dir => NewNode::Dir,
-                        NodeKind::Symlink => NewNode::Symlink(&v.symlink),
-                        _ => NewNode::File,
-                    };
-                    // New nodes belong to the mount's owner: the parent's.
-                    let dir = self.inode(parent)?;
-                    self.create_node(parent, &name, new, NodeAttrs { uid: dir.uid, gid: dir.gid, ..attrs }, now)?
-                }
-            };
-            node.perm = v.perm & 0o7777;
-            node.mtime = mtime;
-            node.ctime = now;
-            node.vv = v.vv.clone();
-            match v.kind {
-                NodeKind::File => {
-                    node.content = match &v.blocks {
-                        BlockRefs::Blocks(list) => self.content_from_blocks(v.size, list)?,
-                        BlockRefs::Pages(pages) => self.content_from_pages(v.size, pages)?,
-                    };
-                    node.dirty = false;
-                    let seq = self.counters.next_seq;
-                    self.counters.next_seq += 1;
-                    let path = v.path.clone();
-                    let version = FileVersion {
-                        file_id: node.file_id,
-                        seq,
-                        vv: v.vv.clone(),
-                        content: node.content.clone(),
-                        mtime,
-                        perm: node.perm,
-                        path,
-                        committed_at: now,
-                    };
-                    self.put_version(&version)?;
-                    node.committed_seq = seq;
-                }
-                NodeKind::Symlink => node.symlink = v.symlink.clone(),
-                _ => {}
+            other => other,
+        };
+        let attrs = NodeAttrs { perm: v.perm, uid: 0, gid: 0 };
+        let mut node = match existing {
+            Some(e) => self.inode(e.ino)?,
+            None => {
+                let new = match v.kind {
+                    NodeKind::Dir => NewNode::Dir,
+                    NodeKind::Symlink => NewNode::Symlink(&v.symlink),
+                    _ => NewNode::File,
+                };
+                // New nodes belong to the mount's owner: the parent's.
+                let dir = self.inode(parent)?;
+                self.create_node(parent, name, new, NodeAttrs { uid: dir.uid, gid: dir.gid, ..attrs }, now)?
             }
-            self.put_inode(node);
+        };
+        let mtime = Timestamp { secs: v.mtime, nanos: 0 };
+        node.perm = v.perm & 0o7777;
+        node.mtime = mtime;
+        node.ctime = now;
+        node.vv = v.vv.clone();
+        match v.kind {
+            NodeKind::File => {
+                node.content = match &v.blocks {
+                    BlockRefs::Blocks(list) => self.content_from_blocks(v.size, list)?,
+                    BlockRefs::Pages(pages) => self.content_from_pages(v.size, pages)?,
+                };
+                node.dirty = false;
+                let seq = self.counters.next_seq;
+                self.counters.next_seq += 1;
+                let version = FileVersion {
+                    file_id: node.file_id,
+                    seq,
+                    vv: v.vv.clone(),
+                    content: node.content.clone(),
+                    mtime,
+                    perm: node.perm,
+                    path: v.path.clone(),
+                    committed_at: now,
+                };
+                self.put_version(&version)?;
+                node.committed_seq = seq;
+            }
+            NodeKind::Symlink => node.symlink = v.symlink.clone(),
+            _ => {}
         }
-        let entry =
-            PathEntry { vv: v.vv.clone(), dot: v.dot, deleted: v.deleted, kind: v.kind, seq: 0, mtime: v.mtime };
-        self.put_path_entry(&v.path, entry)
+        self.put_inode(node);
+        Ok(())
     }
 }
 
