@@ -191,103 +191,21 @@ impl<S: SyncStorage> SyncCore<S> {
         }
     }
 
-    /// A conflict copy is a record like any other: it is placed only if it
-    /// is news at its path (a user may have deleted or edited that copy
-    /// already, and a late device resolving the same conflict must not
-    /// bring it back).
-    pub(super) fn place_copy(&self, copy: FileRecord) -> Result<Option<FileRecord>, StorageError> {
-        let existing = self.storage.record(&copy.path)?;
-        Ok(match resolve(existing.as_ref(), &copy) {
-            Resolution::Keep => None,
-            Resolution::Take => Some(copy),
-            Resolution::Conflict { merged, .. } => Some(*merged),
-        })
-    }
-
-    /// The next version of `path` made by this device, over `base`.
-    pub(super) fn own_version(&self, base: &VersionVector) -> (VersionVector, VersionId) {
-        let mut vv = base.clone();
-        let counter = vv.advance(self.device, self.storage.seq() + 1);
-        (vv, VersionId { device: self.device, counter })
-    }
-
-    pub(super) fn dir_record(&self, path: SyncPath, base: &VersionVector, perm: u32, mtime: i64) -> FileRecord {
-        let (vv, version) = self.own_version(base);
-        FileRecord::dir(path, vv, version, perm, mtime)
-    }
-
-    /// The batch that installs `records` keeping the tree whole: a live
-    /// record's parents are (re)created as directories; a directory is not
-    /// deleted while it still has live children here (it is re-asserted
-    /// instead). Parents come first, so the store never sees a child before
-    /// its directory.
+    /// The batch that installs `records` keeping the tree whole (see
+    /// [`plan::plan_install`]: a pure function of the records and what this
+    /// device holds).
     pub(super) fn plan_install(&self, records: Vec<FileRecord>) -> Result<Vec<FileRecord>, StorageError> {
-        let mut batch: BTreeMap<SyncPath, FileRecord> = BTreeMap::new();
-        let mtime = self.wall_secs();
-        for record in records {
-            let current = match batch.get(&record.path) {
-                Some(r) => Some(r.clone()),
-                None => self.storage.record(&record.path)?,
-            };
-            if record.deleted {
-                if record.kind == RecordKind::Dir && self.storage.has_live_children(&record.path)? {
-                    let mut base = record.vv.clone();
-                    if let Some(c) = &current {
-                        base.merge(&c.vv);
-                    }
-                    let perm = current.as_ref().map_or(0o755, |c| c.perm);
-                    batch.insert(record.path.clone(), self.dir_record(record.path.clone(), &base, perm, mtime));
-                } else {
-                    batch.insert(record.path.clone(), record);
-                }
-                continue;
-            }
-            // A file replacing a directory that still has children here:
-            // keep the directory, keep the file as a conflict copy.
-            if record.kind != RecordKind::Dir
-                && current.as_ref().is_some_and(|c| !c.deleted && c.kind == RecordKind::Dir)
-                && self.storage.has_live_children(&record.path)?
-            {
-                let current = current.as_ref().map(|c| (c.vv.clone(), c.perm)).unwrap_or_default();
-                let mut base = record.vv.clone();
-                base.merge(&current.0);
-                batch.insert(record.path.clone(), self.dir_record(record.path.clone(), &base, current.1, mtime));
-                if let Some(copy) = conflict_copy(&record) {
-                    if let Some(copy) = self.place_copy(copy)? {
-                        batch.insert(copy.path.clone(), copy);
-                    }
-                }
-                continue;
-            }
-            let mut ancestors = Vec::new();
-            let mut up = record.path.parent();
-            while let Some(a) = up {
-                up = a.parent();
-                ancestors.push(a);
-            }
-            for ancestor in ancestors.into_iter().rev() {
-                let existing = match batch.get(&ancestor) {
-                    Some(r) => Some(r.clone()),
-                    None => self.storage.record(&ancestor)?,
-                };
-                match existing {
-                    Some(e) if !e.deleted && e.kind == RecordKind::Dir => {}
-                    other => {
-                        let base = other.as_ref().map(|e| e.vv.clone()).unwrap_or_default();
-                        if let Some(moved) = other.as_ref().filter(|e| !e.deleted).and_then(conflict_copy) {
-                            if let Some(moved) = self.place_copy(moved)? {
-                                batch.insert(moved.path.clone(), moved);
-                            }
-                        }
-                        batch.insert(ancestor.clone(), self.dir_record(ancestor, &base, 0o755, mtime));
-                    }
-                }
-            }
-            batch.insert(record.path.clone(), record);
-        }
-        let mut ordered: Vec<FileRecord> = batch.into_values().collect();
-        ordered.sort_by_key(|r| (r.path.depth(), r.path.clone()));
-        Ok(ordered)
+        plan::plan_install(records, &self.storage, &self.planner())
+    }
+
+    /// A conflict copy placed only if it is news at its path.
+    pub(super) fn place_copy(&self, copy: FileRecord) -> Result<Option<FileRecord>, StorageError> {
+        plan::place_copy(copy, &self.storage)
+    }
+
+    /// Who makes new versions now: this device, its next counter, the time.
+    pub(super) fn planner(&self) -> plan::Planner {
+        plan::Planner { device: self.device, next_counter: self.storage.seq() + 1, mtime: self.wall_secs() }
     }
 
     /// Installs a planned batch in one atomic step of the storage; then what

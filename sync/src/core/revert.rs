@@ -31,7 +31,7 @@ impl<S: SyncStorage> SyncCore<S> {
                 ask.push(path.clone());
             } else if !local.deleted {
                 // Only ever here: the group's version is "nothing".
-                let (vv, version) = self.own_version(&local.vv);
+                let (vv, version) = self.planner().own_version(&local.vv);
                 let gone = FileRecord {
                     deleted: true,
                     vv,
