@@ -338,7 +338,12 @@ fn a_receiver_killed_mid_transfer_converges_after_restart() {
     assert!(std::fs::metadata(mb.path("video.bin")).is_err(), "the transfer must still be running when killed");
     let pid = mb.daemon_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    eventually(PATIENCE, "the killed daemon to be gone", || crate::mount::is_dead(pid));
+    // Its auto-unmount helper then unmounts; until it has, the mount still
+    // looks alive. A stale mount (ENOTCONN) is one `psync mount` recovers.
+    let stale = || std::fs::metadata(&mb.mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    eventually(PATIENCE, "the killed daemon and its mount to be gone (or stale)", || {
+        crate::mount::is_dead(pid) && (!mb.is_mounted() || stale())
+    });
     mb.mount(); // recovers the dead daemon's mount first
     wait_for_content(&mb, "video.bin", &big);
     unmount_and_fsck(&[&ma, &mb]);

@@ -380,7 +380,12 @@ fn fsynced_data_survives_sigkill_and_the_mount_recovers() {
     // Keep it open: the daemon dies with a handle open.
     let pid = m.daemon_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    eventually(PATIENCE, "the killed daemon to be gone", || is_dead(pid));
+    // Its auto-unmount helper then unmounts; until it has, the mount still
+    // looks alive.
+    let stale = || std::fs::metadata(&m.mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    eventually(PATIENCE, "the killed daemon and its mount to be gone (or stale)", || {
+        is_dead(pid) && (!m.is_mounted() || stale())
+    });
     drop(f);
     // Whether the kernel auto-unmounted it or left a stale mount, mounting again works.
     m.fsck();
