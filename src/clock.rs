@@ -32,8 +32,34 @@ pub fn utc(secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `ms` since the epoch as a local date and time, `YYYY-MM-DD HH:MM:SS`
+/// (the system time zone; UTC if it cannot be read).
+pub fn local_time(ms: u64) -> String {
+    time_in(ms, &jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC))
+}
+
+fn time_in(ms: u64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_millisecond(ms as i64) {
+        Ok(t) => t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => utc((ms / 1000) as i64),
+    }
+}
+
+/// A warning as one line for people: local time, level, message.
+pub fn warning_line(w: &crate::live::Warning) -> String {
+    format!("{} {} {}", local_time(w.at_ms), w.level, w.message)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_local_times_in_the_given_zone() {
+        let ms = 1_795_620_909_123;
+        assert_eq!(super::time_in(ms, &jiff::tz::TimeZone::UTC), "2026-11-25 15:35:09");
+        let paris = jiff::tz::TimeZone::fixed(jiff::tz::offset(1));
+        assert_eq!(super::time_in(ms, &paris), "2026-11-25 16:35:09");
+    }
+
     #[test]
     fn formats_utc() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");

@@ -64,11 +64,30 @@ impl SharedLive {
 #[derive(Debug)]
 pub struct RecentErrors;
 
-static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+static RECENT: Mutex<VecDeque<Warning>> = Mutex::new(VecDeque::new());
+
+/// One warning or error PSync logged, for `psync status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `warn` or `error`.
+    pub level: String,
+    /// What PSync said.
+    pub message: String,
+}
+
+/// Whether a log event comes from PSync's own code (its crates are `psync`
+/// and `psync_*`).
+fn is_psync(target: &str) -> bool {
+    target.split("::").next().is_some_and(|krate| krate == "psync" || krate.starts_with("psync_"))
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentErrors {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() > tracing::Level::WARN {
+        // PSync's own words only: the libraries' (webrtc's ICE and DTLS
+        // chatter, fuser's) stay in the log file.
+        if *event.metadata().level() > tracing::Level::WARN || !is_psync(event.metadata().target()) {
             return;
         }
         struct Fields(String);
@@ -83,15 +102,47 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentErrors {
         }
         let mut fields = Fields(String::new());
         event.record(&mut fields);
-        let line = format!("{} {}", wall_ms() / 1000, fields.0.trim_end());
+        let warning = Warning {
+            at_ms: wall_ms(),
+            level: event.metadata().level().to_string().to_lowercase(),
+            message: fields.0.trim_end().to_string(),
+        };
         let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_ERRORS {
             recent.pop_front();
         }
-        recent.push_back(line);
+        recent.push_back(warning);
     }
 }
 
-pub fn recent_errors() -> Vec<String> {
+pub fn recent_errors() -> Vec<Warning> {
     RECENT.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn only_psyncs_own_warnings_are_kept_with_their_time() {
+        let subscriber = tracing_subscriber::registry().with(RecentErrors);
+        let before = wall_ms();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "rtc::peer_connection::handler", "IceHandler.handle_read got error: password is empty");
+            tracing::info!(target: "psync::peering", "connected");
+            tracing::warn!(target: "psync::peering", peer = "7f34", "could not connect: timed out");
+            tracing::error!(target: "psync_store::open", "cannot open");
+        });
+        let kept: Vec<(String, String)> =
+            recent_errors().into_iter().filter(|w| w.at_ms >= before).map(|w| (w.level, w.message)).collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("warn".to_string(), "could not connect: timed out peer=\"7f34\"".to_string()),
+                ("error".to_string(), "cannot open".to_string()),
+            ]
+        );
+        assert!(is_psync("psync") && is_psync("psync_fs::core") && !is_psync("psyncish") && !is_psync("webrtc"));
+    }
 }

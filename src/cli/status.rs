@@ -178,7 +178,12 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             let _ = writeln!(out, "  {c}");
         }
     }
-    if !s.recent_errors.is_empty() {
+    if !s.recent_warnings.is_empty() {
+        let _ = writeln!(out, "recent warnings and errors (newest last; the log file has the details):");
+        for w in &s.recent_warnings {
+            let _ = writeln!(out, "  {}", crate::clock::warning_line(w));
+        }
+    } else if !s.recent_errors.is_empty() {
         let _ = writeln!(out, "recent warnings and errors (newest last):");
         for e in &s.recent_errors {
             let _ = writeln!(out, "  {e}");

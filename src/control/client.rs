@@ -110,6 +110,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
         local,
         conflicts,
         recent_errors: Vec::new(),
+        recent_warnings: Vec::new(),
     };
     if let Some(setup) = setup {
         status.signalling = Some(SignallingStatus {

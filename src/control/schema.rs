@@ -23,8 +23,12 @@ pub struct Status {
     pub local: LocalStatus,
     /// Conflict copies present (paths).
     pub conflicts: Vec<String>,
-    /// The daemon's latest warnings and errors (seconds since the epoch first).
+    /// The daemon's latest warnings and errors, as lines with the local
+    /// time first (PSync's own; the libraries' stay in the log file).
     pub recent_errors: Vec<String>,
+    /// The same, as records: when (ms since the epoch), level, message.
+    #[serde(default)]
+    pub recent_warnings: Vec<crate::live::Warning>,
 }
 
 /// This device.

@@ -81,6 +81,7 @@ impl Source {
             None => (None, SyncSnapshot::default()),
         };
         let conflicts = conflict_copies(&self.store)?;
+        let warnings = recent_errors();
         let mut status = Status {
             device: DeviceStatus {
                 name: self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
@@ -118,7 +119,8 @@ impl Source {
                     .collect(),
             },
             conflicts,
-            recent_errors: recent_errors(),
+            recent_errors: warnings.iter().map(crate::clock::warning_line).collect(),
+            recent_warnings: warnings,
         };
         if let (Some(identity), Some(live)) = (&self.identity, live) {
             live.read(|l| {

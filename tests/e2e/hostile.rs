@@ -401,6 +401,29 @@ fn offers_in_a_loop_are_bounded() {
         std::fs::read_to_string(a.join("psync.log")).unwrap_or_default().contains("too many connection offers")
     });
     honest_devices_keep_syncing(&ma, &mb, "after-offers");
+    // `psync status` tells it in PSync's words, at a local time; the
+    // libraries' chatter (webrtc's ICE and DTLS warnings) stays in the log.
+    let shown = status(&a);
+    let warnings = shown["recent_warnings"].as_array().expect("recent_warnings");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["level"] == "warn"
+                && w["message"].as_str().is_some_and(|m| m.contains("too many connection offers"))),
+        "{warnings:#?}"
+    );
+    let lines = shown["recent_errors"].as_array().expect("recent_errors");
+    assert!(
+        lines.iter().all(|l| l.as_str().is_some_and(|l| l.starts_with("20") && l.as_bytes()[10] == b' ')),
+        "{lines:#?}"
+    );
+    let log = std::fs::read_to_string(a.join("psync.log")).unwrap();
+    let noisy: Vec<&str> = log.lines().filter(|l| l.contains(" WARN rtc") || l.contains(" WARN webrtc")).collect();
+    assert!(!noisy.is_empty(), "the libraries warn in the log (else this check proves nothing)");
+    assert!(
+        warnings.iter().all(|w| !noisy.iter().any(|n| n.ends_with(w["message"].as_str().unwrap_or("?")))),
+        "{warnings:#?}"
+    );
     let (_, fds_after) = footprint(&a);
     assert!(fds_after <= fds_before + 64, "descriptors grew from {fds_before} to {fds_after}");
     assert_bounded(&a);
