@@ -45,11 +45,6 @@ fn time_in(ms: u64, zone: &jiff::tz::TimeZone) -> String {
     }
 }
 
-/// A warning as one line for people: local time, level, message.
-pub fn warning_line(w: &crate::live::Warning) -> String {
-    format!("{} {} {}", local_time(w.at_ms), w.level, w.message)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

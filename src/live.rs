@@ -77,6 +77,13 @@ pub struct Warning {
     pub message: String,
 }
 
+impl Warning {
+    /// One line for people: local time, level, message.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", crate::clock::local_time(self.at_ms), self.level, self.message)
+    }
+}
+
 /// Whether a log event comes from PSync's own code (its crates are `psync`
 /// and `psync_*`).
 fn is_psync(target: &str) -> bool {

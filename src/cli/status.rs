@@ -181,7 +181,7 @@ fn render(s: &Status, peak_wanted: usize) -> String {
     if !s.recent_warnings.is_empty() {
         let _ = writeln!(out, "recent warnings and errors (newest last; the log file has the details):");
         for w in &s.recent_warnings {
-            let _ = writeln!(out, "  {}", crate::clock::warning_line(w));
+            let _ = writeln!(out, "  {}", w.line());
         }
     } else if !s.recent_errors.is_empty() {
         let _ = writeln!(out, "recent warnings and errors (newest last):");

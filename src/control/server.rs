@@ -119,7 +119,7 @@ impl Source {
                     .collect(),
             },
             conflicts,
-            recent_errors: warnings.iter().map(crate::clock::warning_line).collect(),
+            recent_errors: warnings.iter().map(crate::live::Warning::line).collect(),
             recent_warnings: warnings,
         };
         if let (Some(identity), Some(live)) = (&self.identity, live) {

@@ -10,9 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The workspace root.
+/// The workspace root. Cargo sets `CARGO_MANIFEST_DIR` when it runs the
+/// test too: that one wins, so a binary built from another checkout that
+/// shares the target dir still reads the tree it is run for.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    manifest.parent().unwrap().to_path_buf()
 }
 
 /// Package name -> names of its dependencies, from Cargo.lock.
