@@ -91,6 +91,13 @@ pub fn start_invite(dev: &Path) -> (Child, String) {
     (child, line.trim().to_string())
 }
 
+/// Waits for `psync invite` to finish, and fails with what it said if it did
+/// not succeed.
+pub fn finish_invite(inviter: Child) {
+    let out = inviter.wait_with_output().unwrap();
+    assert!(out.status.success(), "psync invite failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn invite_and_join_add_a_confirmed_device() {
     let tmp = tempfile::tempdir().unwrap();
@@ -230,7 +237,7 @@ pub fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathB
     let (inviter, code) = start_invite(&a);
     let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-    assert!(inviter.wait_with_output().unwrap().status.success());
+    finish_invite(inviter);
     (server, a, b)
 }
 
@@ -385,7 +392,7 @@ fn invite_works_while_the_inviter_is_mounted() {
     });
     let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-    assert!(inviter.wait_with_output().unwrap().status.success());
+    finish_invite(inviter);
     let mb = Mounted::with_data(b.clone());
     // The desktop's daemon learns of the new member from the roster and connects.
     wait_for_content(&mb, "welcome.md", b"hello new device");

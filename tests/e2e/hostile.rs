@@ -19,7 +19,7 @@ use psync_sync::message::{decode_frame, encode_frame, PROTOCOL_VERSION};
 use psync_sync::{Blocks, FileRecord, Message, RecordKind, SyncPath, VersionId};
 use tokio::sync::mpsc;
 
-use crate::group::{group_of_two, start_invite, unmount_and_fsck, wait_for_content};
+use crate::group::{finish_invite, group_of_two, start_invite, unmount_and_fsck, wait_for_content};
 use crate::mount::Mounted;
 use crate::support::{eventually, psync, PATIENCE};
 use crate::three::status;
@@ -51,7 +51,7 @@ impl Hostile {
         let (invite, code) = start_invite(inviter);
         let joined = psync(&data, &["join", &code, "--name", "mallory", "--server", url]);
         assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-        assert!(invite.wait_with_output().unwrap().status.success());
+        finish_invite(invite);
         let setup = psync::identity::sync_setup(&data).unwrap().expect("an identity");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (links_tx, links) = mpsc::unbounded_channel();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::group::{start_invite, start_server, Server};
+use crate::group::{finish_invite, start_invite, start_server, Server};
 use crate::mount::Mounted;
 use crate::support::{eventually, json, lazy, psync, PATIENCE};
 
@@ -19,7 +19,7 @@ pub fn group_of_three(tmp: &Path) -> (Server, Vec<PathBuf>) {
         let (inviter, code) = start_invite(&dirs[0]);
         let joined = psync(dir, &["join", &code, "--name", name, "--server", &url]);
         assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-        assert!(inviter.wait_with_output().unwrap().status.success());
+        finish_invite(inviter);
     }
     (server, dirs)
 }
