@@ -131,3 +131,12 @@ pub fn status(data_dir: &Path) -> Result<Status> {
         None => offline_status(data_dir),
     }
 }
+
+/// Tells the daemon serving `data_dir` that its mount is about to be
+/// unmounted, so it stops replaying peers' changes on it (its own open
+/// descriptors would keep the mount busy). Best effort: no daemon, no harm.
+pub fn prepare_unmount(data_dir: &Path) {
+    if let Err(e) = ask(data_dir, Request { request: "unmounting".into(), paths: Vec::new() }) {
+        tracing::debug!("telling the daemon an unmount is coming: {e:#}");
+    }
+}

@@ -190,5 +190,7 @@ pub(crate) struct Request {
 pub(crate) enum Answer {
     Status(Box<Status>),
     Reverted(usize),
+    /// The request was carried out.
+    Done,
     Error(String),
 }

@@ -53,6 +53,8 @@ pub struct Source {
     pub started: Instant,
     /// The settings it runs with.
     pub settings: crate::config::Settings,
+    /// The filesystem (told when an unmount is coming).
+    pub fs: Arc<psync_fs::FsCore>,
 }
 
 impl Source {
@@ -183,6 +185,10 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
             Ok(status) => Answer::Status(Box::new(status)),
             Err(e) => Answer::Error(format!("{e:#}")),
         },
+        Ok(r) if r.request == "unmounting" => {
+            source.fs.stop_replaying();
+            Answer::Done
+        }
         Ok(r) if r.request == "revert" => match source.revert(&r.paths) {
             Ok(n) => Answer::Reverted(n),
             Err(e) => Answer::Error(format!("{e:#}")),

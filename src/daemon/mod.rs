@@ -162,6 +162,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
         sync: None,
         started: Instant::now(),
         settings: settings.clone(),
+        fs: core.clone(),
     };
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
@@ -267,6 +268,29 @@ fn wait_for_unmount(
     joiner.join().map_err(|_| anyhow::anyhow!("filesystem thread panicked"))
 }
 
+/// How long `psync unmount` retries a busy mount: the daemon's own replay
+/// may hold a descriptor for a moment after it was told to stop.
+const UNMOUNT_BUSY_GRACE: Duration = Duration::from_secs(5);
+
+/// Unmounts, after telling the daemon (whose data dir is `data_dir`) to stop
+/// replaying; retries while busy for [`UNMOUNT_BUSY_GRACE`].
+fn unmount_when_idle(path: &Path, data_dir: &Path) -> std::io::Result<()> {
+    crate::control::client::prepare_unmount(data_dir);
+    let deadline = Instant::now() + UNMOUNT_BUSY_GRACE;
+    loop {
+        match mount::unmount(path) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("busy")
+}
+
 /// `psync unmount`: flushes (the daemon commits and syncs on unmount),
 /// unmounts and waits for the daemon to exit.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
@@ -282,9 +306,9 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
         bail!("{} is a {} mount, not a PSync mount", path.display(), entry.fstype);
     }
     let daemon = read_daemon_info(Path::new(&entry.source));
-    let result = if lazy { mount::detach(&path) } else { mount::unmount(&path) };
+    let result = if lazy { mount::detach(&path) } else { unmount_when_idle(&path, Path::new(&entry.source)) };
     if let Err(e) = result {
-        if e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("busy") {
+        if is_busy(&e) {
             bail!(
                 "{} is busy: files in it are still open (see `fuser -m {}`); close them, or use --lazy",
                 path.display(),

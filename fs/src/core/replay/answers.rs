@@ -17,6 +17,9 @@ const STAND_IN_BASE: u64 = 1 << 62;
 
 #[derive(Debug, Default)]
 pub(crate) struct ReplayState {
+    /// An unmount is coming: replay no more syscalls (they would hold the
+    /// mount busy); only drop what the kernel caches.
+    stopped: std::sync::atomic::AtomicBool,
     /// Kernel thread id of the replaying thread (0: none yet).
     tid: AtomicU32,
     planned: Mutex<HashMap<(u64, Vec<u8>), Replay>>,
@@ -24,6 +27,17 @@ pub(crate) struct ReplayState {
 }
 
 impl FsCore {
+    /// An unmount is coming: the replaying thread makes no more syscalls on
+    /// the mount (they would keep it busy); it only drops the kernel's caches.
+    pub fn stop_replaying(&self) {
+        self.replay.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`FsCore::stop_replaying`] was called.
+    pub fn replaying_stopped(&self) -> bool {
+        self.replay.stopped.load(Ordering::Relaxed)
+    }
+
     /// Makes the calling thread the replaying thread.
     pub fn become_replayer(&self) {
         self.replay.tid.store(nix::unistd::gettid().as_raw() as u32, Ordering::Relaxed);

@@ -55,6 +55,12 @@ impl Replayer {
 
     /// Shows one batch of installed changes on the mount.
     pub fn show(&self, batch: &[Step]) {
+        if self.fs.replaying_stopped() {
+            for step in batch {
+                self.forget(&step.path);
+            }
+            return;
+        }
         match self.mount_root() {
             Ok(root) => self.apply(&root, batch),
             Err(e) => {
@@ -84,6 +90,10 @@ impl Replayer {
         let mut removals: Vec<&Step> = batch.iter().filter(|c| c.before.is_some() && c.before != c.after).collect();
         removals.sort_by_key(|c| std::cmp::Reverse(depth(&c.path)));
         for step in removals {
+            if self.fs.replaying_stopped() {
+                self.forget(&step.path);
+                continue;
+            }
             if let Some(kind) = step.before {
                 self.vanish(root, &step.path, kind);
             }
@@ -91,6 +101,10 @@ impl Replayer {
         let mut arrivals: Vec<&Step> = batch.iter().filter(|c| c.after.is_some()).collect();
         arrivals.sort_by_key(|c| depth(&c.path));
         for step in arrivals {
+            if self.fs.replaying_stopped() {
+                self.forget(&step.path);
+                continue;
+            }
             match (step.before, step.after) {
                 (Some(NodeKind::File), Some(NodeKind::File)) => self.edit(root, &step.path),
                 (Some(NodeKind::Dir), Some(NodeKind::Dir)) => self.forget(&step.path),
