@@ -178,9 +178,8 @@ impl Txn<'_> {
 
     pub(crate) fn put_block(&mut self, data: &[u8]) -> Result<ContentHash> {
         let hash = ContentHash::of(data);
-        if !self.new_blocks.contains(&hash) && !self.store.has_block(&hash)? {
-            self.batch.put_cf(self.store.blocks_cf(), hash.as_bytes(), data);
-            self.new_blocks.push(hash);
+        if !self.store.has_block(&hash)? {
+            self.put_block_bytes(&hash, data);
         }
         Ok(hash)
     }

@@ -4,20 +4,20 @@
 
 use super::Millis;
 
-/// One timer of the core.
+/// One timer of the core (its discriminant is its slot in [`Timers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
     /// Local changes are announced to peers (the debounce ends).
-    Announce,
+    Announce = 0,
     /// Heartbeat: tree roots to peers, holds retried, liveness checked.
-    Heartbeat,
+    Heartbeat = 1,
     /// Tombstone collection.
-    Gc,
+    Gc = 2,
     /// The disk was full: installs and downloads wait until then.
-    DiskFullPause,
+    DiskFullPause = 3,
 }
 
-const TIMERS: usize = 4;
+const TIMERS: usize = Timer::DiskFullPause as usize + 1;
 
 /// When each [`Timer`] fires (`None`: not armed).
 #[derive(Debug, Default)]
@@ -26,31 +26,22 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    fn slot(timer: Timer) -> usize {
-        match timer {
-            Timer::Announce => 0,
-            Timer::Heartbeat => 1,
-            Timer::Gc => 2,
-            Timer::DiskFullPause => 3,
-        }
-    }
-
     pub(super) fn set(&mut self, timer: Timer, at: Millis) {
-        self.at[Self::slot(timer)] = Some(at);
+        self.at[timer as usize] = Some(at);
     }
 
     /// Arms `timer` unless it is armed already (a debounce keeps its first deadline).
     pub(super) fn arm(&mut self, timer: Timer, at: Millis) {
-        self.at[Self::slot(timer)].get_or_insert(at);
+        self.at[timer as usize].get_or_insert(at);
     }
 
     pub(super) fn is_armed(&self, timer: Timer) -> bool {
-        self.at[Self::slot(timer)].is_some()
+        self.at[timer as usize].is_some()
     }
 
     /// Whether `timer` is due at `now`; a due timer is disarmed.
     pub(super) fn take_due(&mut self, timer: Timer, now: Millis) -> bool {
-        let slot = &mut self.at[Self::slot(timer)];
+        let slot = &mut self.at[timer as usize];
         let due = slot.is_some_and(|t| t <= now);
         if due {
             *slot = None;

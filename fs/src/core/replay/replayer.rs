@@ -90,8 +90,7 @@ impl Replayer {
         let mut removals: Vec<&Step> = batch.iter().filter(|c| c.before.is_some() && c.before != c.after).collect();
         removals.sort_by_key(|c| std::cmp::Reverse(depth(&c.path)));
         for step in removals {
-            if self.fs.replaying_stopped() {
-                self.forget(&step.path);
+            if self.stopped_for(&step.path) {
                 continue;
             }
             if let Some(kind) = step.before {
@@ -101,8 +100,7 @@ impl Replayer {
         let mut arrivals: Vec<&Step> = batch.iter().filter(|c| c.after.is_some()).collect();
         arrivals.sort_by_key(|c| depth(&c.path));
         for step in arrivals {
-            if self.fs.replaying_stopped() {
-                self.forget(&step.path);
+            if self.stopped_for(&step.path) {
                 continue;
             }
             match (step.before, step.after) {
@@ -112,6 +110,15 @@ impl Replayer {
                 (_, None) => {}
             }
         }
+    }
+
+    /// An unmount is coming: `path` is not replayed, only forgotten by the kernel.
+    fn stopped_for(&self, path: &str) -> bool {
+        let stopped = self.fs.replaying_stopped();
+        if stopped {
+            self.forget(path);
+        }
+        stopped
     }
 
     fn parent_ino(&self, path: &str) -> Option<u64> {
