@@ -11,6 +11,8 @@
 #   FUSE=0 ./scripts/bench-sync.sh            without the FUSE table (5.: scripts/bench-fs.sh)
 #   PSYNC_BIN=/path/to/psync ./scripts/bench-sync.sh   another build (before/after comparisons)
 set -euo pipefail
+# Every device runs on this machine: WebRTC binds loopback only.
+export PSYNC_ICE_BIND=loopback
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 . scripts/env.sh

@@ -32,6 +32,9 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
+# Every device runs on this machine: WebRTC binds loopback only.
+os.environ["PSYNC_ICE_BIND"] = "loopback"
+
 MIB = 1 << 20
 
 

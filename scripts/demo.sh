@@ -18,6 +18,8 @@ devices=(desktop laptop)
 
 say() { printf '%s\n' "$*"; }
 psync() { "$PSYNC_BIN" "$@"; }
+# Both devices are on this machine: WebRTC binds loopback only.
+export PSYNC_ICE_BIND=loopback
 
 find_psync() {
     if [ -n "${PSYNC_BIN:-}" ]; then return; fi

@@ -11,38 +11,68 @@
 //! log_level = "info"         # or a RUST_LOG-style filter; RUST_LOG wins
 //!
 //! [ice]
-//! bind = ["192.168.1.20:0"]  # UDP addresses WebRTC binds (default: loopback only)
-//! servers = ["stun:stun.l.google.com:19302"]
+//! bind = "auto"              # every usable interface (default), "loopback", or ["192.168.1.20:0"]
+//! # Added to what the signalling server hands out; TURN needs credentials.
+//! servers = ["stun:stun.example.org:3478",
+//!            { urls = ["turn:turn.example.org:3478"], username = "me", credential = "secret" }]
+//! from_signalling_server = true  # false: only the servers above
+//! relay_only = false         # true: always through TURN; peers never see this device's address
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use psync_signal::ice::{is_ice_url, IceServer};
 use serde::{Deserialize, Serialize};
 
 /// The config file's name in the data dir and the XDG config dir.
 pub use crate::data_dir::CONFIG_FILE;
-/// Comma-separated UDP addresses WebRTC binds, overriding the file.
+/// Where WebRTC binds, overriding the file: `auto`, `loopback`, or
+/// comma-separated addresses.
 pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
 /// Larger than any sane debounce: a typo like `debounce_ms = 100000000` is refused.
 const DEBOUNCE_MS_MAX: u64 = 60_000;
 
-/// The config file as written; every key is optional.
+/// Where WebRTC binds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IceBind {
+    /// Every usable interface, looked up again for each connection (so a
+    /// new network is used at once).
+    Auto,
+    /// These addresses (port 0 for any); loopback pins tests and the demo.
+    Addrs(Vec<SocketAddr>),
+}
+
 /// Where the transport binds and which servers help it through NATs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceConfig {
-    /// Local UDP addresses to bind (port 0 for any). Never a wildcard in tests:
-    /// that would advertise every interface.
-    pub bind: Vec<SocketAddr>,
-    /// `stun:` / `turn:` URLs; empty for loopback and LAN use.
-    pub servers: Vec<String>,
+    /// Where to bind.
+    pub bind: IceBind,
+    /// STUN/TURN servers of the config file.
+    pub servers: Vec<IceServer>,
+    /// Also use the servers the signalling server hands out.
+    pub use_server_list: bool,
+    /// Only relayed connections (hides this device's addresses from peers).
+    pub relay_only: bool,
 }
 
 impl IceConfig {
-    /// Loopback only, no STUN: the tests and the local demo.
+    /// Every interface, the signalling server's STUN/TURN servers: what
+    /// two machines need to find each other.
+    pub fn defaults() -> Self {
+        Self { bind: IceBind::Auto, servers: Vec::new(), use_server_list: true, relay_only: false }
+    }
+
+    /// Loopback only, no servers: the tests and the local demo.
     pub fn loopback() -> Self {
-        Self { bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))], servers: Vec::new() }
+        Self {
+            bind: IceBind::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))]),
+            servers: Vec::new(),
+            use_server_list: false,
+            relay_only: false,
+        }
     }
 }
 
@@ -61,8 +91,24 @@ struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IceSection {
-    bind: Option<Vec<String>>,
-    servers: Option<Vec<String>>,
+    bind: Option<BindSetting>,
+    servers: Option<Vec<ServerSetting>>,
+    from_signalling_server: Option<bool>,
+    relay_only: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BindSetting {
+    Word(String),
+    Addrs(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ServerSetting {
+    Url(String),
+    WithCredentials { urls: Vec<String>, username: Option<String>, credential: Option<String> },
 }
 
 /// What `psync mount` takes on its command line (each overrides the file).
@@ -116,10 +162,19 @@ pub struct Settings {
     pub download_bytes_per_sec: Option<u64>,
     /// The log filter when `RUST_LOG` is not set.
     pub log_level: Option<String>,
-    /// UDP addresses WebRTC binds.
-    pub ice_bind: Vec<SocketAddr>,
-    /// STUN/TURN servers.
+    /// Where WebRTC binds.
+    pub ice_bind: IceBind,
+    /// The config file's STUN/TURN URLs (credentials are not shown).
     pub ice_servers: Vec<String>,
+    /// The signalling server's STUN/TURN servers are used too.
+    #[serde(default)]
+    pub ice_from_signalling_server: bool,
+    /// Only relayed connections.
+    #[serde(default)]
+    pub ice_relay_only: bool,
+    /// The config file's servers with their credentials (never shown).
+    #[serde(skip)]
+    pub ice_server_credentials: Vec<IceServer>,
     /// Other users may use the mount (`allow_other`); off unless asked for.
     #[serde(default)]
     pub allow_other: bool,
@@ -128,7 +183,12 @@ pub struct Settings {
 impl Settings {
     /// For the transport.
     pub fn ice(&self) -> IceConfig {
-        IceConfig { bind: self.ice_bind.clone(), servers: self.ice_servers.clone() }
+        IceConfig {
+            bind: self.ice_bind.clone(),
+            servers: self.ice_server_credentials.clone(),
+            use_server_list: self.ice_from_signalling_server,
+            relay_only: self.ice_relay_only,
+        }
     }
 }
 
@@ -164,23 +224,22 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         Some(path) => format!("{what} in {}", path.display()),
         None => what.to_string(),
     };
-    let mut ice = IceConfig::loopback();
+    let mut ice = IceConfig::defaults();
     if let Some(bind) = &parsed.ice.bind {
-        ice.bind = parse_addrs(bind.iter().map(String::as_str)).with_context(|| in_file("[ice] bind"))?;
+        ice.bind = match bind {
+            BindSetting::Word(word) => parse_bind(word.split(',')),
+            BindSetting::Addrs(list) => parse_bind(list.iter().map(String::as_str)),
+        }
+        .with_context(|| in_file("[ice] bind"))?;
     }
     if let Some(servers) = parsed.ice.servers {
-        for url in &servers {
-            if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:")) {
-                bail!("{}: {url:?} is not a stun:, turn: or turns: URL", in_file("[ice] servers"));
-            }
-        }
-        ice.servers = servers;
+        ice.servers =
+            servers.into_iter().map(ice_server).collect::<Result<_>>().with_context(|| in_file("[ice] servers"))?;
     }
+    ice.use_server_list = parsed.ice.from_signalling_server.unwrap_or(true);
+    ice.relay_only = parsed.ice.relay_only.unwrap_or(false);
     if let Ok(list) = std::env::var(ICE_BIND_ENV) {
-        ice.bind = parse_addrs(list.split(',')).with_context(|| format!("environment variable {ICE_BIND_ENV}"))?;
-    }
-    if ice.bind.is_empty() {
-        bail!("{}: no address to bind", in_file("[ice] bind"));
+        ice.bind = parse_bind(list.split(',')).with_context(|| format!("environment variable {ICE_BIND_ENV}"))?;
     }
     let (debounce_ms, debounce_from) = match (flags.debounce_ms, parsed.debounce_ms) {
         (Some(ms), _) => (ms, "--debounce-ms".to_string()),
@@ -207,7 +266,10 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         download_bytes_per_sec: rate(&flags.download_limit, &parsed.download_limit, "download_limit")?,
         log_level: parsed.log_level,
         ice_bind: ice.bind,
-        ice_servers: ice.servers,
+        ice_servers: ice.servers.iter().flat_map(|s| s.urls.iter().cloned()).collect(),
+        ice_from_signalling_server: ice.use_server_list,
+        ice_relay_only: ice.relay_only,
+        ice_server_credentials: ice.servers,
         allow_other: flags.allow_other || parsed.allow_other.unwrap_or(false),
     })
 }
@@ -227,8 +289,42 @@ pub fn parse_log_level(text: &str) -> Result<String, String> {
     }
 }
 
-fn parse_addrs<'a>(list: impl Iterator<Item = &'a str>) -> Result<Vec<SocketAddr>> {
-    list.map(|a| a.trim().parse::<SocketAddr>().with_context(|| format!("bad address {a:?} (want IP:PORT)"))).collect()
+/// `auto`, `loopback`, or addresses.
+fn parse_bind<'a>(mut list: impl Iterator<Item = &'a str>) -> Result<IceBind> {
+    let addrs: Vec<&str> = list.by_ref().map(str::trim).filter(|a| !a.is_empty()).collect();
+    match addrs.as_slice() {
+        ["auto"] => Ok(IceBind::Auto),
+        ["loopback"] => Ok(IceBind::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])),
+        [] => bail!("no address to bind (want \"auto\", \"loopback\" or IP:PORT addresses)"),
+        _ => addrs
+            .iter()
+            .map(|a| {
+                a.parse::<SocketAddr>().with_context(|| format!("bad address {a:?} (want IP:PORT, auto or loopback)"))
+            })
+            .collect::<Result<_>>()
+            .map(IceBind::Addrs),
+    }
+}
+
+/// One `[ice] servers` entry: a URL, or a table with credentials (TURN
+/// needs them: the WebRTC stack refuses a TURN server without).
+fn ice_server(setting: ServerSetting) -> Result<IceServer> {
+    let server = match setting {
+        ServerSetting::Url(url) => IceServer::open(vec![url]),
+        ServerSetting::WithCredentials { urls, username, credential } => IceServer { urls, username, credential },
+    };
+    for url in &server.urls {
+        if !is_ice_url(url) {
+            bail!("{url:?} is not a stun:, turn: or turns: URL");
+        }
+        if url.starts_with("turn") && (server.username.is_none() || server.credential.is_none()) {
+            bail!("{url:?} needs a username and credential: {{ urls = [{url:?}], username = \"...\", credential = \"...\" }}");
+        }
+    }
+    if server.urls.is_empty() {
+        bail!("an entry has no urls");
+    }
+    Ok(server)
 }
 
 /// `"2MiB"`, `"500KiB"`, `"1.5MB"`, `"300000"` (bytes) per second; `"0"`: unlimited.
@@ -282,12 +378,36 @@ mod tests {
     }
 
     #[test]
-    fn defaults_without_a_file_are_loopback_and_unlimited() {
+    fn defaults_without_a_file_bind_every_interface_and_are_unlimited() {
         let s = load(None, &MountOptions::default()).unwrap();
         assert_eq!(s.debounce_ms, 100);
         assert_eq!((s.upload_bytes_per_sec, s.download_bytes_per_sec), (None, None));
-        assert!(s.ice_bind.iter().all(|a| a.ip().is_loopback()));
+        if std::env::var_os(ICE_BIND_ENV).is_none() {
+            assert_eq!(s.ice_bind, IceBind::Auto);
+        }
         assert!(s.ice_servers.is_empty());
+        assert!(s.ice_from_signalling_server && !s.ice_relay_only);
+    }
+
+    #[test]
+    fn ice_servers_take_credentials_and_a_turn_url_without_them_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[ice]\nbind = \"loopback\"\nrelay_only = true\nfrom_signalling_server = false\n\
+             servers = [\"stun:a.example:3478\", { urls = [\"turn:b.example:3478\"], username = \"u\", credential = \"p\" }]\n",
+        );
+        let s = load(Some(&path), &MountOptions::default()).unwrap();
+        assert!(s.ice_relay_only && !s.ice_from_signalling_server);
+        assert_eq!(s.ice_servers, ["stun:a.example:3478", "turn:b.example:3478"]);
+        let ice = s.ice();
+        assert_eq!(ice.servers[1].credential.as_deref(), Some("p"));
+        assert_eq!(ice.bind, IceBind::Addrs(vec!["127.0.0.1:0".parse().unwrap()]));
+        let shown = serde_json::to_string(&s).unwrap();
+        assert!(!shown.contains("\"p\""), "credentials never reach status: {shown}");
+        let path = write(dir.path(), "[ice]\nservers = [\"turn:b.example:3478\"]\n");
+        let err = format!("{:#}", load(Some(&path), &MountOptions::default()).unwrap_err());
+        assert!(err.contains("needs a username and credential"), "{err}");
     }
 
     #[test]
@@ -303,7 +423,7 @@ mod tests {
         assert_eq!(s.debounce_ms, 250);
         assert_eq!(s.upload_bytes_per_sec, Some(1 << 20));
         assert_eq!(s.log_level.as_deref(), Some("debug"));
-        assert_eq!(s.ice_bind.len(), 2);
+        assert!(matches!(&s.ice_bind, IceBind::Addrs(a) if a.len() == 2), "{:?}", s.ice_bind);
         assert_eq!(s.ice_servers, vec!["stun:stun.example.org:3478"]);
 
         let flags = MountOptions {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use psync_signal::net::{serve_with_limits, ClientEvent, IpLimits, ServerDir, SignalClient};
+use psync_signal::net::{serve_with, ClientEvent, IpLimits, ServeOptions, ServerDir, SignalClient};
 use psync_signal::{DeviceKey, Envelope, Role, Roster, RosterOp};
 
 fn env(name: &str, default: usize) -> usize {
@@ -30,9 +30,13 @@ fn main() {
             println!("{}", listener.local_addr().unwrap());
             // All clients come from 127.0.0.1: lift the per-address limits.
             let limits = IpLimits { connections: usize::MAX, messages_per_second: f64::INFINITY };
-            serve_with_limits(listener, ServerDir::new(std::path::Path::new(&dir)).unwrap(), limits, None)
-                .await
-                .unwrap();
+            serve_with(
+                listener,
+                ServerDir::new(std::path::Path::new(&dir)).unwrap(),
+                ServeOptions { limits, ..Default::default() },
+            )
+            .await
+            .unwrap();
         });
         return;
     }

@@ -1,5 +1,5 @@
-//! Device identity and group membership, and (next) the signalling server
-//! and its client.
+//! Device identity and group membership, the signalling server and its
+//! client, and the ICE servers the server hands out.
 //!
 //! **Invariant:** nothing here trusts the signalling server: group
 //! membership is a log signed by members, relayed messages are signed
@@ -9,6 +9,7 @@
 
 pub mod dtls;
 pub mod envelope;
+pub mod ice;
 pub mod identity;
 pub mod invite;
 pub mod net;

@@ -14,6 +14,7 @@ use psync_base::{codec, ContentHash};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
+use crate::ice::{IcePolicy, IceServer};
 use crate::identity::{PublicKey, SignatureBytes};
 use crate::roster::{Roster, RosterEntry};
 
@@ -143,6 +144,8 @@ pub enum ClientMsg {
     /// A member asks for the group's whole roster again (a peer showed a
     /// roster head it does not know).
     GetRoster,
+    /// A member asks for fresh ICE servers (its credentials near expiry).
+    GetIceServers,
 }
 
 /// Why the server refused something.
@@ -224,6 +227,14 @@ pub enum ServerMsg {
         /// The log.
         roster: Vec<RosterEntry>,
     },
+    /// STUN/TURN servers to use, sent after `Welcome` and on
+    /// `GetIceServers` (only to members, only if the operator set any).
+    IceServers {
+        /// With TURN credentials for this device.
+        servers: Vec<IceServer>,
+        /// When the credentials expire (unix milliseconds).
+        expires_ms: u64,
+    },
 }
 
 /// What the shell must do. Drained at once after each input, so the size
@@ -261,6 +272,7 @@ pub struct ServerState {
     mailboxes: BTreeMap<u32, Mailbox>,
     registrations: WindowCounts,
     invite_tries: WindowCounts,
+    ice: IcePolicy,
     out: Vec<ServerOut>,
     now: u64,
 }
@@ -281,9 +293,16 @@ impl ServerState {
             mailboxes: BTreeMap::new(),
             registrations: WindowCounts::default(),
             invite_tries: WindowCounts::default(),
+            ice: IcePolicy::default(),
             out: Vec::new(),
             now: 0,
         }
+    }
+
+    /// Hands these STUN/TURN servers to logged-in members.
+    pub fn with_ice(mut self, ice: IcePolicy) -> Self {
+        self.ice = ice;
+        self
     }
 
     /// A group's roster.
@@ -416,6 +435,8 @@ impl ServerState {
                 self.send(conn, ServerMsg::Roster { roster });
             }
             (ClientMsg::GetRoster, None) => self.error(conn, ErrorCode::Unauthorized, "log in first"),
+            (ClientMsg::GetIceServers, Some((_, key))) => self.send_ice(conn, &key),
+            (ClientMsg::GetIceServers, None) => self.error(conn, ErrorCode::Unauthorized, "log in first"),
             (ClientMsg::Append { .. } | ClientMsg::Relay { .. } | ClientMsg::OpenInvite, None) => {
                 self.error(conn, ErrorCode::Unauthorized, "log in first");
             }
@@ -484,8 +505,17 @@ impl ServerState {
         let roster = self.groups.get(&group).map(|r| r.entries().to_vec()).unwrap_or_default();
         let online: Vec<PublicKey> = self.online[&group].keys().copied().filter(|k| *k != key).collect();
         self.send(conn, ServerMsg::Welcome { roster, online });
+        self.send_ice(conn, &key);
         if first {
             self.announce(&group, ServerMsg::Online(key), Some(conn));
+        }
+    }
+
+    /// The operator's ICE servers with fresh credentials for `key`, if any.
+    fn send_ice(&mut self, conn: ConnId, key: &PublicKey) {
+        if !self.ice.is_empty() {
+            let (servers, expires_ms) = self.ice.for_device(key, self.now);
+            self.send(conn, ServerMsg::IceServers { servers, expires_ms });
         }
     }
 

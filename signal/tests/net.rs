@@ -175,7 +175,11 @@ fn devices_meet_over_tls() {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     let server_dir = ServerDir::new(&dir.path().join("server")).unwrap();
-    rt.spawn(psync_signal::net::serve_with_limits(listener, server_dir, Default::default(), Some(acceptor)));
+    rt.spawn(psync_signal::net::serve_with(
+        listener,
+        server_dir,
+        psync_signal::net::ServeOptions { tls: Some(acceptor), ..Default::default() },
+    ));
     let url = format!("wss://localhost:{port}");
     let a = Arc::new(DeviceKey::generate());
     let roster = Roster::create(&a, "notes", "desktop", "", 1);

@@ -348,3 +348,38 @@ fn registrations_and_invite_guesses_are_bounded_per_origin() {
     }
     assert_eq!(refused_at, Some(INVITE_TRIES_PER_ORIGIN as u64), "the tries past the bound are refused");
 }
+
+/// Members get the operator's STUN/TURN servers with their own fresh TURN
+/// credentials after logging in and whenever they ask; strangers get none.
+#[test]
+fn members_get_ice_servers_with_fresh_turn_credentials() {
+    use psync_signal::ice::{turn_rest_password, IcePolicy};
+    let mut w = World::new();
+    let policy = IcePolicy {
+        stun: vec!["stun:203.0.113.10:3478".into()],
+        turn: vec!["turn:203.0.113.10:3478".into()],
+        turn_secret: b"coturn secret".to_vec(),
+        ttl_secs: 3600,
+    };
+    w.server = std::mem::replace(&mut w.server, ServerState::new([0; 16], vec![])).with_ice(policy);
+    let group = w.roster.group_id();
+    let laptop = copy_of(&w.laptop);
+    let (b, out) = w.login(&laptop, group);
+    let sent = sent_to(&out, b);
+    assert!(matches!(sent[0], ServerMsg::Welcome { .. }), "{sent:?}");
+    let ServerMsg::IceServers { servers, expires_ms } = &sent[1] else { panic!("{sent:?}") };
+    assert_eq!(*expires_ms, (NOW / 1000 + 3600) * 1000);
+    assert_eq!(servers[0].urls, ["stun:203.0.113.10:3478"]);
+    let username = servers[1].username.clone().unwrap();
+    assert!(username.starts_with(&format!("{}:", NOW / 1000 + 3600)), "{username}");
+    assert_eq!(servers[1].credential.clone().unwrap(), turn_rest_password(b"coturn secret", &username));
+    // Asked again later: a later expiry.
+    let later = NOW + 1_800_000;
+    let out = w.server.frame(b, &frame(&ClientMsg::GetIceServers), later);
+    let [ServerMsg::IceServers { expires_ms, .. }] = sent_to(&out, b).as_slice() else { panic!("{out:?}") };
+    assert_eq!(*expires_ms, (later / 1000 + 3600) * 1000);
+    // Not before logging in.
+    w.server.connected(900, [9; 32], NOW);
+    let out = w.server.frame(900, &frame(&ClientMsg::GetIceServers), NOW);
+    assert!(matches!(sent_to(&out, 900)[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }));
+}

@@ -90,6 +90,19 @@ pub enum Command {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// STUN server handed to members, e.g. stun:signal.example.org:3478 (repeatable).
+        #[arg(long = "stun", value_name = "URL")]
+        stun: Vec<String>,
+        /// TURN server handed to members with fresh credentials, e.g.
+        /// turn:signal.example.org:3478 (repeatable; needs --turn-secret-file).
+        #[arg(long = "turn", value_name = "URL", requires = "turn_secret_file")]
+        turn: Vec<String>,
+        /// The secret shared with the TURN server (coturn's static-auth-secret), first line of F.
+        #[arg(long, value_name = "F", requires = "turn")]
+        turn_secret_file: Option<PathBuf>,
+        /// How long handed-out TURN credentials last; devices refresh them at half.
+        #[arg(long, value_name = "SECS", default_value_t = psync_signal::ice::DEFAULT_TURN_TTL_SECS)]
+        turn_ttl: u64,
     },
     /// Create this device's identity and found a new group on a signalling server.
     Init {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use psync_signal::dtls::DtlsCertificate;
-use psync_signal::net::{register, serve_with_limits, tls_acceptor, ClientEvent, IpLimits, ServerDir, SignalClient};
+use psync_signal::ice::{is_ice_url, IcePolicy, MIN_TURN_TTL_SECS};
+use psync_signal::net::{register, serve_with, tls_acceptor, ClientEvent, ServeOptions, ServerDir, SignalClient};
 use psync_signal::{readable_id, DeviceKey, Roster};
 
 use crate::data_dir::KEY_FILE;
@@ -22,8 +23,42 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `psync signal --listen ADDR [--tls-cert F --tls-key F]`.
-pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>) -> Result<ExitCode> {
+/// What `psync signal --stun/--turn/--turn-secret-file/--turn-ttl` hands out.
+pub fn ice_policy(
+    stun: Vec<String>,
+    turn: Vec<String>,
+    secret_file: Option<&Path>,
+    ttl_secs: u64,
+) -> Result<IcePolicy> {
+    for url in &stun {
+        if !url.starts_with("stun:") || !is_ice_url(url) {
+            bail!("--stun {url:?} is not a stun: URL (like stun:signal.example.org:3478)");
+        }
+    }
+    for url in &turn {
+        if !url.starts_with("turn") || !is_ice_url(url) {
+            bail!("--turn {url:?} is not a turn: URL (like turn:signal.example.org:3478)");
+        }
+    }
+    if ttl_secs < MIN_TURN_TTL_SECS {
+        bail!("--turn-ttl {ttl_secs} is below the minimum of {MIN_TURN_TTL_SECS} seconds");
+    }
+    let turn_secret = match secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            if secret.is_empty() {
+                bail!("{} holds no secret on its first line", path.display());
+            }
+            secret.into_bytes()
+        }
+        None => Vec::new(),
+    };
+    Ok(IcePolicy { stun, turn, turn_secret, ttl_secs })
+}
+
+/// `psync signal --listen ADDR [--tls-cert F --tls-key F] [ICE servers]`.
+pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>, ice: IcePolicy) -> Result<ExitCode> {
     let addr: std::net::SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
     if tls.is_none() && !addr.ip().is_loopback() {
@@ -35,7 +70,10 @@ pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>) -> Res
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         println!("signalling server listening on {scheme}://{}", listener.local_addr()?);
-        serve_with_limits(listener, dir, IpLimits::default(), acceptor).await?;
+        if !ice.is_empty() {
+            println!("handing out {} STUN and {} TURN URLs", ice.stun.len(), ice.turn.len());
+        }
+        serve_with(listener, dir, ServeOptions { tls: acceptor, ice, ..Default::default() }).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -169,6 +169,10 @@ fn render(s: &Status, peak_wanted: usize) -> String {
         let rtt = p.rtt_ms.map(|ms| format!(", rtt {ms:.1} ms")).unwrap_or_default();
         let read_only = if p.role == "read_only" { " [read-only]" } else { "" };
         let _ = writeln!(out, "  {:<14} {}  {presence:<7} {link:<18} {sync}{seen}{rtt}{read_only}", p.name, p.id);
+        if let (true, Some(path)) = (p.connected, &p.path) {
+            let via = path.relay.as_ref().map(|r| format!(" via {r}")).unwrap_or_default();
+            let _ = writeln!(out, "  {:<14} {}{via}: {} <-> {}", "", path.kind.word(), path.local, path.remote);
+        }
     }
     if s.conflicts.is_empty() {
         let _ = writeln!(out, "conflicts   none");

@@ -82,14 +82,15 @@ pub(super) fn peers(roster: &Roster, me: DeviceId, state: impl Fn(DeviceId) -> P
             online,
             connected,
             connection: connected.then(|| "webrtc".to_string()),
+            path: link.as_ref().and_then(|l| l.path.clone()),
             last_seen_secs_ago,
             in_sync: connected && progress.as_ref().is_some_and(|p| p.in_sync()),
             incoming_records: progress.as_ref().map_or(0, |p| p.incoming()),
             outgoing_records: progress.as_ref().map_or(0, |p| p.outgoing()),
             acked_seq: progress.as_ref().map_or(0, |p| p.acked),
-            rtt_ms: link.and_then(|l| l.rtt_ms).map(|ms| (ms * 100.0).round() / 100.0),
-            bytes_sent: link.map(|l| l.bytes_sent),
-            bytes_received: link.map(|l| l.bytes_received),
+            rtt_ms: link.as_ref().and_then(|l| l.rtt_ms).map(|ms| (ms * 100.0).round() / 100.0),
+            bytes_sent: link.as_ref().map(|l| l.bytes_sent),
+            bytes_received: link.as_ref().map(|l| l.bytes_received),
         });
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));

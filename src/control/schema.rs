@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::live::SignallingState;
+use crate::net::path::LinkPath;
 
 /// What `psync status --json` prints. Fields are only ever added.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +88,10 @@ pub struct PeerStatus {
     pub connected: bool,
     /// How: `webrtc` when connected.
     pub connection: Option<String>,
+    /// Which way: LAN, direct through NAT, or relayed (naming the relay),
+    /// with the addresses at both ends.
+    #[serde(default)]
+    pub path: Option<LinkPath>,
     /// Seconds since it was last heard from over a link (this daemon run).
     pub last_seen_secs_ago: Option<u64>,
     /// Connected, and each side has applied everything the other announced.

@@ -142,7 +142,7 @@ impl Source {
                             p
                         }),
                         last_seen_secs_ago: snapshot.last_seen.get(&id).map(|t| mono_ms().saturating_sub(*t) / 1000),
-                        link: snapshot.links.get(&id).copied(),
+                        link: snapshot.links.get(&id).cloned(),
                     });
                 }
             });

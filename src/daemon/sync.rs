@@ -75,7 +75,7 @@ pub fn start(
     std::thread::Builder::new().name("psync-sync".into()).spawn(move || {
         runtime.block_on(async move {
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
-            let me = Me { key: setup.key, certificate: setup.certificate, ice };
+            let me = Me::new(setup.key, setup.certificate, ice);
             tokio::spawn(peering::run(me, setup.roster, client, control, live.clone(), Box::new(save_roster)));
             // Not a runtime thread: replaying blocks in syscalls on the mount.
             let (installed, installed_rx) = mpsc::unbounded_channel::<Vec<Change>>();

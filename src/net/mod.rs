@@ -3,5 +3,7 @@
 //! Nothing here knows the sync protocol: a link carries frames.
 
 pub mod frames;
+pub mod ice;
+pub mod path;
 pub mod transport;
 pub mod udp_runtime;

@@ -17,15 +17,19 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use psync_base::ContentHash;
 use psync_signal::dtls::DtlsCertificate;
+use psync_signal::ice::IceServer;
 use psync_signal::net::{ClientEvent, SignalClient};
 use psync_signal::{DeviceKey, Envelope, PublicKey, ReplayGuard, Roster};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::wall_ms;
+use crate::config::IceConfig;
 use crate::driver::inbox::Control;
 use crate::live::{SharedLive, SignallingState};
-use crate::net::transport::{IceConfig, Negotiation, PeerSignal};
+use crate::net::ice::{usable_addresses, IceSetup};
+use crate::net::path::PathKind;
+use crate::net::transport::{Negotiation, PeerSignal};
 
 mod state;
 
@@ -37,6 +41,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often online peers without a link are looked at again.
 const REDIAL_TICK: Duration = Duration::from_secs(2);
+/// How often the local addresses are compared with the last look (a
+/// laptop that changed networks or woke up redials within this).
+const NETWORK_POLL: Duration = Duration::from_secs(2);
 
 /// What this device brings to every connection.
 #[derive(Debug, Clone)]
@@ -47,6 +54,21 @@ pub struct Me {
     pub certificate: Arc<DtlsCertificate>,
     /// Bind addresses and ICE servers.
     pub ice: IceConfig,
+    /// The STUN/TURN servers the signalling server handed out last.
+    pub handed: Arc<std::sync::Mutex<Vec<IceServer>>>,
+}
+
+impl Me {
+    /// This device with these ICE settings.
+    pub fn new(key: Arc<DeviceKey>, certificate: Arc<DtlsCertificate>, ice: IceConfig) -> Self {
+        Self { key, certificate, ice, handed: Arc::default() }
+    }
+
+    /// What the next connection attempt binds and asks.
+    fn ice_setup(&self) -> IceSetup {
+        let handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        IceSetup::resolve(&self.ice, &handed)
+    }
 }
 
 /// The group as the sync core needs it.
@@ -60,7 +82,8 @@ fn group_of(state: &PeeringState) -> Control {
 struct Tasks {
     relay: mpsc::UnboundedSender<Envelope>,
     answer_slots: mpsc::UnboundedSender<((PublicKey, u64), oneshot::Sender<String>)>,
-    done: mpsc::UnboundedSender<(PublicKey, bool)>,
+    /// An attempt ended: how the link goes if one was made.
+    done: mpsc::UnboundedSender<(PublicKey, Result<PathKind, ()>)>,
     /// A peer showed a roster head we do not know: ask the server.
     unknown_head: mpsc::UnboundedSender<ContentHash>,
     sync: mpsc::Sender<Control>,
@@ -109,6 +132,8 @@ pub async fn run(
         waiting_answers: HashMap::new(),
     };
     let mut tick = tokio::time::interval(REDIAL_TICK);
+    let mut network_poll = tokio::time::interval(NETWORK_POLL);
+    let mut addresses = usable_addresses();
     p.live.update(|l| l.roster = Some(p.state.roster().clone()));
     let _ = p.tasks.sync.send(group_of(&p.state)).await;
     loop {
@@ -119,7 +144,13 @@ pub async fn run(
             },
             Some(envelope) = relay_rx.recv() => p.client.relay(envelope),
             Some((slot, tx)) = slots_rx.recv() => { p.waiting_answers.insert(slot, tx); }
-            Some((peer, ok)) = done_rx.recv() => p.state.finished(peer, ok, Instant::now().into_std()),
+            Some((peer, result)) = done_rx.recv() => {
+                let now = Instant::now().into_std();
+                p.state.finished(peer, result.is_ok(), now);
+                if let Ok(kind) = result {
+                    p.state.linked(peer, kind == PathKind::Relayed, now);
+                }
+            }
             Some(head) = unknown_rx.recv() => {
                 if !p.state.roster().has_entry(&head) {
                     p.roster_warning(format!(
@@ -130,6 +161,17 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => p.redial(),
+            _ = network_poll.tick() => {
+                let now_addresses = usable_addresses();
+                if now_addresses != addresses {
+                    tracing::info!(
+                        "the network changed (addresses now {:?}); reconnecting to the server and peers",
+                        now_addresses
+                    );
+                    addresses = now_addresses;
+                    p.network_changed();
+                }
+            }
         }
         if p.tasks.sync.is_closed() {
             return;
@@ -138,16 +180,54 @@ pub async fn run(
 }
 
 impl Peering {
-    /// Links lost or attempts failed: try again those still online.
+    /// Links lost or attempts failed: try again those still online; and
+    /// relayed links try to go direct.
     fn redial(&mut self) {
         let linked = self.live.read(|l| l.linked.clone());
-        for peer in self.state.due_redials(&linked, Instant::now().into_std()) {
+        let now = Instant::now().into_std();
+        for peer in self.state.due_redials(&linked, now) {
             self.dial(peer);
+        }
+        for peer in self.state.due_upgrades(&linked, now) {
+            tracing::debug!(peer = %peer.device_id(), "trying to replace the relayed link with a direct one");
+            spawn_dial(&self.me, self.state.roster(), peer, &self.tasks, Attempt::Upgrade);
         }
     }
 
     fn dial(&self, peer: PublicKey) {
-        spawn_dial(&self.me, self.state.roster(), peer, &self.tasks);
+        spawn_dial(&self.me, self.state.roster(), peer, &self.tasks, Attempt::Link);
+    }
+
+    /// This device's addresses changed: its links may be dead without
+    /// knowing it. A new server connection, and new links to every linked
+    /// peer (the dialing side offers; the other asks it to).
+    fn network_changed(&mut self) {
+        self.client.reconnect();
+        let linked = self.live.read(|l| l.linked.clone());
+        let peers: Vec<PublicKey> =
+            self.state.roster().members().filter(|m| linked.contains(&m.key.device_id())).map(|m| m.key).collect();
+        for peer in peers {
+            if let Some(peer) = self.state.dial_now(peer) {
+                self.dial(peer);
+            } else if !crate::net::transport::offers_to(&self.me.key.public(), &peer) {
+                self.send_signal(peer, rand::random(), PeerSignal::Redial);
+            }
+        }
+    }
+
+    fn send_signal(&self, peer: PublicKey, session: u64, signal: PeerSignal) {
+        match signal.encode() {
+            Ok(payload) => self.client.relay(Envelope::seal(
+                &self.me.key,
+                self.state.roster().group_id(),
+                peer,
+                session,
+                1,
+                wall_ms(),
+                payload,
+            )),
+            Err(e) => tracing::warn!("cannot encode a signal: {e:#}"),
+        }
     }
 
     /// Takes a copy of the roster from the server if it extends ours; a
@@ -225,6 +305,14 @@ impl Peering {
                 tracing::warn!("signalling server refused: {why}");
                 self.live.update(|l| l.signalling = SignallingState::Refused(why));
             }
+            ClientEvent::IceServers { servers, expires_ms } => {
+                let urls: Vec<&str> = servers.iter().flat_map(|s| s.urls.iter().map(String::as_str)).collect();
+                tracing::info!(
+                    "the signalling server hands out ICE servers {urls:?} (credentials until {})",
+                    crate::clock::local_time(expires_ms)
+                );
+                *self.me.handed.lock().unwrap_or_else(|p| p.into_inner()) = servers;
+            }
             ClientEvent::InviteOpened(_) | ClientEvent::InviteMsg { .. } => {}
         }
     }
@@ -239,24 +327,15 @@ impl Peering {
             }
         };
         match PeerSignal::decode(&payload) {
-            Ok(PeerSignal::Offer(offer)) => {
+            Ok(PeerSignal::Offer(offer)) => self.take_offer(from, envelope.session, offer, Attempt::Link),
+            Ok(PeerSignal::Upgrade(offer)) => self.take_offer(from, envelope.session, offer, Attempt::Upgrade),
+            Ok(PeerSignal::Redial) => {
                 if !self.state.offer_allowed(from, Instant::now().into_std()) {
-                    tracing::warn!(from = %from.device_id(), "too many connection offers; ignoring this one");
-                    return;
+                    tracing::warn!(from = %from.device_id(), "too many redial requests; ignoring this one");
+                } else if let Some(peer) = self.state.dial_now(from) {
+                    tracing::info!(peer = %peer.device_id(), "the peer's network changed; dialing it again");
+                    self.dial(peer);
                 }
-                // One connection attempt per peer: a newer offer replaces
-                // the answer still being built for an older one.
-                if let Some(previous) = self.answering.remove(&from) {
-                    previous.abort();
-                }
-                let (me, roster, tasks, session) =
-                    (self.me.clone(), self.state.roster().clone(), self.tasks.clone(), envelope.session);
-                let handle = tokio::spawn(async move {
-                    if let Err(e) = answer(me, roster, from, session, offer, tasks).await {
-                        tracing::warn!(peer = %from.device_id(), "could not accept a connection: {e:#}");
-                    }
-                });
-                self.answering.insert(from, handle.abort_handle());
             }
             Ok(PeerSignal::Answer(sdp)) => match self.waiting_answers.remove(&(from, envelope.session)) {
                 Some(slot) => {
@@ -269,15 +348,48 @@ impl Peering {
     }
 }
 
-fn spawn_dial(me: &Me, roster: &Roster, peer: PublicKey, tasks: &Tasks) {
+/// Why a connection is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// To have a link.
+    Link,
+    /// To replace a relayed link with a direct one: a relayed result is
+    /// dropped and the old link kept.
+    Upgrade,
+}
+
+impl Peering {
+    /// Answers a peer's offer (one attempt per peer: a newer offer replaces
+    /// the answer still being built for an older one).
+    fn take_offer(&mut self, from: PublicKey, session: u64, offer: String, attempt: Attempt) {
+        if !self.state.offer_allowed(from, Instant::now().into_std()) {
+            tracing::warn!(from = %from.device_id(), "too many connection offers; ignoring this one");
+            return;
+        }
+        if let Some(previous) = self.answering.remove(&from) {
+            previous.abort();
+        }
+        let (me, roster, tasks) = (self.me.clone(), self.state.roster().clone(), self.tasks.clone());
+        let handle = tokio::spawn(async move {
+            match answer(me, roster, from, session, offer, attempt, &tasks).await {
+                Ok(kind) => {
+                    let _ = tasks.done.send((from, Ok(kind)));
+                }
+                Err(e) => tracing::warn!(peer = %from.device_id(), "could not accept a connection: {e:#}"),
+            }
+        });
+        self.answering.insert(from, handle.abort_handle());
+    }
+}
+
+fn spawn_dial(me: &Me, roster: &Roster, peer: PublicKey, tasks: &Tasks, attempt: Attempt) {
     let (me, roster, tasks) = (me.clone(), roster.clone(), tasks.clone());
     tokio::spawn(async move {
-        let done = tasks.done.clone();
-        let result = dial(me, roster, peer, tasks).await;
+        let result = dial(me, roster, peer, attempt, &tasks).await;
         if let Err(e) = &result {
             tracing::warn!(peer = %peer.device_id(), "could not connect: {e:#}");
         }
-        let _ = done.send((peer, result.is_ok()));
+        let _ = tasks.done.send((peer, result.map_err(|_| ())));
     });
 }
 
@@ -285,30 +397,42 @@ fn pinned(roster: &Roster, peer: &PublicKey) -> Result<String> {
     roster.fingerprint(peer).map(str::to_string).ok_or_else(|| anyhow!("no DTLS fingerprint pinned for the peer"))
 }
 
-async fn dial(me: Me, roster: Roster, peer: PublicKey, tasks: Tasks) -> Result<()> {
+async fn dial(me: Me, roster: Roster, peer: PublicKey, attempt: Attempt, tasks: &Tasks) -> Result<PathKind> {
     let pinned = pinned(&roster, &peer)?;
-    let mut negotiation = Negotiation::new(&me.certificate, &me.ice).await?;
+    let mut negotiation = Negotiation::new(&me.certificate, &me.ice_setup()).await?;
     let offer = negotiation.offer().await?;
     let session = rand::random::<u64>();
     let (answer_tx, answer_rx) = oneshot::channel();
     tasks.answer_slots.send(((peer, session), answer_tx)).map_err(|_| anyhow!("peering stopped"))?;
-    let payload = PeerSignal::Offer(offer).encode()?;
+    let payload = match attempt {
+        Attempt::Link => PeerSignal::Offer(offer),
+        Attempt::Upgrade => PeerSignal::Upgrade(offer),
+    }
+    .encode()?;
     tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, answer_rx)
         .await
         .context("no answer in time")?
         .map_err(|_| anyhow!("peering stopped"))?;
     negotiation.accept(&answer, &pinned).await?;
-    finish(me, roster, peer, pinned, negotiation, &tasks).await
+    finish(me, roster, peer, pinned, negotiation, attempt, tasks).await
 }
 
-async fn answer(me: Me, roster: Roster, peer: PublicKey, session: u64, offer: String, tasks: Tasks) -> Result<()> {
+async fn answer(
+    me: Me,
+    roster: Roster,
+    peer: PublicKey,
+    session: u64,
+    offer: String,
+    attempt: Attempt,
+    tasks: &Tasks,
+) -> Result<PathKind> {
     let pinned = pinned(&roster, &peer)?;
-    let mut negotiation = Negotiation::new(&me.certificate, &me.ice).await?;
+    let mut negotiation = Negotiation::new(&me.certificate, &me.ice_setup()).await?;
     let sdp = negotiation.answer(&offer, &pinned).await?;
     let payload = PeerSignal::Answer(sdp).encode()?;
     tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
-    finish(me, roster, peer, pinned, negotiation, &tasks).await
+    finish(me, roster, peer, pinned, negotiation, attempt, tasks).await
 }
 
 async fn finish(
@@ -317,8 +441,9 @@ async fn finish(
     peer: PublicKey,
     pinned: String,
     negotiation: Negotiation,
+    attempt: Attempt,
     tasks: &Tasks,
-) -> Result<()> {
+) -> Result<PathKind> {
     let mut link = negotiation.connect(CONNECT_TIMEOUT).await?;
     let mine = me.certificate.fingerprint();
     let their_head = match link.hello(&me.key, peer, &roster, (&mine, &pinned)).await {
@@ -336,8 +461,22 @@ async fn finish(
         link.close().await;
         bail!("the peer's roster has an entry this device does not know ({their_head}); asked the server for it");
     }
-    tracing::info!(peer = %peer.device_id(), "connected");
-    tasks.sync.send(Control::Connected(peer.device_id(), link)).await.map_err(|_| anyhow!("the sync loop stopped"))
+    let path = link.probe().stats().await.path;
+    let kind = path.as_ref().map_or(PathKind::Direct, |p| p.kind);
+    if attempt == Attempt::Upgrade && kind == PathKind::Relayed {
+        tracing::debug!(peer = %peer.device_id(), "still relayed; keeping the link there is");
+        link.close().await;
+        return Ok(kind);
+    }
+    match &path {
+        Some(p) => {
+            let via = p.relay.as_ref().map(|r| format!(" via {r}")).unwrap_or_default();
+            tracing::info!(peer = %peer.device_id(), "connected ({}{via}: {} <-> {})", p.kind.word(), p.local, p.remote);
+        }
+        None => tracing::info!(peer = %peer.device_id(), "connected"),
+    }
+    tasks.sync.send(Control::Connected(peer.device_id(), link)).await.map_err(|_| anyhow!("the sync loop stopped"))?;
+    Ok(kind)
 }
 
 #[cfg(test)]
@@ -384,7 +523,7 @@ mod tests {
             let live = SharedLive::default();
             tokio::spawn(crate::driver::sync_loop::run(core, control_rx, mpsc::unbounded_channel().0, live.clone()));
             let client = SignalClient::spawn(url.clone(), group, keys[i].clone());
-            let me = Me { key: keys[i].clone(), certificate: certs[i].clone(), ice: IceConfig::loopback() };
+            let me = Me::new(keys[i].clone(), certs[i].clone(), IceConfig::loopback());
             tokio::spawn(run(me, roster.clone(), client, control.clone(), live, Box::new(|_| {})));
             stores.push(store);
             controls.push(control);

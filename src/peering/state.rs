@@ -20,6 +20,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const MAX_OFFERS_PER_WINDOW: usize = 10;
 /// The window [`MAX_OFFERS_PER_WINDOW`] counts in.
 pub const OFFER_WINDOW: Duration = Duration::from_secs(60);
+/// How often a relayed link tries to become direct (a NAT may have opened,
+/// the peer may have moved to this LAN).
+pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What became of a roster copy from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct PeeringState {
     running: HashSet<PublicKey>,
     failures: HashMap<PublicKey, (u32, Instant)>,
     offers: HashMap<PublicKey, VecDeque<Instant>>,
+    /// Peers whose link is relayed, with the last try to go direct.
+    relayed: HashMap<PublicKey, Instant>,
 }
 
 impl PeeringState {
@@ -53,6 +58,7 @@ impl PeeringState {
             running: HashSet::new(),
             failures: HashMap::new(),
             offers: HashMap::new(),
+            relayed: HashMap::new(),
         }
     }
 
@@ -129,6 +135,49 @@ impl PeeringState {
     /// `peer` went offline.
     pub fn went_offline(&mut self, peer: &PublicKey) {
         self.online.remove(peer);
+        self.relayed.remove(peer);
+    }
+
+    /// Dial `peer` now if it is ours to dial and no attempt is under way
+    /// (this device's network changed, or the peer's did and it asked).
+    pub fn dial_now(&mut self, peer: PublicKey) -> Option<PublicKey> {
+        if peer == self.me || !self.ours_to_dial(&peer) || self.running.contains(&peer) {
+            return None;
+        }
+        self.failures.remove(&peer);
+        self.running.insert(peer);
+        Some(peer)
+    }
+
+    /// A link to `peer` is up, relayed or not.
+    pub fn linked(&mut self, peer: PublicKey, relayed: bool, now: Instant) {
+        if relayed {
+            self.relayed.entry(peer).or_insert(now);
+        } else {
+            self.relayed.remove(&peer);
+        }
+    }
+
+    /// Relayed peers, ours to dial, whose last try to go direct is
+    /// [`UPGRADE_INTERVAL`] old; each counts as an attempt under way.
+    pub fn due_upgrades(&mut self, linked: &BTreeSet<DeviceId>, now: Instant) -> Vec<PublicKey> {
+        self.relayed.retain(|peer, _| linked.contains(&peer.device_id()));
+        let mut due: Vec<PublicKey> = self
+            .relayed
+            .iter()
+            .filter(|(peer, tried)| {
+                now.duration_since(**tried) >= UPGRADE_INTERVAL
+                    && self.ours_to_dial(peer)
+                    && !self.running.contains(*peer)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        due.sort_by_key(PublicKey::device_id);
+        for peer in &due {
+            self.relayed.insert(*peer, now);
+            self.running.insert(*peer);
+        }
+        due
     }
 
     /// The signalling connection ended: nobody is known online.
@@ -245,6 +294,29 @@ mod tests {
         me.went_offline(&dialed);
         assert!(me.due_redials(&BTreeSet::new(), t0 + MAX_BACKOFF).is_empty(), "an offline peer is not dialled");
         assert_eq!(me.came_online(dialed), Some(dialed), "coming online skips the wait");
+    }
+
+    #[test]
+    fn a_relayed_link_tries_to_go_direct_every_interval_and_a_network_change_dials_at_once() {
+        let g = group(2);
+        let (dialer, dialed) = dialer_and_dialed(&g);
+        let mut me = PeeringState::new(dialer, g.roster.clone());
+        let mut them = PeeringState::new(dialed, g.roster.clone());
+        let t0 = Instant::now();
+        let linked: BTreeSet<DeviceId> = [dialed.device_id()].into();
+        me.linked(dialed, true, t0);
+        them.linked(dialer, true, t0);
+        assert!(me.due_upgrades(&linked, t0 + UPGRADE_INTERVAL / 2).is_empty(), "not before the interval");
+        assert_eq!(me.due_upgrades(&linked, t0 + UPGRADE_INTERVAL), vec![dialed]);
+        assert!(me.due_upgrades(&linked, t0 + UPGRADE_INTERVAL * 3).is_empty(), "one attempt at a time");
+        me.finished(dialed, true, t0 + UPGRADE_INTERVAL);
+        assert!(them.due_upgrades(&[dialer.device_id()].into(), t0 + UPGRADE_INTERVAL).is_empty(), "only the dialer");
+        me.linked(dialed, false, t0 + UPGRADE_INTERVAL);
+        assert!(me.due_upgrades(&linked, t0 + UPGRADE_INTERVAL * 3).is_empty(), "a direct link stays");
+        // A network change: the dialer dials at once, the other side cannot.
+        assert_eq!(me.dial_now(dialed), Some(dialed));
+        assert_eq!(me.dial_now(dialed), None, "already under way");
+        assert_eq!(them.dial_now(dialer), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ impl Drop for Server {
 
 pub fn start_server(data: &Path) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_psync"))
+    let mut child = crate::support::psync_command()
         .arg("--data-dir")
         .arg(data)
         .args(["signal", "--listen", &format!("127.0.0.1:{port}")])
@@ -78,7 +78,7 @@ fn clear_errors_for_signal_and_identity() {
 
 /// Starts `psync invite --yes` and returns it with the code from its first line.
 pub fn start_invite(dev: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_psync"))
+    let mut child = crate::support::psync_command()
         .arg("--data-dir")
         .arg(dev)
         .args(["invite", "--yes"])
@@ -164,7 +164,7 @@ fn a_removed_device_is_refused() {
     let (_server, url) = start_server(&tmp.path().join("server"));
     let (a, b) = (tmp.path().join("desktop"), tmp.path().join("phone"));
     assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let mut inviter = Command::new(env!("CARGO_BIN_EXE_psync"))
+    let mut inviter = crate::support::psync_command()
         .arg("--data-dir")
         .arg(&a)
         .args(["invite", "--yes", "--read-only"])
@@ -602,7 +602,7 @@ fn the_config_file_and_mount_flags_reach_the_daemon() {
     assert_eq!(sa["config_file"], a.join("config.toml").canonicalize().unwrap().to_str().unwrap());
     let sb = settings(&b);
     assert_eq!((sb["debounce_ms"].clone(), sb["download_bytes_per_sec"].clone()), (100.into(), (4 << 20).into()));
-    assert_eq!(sb["ice_bind"], serde_json::json!(["127.0.0.1:0"]));
+    assert_eq!(sb["ice_bind"], serde_json::json!({"addrs": ["127.0.0.1:0"]}));
 
     // And they sync with them.
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();

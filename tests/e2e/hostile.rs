@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use psync::config::IceConfig;
 use psync::driver::inbox::Control;
 use psync::live::SharedLive;
-use psync::net::transport::{IceConfig, Link};
+use psync::net::ice::IceSetup;
+use psync::net::transport::Link;
 use psync::peering::{self, Me};
 use psync_base::{ContentHash, DeviceId, VersionVector};
 use psync_signal::net::SignalClient;
@@ -59,7 +61,7 @@ impl Hostile {
         let roster = roster(setup.roster.clone(), &setup);
         rt.spawn(async move {
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
-            let me = Me { key: setup.key.clone(), certificate: setup.certificate.clone(), ice: IceConfig::loopback() };
+            let me = Me::new(setup.key.clone(), setup.certificate.clone(), IceConfig::loopback());
             let (sync, mut control) = mpsc::channel(16);
             let live = SharedLive::default();
             let handed = live.clone();
@@ -370,7 +372,7 @@ fn offers_in_a_loop_are_bounded() {
     mallory.rt.block_on(async {
         let mut client = SignalClient::spawn(mallory.url.clone(), setup.group, setup.key.clone());
         let mut negotiation =
-            psync::net::transport::Negotiation::new(&setup.certificate, &IceConfig::loopback()).await.unwrap();
+            psync::net::transport::Negotiation::new(&setup.certificate, &IceSetup::loopback()).await.unwrap();
         let offer = negotiation.offer().await.unwrap();
         let payload = psync::net::transport::PeerSignal::Offer(offer).encode().unwrap();
         // Relays before the login are refused: wait for it.

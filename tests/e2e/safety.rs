@@ -290,7 +290,7 @@ fn a_read_only_devices_edits_stay_local_and_can_be_reverted() {
     let (_server, url) = crate::group::start_server(&tmp.path().join("server"));
     let (a, b) = (tmp.path().join("desktop"), tmp.path().join("phone"));
     assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let mut inviter = Command::new(env!("CARGO_BIN_EXE_psync"))
+    let mut inviter = crate::support::psync_command()
         .arg("--data-dir")
         .arg(&a)
         .args(["invite", "--yes", "--read-only"])

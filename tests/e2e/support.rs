@@ -13,15 +13,18 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// How often [`eventually`] looks again.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The `psync` binary, pinned to loopback: the daemons it starts bind
+/// 127.0.0.1 only (by default they would bind every interface, and a test
+/// never sends a packet off this machine).
+pub fn psync_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_psync"));
+    command.env("PSYNC_ICE_BIND", "loopback");
+    command
+}
+
 /// Runs `psync --data-dir DATA ARGS...` and returns what it did.
 pub fn psync(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_psync"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run psync")
+    psync_command().arg("--data-dir").arg(data).args(args).env("RUST_LOG", "info").output().expect("run psync")
 }
 
 /// `psync ... --json`'s output, parsed.

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::*;
 use crate::envelope::Envelope;
+use crate::ice::IceServer;
 use crate::identity::{DeviceKey, PublicKey};
 use crate::roster::{Roster, RosterEntry};
 use crate::server::{login_message, ClientMsg, ServerMsg, LOGIN_DOMAIN};
@@ -176,12 +177,30 @@ pub enum ClientEvent {
         /// Its bytes.
         payload: Vec<u8>,
     },
+    /// STUN/TURN servers from the server's operator, with credentials for
+    /// this device; the client asks again at half their lifetime.
+    IceServers {
+        /// The servers.
+        servers: Vec<IceServer>,
+        /// When the credentials expire (unix milliseconds).
+        expires_ms: u64,
+    },
 }
+
+/// A server silent this long (no pong to three pings) is taken for gone and
+/// the client reconnects: after a network change a TCP connection can hang
+/// for many minutes without an error.
+pub const SERVER_SILENCE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How often the client pings.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// The soonest the client asks for fresh ICE credentials again.
+const MIN_ICE_REFRESH: Duration = Duration::from_secs(30);
 
 /// A logged-in connection to the signalling server that reconnects by itself.
 #[derive(Debug)]
 pub struct SignalClient {
     tx: mpsc::UnboundedSender<ClientMsg>,
+    reconnect: Arc<tokio::sync::Notify>,
     /// Events, in order.
     pub events: mpsc::UnboundedReceiver<ClientEvent>,
 }
@@ -192,10 +211,13 @@ impl SignalClient {
     pub fn spawn(url: String, group: ContentHash, key: Arc<DeviceKey>) -> SignalClient {
         let (tx, mut outgoing) = mpsc::unbounded_channel::<ClientMsg>();
         let (events_tx, events) = mpsc::unbounded_channel();
+        let reconnect = Arc::new(tokio::sync::Notify::new());
+        let asked = reconnect.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
             loop {
-                match session(&url, group, &key, &mut outgoing, &events_tx).await {
+                let started = tokio::time::Instant::now();
+                match session(&url, group, &key, &mut outgoing, &events_tx, &asked).await {
                     Ok(()) => return, // the client was dropped
                     Err(reason) => {
                         if events_tx.send(ClientEvent::Disconnected(reason)).is_err() {
@@ -203,11 +225,24 @@ impl SignalClient {
                         }
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                // A session that lived a while starts the backoff afresh.
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = asked.notified() => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
-        SignalClient { tx, events }
+        SignalClient { tx, reconnect, events }
+    }
+
+    /// Drops the connection and connects again at once (the network changed:
+    /// the old TCP connection may hang rather than fail).
+    pub fn reconnect(&self) {
+        self.reconnect.notify_one();
     }
 
     /// Relays a sealed envelope.
@@ -290,6 +325,7 @@ async fn session(
     key: &DeviceKey,
     outgoing: &mut mpsc::UnboundedReceiver<ClientMsg>,
     events: &mpsc::UnboundedSender<ClientEvent>,
+    reconnect: &tokio::sync::Notify,
 ) -> Result<(), String> {
     let ws = connect(url).await.map_err(|e| e.to_string())?;
     let (mut sink, mut source) = ws.split();
@@ -315,9 +351,19 @@ async fn session(
     let signature = key.sign(LOGIN_DOMAIN, &login_message(&server_id, &nonce, &group, &key.public()));
     let login = codec::encode(&ClientMsg::Login { group, key: key.public(), signature }).map_err(|e| e.to_string())?;
     sink.send(WsMessage::Binary(login.into())).await.map_err(|e| e.to_string())?;
-    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut heard = tokio::time::Instant::now();
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let refresh_ice = tokio::time::sleep(far);
+    tokio::pin!(refresh_ice);
     loop {
         tokio::select! {
+            _ = reconnect.notified() => return Err("reconnecting (the network changed)".into()),
+            _ = &mut refresh_ice => {
+                refresh_ice.as_mut().reset(tokio::time::Instant::now() + far);
+                let bytes = codec::encode(&ClientMsg::GetIceServers).map_err(|e| e.to_string())?;
+                sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
+            }
             message = outgoing.recv() => {
                 let Some(message) = message else { return Ok(()) };
                 let bytes = codec::encode(&message).map_err(|e| e.to_string())?;
@@ -325,6 +371,7 @@ async fn session(
             }
             frame = source.next() => {
                 let Some(Ok(frame)) = frame else { return Err("connection lost".into()) };
+                heard = tokio::time::Instant::now();
                 let Some(msg) = decode(frame) else { continue };
                 let event = match msg {
                     ServerMsg::Welcome { roster, online } => ClientEvent::LoggedIn { roster, online },
@@ -336,6 +383,15 @@ async fn session(
                     ServerMsg::Error { message, .. } => ClientEvent::Refused(message),
                     ServerMsg::InviteOpened { mailbox } => ClientEvent::InviteOpened(mailbox),
                     ServerMsg::InviteMsg { mailbox, payload } => ClientEvent::InviteMsg { mailbox, payload },
+                    ServerMsg::IceServers { servers, expires_ms } => {
+                        if !IceServer::within_limits(&servers) {
+                            tracing::warn!("the signalling server sent ICE servers over the limits; ignored");
+                            continue;
+                        }
+                        let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+                        refresh_ice.as_mut().reset(tokio::time::Instant::now() + (left / 2).max(MIN_ICE_REFRESH));
+                        ClientEvent::IceServers { servers, expires_ms }
+                    }
                     ServerMsg::Pong | ServerMsg::Challenge { .. } | ServerMsg::Registered { .. } => continue,
                 };
                 if events.send(event).is_err() {
@@ -343,6 +399,9 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
+                if heard.elapsed() > SERVER_SILENCE_TIMEOUT {
+                    return Err(format!("the server was silent for {} s", SERVER_SILENCE_TIMEOUT.as_secs()));
+                }
                 let bytes = codec::encode(&ClientMsg::Ping).map_err(|e| e.to_string())?;
                 sink.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
             }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::*;
+use crate::ice::IcePolicy;
 use crate::roster::{Roster, RosterEntry};
 use crate::server::{ConnId, Origin, ServerOut, ServerState};
 
@@ -150,7 +151,7 @@ impl Shared {
 
 /// Serves signalling on `listener` (plain) until the task is dropped.
 pub async fn serve(listener: TcpListener, dir: ServerDir) -> Result<(), NetError> {
-    serve_with_limits(listener, dir, IpLimits::default(), None).await
+    serve_with(listener, dir, ServeOptions::default()).await
 }
 
 /// A TLS acceptor from a PEM certificate chain and a PEM private key.
@@ -175,15 +176,22 @@ pub fn tls_acceptor(cert_pem: &Path, key_pem: &Path) -> Result<tokio_rustls::Tls
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// [`serve`] with other per-address limits (load tests, NATed offices) and,
-/// with `tls`, over TLS.
-pub async fn serve_with_limits(
-    listener: TcpListener,
-    dir: ServerDir,
-    limits: IpLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Result<(), NetError> {
-    let state = ServerState::new(dir.server_id()?, dir.load_groups()?);
+/// How a server runs besides its defaults.
+#[derive(Default, Clone)]
+#[allow(missing_debug_implementations)] // the TLS acceptor has no Debug
+pub struct ServeOptions {
+    /// Per-address limits (load tests and NATed offices need others).
+    pub limits: IpLimits,
+    /// Serve `wss://` with this.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// STUN/TURN servers handed to logged-in members.
+    pub ice: IcePolicy,
+}
+
+/// [`serve`] with [`ServeOptions`].
+pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOptions) -> Result<(), NetError> {
+    let ServeOptions { limits, tls, ice } = options;
+    let state = ServerState::new(dir.server_id()?, dir.load_groups()?).with_ice(ice);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         conns: Mutex::new(HashMap::new()),
