@@ -376,7 +376,8 @@ fn members_get_ice_servers_with_fresh_turn_credentials() {
     // Asked again later: a later expiry.
     let later = NOW + 1_800_000;
     let out = w.server.frame(b, &frame(&ClientMsg::GetIceServers), later);
-    let [ServerMsg::IceServers { expires_ms, .. }] = sent_to(&out, b).as_slice() else { panic!("{out:?}") };
+    let again = sent_to(&out, b);
+    let [ServerMsg::IceServers { expires_ms, .. }] = again.as_slice() else { panic!("{out:?}") };
     assert_eq!(*expires_ms, (later / 1000 + 3600) * 1000);
     // Not before logging in.
     w.server.connected(900, [9; 32], NOW);
