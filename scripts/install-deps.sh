@@ -3,7 +3,9 @@
 # Debian/Ubuntu. Safe to run repeatedly.
 set -euo pipefail
 
-packages=(fuse3 inotify-tools libclang-dev pkg-config build-essential git sqlite3 python3 tar diffutils psmisc libacl1-dev acl)
+# iproute2, iptables, coturn, openssl: the network tests (namespaces, NAT, TURN, TLS).
+packages=(fuse3 inotify-tools libclang-dev pkg-config build-essential git sqlite3 python3 tar diffutils psmisc libacl1-dev acl
+          iproute2 iptables coturn openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 //! `psync signal`, `init`, `invite`, `join`, `devices`, `remove`: the group
 //! commands, over `psync-signal` and this device's identity files.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -69,10 +70,13 @@ pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>, ice: I
     let dir = ServerDir::new(&data_dir.join(crate::data_dir::SIGNAL_DIR))?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        println!("signalling server listening on {scheme}://{}", listener.local_addr()?);
+        // Whoever started the server may stop reading its output: never a panic.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "signalling server listening on {scheme}://{}", listener.local_addr()?);
         if !ice.is_empty() {
-            println!("handing out {} STUN and {} TURN URLs", ice.stun.len(), ice.turn.len());
+            let _ = writeln!(out, "handing out {} STUN and {} TURN URLs", ice.stun.len(), ice.turn.len());
         }
+        let _ = out.flush();
         serve_with(listener, dir, ServeOptions { tls: acceptor, ice, ..Default::default() }).await?;
         Ok(ExitCode::SUCCESS)
     })

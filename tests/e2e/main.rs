@@ -11,6 +11,7 @@ mod demo;
 mod group;
 mod hostile;
 mod mount;
+mod networks;
 mod safety;
 mod support;
 mod three;

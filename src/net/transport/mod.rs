@@ -207,6 +207,13 @@ impl Negotiation {
             tracing::debug!("ICE gathering not complete after {GATHER_DEADLINE:?}; sending what was gathered");
         }
         let description = self.connection.local_description().await.ok_or_else(|| anyhow!("no local description"))?;
+        let candidates: Vec<&str> = description
+            .sdp
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=candidate:"))
+            .filter_map(|c| c.split_whitespace().nth(7))
+            .collect();
+        tracing::debug!(?candidates, "local candidates");
         Ok(description.sdp)
     }
 
