@@ -45,6 +45,21 @@ pub enum IceBind {
     Addrs(Vec<SocketAddr>),
 }
 
+impl IceBind {
+    /// 127.0.0.1, any port: what tests and the local demo pin.
+    pub fn loopback() -> Self {
+        IceBind::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+    }
+
+    /// The addresses, or `None` for `Auto`.
+    pub fn addrs(&self) -> Option<&[SocketAddr]> {
+        match self {
+            IceBind::Auto => None,
+            IceBind::Addrs(addrs) => Some(addrs),
+        }
+    }
+}
+
 /// Where the transport binds and which servers help it through NATs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceConfig {
@@ -67,12 +82,7 @@ impl IceConfig {
 
     /// Loopback only, no servers: the tests and the local demo.
     pub fn loopback() -> Self {
-        Self {
-            bind: IceBind::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))]),
-            servers: Vec::new(),
-            use_server_list: false,
-            relay_only: false,
-        }
+        Self { bind: IceBind::loopback(), servers: Vec::new(), use_server_list: false, relay_only: false }
     }
 }
 
@@ -294,7 +304,7 @@ fn parse_bind<'a>(mut list: impl Iterator<Item = &'a str>) -> Result<IceBind> {
     let addrs: Vec<&str> = list.by_ref().map(str::trim).filter(|a| !a.is_empty()).collect();
     match addrs.as_slice() {
         ["auto"] => Ok(IceBind::Auto),
-        ["loopback"] => Ok(IceBind::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])),
+        ["loopback"] => Ok(IceBind::loopback()),
         [] => bail!("no address to bind (want \"auto\", \"loopback\" or IP:PORT addresses)"),
         _ => addrs
             .iter()

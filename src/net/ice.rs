@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use psync_signal::ice::IceServer;
 
-use crate::config::{IceBind, IceConfig};
+use crate::config::IceConfig;
 
 /// Interface name prefixes never bound by default: container and VM
 /// bridges and the host ends of veth pairs, which no peer can reach.
@@ -28,15 +28,15 @@ pub struct IceSetup {
 impl IceSetup {
     /// Loopback only, no servers: the tests and the local demo.
     pub fn loopback() -> Self {
-        Self { bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))], servers: Vec::new(), relay_only: false }
+        Self::resolve(&IceConfig::loopback(), &[])
     }
 
     /// `config` as it applies now, with the servers the signalling server
     /// handed out (used unless the config turned them off).
     pub fn resolve(config: &IceConfig, from_server: &[IceServer]) -> Self {
-        let bind = match &config.bind {
-            IceBind::Addrs(addrs) => addrs.clone(),
-            IceBind::Auto => auto_bind(&usable_addresses()),
+        let bind = match config.bind.addrs() {
+            Some(addrs) => addrs.to_vec(),
+            None => auto_bind(&usable_addresses()),
         };
         let mut servers = config.servers.clone();
         if config.use_server_list {
@@ -90,6 +90,7 @@ fn reachable_by_peers(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IceBind;
 
     #[test]
     fn only_addresses_a_peer_could_reach_are_bound_by_default() {
@@ -127,15 +128,8 @@ mod tests {
         let setup = IceSetup::resolve(&config, std::slice::from_ref(&theirs));
         assert_eq!(setup.servers, vec![mine.clone(), theirs.clone()]);
         assert!(setup.relay_only);
-        assert_eq!(setup.bind, config_bind(&config));
+        assert_eq!(Some(setup.bind.as_slice()), config.bind.addrs());
         config.use_server_list = false;
         assert_eq!(IceSetup::resolve(&config, &[theirs]).servers, vec![mine]);
-    }
-
-    fn config_bind(config: &IceConfig) -> Vec<SocketAddr> {
-        match &config.bind {
-            IceBind::Addrs(a) => a.clone(),
-            IceBind::Auto => unreachable!(),
-        }
     }
 }

@@ -64,6 +64,11 @@ impl Me {
         Self { key, certificate, ice, handed: Arc::default() }
     }
 
+    /// `signal` for `peer`, signed into an envelope of `roster`'s group.
+    fn seal(&self, roster: &Roster, peer: PublicKey, session: u64, signal: PeerSignal) -> Result<Envelope> {
+        Ok(Envelope::seal(&self.key, roster.group_id(), peer, session, 1, wall_ms(), signal.encode()?))
+    }
+
     /// What the next connection attempt binds and asks.
     fn ice_setup(&self) -> IceSetup {
         let handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,16 +221,8 @@ impl Peering {
     }
 
     fn send_signal(&self, peer: PublicKey, session: u64, signal: PeerSignal) {
-        match signal.encode() {
-            Ok(payload) => self.client.relay(Envelope::seal(
-                &self.me.key,
-                self.state.roster().group_id(),
-                peer,
-                session,
-                1,
-                wall_ms(),
-                payload,
-            )),
+        match self.me.seal(self.state.roster(), peer, session, signal) {
+            Ok(envelope) => self.client.relay(envelope),
             Err(e) => tracing::warn!("cannot encode a signal: {e:#}"),
         }
     }
@@ -404,12 +401,11 @@ async fn dial(me: Me, roster: Roster, peer: PublicKey, attempt: Attempt, tasks: 
     let session = rand::random::<u64>();
     let (answer_tx, answer_rx) = oneshot::channel();
     tasks.answer_slots.send(((peer, session), answer_tx)).map_err(|_| anyhow!("peering stopped"))?;
-    let payload = match attempt {
+    let signal = match attempt {
         Attempt::Link => PeerSignal::Offer(offer),
         Attempt::Upgrade => PeerSignal::Upgrade(offer),
-    }
-    .encode()?;
-    tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
+    };
+    tasks.relay.send(me.seal(&roster, peer, session, signal)?).ok();
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, answer_rx)
         .await
         .context("no answer in time")?
@@ -430,8 +426,7 @@ async fn answer(
     let pinned = pinned(&roster, &peer)?;
     let mut negotiation = Negotiation::new(&me.certificate, &me.ice_setup()).await?;
     let sdp = negotiation.answer(&offer, &pinned).await?;
-    let payload = PeerSignal::Answer(sdp).encode()?;
-    tasks.relay.send(Envelope::seal(&me.key, roster.group_id(), peer, session, 1, wall_ms(), payload)).ok();
+    tasks.relay.send(me.seal(&roster, peer, session, PeerSignal::Answer(sdp))?).ok();
     finish(me, roster, peer, pinned, negotiation, attempt, tasks).await
 }
 
