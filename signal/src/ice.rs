@@ -48,6 +48,16 @@ impl IceServer {
         Self { urls, username: None, credential: None }
     }
 
+    /// One the WebRTC stack can use: every URL a STUN/TURN URL, and TURN
+    /// with its credentials (without them the whole peer connection fails to
+    /// build, so one bad entry from a server would stop every connection).
+    pub fn usable(&self) -> bool {
+        !self.urls.is_empty()
+            && self.urls.iter().all(|url| {
+                is_ice_url(url) && (!url.starts_with("turn") || (self.username.is_some() && self.credential.is_some()))
+            })
+    }
+
     /// Within the limits a client accepts from a server.
     pub fn within_limits(servers: &[IceServer]) -> bool {
         servers.iter().map(|s| s.urls.len()).sum::<usize>() <= MAX_ICE_URLS
@@ -148,6 +158,10 @@ mod tests {
         assert_eq!(turn.credential.clone().unwrap(), turn_rest_password(b"s3cret", &username));
         assert!(!format!("{turn:?}").contains(turn.credential.as_deref().unwrap()), "never in logs");
         assert!(IceServer::within_limits(&servers));
+        assert!(servers.iter().all(IceServer::usable));
+        let no_credentials = IceServer::open(vec!["turn:203.0.113.10:3478".into()]);
+        assert!(!no_credentials.usable(), "TURN without credentials would fail every connection");
+        assert!(!IceServer::open(vec!["http://x".into()]).usable() && !IceServer::open(vec![]).usable());
         assert!(IcePolicy::default().is_empty());
     }
 

@@ -383,10 +383,15 @@ async fn session(
                     ServerMsg::Error { message, .. } => ClientEvent::Refused(message),
                     ServerMsg::InviteOpened { mailbox } => ClientEvent::InviteOpened(mailbox),
                     ServerMsg::InviteMsg { mailbox, payload } => ClientEvent::InviteMsg { mailbox, payload },
-                    ServerMsg::IceServers { servers, expires_ms } => {
+                    ServerMsg::IceServers { mut servers, expires_ms } => {
                         if !IceServer::within_limits(&servers) {
                             tracing::warn!("the signalling server sent ICE servers over the limits; ignored");
                             continue;
+                        }
+                        let handed = servers.len();
+                        servers.retain(IceServer::usable);
+                        if servers.len() < handed {
+                            tracing::warn!("the signalling server sent {} unusable ICE server(s); ignored", handed - servers.len());
                         }
                         let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
                         refresh_ice.as_mut().reset(tokio::time::Instant::now() + (left / 2).max(MIN_ICE_REFRESH));
