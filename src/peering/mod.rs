@@ -153,7 +153,10 @@ pub async fn run(
                 let now = Instant::now().into_std();
                 p.state.finished(peer, result.is_ok(), now);
                 if let Ok(kind) = result {
-                    p.state.linked(peer, kind == PathKind::Relayed, now);
+                    // A relay-only device's links are relayed by its own
+                    // choice: trying to go direct would only cost allocations.
+                    let upgradable = kind == PathKind::Relayed && !p.me.ice.relay_only;
+                    p.state.linked(peer, upgradable, now);
                 }
             }
             Some(head) = unknown_rx.recv() => {
