@@ -7,6 +7,7 @@
 
 mod cli;
 mod conformance;
+mod delay_line;
 mod demo;
 mod group;
 mod hostile;

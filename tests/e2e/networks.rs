@@ -16,12 +16,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::delay_line::DelayLine;
 use crate::mount::noise;
 use crate::support::{eventually, lazy, PATIENCE};
 
 /// The internet's default gateway: nothing has this address.
 const ELSEWHERE: &str = "203.0.113.254";
 const SERVER_IP: &str = "203.0.113.10";
+/// How long 16 MiB may take over the slow, lossy link.
+const BIG_FILE_PATIENCE: Duration = Duration::from_secs(600);
 const TURN_SECRET: &str = "psync-test-turn-secret";
 
 /// Names are unique per world: tests run in parallel, and a namespace or
@@ -391,7 +394,11 @@ impl Drop for Device {
 }
 
 fn wait_for_file(device: &Device, rel: &str, want: &[u8]) {
-    eventually(PATIENCE, format!("{rel} to arrive intact on {}", device.ns), || {
+    wait_for_file_within(PATIENCE, device, rel, want);
+}
+
+fn wait_for_file_within(patience: Duration, device: &Device, rel: &str, want: &[u8]) {
+    eventually(patience, format!("{rel} to arrive intact on {}", device.ns), || {
         std::fs::read(device.path(rel)).ok().as_deref() == Some(want)
     });
 }
@@ -468,29 +475,32 @@ fn relay_only_policy_relays_even_on_one_lan() {
 }
 
 /// About 1 % loss between the homes (each router's iptables drops 0.5 % of
-/// what it forwards) and, where the kernel has `tc netem`, 25 ms delay at
-/// each router: a 16 MiB file and a 500-note vault arrive intact; then the
-/// link goes down for 20 s (a change on each side meanwhile) and comes
-/// back: both converge. (This machine's kernel has no netem:
-/// CONFIG_NET_SCH_NETEM is not set.)
+/// what it forwards) and 25 ms added at each router's way out (a
+/// [`DelayLine`]: `netem delay 25ms` on both WANs, as this kernel has no
+/// `tc netem`), 50 ms a round trip: a 16 MiB file and a 500-note vault
+/// arrive intact; then the link goes down for 20 s (a change on each side
+/// meanwhile) and comes back: both converge.
 #[test]
 fn a_slow_lossy_link_and_a_partition_between_homes_still_converge() {
     let mut world = checked_world();
     let (h1, h2) = (world.home(Nat::Cone), world.home(Nat::Cone));
     let (mut a, mut b) = (world.device(h1, "a"), world.device(h2, "b"));
+    let mut delays = Vec::new();
     for home in [h1, h2] {
         let router = world.router(home);
         let drop_some =
             ["-I", "FORWARD", "-m", "statistic", "--mode", "random", "--probability", "0.005", "-j", "DROP"];
         must_in(&router, "iptables", &drop_some);
-        let netem =
-            in_ns(&router, "tc").args(["qdisc", "add", "dev", "wan", "root", "netem", "delay", "25ms"]).output();
-        if !netem.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("no tc netem in this kernel: loss only, no added delay");
-        }
+        delays.push(DelayLine::start(&router, "wan", Duration::from_millis(25)));
     }
     world.group(&mut a, &mut b);
     a.wait_for_path("direct");
+    // The delay is in force: no round trip between the homes beats 50 ms.
+    eventually(PATIENCE, lazy(|| format!("a measured round trip (status: {})", a.status()["peers"])), || {
+        a.status()["peers"][0]["rtt_ms"].as_f64().is_some()
+    });
+    let rtt = a.status()["peers"][0]["rtt_ms"].as_f64().unwrap();
+    assert!(rtt >= 48.0, "a round trip between the homes takes 50 ms, status says {rtt} ms");
 
     let big = noise(16 << 20, 7);
     std::fs::write(a.path("paper.pdf"), &big).unwrap();
@@ -501,7 +511,9 @@ fn a_slow_lossy_link_and_a_partition_between_homes_still_converge() {
     for (name, text) in &notes {
         std::fs::write(a.path(name), text).unwrap();
     }
-    wait_for_file(&b, "paper.pdf", &big);
+    // Loss-based congestion control at 50 ms and 1 % loss moves a few
+    // hundred KiB/s (TCP would too): a deadline for a slow, loaded machine.
+    wait_for_file_within(BIG_FILE_PATIENCE, &b, "paper.pdf", &big);
     for (name, text) in &notes {
         wait_for_file(&b, name, text);
     }
