@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use psync_signal::ice::{is_ice_url, IceServer};
+use psync_signal::ice::{is_ice_url, is_unsupported_turn, IceServer};
 use serde::{Deserialize, Serialize};
 
 /// The config file's name in the data dir and the XDG config dir.
@@ -325,7 +325,10 @@ fn ice_server(setting: ServerSetting) -> Result<IceServer> {
     };
     for url in &server.urls {
         if !is_ice_url(url) {
-            bail!("{url:?} is not a stun:, turn: or turns: URL");
+            bail!("{url:?} is not a stun: or turn: URL");
+        }
+        if is_unsupported_turn(url) {
+            bail!("{url:?}: PSync relays over UDP only (its WebRTC stack skips TLS and TCP TURN); use a turn: URL");
         }
         if url.starts_with("turn") && (server.username.is_none() || server.credential.is_none()) {
             bail!("{url:?} needs a username and credential: {{ urls = [{url:?}], username = \"...\", credential = \"...\" }}");
@@ -458,6 +461,10 @@ mod tests {
             ("[ice]\nbind = [\"localhost\"]\n", "localhost"),
             ("[ice]\nbind = []\n", "no address"),
             ("[ice]\nservers = [\"http://x\"]\n", "not a stun:"),
+            (
+                "[ice]\nservers = [{ urls = [\"turns:t.example:5349\"], username = \"u\", credential = \"c\" }]\n",
+                "over UDP only",
+            ),
             ("debounce_ms = 99999999\n", "maximum"),
             ("log_level = \"loud\"\n", "log_level"),
             ("this is not toml", "config file"),

@@ -54,7 +54,9 @@ impl IceServer {
     pub fn usable(&self) -> bool {
         !self.urls.is_empty()
             && self.urls.iter().all(|url| {
-                is_ice_url(url) && (!url.starts_with("turn") || (self.username.is_some() && self.credential.is_some()))
+                is_ice_url(url)
+                    && !is_unsupported_turn(url)
+                    && (!url.starts_with("turn") || (self.username.is_some() && self.credential.is_some()))
             })
     }
 
@@ -68,9 +70,16 @@ impl IceServer {
 }
 
 /// Whether `url` is one of the kinds PSync uses (`stun:`, `turn:`; `turns:`
-/// is accepted but the WebRTC stack in use skips it).
+/// is a URL too, but see [`is_unsupported_turn`]).
 pub fn is_ice_url(url: &str) -> bool {
     ["stun:", "turn:", "turns:"].iter().any(|scheme| url.starts_with(scheme) && url.len() > scheme.len())
+}
+
+/// TURN over TLS or TCP: the WebRTC stack the devices use relays over UDP
+/// only and would skip it without a word, so it is refused where it is
+/// configured.
+pub fn is_unsupported_turn(url: &str) -> bool {
+    url.starts_with("turns:") || url.contains("transport=tcp")
 }
 
 /// What a server operator configured.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use psync_signal::dtls::DtlsCertificate;
-use psync_signal::ice::{is_ice_url, IcePolicy, MIN_TURN_TTL_SECS};
+use psync_signal::ice::{is_ice_url, is_unsupported_turn, IcePolicy, MIN_TURN_TTL_SECS};
 use psync_signal::net::{register, serve_with, tls_acceptor, ClientEvent, ServeOptions, ServerDir, SignalClient};
 use psync_signal::{readable_id, DeviceKey, Roster};
 
@@ -39,6 +39,12 @@ pub fn ice_policy(
     for url in &turn {
         if !url.starts_with("turn") || !is_ice_url(url) {
             bail!("--turn {url:?} is not a turn: URL (like turn:signal.example.org:3478)");
+        }
+        if is_unsupported_turn(url) {
+            bail!(
+                "--turn {url:?}: devices relay over UDP only (their WebRTC stack skips TLS and TCP TURN); \
+                 give a turn: URL over UDP (like turn:signal.example.org:3478)"
+            );
         }
     }
     if ttl_secs < MIN_TURN_TTL_SECS {
@@ -367,4 +373,23 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
         println!("removed {name} ({})", readable_id(&target.device_id()));
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operators_ice_urls_are_checked_before_any_device_sees_them() {
+        let turn = |url: &str| ice_policy(vec![], vec![url.into()], None, 3600);
+        assert!(turn("turn:signal.example.org:3478").is_ok());
+        assert!(turn("turn:signal.example.org:3478?transport=udp").is_ok());
+        for skipped in ["turns:signal.example.org:5349", "turn:signal.example.org:3478?transport=tcp"] {
+            let error = turn(skipped).unwrap_err().to_string();
+            assert!(error.contains("over UDP only"), "{skipped}: {error}");
+        }
+        assert!(turn("stun:signal.example.org:3478").is_err());
+        assert!(ice_policy(vec!["turn:x:3478".into()], vec![], None, 3600).is_err());
+        assert!(ice_policy(vec![], vec![], None, MIN_TURN_TTL_SECS - 1).is_err());
+    }
 }
