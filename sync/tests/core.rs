@@ -291,26 +291,51 @@ fn a_single_peer_gets_its_index_reply_without_delay() {
     assert_eq!(m.cores[0].poll_timeout(), Some(m.now), "the reply is due now");
 }
 
+/// Updates with records that device `from` sent: when, and how many records.
+fn updates_from(m: &Mesh, from: usize) -> Vec<(Millis, usize)> {
+    m.log
+        .iter()
+        .zip(&m.times)
+        .filter_map(|((f, _, msg), at)| match msg {
+            Message::IndexUpdate { records, .. } if *f == from && !records.is_empty() => Some((*at, records.len())),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn changes_inside_the_debounce_window_go_out_together() {
+fn a_lone_change_goes_at_once_and_typing_goes_once_per_window() {
     let mut m = Mesh::new(2, |c| c.debounce_ms = 100);
     m.connect_all();
     m.run(2_000);
     m.log.clear();
+    m.times.clear();
+
+    // A lone save: out after the grace, not after the window.
+    let saved_at = m.now;
+    m.storage(0).local_write(&path("lone.md"), b"one", 1);
+    m.local_change(0);
+    m.run(1_000);
+    let lone = updates_from(&m, 0);
+    assert_eq!(lone.len(), 1, "{lone:?}");
+    assert!(lone[0].0 - saved_at <= 5, "sent {} ms after the save", lone[0].0 - saved_at);
+    assert_eq!(m.content(1, "lone.md").unwrap(), b"one");
+
+    // Typing: five saves 10 ms apart. The first goes at once, the other
+    // four together at the end of its window.
+    m.log.clear();
+    m.times.clear();
+    let started = m.now;
     for v in 0..5u8 {
         m.storage(0).local_write(&path("typing.md"), &[v; 10], 1);
         m.local_change(0);
-        m.now += 10;
+        m.run(10);
     }
     m.run(1_000);
-    let updates = m
-        .log
-        .iter()
-        .filter(|(from, _, msg)| {
-            *from == 0 && matches!(msg, Message::IndexUpdate { records, .. } if !records.is_empty())
-        })
-        .count();
-    assert_eq!(updates, 1, "five saves within 100 ms are one update");
+    let typing = updates_from(&m, 0);
+    assert_eq!(typing.len(), 2, "five saves within 100 ms are two updates: {typing:?}");
+    assert!(typing[0].0 - started <= 5);
+    assert!(typing[1].0 - typing[0].0 >= 100, "the rest waited for the window: {typing:?}");
     assert_eq!(m.content(1, "typing.md").unwrap(), vec![4u8; 10]);
 }
 

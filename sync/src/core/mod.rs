@@ -27,7 +27,7 @@ use crate::record::{is_conflict_copy, resolve, FileRecord, RecordKind, Resolutio
 use crate::storage::{InstallOutcome, PeerState, StorageError, SyncStorage};
 use crate::tree::LiveTree;
 use peer::{Peer, TokenBucket, Version};
-use timers::{Timer, Timers};
+use timers::{Debounce, Timer, Timers};
 
 mod antientropy;
 mod gc;
@@ -202,6 +202,7 @@ pub struct SyncCore<S: SyncStorage> {
     own: OwnChanges,
     outputs: VecDeque<Output>,
     timers: Timers,
+    debounce: Debounce,
     upload: TokenBucket,
     download: TokenBucket,
     /// Where the next round of uploads starts (fairness between peers).
@@ -224,6 +225,7 @@ impl<S: SyncStorage> SyncCore<S> {
                 timers.set(Timer::Gc, now + config.gc_interval_ms);
                 timers
             },
+            debounce: Debounce::default(),
             storage,
             config,
             device,
@@ -421,7 +423,8 @@ impl<S: SyncStorage> SyncCore<S> {
     }
 
     fn schedule_announce(&mut self) {
-        self.timers.arm(Timer::Announce, self.now + self.config.debounce_ms);
+        let at = self.debounce.due(self.now, self.config.debounce_ms);
+        self.timers.arm(Timer::Announce, at);
     }
 
     // ---- inputs ----------------------------------------------------------------
@@ -578,6 +581,7 @@ impl<S: SyncStorage> SyncCore<S> {
             }
         }
         if self.timers.take_due(Timer::Announce, self.now) {
+            self.debounce.sent(self.now);
             for p in self.peers.values_mut() {
                 if p.sent_upto.is_some() {
                     p.stream_until = p.stream_until.max(seq);

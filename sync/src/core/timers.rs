@@ -55,9 +55,48 @@ impl Timers {
     }
 }
 
+/// A lone local change waits this long before it goes out, so that a
+/// save's close and the rename that often follows it travel together.
+pub const LEADING_EDGE_GRACE_MS: Millis = 5;
+
+/// When local changes are announced: the first after a quiet spell at once
+/// (after [`LEADING_EDGE_GRACE_MS`]), those that follow within the debounce
+/// window together at its end. Typing is one update per window; a lone save
+/// does not wait for a window that nothing else would fill.
+#[derive(Debug, Default)]
+pub(super) struct Debounce {
+    last_sent: Option<Millis>,
+}
+
+impl Debounce {
+    /// When a change made at `now` should go out.
+    pub(super) fn due(&self, now: Millis, window: Millis) -> Millis {
+        match self.last_sent {
+            Some(sent) if now < sent + window => sent + window,
+            _ => now + LEADING_EDGE_GRACE_MS.min(window),
+        }
+    }
+
+    pub(super) fn sent(&mut self, now: Millis) {
+        self.last_sent = Some(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_change_goes_at_once_and_a_burst_waits_for_the_window() {
+        let mut d = Debounce::default();
+        assert_eq!(d.due(1_000, 100), 1_000 + LEADING_EDGE_GRACE_MS, "quiet: the leading edge");
+        d.sent(1_005);
+        assert_eq!(d.due(1_010, 100), 1_105, "inside the window: its end");
+        assert_eq!(d.due(1_104, 100), 1_105);
+        assert_eq!(d.due(1_105, 100), 1_105 + LEADING_EDGE_GRACE_MS, "the window is over: quiet again");
+        assert_eq!(d.due(5_000, 0), 5_000, "no debounce, no grace");
+        assert_eq!(d.due(5_000, 3), 5_003, "the grace never exceeds the window");
+    }
 
     #[test]
     fn a_due_timer_fires_once_and_arm_keeps_the_first_deadline() {
