@@ -5,7 +5,7 @@
 //! one machine) and `$XDG_CONFIG_HOME/psync/config.toml`.
 //!
 //! ```toml
-//! debounce_ms = 100          # local changes within this window go out together
+//! debounce_ms = 100          # a lone change goes at once; more within this window after it go together
 //! upload_limit = "2MiB"      # per second; "0" or absent: unlimited
 //! download_limit = "10MiB"
 //! log_level = "info"         # or a RUST_LOG-style filter; RUST_LOG wins

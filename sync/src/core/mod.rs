@@ -50,7 +50,8 @@ pub struct SyncConfig {
     /// Devices whose changes are ignored ("safe mode"), by the role of the
     /// device that sends them.
     pub read_only: Vec<DeviceId>,
-    /// Local changes within this window go out as one update.
+    /// After an update goes out, further local changes within this window
+    /// go out as one update at its end (a lone change goes at once).
     pub debounce_ms: u64,
     /// How often heartbeats (with the Merkle root) go out.
     pub heartbeat_ms: u64,
