@@ -258,7 +258,10 @@ impl Filesystem for PsyncFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.core.request_open(caller(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps what it cached across opens: every change
+            // that does not come through the mount (a peer's) is replayed,
+            // and the replay drops the kernel's pages of the file first.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno("open", &e)),
         }
     }
@@ -425,7 +428,9 @@ impl Filesystem for PsyncFs {
 
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         match self.core.request_create(caller(req), parent.0, name(n), mode, umask, flags) {
-            Ok((node, fh)) => reply.created(&TTL, &attr(&node), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((node, fh)) => {
+                reply.created(&TTL, &attr(&node), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno("create", &e)),
         }
     }

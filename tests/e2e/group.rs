@@ -216,12 +216,18 @@ fn files_written_on_one_mount_appear_on_the_other() {
             && arrived(&mb, "paper.pdf", &pdf)
             && arrived(&ma, "from-laptop.md", b"written on the laptop")
     });
-    // An edit of a file the other mount has read (and the kernel cached)
-    // shows there too, once longer and once shorter.
-    for edit in [&b"# Today\n- sync works\n- edited on the laptop, a longer line\n"[..], b"# short"] {
+    // An edit of a file the other mount has read (and the kernel cached,
+    // and keeps across opens) shows there too: longer, shorter, and the
+    // same size, where only the content tells.
+    for edit in [&b"# Today\n- sync works\n- edited on the laptop, a longer line\n"[..], b"# short", b"# SHORT"] {
         std::fs::write(mb.path("notes/today.md"), edit).unwrap();
         wait_for_content(&ma, "notes/today.md", edit);
     }
+    let mut edited = pdf.clone();
+    edited[1_500_000] ^= 0xFF;
+    assert_eq!(std::fs::read(mb.path("paper.pdf")).unwrap(), pdf, "read (and cached) on b before the edit");
+    std::fs::write(ma.path("paper.pdf"), &edited).unwrap();
+    wait_for_content(&mb, "paper.pdf", &edited);
     for dev in [&a, &b] {
         let log = std::fs::read_to_string(dev.join("psync.log")).unwrap();
         assert!(log.contains("connected"), "the daemon logs its peer connection:\n{log}");
