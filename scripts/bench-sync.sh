@@ -7,7 +7,7 @@
 #
 #   ./scripts/bench-sync.sh                   everything (about 10 minutes; FUSE table included)
 #   ./scripts/bench-sync.sh --no-syncthing    PSync only
-#   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --json out.json
+#   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --many-files 0 --json out.json
 #   FUSE=0 ./scripts/bench-sync.sh            without the FUSE table (5.: scripts/bench-fs.sh)
 #   PSYNC_BIN=/path/to/psync ./scripts/bench-sync.sh   another build (before/after comparisons)
 set -euo pipefail

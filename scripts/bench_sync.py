@@ -13,6 +13,7 @@ Workloads (each printed with PSync and, if installed, Syncthing side by side):
   3. one 256 MiB file: seconds and MB/s
   4. a 1-byte change in the middle of a 64 MiB file: bytes on the wire, time
   6. daemon memory (RSS) with 100,000 files in the store (PSync only)
+  7. initial sync of 20,000 small files (100 folders) to a new device: seconds and files/s
 (5, the FUSE table, is scripts/bench-fs.sh; bench-sync.sh runs it too.)
 """
 
@@ -441,6 +442,39 @@ def one_byte_edit(system, size):
     return {"edit_s": seconds, "edit_wire_kib": (system.wire_bytes("a") - before) / 1024}
 
 
+def many_files_to_new_device(system, tmp, files):
+    """Like the vault, with `files` small files: does the initial sync stay
+    linear in files? Timed until every file is on B at its size; the
+    content is compared after."""
+    system.start_group(["a", "b"])
+    try:
+        system.mount("a")
+        src = os.path.join(tmp, f"many-src-{files}")
+        if not os.path.isdir(src):
+            for i in range(files):
+                d = os.path.join(src, f"d{i % 100:02d}")
+                if i < 100:
+                    os.makedirs(d, exist_ok=True)
+                write_and_close(os.path.join(d, f"n{i:05d}.md"), f"# note {i}\n{'x' * (i % 200)}\n".encode())
+        shutil.copytree(src, system.folder("a"), dirs_exist_ok=True)
+        want_sizes = tree_sizes(src)
+        if isinstance(system, Syncthing):
+            system.post("a", "/rest/db/scan?folder=bench")  # setup, not measured
+            wait_until("A to scan the files", lambda: system.get("a", "/rest/db/status?folder=bench")["localFiles"]
+                       >= files and system.get("a", "/rest/db/status?folder=bench")["state"] == "idle", poll=0.2)
+        else:
+            time.sleep(1)
+        start = time.monotonic()
+        system.mount("b")
+        wait_until("the files on B", lambda: tree_sizes(system.folder("b")) == want_sizes, poll=0.1)
+        seconds = time.monotonic() - start
+        if tree_digest(system.folder("b")) != tree_digest(src):
+            raise RuntimeError("the files arrived with other content")
+        return {"many_files": files, "many_s": seconds, "many_files_per_s": files / seconds}
+    finally:
+        system.close()
+
+
 def idle_wire_rate(system, seconds=10):
     """Heartbeats and keepalives: bytes per second with nothing to sync."""
     before = system.wire_bytes("a")
@@ -519,6 +553,11 @@ def report(results):
         ("   1-byte edit of 64 MiB: until seen (ms)", lambda r: r["edit_s"] * 1000, "lower"),
         ("   idle traffic (bytes/s)", lambda r: r["idle_bytes_per_s"], "lower"),
     ]
+    if "many_s" in ps:
+        metrics += [
+            (f"7. {ps['many_files']} files to a new device (s)", lambda r: r["many_s"], "lower"),
+            ("   files/s", lambda r: r["many_files_per_s"], "higher"),
+        ]
     header = ["workload", "PSync"] + [name for name, _ in others] + (["ratio (best Syncthing / PSync)"] if others else [])
     num = lambda v: f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     for label, get, better in metrics:
@@ -551,6 +590,7 @@ def main():
     parser.add_argument("--trials", type=int, default=25)
     parser.add_argument("--big-mib", type=int, default=256)
     parser.add_argument("--rss-files", type=int, default=100_000)
+    parser.add_argument("--many-files", type=int, default=20_000, help="files for workload 7 (0: skip it)")
     parser.add_argument("--no-syncthing", action="store_true")
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
@@ -560,12 +600,20 @@ def main():
     try:
         print("== PSync (debounce 100 ms, the default)", flush=True)
         results["psync"] = run_system(PSync(args.psync, os.path.join(tmp, "psync")), tmp, args)
+        if args.many_files:
+            print(f"== PSync, {args.many_files} files to a new device", flush=True)
+            results["psync"].update(many_files_to_new_device(
+                PSync(args.psync, os.path.join(tmp, "psync-many")), tmp, args.many_files))
         if not args.no_syncthing and shutil.which("syncthing"):
             for delay in [None, 1]:
                 key = f"syncthing (fsWatcherDelayS={delay if delay else 'default 10'})"
                 print(f"== {key}", flush=True)
                 try:
                     results[key] = run_system(Syncthing(os.path.join(tmp, f"st-{delay}"), delay), tmp, args)
+                    if args.many_files:
+                        print(f"== {key}, {args.many_files} files to a new device", flush=True)
+                        results[key].update(many_files_to_new_device(
+                            Syncthing(os.path.join(tmp, f"st-many-{delay}"), delay), tmp, args.many_files))
                 except Exception as e:  # report PSync's figures all the same
                     print(f"(syncthing run failed: {e!r}; its logs are in {tmp})", flush=True)
                     keep = True
