@@ -21,11 +21,16 @@ use crate::live::SignallingState;
 #[error("no daemon serves {0}: mount it first (`psync mount DIR`)")]
 pub struct NoDaemon(pub std::path::PathBuf);
 
+/// How long a command waits for the daemon's answer: status answers within
+/// seconds even when its sync loop is busy, but a machine under load may be
+/// slow to schedule the daemon at all.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one request to the daemon serving `data_dir`; `None` when no daemon answers.
 fn ask(data_dir: &Path, request: Request) -> Result<Option<Answer>> {
     let path = data_dir.join(SOCKET_FILE);
     let Ok(mut stream) = UnixStream::connect(&path) else { return Ok(None) };
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     serde_json::to_writer(&mut stream, &request)?;
     stream.write_all(b"\n")?;
     let mut text = String::new();

@@ -22,8 +22,12 @@ use crate::live::{recent_errors, SharedLive, SignallingState};
 
 /// Requests are one short line.
 const MAX_REQUEST: u64 = 1024;
-/// How long the sync loop may take to answer.
+/// How long the sync loop may take to answer a revert.
 const SYNC_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long status waits for the sync loop's figures; a loop busy longer
+/// (a large batch on a loaded machine) gets a status without them rather
+/// than a status that does not come.
+const STATUS_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who this device is in its group.
 #[derive(Debug, Clone)]
@@ -73,14 +77,20 @@ impl Source {
 
     fn collect(&self) -> Result<Status> {
         let stats = self.store.tree_stats()?;
-        let (live, snapshot) = match &self.sync {
+        let (live, snapshot, busy) = match &self.sync {
             Some((live, control)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
-                control.blocking_send(Control::Status(tx)).context("the sync loop has stopped")?;
-                let snapshot = rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?;
-                (Some(live), snapshot)
+                let snapshot = match control.try_send(Control::Status(tx)) {
+                    Ok(()) => rx.recv_timeout(STATUS_SNAPSHOT_TIMEOUT).ok(),
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => None,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                        anyhow::bail!("the sync loop has stopped")
+                    }
+                };
+                let busy = snapshot.is_none();
+                (Some(live), snapshot.unwrap_or_default(), busy)
             }
-            None => (None, SyncSnapshot::default()),
+            None => (None, SyncSnapshot::default(), false),
         };
         let conflicts = conflict_copies(&self.store)?;
         let warnings = recent_errors();
@@ -110,7 +120,14 @@ impl Source {
                 held: held_status(&snapshot.held),
                 disk_full: snapshot.disk_full,
                 local_only: local_only_status(&self.store)?,
-                sync_error: snapshot.last_error.clone(),
+                sync_error: if busy {
+                    Some(format!(
+                        "the sync loop is busy (no answer within {} s): peers' progress is not shown; ask again",
+                        STATUS_SNAPSHOT_TIMEOUT.as_secs()
+                    ))
+                } else {
+                    snapshot.last_error.clone()
+                },
                 read_only: snapshot.read_only,
                 own_changes: snapshot.own_changes.len(),
                 own_changes_listed: snapshot
