@@ -76,7 +76,9 @@ impl Source {
     }
 
     fn collect(&self) -> Result<Status> {
+        let mut lap = Laps::start();
         let stats = self.store.tree_stats()?;
+        lap.mark("store figures");
         let (live, snapshot, busy) = match &self.sync {
             Some((live, control)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -88,12 +90,16 @@ impl Source {
                     }
                 };
                 let busy = snapshot.is_none();
+                lap.mark("sync loop's figures");
                 (Some(live), snapshot.unwrap_or_default(), busy)
             }
             None => (None, SyncSnapshot::default(), false),
         };
         let conflicts = conflict_copies(&self.store)?;
+        lap.mark("conflict copies");
         let warnings = recent_errors();
+        let local_only = local_only_status(&self.store)?;
+        lap.mark("local-only paths");
         let mut status = Status {
             device: DeviceStatus {
                 name: self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
@@ -119,7 +125,7 @@ impl Source {
                 held_records: snapshot.held.len(),
                 held: held_status(&snapshot.held),
                 disk_full: snapshot.disk_full,
-                local_only: local_only_status(&self.store)?,
+                local_only,
                 sync_error: if busy {
                     Some(format!(
                         "the sync loop is busy (no answer within {} s): peers' progress is not shown; ask again",
@@ -164,7 +170,40 @@ impl Source {
                 }
             });
         }
+        lap.mark("peers");
+        lap.report_if_slow();
         Ok(status)
+    }
+}
+
+/// A status slower than this is logged with where its time went.
+const SLOW_STATUS: Duration = Duration::from_secs(1);
+
+/// Where a status answer spent its time.
+struct Laps {
+    started: Instant,
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn start() -> Self {
+        let now = Instant::now();
+        Laps { started: now, last: now, laps: Vec::new() }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+
+    fn report_if_slow(&self) {
+        let total = self.started.elapsed();
+        if total >= SLOW_STATUS {
+            let parts: Vec<String> = self.laps.iter().map(|(w, d)| format!("{w} {} ms", d.as_millis())).collect();
+            tracing::warn!("status took {} ms: {}", total.as_millis(), parts.join(", "));
+        }
     }
 }
 
@@ -185,8 +224,12 @@ pub fn serve(source: Source) -> Result<()> {
                 tracing::warn!("refused a control connection from another user");
                 continue;
             }
+            let started = Instant::now();
             if let Err(e) = answer(&source, stream) {
                 tracing::debug!("control request failed: {e:#}");
+            }
+            if started.elapsed() >= SLOW_STATUS {
+                tracing::warn!("a control request took {} ms", started.elapsed().as_millis());
             }
         }
     })?;
