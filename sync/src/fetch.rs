@@ -33,6 +33,9 @@ struct Want {
     not_before: Millis,
     failed_rounds: u32,
     waiters: Vec<PendingId>,
+    /// An object here that it likely differs from in a few bytes (what
+    /// the local version has in its place): asked for as a patch of it.
+    base: Option<ContentHash>,
 }
 
 /// A peer's version waiting for its objects.
@@ -165,14 +168,18 @@ impl Fetch {
         source: DeviceId,
         origin: Option<u64>,
     ) -> Result<Added, StorageError> {
-        let mut missing = BTreeSet::new();
+        // Each missing object, with what the local version has in its place.
+        let mut missing = BTreeMap::new();
         let mut as_page = BTreeSet::new();
         if !record.deleted {
+            let path = record.path.clone();
+            let mut local = LocalBlocks::of(&path);
             match &record.blocks {
                 Blocks::Listed(list) => {
-                    for hash in list.iter().flatten() {
+                    for (index, hash) in list.iter().enumerate() {
+                        let Some(hash) = hash else { continue };
                         if !storage.has_block(hash)? {
-                            missing.insert(*hash);
+                            missing.insert(*hash, local.block(storage, index)?);
                         }
                     }
                 }
@@ -184,14 +191,16 @@ impl Fetch {
                                 if let Err(why) = page_fits(&record, index, &blocks) {
                                     return Ok(Added::Invalid(record, why));
                                 }
-                                for block in page_blocks(&record, index, &blocks).flatten() {
+                                let first = index * BLOCKS_PER_PAGE;
+                                for (at, block) in page_blocks(&record, index, &blocks).enumerate() {
+                                    let Some(block) = block else { continue };
                                     if !storage.has_block(&block)? {
-                                        missing.insert(block);
+                                        missing.insert(block, local.block(storage, first + at)?);
                                     }
                                 }
                             }
                             None => {
-                                missing.insert(*hash);
+                                missing.insert(*hash, local.page(storage, index)?);
                                 as_page.insert(*hash);
                             }
                         }
@@ -204,13 +213,15 @@ impl Fetch {
         }
         let id = self.next_id;
         self.next_id += 1;
-        for hash in &missing {
+        for (hash, base) in &missing {
             let want = self.want(*hash, !as_page.contains(hash), as_page.contains(hash));
             if !want.sources.contains(&source) {
                 want.sources.push(source);
             }
             want.waiters.push(id);
+            want.suggest_base(*hash, *base);
         }
+        let missing: BTreeSet<ContentHash> = missing.into_keys().collect();
         let hashes = record.blocks.len();
         let load = self.load.entry(source).or_default();
         load.records += 1;
@@ -230,6 +241,7 @@ impl Fetch {
             not_before: 0,
             failed_rounds: 0,
             waiters: Vec::new(),
+            base: None,
         });
         want.as_block |= as_block;
         want.as_page |= as_page;
@@ -361,15 +373,19 @@ impl Fetch {
                     Blocks::Listed(_) => Vec::new(),
                 };
                 let mut new = Vec::new();
+                let path = pending.record.path.clone();
+                let mut local = LocalBlocks::of(&path);
                 for index in indices {
-                    for block in page_blocks(&pending.record, index, blocks).flatten() {
+                    let first = index * BLOCKS_PER_PAGE;
+                    for (at, block) in page_blocks(&pending.record, index, blocks).enumerate() {
+                        let Some(block) = block else { continue };
                         if !storage.has_block(&block)? && pending.missing.insert(block) {
-                            new.push(block);
+                            new.push((block, local.block(storage, first + at)?));
                         }
                     }
                 }
                 let source = pending.source;
-                for block in new {
+                for (block, base) in new {
                     let want = self.want(block, true, false);
                     for s in [source, peer] {
                         if !want.sources.contains(&s) {
@@ -377,6 +393,7 @@ impl Fetch {
                         }
                     }
                     want.waiters.push(id);
+                    want.suggest_base(block, base);
                 }
             }
             if self.pending.get(&id).is_some_and(|p| p.missing.is_empty()) {
@@ -384,6 +401,18 @@ impl Fetch {
             }
         }
         Ok(Arrival::Stored(done))
+    }
+
+    /// A patch for `hash` from `peer` could not be applied here (its base
+    /// is gone): it is asked for again, whole. False if nobody wants it.
+    pub(crate) fn patch_failed(&mut self, peer: DeviceId, hash: &ContentHash) -> bool {
+        let Some(want) = self.wants.get_mut(hash) else { return false };
+        want.base = None;
+        if want.asked.is_some_and(|(p, _)| p == peer) {
+            want.asked = None;
+            self.release_slot(peer);
+        }
+        true
     }
 
     /// A write failed (disk full): the object will be asked for again.
@@ -445,7 +474,7 @@ impl Fetch {
         deadline: Millis,
         slots: &mut Slots,
         mut budget: impl FnMut() -> bool,
-    ) -> Vec<(DeviceId, ContentHash)> {
+    ) -> Vec<(DeviceId, ContentHash, Option<ContentHash>)> {
         let mut out = Vec::new();
         if self.backoff_ends.is_some_and(|t| t <= now) {
             self.backoff_ends = None;
@@ -480,11 +509,11 @@ impl Fetch {
             }
             *self.in_flight.entry(source).or_default() += 1;
             want.asked = Some((source, deadline));
-            out.push((source, *hash));
+            out.push((source, *hash, want.base));
             free -= 1;
         }
         self.backoff_ends = backoff_ends;
-        for (_, hash) in &out {
+        for (_, hash, _) in &out {
             self.deadlines.push_back((deadline, *hash));
         }
         while let Some((d, h)) = self.deadlines.front() {
@@ -499,6 +528,62 @@ impl Fetch {
     /// Whether some object could be asked for now (for the rate limiter's wake-up).
     pub(crate) fn has_wants(&self) -> bool {
         !self.wants.is_empty()
+    }
+}
+
+impl Want {
+    /// Takes `base` as the object to ask a patch against, unless it has one.
+    fn suggest_base(&mut self, hash: ContentHash, base: Option<ContentHash>) {
+        if self.base.is_none() && base != Some(hash) {
+            self.base = base;
+        }
+    }
+}
+
+/// The local version of a path, as the objects a peer's version of it
+/// likely differs from in a few bytes: block `i` (and page `i`) of each.
+/// Read from storage on first use (most versions miss nothing).
+struct LocalBlocks<'a> {
+    path: &'a SyncPath,
+    blocks: Option<Option<Blocks>>,
+    /// The last page read, by index (blocks are asked for in order).
+    page: Option<(usize, Vec<Option<ContentHash>>)>,
+}
+
+impl<'a> LocalBlocks<'a> {
+    fn of(path: &'a SyncPath) -> Self {
+        LocalBlocks { path, blocks: None, page: None }
+    }
+
+    fn blocks<S: SyncStorage>(&mut self, storage: &S) -> Result<Option<&Blocks>, StorageError> {
+        if self.blocks.is_none() {
+            self.blocks = Some(storage.record(self.path)?.filter(|r| !r.deleted).map(|r| r.blocks));
+        }
+        Ok(self.blocks.as_ref().and_then(Option::as_ref))
+    }
+
+    fn page<S: SyncStorage>(&mut self, storage: &S, index: usize) -> Result<Option<ContentHash>, StorageError> {
+        Ok(match self.blocks(storage)? {
+            Some(Blocks::Paged(pages)) => pages.get(index).copied().flatten(),
+            _ => None,
+        })
+    }
+
+    fn block<S: SyncStorage>(&mut self, storage: &S, index: usize) -> Result<Option<ContentHash>, StorageError> {
+        let page_index = index / BLOCKS_PER_PAGE;
+        let page_hash = match self.blocks(storage)? {
+            None => return Ok(None),
+            Some(Blocks::Listed(list)) => return Ok(list.get(index).copied().flatten()),
+            Some(Blocks::Paged(pages)) => pages.get(page_index).copied().flatten(),
+        };
+        if self.page.as_ref().map(|(i, _)| *i) != Some(page_index) {
+            let entries = match page_hash {
+                Some(hash) => storage.page(&hash)?.and_then(|b| decode_page(&b).ok()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            self.page = Some((page_index, entries));
+        }
+        Ok(self.page.as_ref().and_then(|(_, e)| e.get(index % BLOCKS_PER_PAGE).copied().flatten()))
     }
 }
 

@@ -17,6 +17,7 @@ mod holds;
 pub mod limits;
 pub mod merkle;
 pub mod message;
+pub mod patch;
 pub mod path;
 mod readonly;
 pub mod record;

@@ -10,8 +10,9 @@ use crate::record::FileRecord;
 
 /// Bumped on any incompatible change; peers with another version are
 /// refused with a clear message. 2: large files' records name pages of
-/// block hashes; tree responses come in parts.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// block hashes; tree responses come in parts. 3: objects may be asked for
+/// and sent as patches of one the receiver has.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame accepted from a peer: a 64 KiB block plus headers, or a
 /// batch of records or tree entries (cut by bytes well below this, see
 /// [`crate::limits`]).
@@ -113,6 +114,30 @@ pub enum Message {
         /// The records.
         records: Vec<FileRecord>,
     },
+    /// "Send me the block (or page) with this hash; I have `base`, which
+    /// it likely differs from in a few bytes." Answered with a
+    /// [`Message::BlockPatch`] or, when that would not be much smaller,
+    /// a [`Message::BlockResponse`].
+    BlockRequestAgainst {
+        /// The object.
+        hash: ContentHash,
+        /// What the requester has in its place.
+        base: ContentHash,
+    },
+    /// The object asked for, as a change of `base` (see [`crate::patch`]).
+    BlockPatch {
+        /// The object.
+        hash: ContentHash,
+        /// The object it changes.
+        base: ContentHash,
+        /// Bytes kept from the start of `base`.
+        prefix: u32,
+        /// Bytes kept from the end of `base`.
+        suffix: u32,
+        /// The bytes between them.
+        #[serde(with = "serde_bytes")]
+        middle: Vec<u8>,
+    },
 }
 
 /// Encodes one frame.
@@ -188,6 +213,13 @@ mod tests {
             format!("08 00 01 0177 01 0178{h_hex}01 00").replace(' ', "")
         );
         assert_eq!(hex(&Message::RecordRequest { paths: vec![SyncPath::new("a").unwrap()] }), "09010161");
+        let b = ContentHash([8; 32]);
+        let b_hex = "20".to_string() + &"08".repeat(32);
+        assert_eq!(hex(&Message::BlockRequestAgainst { hash: h, base: b }), format!("0b{h_hex}{b_hex}"));
+        assert_eq!(
+            hex(&Message::BlockPatch { hash: h, base: b, prefix: 300, suffix: 2, middle: vec![0xCD] }),
+            format!("0c{h_hex}{b_hex} fb2c01 02 01cd").replace(' ', "")
+        );
         let r = record();
         // path, kind, deleted, vv, version, size, blocks (0 = listed), symlink, perm, mtime
         let r_hex = format!(

@@ -380,6 +380,88 @@ fn large_files_stream_with_a_bounded_window() {
     assert_eq!(m.content(1, "big.bin").unwrap(), data);
 }
 
+/// Bytes of block traffic (requests, responses, patches) in `log`, encoded.
+fn block_bytes(log: &[(usize, usize, Message)]) -> usize {
+    log.iter()
+        .filter(|(_, _, m)| {
+            matches!(
+                m,
+                Message::BlockRequest { .. }
+                    | Message::BlockRequestAgainst { .. }
+                    | Message::BlockResponse { .. }
+                    | Message::BlockPatch { .. }
+            )
+        })
+        .map(|(_, _, m)| psync_sync::message::encode_frame(m).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_one_byte_edit_of_a_large_file_travels_as_patches() {
+    let mut m = Mesh::new(2, |_| {});
+    // 300 blocks: the record names two pages of block hashes.
+    let mut data = big(300 * BLOCK_SIZE as usize, 4);
+    m.storage(0).local_write(&path("big.bin"), &data, 1);
+    m.connect_all();
+    m.run(60_000);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+    m.log.clear();
+    data[200 * BLOCK_SIZE as usize + 777] ^= 0x5A;
+    m.storage(0).local_write(&path("big.bin"), &data, 2);
+    m.local_change(0);
+    m.run(10_000);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+    let patches: Vec<(u32, u32, usize)> = m
+        .log
+        .iter()
+        .filter_map(|(_, _, msg)| match msg {
+            Message::BlockPatch { prefix, suffix, middle, .. } => Some((*prefix, *suffix, middle.len())),
+            _ => None,
+        })
+        .collect();
+    // The page that names block 200 (one hash changed), then the block.
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches.iter().all(|(_, _, len)| *len <= 32), "{patches:?}");
+    assert_eq!(m.sent(|msg| matches!(msg, Message::BlockResponse { .. })), 0, "nothing sent whole");
+    let bytes = block_bytes(&m.log);
+    assert!(bytes < 512, "{bytes} bytes of block traffic for a 1-byte edit");
+}
+
+#[test]
+fn patches_that_do_not_rebuild_the_block_are_refused_and_it_is_fetched_again() {
+    let mut m = Mesh::new(4, |c| c.block_timeout_ms = 500);
+    let mut data = big(3 * BLOCK_SIZE as usize, 5);
+    m.storage(0).local_write(&path("doc.pdf"), &data, 1);
+    m.connect_all();
+    m.run(30_000);
+    // An edit on 0 that 2 and 3 have as well (same record): three sources.
+    data[BLOCK_SIZE as usize + 9] ^= 1;
+    let record = m.storage(0).local_write(&path("doc.pdf"), &data, 2);
+    for i in [2, 3] {
+        m.storage(i).store_content(&data);
+        m.storage(i).install(vec![record.clone()], &[]).unwrap();
+    }
+    // The first patch comes with a flipped byte, the second claims more of
+    // the base than there is; the third is honest.
+    let mut patches = 0;
+    m.tamper = Some(Box::new(move |_, to, msg| {
+        if let (1, Message::BlockPatch { middle, prefix, .. }) = (to, msg) {
+            patches += 1;
+            match patches {
+                1 => middle[0] ^= 0xFF,
+                2 => *prefix = u32::MAX / 2,
+                _ => {}
+            }
+        }
+    }));
+    m.local_change(0);
+    m.run(20_000);
+    assert_eq!(m.content(1, "doc.pdf").unwrap(), data, "rebuilt from an honest answer");
+    let said = |what: &str| m.violations.iter().filter(|(i, w)| *i == 1 && w.contains(what)).count();
+    assert_eq!(said("does not match its hash"), 1, "{:?}", m.violations);
+    assert_eq!(said("bytes of a"), 1, "{:?}", m.violations);
+}
+
 #[test]
 fn renames_reuse_blocks() {
     let mut m = Mesh::new(2, |_| {});

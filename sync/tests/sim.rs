@@ -107,6 +107,8 @@ struct Sim {
     duplicate: f64,
     history: Vec<UserOp>,
     trace: Vec<String>,
+    /// Objects sent as patches of one the receiver had (count).
+    patches_sent: usize,
     op_counter: u64,
     config: SyncConfig,
     watched: BTreeMap<usize, String>,
@@ -174,6 +176,7 @@ impl Sim {
             duplicate,
             history: Vec::new(),
             trace: Vec::new(),
+            patches_sent: 0,
             op_counter: 0,
             config,
             watched: BTreeMap::new(),
@@ -246,6 +249,7 @@ impl Sim {
                     }
                     // Through the real wire encoding.
                     let bytes = encode_frame(&message).unwrap();
+                    self.patches_sent += usize::from(matches!(message, Message::BlockPatch { .. }));
                     let copies = if self.rng.chance(self.loss) {
                         0
                     } else if self.rng.chance(self.duplicate) {
@@ -874,10 +878,11 @@ fn run_seed(seed: u64) -> Sim {
 fn devices_converge_and_lose_nothing() {
     let seeds = seeds();
     let verbose = seeds.len() == 1;
-    let mut ops = 0;
+    let (mut ops, mut patches) = (0, 0);
     for seed in &seeds {
         let sim = run_seed(*seed);
         ops += sim.history.len();
+        patches += sim.patches_sent;
         if verbose {
             for line in &sim.trace {
                 println!("{line}");
@@ -889,8 +894,10 @@ fn devices_converge_and_lose_nothing() {
             );
         }
     }
-    println!("{} seeds converged; {ops} user operations checked", seeds.len());
+    println!("{} seeds converged; {ops} user operations checked; {patches} objects sent as patches", seeds.len());
     assert!(ops > seeds.len(), "the simulation made too few operations to mean anything");
+    // Edits of multi-block files (appends, truncations) go as patches.
+    assert!(patches > 0 || seeds.len() < 50, "no object went as a patch in {} seeds", seeds.len());
 }
 
 /// Seeds that once failed, run on every test run. 12840 and 18017: two

@@ -120,7 +120,8 @@ async fn send(link: &Link, message: &Message) -> bool {
 /// until the link ends.
 async fn serve(mut link: Link, blocks: HashMap<ContentHash, Vec<u8>>) {
     while let Some(frame) = link.recv().await {
-        if let Ok(Message::BlockRequest { hash }) = decode_frame(&frame) {
+        // A request against a base may always be answered whole.
+        if let Ok(Message::BlockRequest { hash } | Message::BlockRequestAgainst { hash, .. }) = decode_frame(&frame) {
             let data = blocks.get(&hash).cloned();
             if !send(&link, &Message::BlockResponse { hash, data }).await {
                 return;

@@ -21,6 +21,7 @@ use crate::fetch::{Added, Arrival, Fetch, Slots};
 use crate::holds::{HeldVersion, HoldReason, Holds, Origin};
 use crate::limits::*;
 use crate::message::{Message, TreeEntry, PROTOCOL_VERSION};
+use crate::patch::Patch;
 use crate::path::SyncPath;
 use crate::readonly::OwnChanges;
 use crate::record::{is_conflict_copy, resolve, FileRecord, RecordKind, Resolution};
@@ -499,15 +500,12 @@ impl<S: SyncStorage> SyncCore<S> {
                     }
                 }
             }
-            Message::BlockRequest { hash } => {
-                let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
-                p.uploads.push_back(hash);
-                if p.uploads.len() > MAX_QUEUED_UPLOADS_PER_PEER {
-                    self.forget_peer(peer);
-                    self.violation(peer, format!("more than {MAX_QUEUED_UPLOADS_PER_PEER} block requests queued"));
-                }
-            }
+            Message::BlockRequest { hash } => self.queue_upload(peer, hash, None),
+            Message::BlockRequestAgainst { hash, base } => self.queue_upload(peer, hash, Some(base)),
             Message::BlockResponse { hash, data } => self.on_object(peer, hash, data)?,
+            Message::BlockPatch { hash, base, prefix, suffix, middle } => {
+                self.on_patch(peer, hash, base, Patch { prefix, suffix, middle })?
+            }
             Message::Heartbeat { root, seq } => self.on_heartbeat(peer, root, seq)?,
             Message::TreeRequest { prefix } => self.answer_tree(peer, prefix)?,
             Message::TreeResponse { prefix, after, entries, complete } => {

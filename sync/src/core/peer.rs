@@ -35,8 +35,9 @@ pub(super) struct Peer {
     pub(super) sent_us: BTreeMap<SyncPath, VersionVector>,
     /// The shell cannot take more bulk frames for them now.
     pub(super) congested: bool,
-    /// Their block requests, first come first served.
-    pub(super) uploads: VecDeque<ContentHash>,
+    /// Their block requests (and the base each may be patched against),
+    /// first come first served.
+    pub(super) uploads: VecDeque<(ContentHash, Option<ContentHash>)>,
     /// Tree nodes we asked them for and have not had whole.
     pub(super) tree_asked: BTreeSet<Option<SyncPath>>,
     /// A tree walk with them is under way until then: records they push are

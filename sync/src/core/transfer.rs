@@ -2,6 +2,7 @@
 //! within the byte budgets.
 
 use super::*;
+use crate::patch;
 
 impl<S: SyncStorage> SyncCore<S> {
     pub(super) fn on_object(
@@ -40,6 +41,53 @@ impl<S: SyncStorage> SyncCore<S> {
         Ok(())
     }
 
+    /// A block request from `peer`, served in turn by [`Self::pump_uploads`].
+    pub(super) fn queue_upload(&mut self, peer: DeviceId, hash: ContentHash, base: Option<ContentHash>) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        p.uploads.push_back((hash, base));
+        if p.uploads.len() > MAX_QUEUED_UPLOADS_PER_PEER {
+            self.forget_peer(peer);
+            self.violation(peer, format!("more than {MAX_QUEUED_UPLOADS_PER_PEER} block requests queued"));
+        }
+    }
+
+    /// An object sent as a patch: rebuilt from its base here, then taken
+    /// as if sent whole (checked against its hash). A patch that does not
+    /// fit its base is a violation; a base no longer here (collected
+    /// meanwhile) makes the object be asked for again, whole.
+    pub(super) fn on_patch(
+        &mut self,
+        peer: DeviceId,
+        hash: ContentHash,
+        base: ContentHash,
+        patch: Patch,
+    ) -> Result<(), SyncError> {
+        let Some(base_bytes) = self.object(&base) else {
+            if !self.fetch.patch_failed(peer, &hash) {
+                self.unrequested(peer, "blocks");
+            }
+            return Ok(());
+        };
+        match patch::apply(&base_bytes, &patch, BLOCK_SIZE as usize) {
+            Ok(data) => self.on_object(peer, hash, Some(data)),
+            Err(e) => {
+                self.forget_peer(peer);
+                self.violation(peer, format!("patch for {hash}: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A block or page by hash; one we cannot read (missing, damaged, a
+    /// failing disk) is `None`.
+    fn object(&self, hash: &ContentHash) -> Option<Vec<u8>> {
+        match self.storage.block(hash) {
+            Ok(Some(data)) => Some(data),
+            Ok(None) => self.storage.page(hash).ok().flatten(),
+            Err(_) => None,
+        }
+    }
+
     /// Sends what the windows, rate limits and congestion allow: queued
     /// block responses (peers in turn), block requests, index frames.
     pub(super) fn pump(&mut self) -> Result<(), SyncError> {
@@ -55,8 +103,14 @@ impl<S: SyncStorage> SyncCore<S> {
             let deadline = self.now + self.config.block_timeout_ms;
             let (now, download) = (self.now, &mut self.download);
             let requests = self.fetch.requests(now, deadline, &mut slots, || download.take(now, BLOCK_SIZE));
-            for (peer, hash) in requests {
-                self.send(peer, Message::BlockRequest { hash });
+            for (peer, hash, base) in requests {
+                self.send(
+                    peer,
+                    match base {
+                        Some(base) => Message::BlockRequestAgainst { hash, base },
+                        None => Message::BlockRequest { hash },
+                    },
+                );
             }
         }
         let streaming: Vec<DeviceId> =
@@ -80,13 +134,18 @@ impl<S: SyncStorage> SyncCore<S> {
             let start = self.upload_turn.and_then(|t| ready.iter().position(|d| *d > t)).unwrap_or(0);
             let mut served = false;
             for peer in ready[start..].iter().chain(&ready[..start]).copied().collect::<Vec<_>>() {
-                let Some(hash) = self.peers.get(&peer).and_then(|p| p.uploads.front().copied()) else { continue };
-                let data = match self.storage.block(&hash) {
-                    Ok(Some(data)) => Some(data),
-                    Ok(None) => self.storage.page(&hash).ok().flatten(),
-                    Err(_) => None,
+                let Some((hash, base)) = self.peers.get(&peer).and_then(|p| p.uploads.front().copied()) else {
+                    continue;
                 };
-                let cost = data.as_ref().map_or(0, |d| d.len() as u64);
+                let data = self.object(&hash);
+                let patch = match (&data, base) {
+                    (Some(data), Some(base)) => self.object(&base).and_then(|b| patch::diff(&b, data)),
+                    _ => None,
+                };
+                let cost = match &patch {
+                    Some(p) => p.middle.len() as u64,
+                    None => data.as_ref().map_or(0, |d| d.len() as u64),
+                };
                 if !self.upload.take(self.now, cost) {
                     return;
                 }
@@ -94,7 +153,15 @@ impl<S: SyncStorage> SyncCore<S> {
                     p.uploads.pop_front();
                 }
                 self.upload_turn = Some(peer);
-                self.send(peer, Message::BlockResponse { hash, data });
+                self.send(
+                    peer,
+                    match (patch, base) {
+                        (Some(Patch { prefix, suffix, middle }), Some(base)) => {
+                            Message::BlockPatch { hash, base, prefix, suffix, middle }
+                        }
+                        _ => Message::BlockResponse { hash, data },
+                    },
+                );
                 served = true;
             }
             if !served {
