@@ -91,6 +91,7 @@ impl Txn<'_> {
         }
         let ino = txn.counters.next_ino;
         txn.counters.next_ino += 1;
+        txn.was(ino, None);
         let (kind, symlink, rdev) = match node {
             NewNode::File => (NodeKind::File, Vec::new(), 0),
             NewNode::Dir => (NodeKind::Dir, Vec::new(), 0),

@@ -143,6 +143,7 @@ impl Store {
             read_only: true,
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
+            tree_counts: Mutex::new(None),
         })
     }
 
@@ -204,6 +205,7 @@ impl Store {
             read_only: false,
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
+            tree_counts: Mutex::new(None),
         };
         if let Some(format) = migrate_from {
             store.migrate(format)?;

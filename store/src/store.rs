@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::records::*;
+use crate::stats::TreeCounts;
 
 /// Name of the RocksDB directory inside a data dir.
 pub const DB_DIR_NAME: &str = "db";
@@ -36,6 +37,10 @@ pub struct Store {
     /// Open handles that may write, per inode: content the kernel may
     /// still hold or send, so a peer's version must not replace it.
     pub(crate) writers: Mutex<HashMap<u64, u64>>,
+    /// What the inodes count, kept up to date by every commit once a first
+    /// [`Store::tree_stats`] has counted them (status must not walk the
+    /// store each time it is asked). Locked after `writer`, never before.
+    pub(crate) tree_counts: Mutex<Option<TreeCounts>>,
 }
 
 impl std::fmt::Debug for Store {

@@ -10,6 +10,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::records::*;
+use crate::stats::{Counted, TreeChange};
 use crate::store::Store;
 
 /// Pending writes of one operation plus the inodes it has touched, so that
@@ -35,6 +36,9 @@ pub(crate) struct Txn<'s> {
     /// orphans if pinned. Decided under the pins lock, atomically with the
     /// write, so a concurrent `lookup_pinned` either keeps them or misses them.
     unlinked: Vec<Inode>,
+    /// What each inode this operation read or wrote counted for before it
+    /// (`None`: no such inode), for the maintained [`TreeCounts`].
+    before: HashMap<u64, Option<Counted>>,
 }
 
 impl Store {
@@ -55,21 +59,27 @@ impl Store {
             dirents: HashMap::new(),
             paths: HashMap::new(),
             unlinked: Vec::new(),
+            before: HashMap::new(),
         };
         let out = f(&mut txn)?;
         let counters = txn.counters;
-        txn.commit(durable)?;
+        let change = txn.commit(durable)?;
         // Only a successful write advances the in-memory counters.
         *guard = counters;
+        if let Some(counts) = self.tree_counts().as_mut() {
+            counts.apply(&change);
+        }
         Ok(out)
     }
 }
 
 impl Txn<'_> {
-    fn commit(mut self, durable: bool) -> Result<()> {
+    /// Writes the batch; returns how the inode counts moved.
+    fn commit(mut self, durable: bool) -> Result<TreeChange> {
         let meta = self.store.meta();
+        let mut change = TreeChange::default();
         if self.batch.is_empty() && self.inodes.is_empty() {
-            return if durable { self.store.sync() } else { Ok(()) };
+            return if durable { self.store.sync().map(|()| change) } else { Ok(change) };
         }
         // Held until the batch is written when inodes may be deleted (see `unlinked`).
         let pins = (!self.unlinked.is_empty()).then(|| self.store.pins());
@@ -85,6 +95,13 @@ impl Txn<'_> {
                 self.inodes.insert(node.ino, None);
             }
         }
+        for (ino, node) in &self.inodes {
+            let before = match self.before.get(ino) {
+                Some(counted) => *counted,
+                None => self.store.get_record::<Inode>(&keys::inode(*ino))?.as_ref().map(Counted::of),
+            };
+            change.add(before, node.as_ref().map(Counted::of));
+        }
         let mut batch = self.batch;
         for (ino, node) in &self.inodes {
             match node {
@@ -99,14 +116,21 @@ impl Txn<'_> {
         wo.set_sync(durable);
         let written = self.store.db().write_opt(batch, &wo).map_err(|e| self.store.rocks_err(e));
         drop(pins);
-        written
+        written.map(|()| change)
     }
 
     pub(crate) fn inode_opt(&mut self, ino: u64) -> Result<Option<Inode>> {
         if let Some(cached) = self.inodes.get(&ino) {
             return Ok(cached.clone());
         }
-        self.store.get_record(&keys::inode(ino))
+        let stored: Option<Inode> = self.store.get_record(&keys::inode(ino))?;
+        self.was(ino, stored.as_ref());
+        Ok(stored)
+    }
+
+    /// Notes what inode `ino` was before this operation, the first time it is seen.
+    pub(crate) fn was(&mut self, ino: u64, node: Option<&Inode>) {
+        self.before.entry(ino).or_insert_with(|| node.map(Counted::of));
     }
 
     pub(crate) fn inode(&mut self, ino: u64) -> Result<Inode> {

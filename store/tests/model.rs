@@ -250,11 +250,18 @@ proptest! {
         let mut store = Store::open_or_create(dir.path(), DeviceId([9; 32])).unwrap();
         let mut model = Model::default();
         for op in &ops {
+            // Counted once, then kept current by each operation's commit.
+            store.tree_stats().unwrap();
             apply(&mut store, dir.path(), &mut model, op);
         }
         let mut seen = BTreeMap::new();
         observe(&store, ROOT_INO, "", &mut seen);
         prop_assert_eq!(&seen, &model.nodes);
+        let (kept, walked) = (store.tree_stats().unwrap(), store.stats().unwrap());
+        prop_assert_eq!(
+            (kept.files, kept.dirs, kept.symlinks, kept.specials, kept.logical_bytes),
+            (walked.files, walked.dirs, walked.symlinks, walked.specials, walked.logical_bytes)
+        );
         let report = store.fsck().unwrap();
         prop_assert!(report.is_clean(), "fsck: {:#?}", report.problems);
     }
