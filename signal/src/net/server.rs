@@ -212,6 +212,9 @@ pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOpt
     let mut next_conn: ConnId = 1;
     loop {
         let (stream, addr) = listener.accept().await.map_err(|e| NetError::Io("accept".into(), e))?;
+        // Offers and answers are small frames relayed at once: Nagle's
+        // algorithm would hold each behind the peer's delayed ACK (~40 ms).
+        let _ = stream.set_nodelay(true);
         let conn = next_conn;
         next_conn += 1;
         {

@@ -53,6 +53,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// the candidates found so far: host candidates take milliseconds, a STUN
 /// or TURN round trip well under a second, an unreachable server ~10 s.
 const GATHER_DEADLINE: Duration = Duration::from_secs(3);
+/// How often the WebRTC driver is woken while the data channel opens...
+const CONNECT_NUDGE: Duration = Duration::from_millis(2);
+/// ...for at most this long (a connection that takes longer is over a slow
+/// path, where the driver's own ticks matter less).
+const CONNECT_NUDGE_WINDOW: Duration = Duration::from_secs(2);
 /// A link whose path went silent this long is "disconnected" (ICE keeps
 /// checking); this long more and it has failed: the link ends and peering
 /// dials again (webrtc's default of 25 s left a laptop that changed
@@ -301,14 +306,20 @@ impl Negotiation {
         let _ = self.wake.set_buffered_amount_low_threshold(0).await;
     }
 
-    /// Waits until the data channel is open.
+    /// Waits until the data channel is open. For the first
+    /// [`CONNECT_NUDGE_WINDOW`] the driver is woken every [`CONNECT_NUDGE`]:
+    /// each step of the DTLS, SCTP and data-channel setup otherwise waits
+    /// for the driver's next timer tick.
     pub async fn connect(mut self, timeout: Duration) -> Result<Link> {
+        let mut nudge = tokio::time::interval(CONNECT_NUDGE);
+        let nudge_until = tokio::time::Instant::now() + CONNECT_NUDGE_WINDOW;
         let wait = async {
             let channel = match self.local_channel.take() {
                 Some(channel) => channel,
                 None => loop {
                     tokio::select! {
                         Some(()) = self.secured.recv() => self.wake_driver().await,
+                        _ = nudge.tick(), if tokio::time::Instant::now() < nudge_until => self.wake_driver().await,
                         channel = self.remote_channel.recv() => break channel.ok_or_else(|| anyhow!("connection dropped"))?,
                         state = self.failed.recv() => bail!("connection {}", state.map(|s| s.to_string()).unwrap_or_default()),
                     }
@@ -317,6 +328,7 @@ impl Negotiation {
             loop {
                 tokio::select! {
                     Some(()) = self.secured.recv() => self.wake_driver().await,
+                    _ = nudge.tick(), if tokio::time::Instant::now() < nudge_until => self.wake_driver().await,
                     event = channel.poll() => match event {
                         Some(DataChannelEvent::OnOpen) => return Ok(channel),
                         Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before opening"),
