@@ -7,7 +7,7 @@
 #
 #   ./scripts/bench-sync.sh                   everything (about 10 minutes; FUSE table included)
 #   ./scripts/bench-sync.sh --no-syncthing    PSync only
-#   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --many-files 0 --json out.json
+#   ./scripts/bench-sync.sh --trials 40 --big-mib 1024 --rss-files 0 --many-files 0 --lossy-mib 0 --json out.json
 #   FUSE=0 ./scripts/bench-sync.sh            without the FUSE table (5.: scripts/bench-fs.sh)
 #   PSYNC_BIN=/path/to/psync ./scripts/bench-sync.sh   another build (before/after comparisons)
 set -euo pipefail
@@ -24,17 +24,19 @@ if ! command -v syncthing >/dev/null 2>&1 && [[ " $* " != *" --no-syncthing "* ]
         echo "(syncthing is not installable here: PSync figures only)"
 fi
 # PSYNC_BIN: benchmark that binary (e.g. an older build, for before/after).
+echo "== building psync and the delay line (workload 8)"
+cargo build --locked --workspace --bins
+delay_line="$CARGO_TARGET_DIR/debug/psync-delay-line"
 if [ -n "${PSYNC_BIN:-}" ]; then
     psync="$PSYNC_BIN"
     echo "== benchmarking $psync"
 else
-    echo "== building psync"
-    cargo build --locked --bin psync
     psync="$CARGO_TARGET_DIR/debug/psync"
 fi
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
 if [ "$(id -u)" = 0 ]; then
-    unshare --net bash -c 'ip link set lo up && exec python3 scripts/bench_sync.py --psync "$@"' bench "$psync" "$@"
+    unshare --net bash -c 'ip link set lo up && exec python3 scripts/bench_sync.py --psync "$@"' bench "$psync" \
+        --delay-line "$delay_line" "$@"
 else
     echo "(not root: running without a private network namespace; both systems are set to loopback only)"
     python3 scripts/bench_sync.py --psync "$psync" "$@"

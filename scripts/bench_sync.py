@@ -14,6 +14,8 @@ Workloads (each printed with PSync and, if installed, Syncthing side by side):
   4. a 1-byte change in the middle of a 64 MiB file: bytes on the wire, time
   6. daemon memory (RSS) with 100,000 files in the store (PSync only)
   7. initial sync of 20,000 small files (100 folders) to a new device: seconds and files/s
+  8. a 64 MiB file between two network namespaces over a 50 ms round trip
+     with 1 % loss each way (scripts/bench_link.py; as root only)
 (5, the FUSE table, is scripts/bench-fs.sh; bench-sync.sh runs it too.)
 """
 
@@ -32,6 +34,8 @@ import tempfile
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
+
+import bench_link
 
 # Every device runs on this machine: WebRTC binds loopback only.
 os.environ["PSYNC_ICE_BIND"] = "loopback"
@@ -131,9 +135,10 @@ def percentile(values, p):
 class PSync:
     name = "PSync"
 
-    def __init__(self, binary, root, debounce_ms=None):
+    def __init__(self, binary, root, debounce_ms=None, link=None):
         self.bin = binary
         self.root = root
+        self.link = link
         self.flags = [] if debounce_ms is None else ["--debounce-ms", str(debounce_ms)]
         self.server = None
         self.mounted = []
@@ -141,7 +146,12 @@ class PSync:
 
     def run(self, data, *args, capture=True):
         cmd = [self.bin, "--data-dir", data, *args]
-        done = subprocess.run(cmd, capture_output=capture, text=True)
+        env = None
+        if self.link:
+            # In the device's namespace, with ICE on its own interfaces.
+            cmd = self.link.prefix(os.path.basename(data).removeprefix("data-")) + cmd
+            env = {k: v for k, v in os.environ.items() if k != "PSYNC_ICE_BIND"}
+        done = subprocess.run(cmd, capture_output=capture, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
         return done.stdout
@@ -154,10 +164,17 @@ class PSync:
 
     def start_group(self, devices):
         port = free_port()
-        url = f"ws://127.0.0.1:{port}"
-        self.server = subprocess.Popen(
-            [self.bin, "--data-dir", os.path.join(self.root, "server"), "signal", "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        listen = [self.bin, "--data-dir", os.path.join(self.root, "server"), "signal"]
+        if self.link:
+            # Off loopback the server speaks TLS only: a certificate for its address.
+            host = self.link.hub_addr()
+            url = f"wss://{host}:{port}"
+            listen += ["--listen", f"{host}:{port}"] + bench_link.server_certificate(self.root, host)
+            os.environ["PSYNC_SIGNAL_CA"] = os.path.join(self.root, "cert.pem")
+        else:
+            url = f"ws://127.0.0.1:{port}"
+            listen += ["--listen", f"127.0.0.1:{port}"]
+        self.server = subprocess.Popen(listen, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.server.stdout.readline()
         first, *others = devices
         self.run(self.data(first), "init", "--name", first, "--server", url)
@@ -215,8 +232,9 @@ class PSync:
 class Syncthing:
     name = "Syncthing"
 
-    def __init__(self, root, watcher_delay_s=None):
+    def __init__(self, root, watcher_delay_s=None, link=None):
         self.root = root
+        self.link = link
         self.delay = watcher_delay_s
         self.procs = {}
         self.ids = {}
@@ -226,6 +244,9 @@ class Syncthing:
 
     def home(self, device):
         return os.path.join(self.root, "home-" + device)
+
+    def host(self, device):
+        return self.link.addr(device) if self.link else "127.0.0.1"
 
     def folder(self, device):
         return os.path.join(self.root, device)
@@ -259,12 +280,12 @@ class Syncthing:
             ET.SubElement(folder, "device", id=self.ids[other])
             dev = ET.SubElement(cfg, "device", id=self.ids[other], name=other, compression="metadata",
                                 introducer="false")
-            address = "dynamic" if other == device else f"tcp://127.0.0.1:{self.ports[other][0]}"
+            address = "dynamic" if other == device else f"tcp://{self.host(other)}:{self.ports[other][0]}"
             ET.SubElement(dev, "address").text = address
         gui_el = cfg.find("gui")
         gui_el.set("enabled", "true")
         gui_el.set("tls", "false")
-        gui_el.find("address").text = f"127.0.0.1:{gui}"
+        gui_el.find("address").text = f"{self.host(device)}:{gui}"
         api = gui_el.find("apikey")
         if api is None:
             api = ET.SubElement(gui_el, "apikey")
@@ -273,7 +294,7 @@ class Syncthing:
         for name in ["listenAddress"]:
             for el in opts.findall(name):
                 opts.remove(el)
-        ET.SubElement(opts, "listenAddress").text = f"tcp://127.0.0.1:{listen}"
+        ET.SubElement(opts, "listenAddress").text = f"tcp://{self.host(device)}:{listen}"
         # Loopback only: no discovery, relays, NAT traversal, STUN, upgrades or reports.
         settings = {
             "globalAnnounceEnabled": "false", "localAnnounceEnabled": "false", "relaysEnabled": "false",
@@ -293,8 +314,9 @@ class Syncthing:
     def start(self, device):
         env = dict(os.environ, STNOUPGRADE="1", STNODEFAULTFOLDER="1")
         log = open(os.path.join(self.root, device + ".log"), "w")
+        prefix = self.link.prefix(device) if self.link else []
         self.procs[device] = subprocess.Popen(
-            ["syncthing", "serve", "--home", self.home(device), "--no-browser", "--no-restart", "--no-upgrade"],
+            prefix + ["syncthing", "serve", "--home", self.home(device), "--no-browser", "--no-restart", "--no-upgrade"],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_until("Syncthing's REST API", lambda: self.get(device, "/rest/system/ping", quiet=True), timeout=60,
                    poll=0.1)
@@ -303,7 +325,7 @@ class Syncthing:
     mount = start
 
     def get(self, device, path, quiet=False):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[device][1]}{path}",
+        req = urllib.request.Request(f"http://{self.host(device)}:{self.ports[device][1]}{path}",
                                      headers={"X-API-Key": self.api[device]})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -314,7 +336,7 @@ class Syncthing:
             raise
 
     def post(self, device, path):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[device][1]}{path}", data=b"", method="POST",
+        req = urllib.request.Request(f"http://{self.host(device)}:{self.ports[device][1]}{path}", data=b"", method="POST",
                                      headers={"X-API-Key": self.api[device]})
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.read()
@@ -535,6 +557,14 @@ def rss_kib(pid):
     return 0
 
 
+def _has(get, r):
+    try:
+        get(r)
+        return True
+    except KeyError:
+        return False
+
+
 def report(results):
     rows = []
     ps = results["psync"]
@@ -558,11 +588,17 @@ def report(results):
             (f"7. {ps['many_files']} files to a new device (s)", lambda r: r["many_s"], "lower"),
             ("   files/s", lambda r: r["many_files_per_s"], "higher"),
         ]
+    if "lossy_s" in ps:
+        link = f"{ps['lossy_mib']} MiB, {2 * bench_link.DELAY_MS} ms RTT, {bench_link.LOSS:.0%} loss each way"
+        metrics += [
+            (f"8. {link} (s)", lambda r: r["lossy_s"], "lower"),
+            ("   MB/s", lambda r: r["lossy_mb_s"], "higher"),
+        ]
     header = ["workload", "PSync"] + [name for name, _ in others] + (["ratio (best Syncthing / PSync)"] if others else [])
     num = lambda v: f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     for label, get, better in metrics:
         row = [label, num(get(ps))]
-        values = [get(r) for _, r in others]
+        values = [get(r) for _, r in others if _has(get, r)]
         row += [num(v) for v in values]
         if values:
             best = min(values) if better == "lower" else max(values)
@@ -584,6 +620,26 @@ def report(results):
         print(line(r))
 
 
+def run_lossy(args, tmp, results):
+    """Workload 8, for PSync and (if installed) Syncthing."""
+    if os.geteuid() != 0 or not args.delay_line:
+        print("(workload 8 needs root and --delay-line: skipped)")
+        return
+    helpers = (wait_until, write_and_close, read_or_none, size_or_none)
+    systems = [("psync", lambda link: PSync(args.psync, os.path.join(tmp, "psync-lossy"), link=link))]
+    if not args.no_syncthing and shutil.which("syncthing"):
+        key = next((k for k in results if k.startswith("syncthing (fsWatcherDelayS=1")), "syncthing")
+        systems.append((key, lambda link: Syncthing(os.path.join(tmp, "st-lossy"), 1, link=link)))
+    for key, make in systems:
+        print(f"== {key}: {args.lossy_mib} MiB over a slow, lossy link", flush=True)
+        with bench_link.LossyLink(args.delay_line) as link:
+            system = make(link)
+            try:
+                results.setdefault(key, {}).update(bench_link.lossy_transfer(system, args.lossy_mib, *helpers))
+            finally:
+                system.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--psync", required=True, help="the psync binary")
@@ -592,6 +648,8 @@ def main():
     parser.add_argument("--rss-files", type=int, default=100_000)
     parser.add_argument("--many-files", type=int, default=20_000, help="files for workload 7 (0: skip it)")
     parser.add_argument("--no-syncthing", action="store_true")
+    parser.add_argument("--lossy-mib", type=int, default=64, help="file size for workload 8 (0: skip it)")
+    parser.add_argument("--delay-line", help="the psync-delay-line binary (workload 8)")
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
     results = {}
@@ -619,6 +677,8 @@ def main():
                     keep = True
         elif not args.no_syncthing:
             print("(syncthing is not installed: PSync figures only)")
+        if args.lossy_mib:
+            run_lossy(args, tmp, results)
         if args.rss_files:
             print(f"== PSync daemon memory with {args.rss_files} files", flush=True)
             results["rss"] = rss_with_many_files(args.psync, tmp, args.rss_files)

@@ -1,0 +1,107 @@
+"""Workload 8 of scripts/bench_sync.py: a file over a slow, lossy link.
+
+Two network namespaces, psb-a and psb-b, each hang off a veth into the
+namespace the benchmark runs in, which routes between them (and runs the
+signalling server). Each device's namespace delays every packet it sends by
+DELAY_MS (scripts' psync-delay-line: an NFQUEUE delay line, as this kernel
+has no `tc netem`) and drops LOSS of the packets it sends to the other
+device: 2 x DELAY_MS a round trip, LOSS lost in each direction.
+"""
+
+import os
+import subprocess
+import time
+
+DELAY_MS = 25
+LOSS = 0.01
+NETS = {"a": "10.77.1", "b": "10.77.2"}
+
+
+def sh(*cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+
+class LossyLink:
+    """The topology above; a context manager that removes it on exit."""
+
+    def __init__(self, delay_line_bin):
+        self.delay_line_bin = delay_line_bin
+        self.lines = []
+
+    @staticmethod
+    def ns(device):
+        return "psb-" + device
+
+    @staticmethod
+    def addr(device):
+        return NETS[device] + ".2"
+
+    @staticmethod
+    def hub_addr():
+        return NETS["a"] + ".1"
+
+    def prefix(self, device):
+        """Runs a command in `device`'s network namespace (mounts stay shared)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns(device)}"]
+
+    def __enter__(self):
+        self._remove()
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+        for device, net in NETS.items():
+            ns, hub_if = self.ns(device), f"psb-{device}-hub"
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", hub_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "addr", "add", f"{net}.1/24", "dev", hub_if)
+            sh("ip", "link", "set", hub_if, "up")
+            sh("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", f"{net}.1")
+            other = [n for d, n in NETS.items() if d != device][0]
+            sh(*self.prefix(device), "iptables", "-A", "OUTPUT", "-d", f"{other}.0/24", "-m", "statistic",
+               "--mode", "random", "--probability", str(LOSS), "-j", "DROP")
+            line = subprocess.Popen([self.delay_line_bin, ns, "eth0", str(DELAY_MS)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+            self.lines.append(line)
+            if line.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the delay line in {ns} did not start")
+        return self
+
+    def __exit__(self, *exc):
+        for line in self.lines:
+            line.stdin.close()
+            line.wait(timeout=30)
+        self._remove()
+
+    def _remove(self):
+        for device in NETS:
+            subprocess.run(["ip", "netns", "del", self.ns(device)], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"psb-{device}-hub"], capture_output=True)
+
+
+def server_certificate(root, ip):
+    """A self-signed certificate for the signalling server at `ip`: its flags."""
+    key, cert = os.path.join(root, "key.pem"), os.path.join(root, "cert.pem")
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+       "-subj", "/CN=psync bench signal", "-addext", f"subjectAltName=IP:{ip}", "-addext",
+       "basicConstraints=critical,CA:FALSE", "-keyout", key, "-out", cert)
+    return ["--tls-cert", cert, "--tls-key", key]
+
+
+def lossy_transfer(system, size_mib, wait_until, write_and_close, read_or_none, size_or_none):
+    """A writes a file of `size_mib`; until B has it whole."""
+    system.start_group(["a", "b"])
+    system.mount("a")
+    system.mount("b")
+    system.wait_connected("a")
+    data = os.urandom(size_mib << 20)
+    path_a, path_b = os.path.join(system.folder("a"), "lossy.bin"), os.path.join(system.folder("b"), "lossy.bin")
+    start = time.monotonic()
+    write_and_close(path_a, data)
+    wait_until("the file over the lossy link", lambda: size_or_none(path_b) == len(data), timeout=3600, poll=0.05)
+    wait_until("its content", lambda: read_or_none(path_b) == data, timeout=600, poll=0.2)
+    seconds = time.monotonic() - start
+    return {"lossy_s": seconds, "lossy_mb_s": len(data) / 1e6 / seconds, "lossy_mib": size_mib}
