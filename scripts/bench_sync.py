@@ -598,8 +598,9 @@ def report(results):
     num = lambda v: f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     for label, get, better in metrics:
         row = [label, num(get(ps))]
+        # A workload some runs did not measure (8 runs one Syncthing setting).
+        row += [num(get(r)) if _has(get, r) else "-" for _, r in others]
         values = [get(r) for _, r in others if _has(get, r)]
-        row += [num(v) for v in values]
         if values:
             best = min(values) if better == "lower" else max(values)
             if best == 0 or get(ps) == 0:
@@ -682,11 +683,11 @@ def main():
         if args.rss_files:
             print(f"== PSync daemon memory with {args.rss_files} files", flush=True)
             results["rss"] = rss_with_many_files(args.psync, tmp, args.rss_files)
-        print()
-        report(results)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
+        print()
+        report(results)
     except BaseException:
         print(f"(failed: logs kept in {tmp})", file=sys.stderr)
         raise
