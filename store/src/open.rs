@@ -251,9 +251,13 @@ impl Store {
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_size(16 << 20);
 
+        // Blocks are not compressed: most are already (PDFs, images) and
+        // LZ4 trying on every flush and compaction was half the daemon's CPU
+        // under 4 KiB random writes (docs/benchmarks.md). Stores written
+        // before keep their compressed files readable.
         let mut blocks = Options::default();
         blocks.set_block_based_table_factory(&table);
-        blocks.set_compression_type(DBCompressionType::Lz4);
+        blocks.set_compression_type(DBCompressionType::None);
         blocks.set_write_buffer_size(32 << 20);
         let cfs = vec![
             ColumnFamilyDescriptor::new(keys::CF_META, opts.clone()),
