@@ -4,6 +4,10 @@
 //! input closes. Prints `ready` once packets are being delayed. For the
 //! benchmarks' lossy-link row; the network tests use the same delay line.
 
+// Test tooling run by the benchmark as root: the shared delay line stops
+// with a message when the namespace or iptables is not what it expects.
+#![allow(clippy::expect_used, clippy::panic)]
+
 #[path = "../../e2e/delay_line.rs"]
 mod delay_line;
 
