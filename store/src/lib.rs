@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod content;
+mod counts;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;

@@ -3,6 +3,7 @@
 use psync_base::codec;
 use rocksdb::{Direction, IteratorMode};
 
+use crate::counts::{Counted, TreeChange, TreeCounts};
 use crate::error::Result;
 use crate::keys;
 use crate::records::*;
@@ -33,75 +34,6 @@ pub struct StoreStats {
     pub seq: u64,
 }
 
-/// What the inodes count: kept in memory, moved by every commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct TreeCounts {
-    files: u64,
-    dirs: u64,
-    symlinks: u64,
-    specials: u64,
-    logical_bytes: u64,
-}
-
-/// What one inode counts for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Counted {
-    kind: NodeKind,
-    bytes: u64,
-}
-
-impl Counted {
-    pub(crate) fn of(node: &Inode) -> Self {
-        let bytes = if node.kind == NodeKind::File { node.content.size } else { 0 };
-        Counted { kind: node.kind, bytes }
-    }
-}
-
-/// How one commit moved the counts (signed: inodes come and go).
-#[derive(Debug, Default)]
-pub(crate) struct TreeChange {
-    files: i64,
-    dirs: i64,
-    symlinks: i64,
-    specials: i64,
-    logical_bytes: i128,
-}
-
-impl TreeChange {
-    /// An inode went from `before` to `after` (`None`: absent).
-    pub(crate) fn add(&mut self, before: Option<Counted>, after: Option<Counted>) {
-        for (counted, sign) in [(before, -1i64), (after, 1)] {
-            let Some(c) = counted else { continue };
-            match c.kind {
-                NodeKind::File => self.files += sign,
-                NodeKind::Dir => self.dirs += sign,
-                NodeKind::Symlink => self.symlinks += sign,
-                _ => self.specials += sign,
-            }
-            self.logical_bytes += i128::from(sign) * i128::from(c.bytes);
-        }
-    }
-}
-
-impl TreeCounts {
-    pub(crate) fn apply(&mut self, change: &TreeChange) {
-        let moved = |n: &mut u64, by: i128| *n = u64::try_from(i128::from(*n) + by).unwrap_or(0);
-        moved(&mut self.files, change.files.into());
-        moved(&mut self.dirs, change.dirs.into());
-        moved(&mut self.symlinks, change.symlinks.into());
-        moved(&mut self.specials, change.specials.into());
-        moved(&mut self.logical_bytes, change.logical_bytes);
-    }
-
-    fn fill(&self, s: &mut StoreStats) {
-        s.files = self.files;
-        s.dirs = self.dirs;
-        s.symlinks = self.symlinks;
-        s.specials = self.specials;
-        s.logical_bytes = self.logical_bytes;
-    }
-}
-
 impl Store {
     /// Counts files, directories, symlinks and live bytes from the inodes
     /// alone (no block is read): what `psync status` shows. The first call
@@ -109,19 +41,15 @@ impl Store {
     pub fn tree_stats(&self) -> Result<StoreStats> {
         let mut s = StoreStats { seq: self.current_seq(), ..Default::default() };
         if let Some(counts) = *self.tree_counts() {
-            counts.fill(&mut s);
+            fill(&counts, &mut s);
             return Ok(s);
         }
         // Under the writer lock: no commit moves the inodes while they are counted.
         let _writer = self.lock_writer();
         let counts = self.count_inodes()?;
         *self.tree_counts() = Some(counts);
-        counts.fill(&mut s);
+        fill(&counts, &mut s);
         Ok(s)
-    }
-
-    pub(crate) fn tree_counts(&self) -> std::sync::MutexGuard<'_, Option<TreeCounts>> {
-        self.tree_counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count_inodes(&self) -> Result<TreeCounts> {
@@ -140,7 +68,7 @@ impl Store {
     /// proportional to the store's size in bytes.
     pub fn stats(&self) -> Result<StoreStats> {
         let mut s = StoreStats { seq: self.current_seq(), ..Default::default() };
-        self.count_inodes()?.fill(&mut s);
+        fill(&self.count_inodes()?, &mut s);
         self.for_each_prefix(&[keys::TAG_VERSION], |_, _| {
             s.versions += 1;
             Ok(true)
@@ -157,4 +85,12 @@ impl Store {
         }
         Ok(s)
     }
+}
+
+fn fill(counts: &TreeCounts, s: &mut StoreStats) {
+    s.files = counts.files;
+    s.dirs = counts.dirs;
+    s.symlinks = counts.symlinks;
+    s.specials = counts.specials;
+    s.logical_bytes = counts.logical_bytes;
 }

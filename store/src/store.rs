@@ -11,10 +11,10 @@ use psync_base::{codec, DeviceId};
 use rocksdb::{ColumnFamily, Direction, IteratorMode, DB};
 use serde::de::DeserializeOwned;
 
+use crate::counts::TreeCounts;
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::records::*;
-use crate::stats::TreeCounts;
 
 /// Name of the RocksDB directory inside a data dir.
 pub const DB_DIR_NAME: &str = "db";
@@ -136,6 +136,10 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn tree_counts(&self) -> MutexGuard<'_, Option<TreeCounts>> {
+        self.tree_counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn pins(&self) -> MutexGuard<'_, HashMap<u64, u64>> {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use psync_base::{codec, ContentHash};
 use rocksdb::{WriteBatch, WriteOptions};
 
+use crate::counts::{Counted, TreeChange};
 use crate::error::{Result, StoreError};
 use crate::keys;
 use crate::records::*;
-use crate::stats::{Counted, TreeChange};
 use crate::store::Store;
 
 /// Pending writes of one operation plus the inodes it has touched, so that
