@@ -53,6 +53,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// the candidates found so far: host candidates take milliseconds, a STUN
 /// or TURN round trip well under a second, an unreachable server ~10 s.
 const GATHER_DEADLINE: Duration = Duration::from_secs(3);
+/// ...or this long, when nothing at all was gathered by then.
+const GATHER_DEADLINE_EMPTY: Duration = Duration::from_secs(15);
 /// How often the WebRTC driver is woken while the data channel opens...
 const CONNECT_NUDGE: Duration = Duration::from_millis(2);
 /// ...for at most this long (a connection that takes longer is over a slow
@@ -248,11 +250,27 @@ impl Negotiation {
     /// The local SDP once gathering completes, or at [`GATHER_DEADLINE`]
     /// with what was gathered by then: one unreachable STUN/TURN server
     /// must not fail the connection.
+    ///
+    /// A description without a single candidate is never sent: on a machine
+    /// too loaded to gather within the deadline, gathering gets up to
+    /// [`GATHER_DEADLINE_EMPTY`] (such an offer could only fail, and the
+    /// next attempt would come after a growing wait).
     async fn local_sdp(&mut self) -> Result<String> {
-        if tokio::time::timeout(GATHER_DEADLINE, self.gathered.recv()).await.is_err() {
-            tracing::debug!("ICE gathering not complete after {GATHER_DEADLINE:?}; sending what was gathered");
-        }
-        let description = self.connection.local_description().await.ok_or_else(|| anyhow!("no local description"))?;
+        let started = tokio::time::Instant::now();
+        let mut deadline = GATHER_DEADLINE;
+        let description = loop {
+            let complete = tokio::time::timeout_at(started + deadline, self.gathered.recv()).await.is_ok();
+            let description =
+                self.connection.local_description().await.ok_or_else(|| anyhow!("no local description"))?;
+            let has_candidates = description.sdp.lines().any(|l| l.starts_with("a=candidate:"));
+            if complete || has_candidates || deadline >= GATHER_DEADLINE_EMPTY {
+                if !complete {
+                    tracing::debug!("ICE gathering not complete after {deadline:?}; sending what was gathered");
+                }
+                break description;
+            }
+            deadline = GATHER_DEADLINE_EMPTY;
+        };
         let candidates: Vec<&str> = description
             .sdp
             .lines()
