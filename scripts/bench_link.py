@@ -1,4 +1,4 @@
-"""Workload 8 of scripts/bench_sync.py: a file over a slow, lossy link.
+"""The network of workload 8 of scripts/bench_sync.py: a slow, lossy link.
 
 Two network namespaces, psb-a and psb-b, each hang off a veth into the
 namespace the benchmark runs in, which routes between them (and runs the
@@ -10,7 +10,6 @@ device: 2 x DELAY_MS a round trip, LOSS lost in each direction.
 
 import os
 import subprocess
-import time
 
 DELAY_MS = 25
 LOSS = 0.01
@@ -89,19 +88,3 @@ def server_certificate(root, ip):
        "-subj", "/CN=psync bench signal", "-addext", f"subjectAltName=IP:{ip}", "-addext",
        "basicConstraints=critical,CA:FALSE", "-keyout", key, "-out", cert)
     return ["--tls-cert", cert, "--tls-key", key]
-
-
-def lossy_transfer(system, size_mib, wait_until, write_and_close, read_or_none, size_or_none):
-    """A writes a file of `size_mib`; until B has it whole."""
-    system.start_group(["a", "b"])
-    system.mount("a")
-    system.mount("b")
-    system.wait_connected("a")
-    data = os.urandom(size_mib << 20)
-    path_a, path_b = os.path.join(system.folder("a"), "lossy.bin"), os.path.join(system.folder("b"), "lossy.bin")
-    start = time.monotonic()
-    write_and_close(path_a, data)
-    wait_until("the file over the lossy link", lambda: size_or_none(path_b) == len(data), timeout=3600, poll=0.05)
-    wait_until("its content", lambda: read_or_none(path_b) == data, timeout=600, poll=0.2)
-    seconds = time.monotonic() - start
-    return {"lossy_s": seconds, "lossy_mb_s": len(data) / 1e6 / seconds, "lossy_mib": size_mib}

@@ -497,6 +497,22 @@ def many_files_to_new_device(system, tmp, files):
         system.close()
 
 
+def lossy_transfer(system, size_mib):
+    """Workload 8: A writes a file of `size_mib` over `system`'s link (scripts/bench_link.py); until B has it whole."""
+    system.start_group(["a", "b"])
+    system.mount("a")
+    system.mount("b")
+    system.wait_connected("a")
+    data = os.urandom(size_mib << 20)
+    path_a, path_b = os.path.join(system.folder("a"), "lossy.bin"), os.path.join(system.folder("b"), "lossy.bin")
+    start = time.monotonic()
+    write_and_close(path_a, data)
+    wait_until("the file over the lossy link", lambda: size_or_none(path_b) == len(data), timeout=3600, poll=0.05)
+    wait_until("its content", lambda: read_or_none(path_b) == data, timeout=600, poll=0.2)
+    seconds = time.monotonic() - start
+    return {"lossy_s": seconds, "lossy_mb_s": len(data) / 1e6 / seconds, "lossy_mib": size_mib}
+
+
 def idle_wire_rate(system, seconds=10):
     """Heartbeats and keepalives: bytes per second with nothing to sync."""
     before = system.wire_bytes("a")
@@ -626,7 +642,6 @@ def run_lossy(args, tmp, results):
     if os.geteuid() != 0 or not args.delay_line:
         print("(workload 8 needs root and --delay-line: skipped)")
         return
-    helpers = (wait_until, write_and_close, read_or_none, size_or_none)
     systems = [("psync", lambda link: PSync(args.psync, os.path.join(tmp, "psync-lossy"), link=link))]
     if not args.no_syncthing and shutil.which("syncthing"):
         key = next((k for k in results if k.startswith("syncthing (fsWatcherDelayS=1")), "syncthing")
@@ -636,7 +651,7 @@ def run_lossy(args, tmp, results):
         with bench_link.LossyLink(args.delay_line) as link:
             system = make(link)
             try:
-                results.setdefault(key, {}).update(bench_link.lossy_transfer(system, args.lossy_mib, *helpers))
+                results.setdefault(key, {}).update(lossy_transfer(system, args.lossy_mib))
             finally:
                 system.close()
 

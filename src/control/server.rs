@@ -224,12 +224,8 @@ pub fn serve(source: Source) -> Result<()> {
                 tracing::warn!("refused a control connection from another user");
                 continue;
             }
-            let started = Instant::now();
             if let Err(e) = answer(&source, stream) {
                 tracing::debug!("control request failed: {e:#}");
-            }
-            if started.elapsed() >= SLOW_STATUS {
-                tracing::warn!("a control request took {} ms", started.elapsed().as_millis());
             }
         }
     })?;

@@ -95,7 +95,10 @@ impl Txn<'_> {
                 self.inodes.insert(node.ino, None);
             }
         }
-        for (ino, node) in &self.inodes {
+        // Only once status has asked for the counts (its first ask counts
+        // under the writer lock, which this commit holds: no race).
+        let counting = self.store.tree_counts().is_some();
+        for (ino, node) in self.inodes.iter().filter(|_| counting) {
             let before = match self.before.get(ino) {
                 Some(counted) => *counted,
                 None => self.store.get_record::<Inode>(&keys::inode(*ino))?.as_ref().map(Counted::of),
