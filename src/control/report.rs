@@ -43,11 +43,7 @@ pub(super) fn local_only_status(store: &Store) -> Result<Vec<LocalOnlyStatus>> {
 
 /// Live conflict copies, from the sync index alone (no file is opened).
 pub(super) fn conflict_copies(store: &Store) -> Result<Vec<String>> {
-    let marker = psync_sync::record::CONFLICT_MARKER.as_bytes();
-    let paths = store.live_paths_where(|path| {
-        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-        name.windows(marker.len()).any(|w| w == marker)
-    })?;
+    let paths = store.live_paths_named(psync_sync::record::CONFLICT_MARKER.as_bytes())?;
     Ok(paths.into_iter().map(|p| String::from_utf8_lossy(&p).into_owned()).collect())
 }
 

@@ -18,6 +18,7 @@ mod fsck;
 mod gc;
 mod install;
 mod keys;
+mod named;
 mod nodes;
 mod open;
 mod ops;

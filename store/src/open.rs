@@ -144,6 +144,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             tree_counts: Mutex::new(None),
+            named_paths: Mutex::new(None),
         })
     }
 
@@ -206,6 +207,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             tree_counts: Mutex::new(None),
+            named_paths: Mutex::new(None),
         };
         if let Some(format) = migrate_from {
             store.migrate(format)?;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::counts::TreeCounts;
 use crate::error::{Result, StoreError};
 use crate::keys;
+use crate::named::NamedPaths;
 use crate::records::*;
 
 /// Name of the RocksDB directory inside a data dir.
@@ -41,6 +42,10 @@ pub struct Store {
     /// [`Store::tree_stats`] has counted them (status must not walk the
     /// store each time it is asked). Locked after `writer`, never before.
     pub(crate) tree_counts: Mutex<Option<TreeCounts>>,
+    /// Live paths whose name holds a marker (conflict copies), kept like
+    /// `tree_counts` once [`Store::live_paths_named`] has walked them once.
+    /// Locked after `writer`, never before.
+    pub(crate) named_paths: Mutex<Option<NamedPaths>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,6 +145,10 @@ impl Store {
 
     pub(crate) fn tree_counts(&self) -> MutexGuard<'_, Option<TreeCounts>> {
         self.tree_counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn named_paths(&self) -> MutexGuard<'_, Option<NamedPaths>> {
+        self.named_paths.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn pins(&self) -> MutexGuard<'_, HashMap<u64, u64>> {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::keys;
+use crate::named::NamedPaths;
 use crate::records::*;
 use crate::store::Store;
 use crate::txn::Txn;
@@ -311,20 +312,37 @@ impl Store {
         })
     }
 
-    /// Live paths of the sync index whose bytes match `wanted` (read from
-    /// the index alone: nothing is resolved or opened).
-    pub fn live_paths_where(&self, wanted: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
+    /// Live paths of the sync index whose last component holds `marker`
+    /// (conflict copies), in path order. The first ask walks the index under
+    /// the writer lock; after that every commit keeps the answer current, so
+    /// `psync status` never walks the index.
+    pub fn live_paths_named(&self, marker: &[u8]) -> Result<Vec<Vec<u8>>> {
+        if let Some(named) = self.named_paths().as_ref().filter(|n| n.marker() == marker) {
+            return Ok(named.paths().cloned().collect());
+        }
+        let _writer = self.lock_writer();
+        let named = self.walk_live_paths_named(marker)?;
+        let out = named.paths().cloned().collect();
+        *self.named_paths() = Some(named);
+        Ok(out)
+    }
+
+    /// [`Store::live_paths_named`] by a walk of the whole index, as a check
+    /// of the kept answer; nothing is kept.
+    pub fn live_paths_named_walked(&self, marker: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(self.walk_live_paths_named(marker)?.paths().cloned().collect())
+    }
+
+    fn walk_live_paths_named(&self, marker: &[u8]) -> Result<NamedPaths> {
+        let mut named = NamedPaths::new(marker);
         self.for_each_prefix(&[keys::TAG_PATH], |k, v| {
-            if wanted(&k[1..]) {
+            if named.matches(&k[1..]) {
                 let entry: PathEntry = codec::decode(v)?;
-                if !entry.deleted {
-                    out.push(k[1..].to_vec());
-                }
+                named.note(&k[1..], !entry.deleted);
             }
             Ok(true)
         })?;
-        Ok(out)
+        Ok(named)
     }
 
     /// Local paths that do not sync, with why (at most `limit`).

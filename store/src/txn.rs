@@ -63,11 +63,17 @@ impl Store {
         };
         let out = f(&mut txn)?;
         let counters = txn.counters;
+        let paths = std::mem::take(&mut txn.paths);
         let change = txn.commit(durable)?;
         // Only a successful write advances the in-memory counters.
         *guard = counters;
         if let Some(counts) = self.tree_counts().as_mut() {
             counts.apply(&change);
+        }
+        if let Some(named) = self.named_paths().as_mut() {
+            for (path, entry) in &paths {
+                named.note(path, !entry.deleted);
+            }
         }
         Ok(out)
     }

@@ -24,6 +24,8 @@ struct Model {
 }
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
+/// Names holding it are kept as a set by the store (as conflict copies are).
+const KEPT_MARKER: &[u8] = b"b";
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -252,6 +254,7 @@ proptest! {
         for op in &ops {
             // Counted once, then kept current by each operation's commit.
             store.tree_stats().unwrap();
+            store.live_paths_named(KEPT_MARKER).unwrap();
             apply(&mut store, dir.path(), &mut model, op);
         }
         let mut seen = BTreeMap::new();
@@ -261,6 +264,10 @@ proptest! {
         prop_assert_eq!(
             (kept.files, kept.dirs, kept.symlinks, kept.specials, kept.logical_bytes),
             (walked.files, walked.dirs, walked.symlinks, walked.specials, walked.logical_bytes)
+        );
+        prop_assert_eq!(
+            store.live_paths_named(KEPT_MARKER).unwrap(),
+            store.live_paths_named_walked(KEPT_MARKER).unwrap()
         );
         let report = store.fsck().unwrap();
         prop_assert!(report.is_clean(), "fsck: {:#?}", report.problems);
