@@ -97,6 +97,8 @@ pub(crate) struct Fetch {
     deadlines: VecDeque<(Millis, ContentHash)>,
     /// Requests outstanding per peer.
     in_flight: BTreeMap<DeviceId, usize>,
+    /// When each peer last answered a request (an object or "don't have").
+    answered: BTreeMap<DeviceId, Millis>,
     load: BTreeMap<DeviceId, Load>,
     next_id: PendingId,
     /// Earliest end of a refusal wait, if any want is waiting.
@@ -422,8 +424,18 @@ impl Fetch {
         }
     }
 
-    /// Requests that time out are asked again, elsewhere if possible.
-    pub(crate) fn expire(&mut self, now: Millis) {
+    /// `peer` answered a request at `now`: its queue is moving.
+    pub(crate) fn heard_from(&mut self, peer: DeviceId, now: Millis) {
+        self.answered.insert(peer, now);
+    }
+
+    /// Requests that time out are asked again, elsewhere if possible. A
+    /// request times out once its peer has answered nothing for `timeout`
+    /// since it was asked: a peer still answering serves its requests in
+    /// order, and asking it again would only send everything twice (on a
+    /// slow link that doubling fed on itself until the sender's queue
+    /// overflowed).
+    pub(crate) fn expire(&mut self, now: Millis, timeout: Millis) {
         while let Some((deadline, hash)) = self.deadlines.front().copied() {
             if deadline > now {
                 break;
@@ -432,6 +444,13 @@ impl Fetch {
             let Some(want) = self.wants.get_mut(&hash) else { continue };
             let Some((peer, at)) = want.asked else { continue };
             if at != deadline {
+                continue;
+            }
+            let quiet_until = self.answered.get(&peer).map_or(0, |t| t.saturating_add(timeout));
+            if quiet_until > now {
+                want.asked = Some((peer, quiet_until));
+                let at = self.deadlines.partition_point(|(d, _)| *d <= quiet_until);
+                self.deadlines.insert(at, (quiet_until, hash));
                 continue;
             }
             want.asked = None;
@@ -452,6 +471,7 @@ impl Fetch {
             }
         }
         self.in_flight.remove(&peer);
+        self.answered.remove(&peer);
     }
 
     /// When a request times out or a refusal wait ends next.

@@ -26,6 +26,8 @@ const T0: Millis = 1_900_000_000_000;
 type DropRule = Box<dyn FnMut(usize, usize, &Message) -> bool>;
 /// Alters a message in flight.
 type TamperRule = Box<dyn FnMut(usize, usize, &mut Message)>;
+/// Messages a slow link carries: delivered one per interval, in order.
+type PaceRule = (Millis, Box<dyn FnMut(usize, usize, &Message) -> bool>);
 
 /// Devices connected in a full mesh; `run` delivers until idle, advancing time.
 struct Mesh {
@@ -39,6 +41,9 @@ struct Mesh {
     drop_if: Option<DropRule>,
     /// Messages to alter before delivery.
     tamper: Option<TamperRule>,
+    pace: Option<PaceRule>,
+    /// Paced messages on their way: (delivery time, from, to, message).
+    paced: std::collections::VecDeque<(Millis, usize, usize, Message)>,
     violations: Vec<(usize, String)>,
     connected: Vec<Vec<bool>>,
 }
@@ -60,6 +65,8 @@ impl Mesh {
             times: Vec::new(),
             drop_if: None,
             tamper: None,
+            pace: None,
+            paced: std::collections::VecDeque::new(),
             violations: Vec::new(),
             connected: vec![vec![false; n]; n],
         }
@@ -123,20 +130,33 @@ impl Mesh {
                             if let Some(f) = self.tamper.as_mut() {
                                 f(i, j, &mut message);
                             }
-                            self.log.push((i, j, message.clone()));
-                            self.times.push(self.now);
-                            let from = self.id(i);
-                            self.cores[j].handle(self.now, Input::Message(from, message)).unwrap();
+                            if let Some((every, f)) = self.pace.as_mut() {
+                                if f(i, j, &message) {
+                                    let after = self.paced.back().map_or(self.now, |(t, ..)| (*t).max(self.now));
+                                    self.paced.push_back((after + *every, i, j, message));
+                                    continue;
+                                }
+                            }
+                            self.deliver(i, j, message);
                         }
                         Output::Violation(_, what) => self.violations.push((i, what)),
                         Output::Installed(_) | Output::Inactive(_) => {}
                     }
                 }
             }
+            while self.paced.front().is_some_and(|(t, ..)| *t <= self.now) {
+                if let Some((_, i, j, message)) = self.paced.pop_front() {
+                    if self.connected[i][j] {
+                        self.deliver(i, j, message);
+                        moved = true;
+                    }
+                }
+            }
             if moved {
                 continue;
             }
-            let next = self.cores.iter().filter_map(|c| c.poll_timeout()).min().unwrap_or(end);
+            let paced = self.paced.front().map(|(t, ..)| *t);
+            let next = self.cores.iter().filter_map(|c| c.poll_timeout()).chain(paced).min().unwrap_or(end);
             if next > end {
                 self.now = end;
                 return;
@@ -148,6 +168,13 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    fn deliver(&mut self, i: usize, j: usize, message: Message) {
+        self.log.push((i, j, message.clone()));
+        self.times.push(self.now);
+        let from = self.id(i);
+        self.cores[j].handle(self.now, Input::Message(from, message)).unwrap();
     }
 
     fn storage(&mut self, i: usize) -> &mut MemStorage {
@@ -378,6 +405,45 @@ fn large_files_stream_with_a_bounded_window() {
     m.drop_if = None;
     m.run(60_000);
     assert_eq!(m.content(1, "big.bin").unwrap(), data);
+}
+
+#[test]
+fn a_slow_link_that_keeps_delivering_is_never_asked_twice() {
+    // 8 blocks in flight at one per 150 ms take 1.2 s, longer than the
+    // 500 ms timeout: a request waits its turn behind the others while the
+    // peer keeps answering, and is not asked again (on a lossy WAN, asking
+    // again doubled the traffic until the sender's queue overflowed).
+    let mut m = Mesh::new(2, |c| {
+        c.block_timeout_ms = 500;
+        c.blocks_in_flight = 8;
+    });
+    let data = big(40 * BLOCK_SIZE as usize, 11);
+    m.storage(0).local_write(&path("big.bin"), &data, 1);
+    m.pace = Some((150, Box::new(|from, _, msg| from == 0 && matches!(msg, Message::BlockResponse { .. }))));
+    m.connect_all();
+    m.run(60_000);
+    assert!(m.violations.is_empty(), "{:?}", m.violations);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+    let asked = m.sent(|msg| matches!(msg, Message::BlockRequest { .. } | Message::BlockRequestAgainst { .. }));
+    let pages =
+        m.sent(|msg| matches!(msg, Message::BlockResponse { data: Some(d), .. } if d.len() < BLOCK_SIZE as usize));
+    assert_eq!(asked, 40 + pages, "every block asked for once");
+    assert_eq!(m.sent(|msg| matches!(msg, Message::BlockResponse { .. })), asked, "and sent once");
+}
+
+#[test]
+fn a_peer_that_stops_answering_is_asked_again_after_the_timeout() {
+    let mut m = Mesh::new(3, |c| c.block_timeout_ms = 500);
+    let data = big(6 * BLOCK_SIZE as usize, 12);
+    m.storage(0).local_write(&path("doc.pdf"), &data, 1);
+    let record = m.storage(0).local_write(&path("doc.pdf"), &data, 1);
+    m.storage(2).store_content(&data);
+    m.storage(2).install(vec![record], &[]).unwrap();
+    // Device 0 never answers block requests; 2 does.
+    m.drop_if = Some(Box::new(|from, _, msg| from == 0 && matches!(msg, Message::BlockResponse { .. })));
+    m.connect_all();
+    m.run(20_000);
+    assert_eq!(m.content(1, "doc.pdf").unwrap(), data, "fetched from the peer that answers");
 }
 
 /// Bytes of block traffic (requests, responses, patches) in `log`, encoded.

@@ -2,7 +2,10 @@
 //! (this machine's: CONFIG_NET_SCH_NETEM is not set): iptables hands every
 //! packet leaving through an interface to an NFQUEUE, and a thread inside
 //! the namespace gives each one back after a fixed delay, in order: what
-//! `tc qdisc add dev IF root netem delay D` does.
+//! `tc qdisc add dev IF root netem delay D` does. With a loss rate it also
+//! drops that share of the packets, each on its own (`netem loss P`): the
+//! kernel hands NFQUEUE single packets, where an iptables `statistic` rule
+//! would drop a whole GSO batch of up to 64 datagrams at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,12 +28,19 @@ pub struct DelayLine {
 impl DelayLine {
     /// Starts delaying what leaves `interface` in `namespace` by `delay`.
     /// Returns once the queue is bound and the iptables rule is in place.
+    #[allow(dead_code)] // the benchmark's binary uses only `start_lossy`
     pub fn start(namespace: &str, interface: &str, delay: Duration) -> DelayLine {
+        Self::start_lossy(namespace, interface, delay, 0)
+    }
+
+    /// As [`DelayLine::start`], and drops `loss_ppm` packets per million,
+    /// each independently.
+    pub fn start_lossy(namespace: &str, interface: &str, delay: Duration, loss_ppm: u32) -> DelayLine {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let (namespace, stop) = (namespace.to_string(), stop.clone());
-            std::thread::spawn(move || run(&namespace, delay, &stop, ready_tx))
+            std::thread::spawn(move || run(&namespace, delay, loss_ppm, &stop, ready_tx))
         };
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -58,7 +68,14 @@ impl Drop for DelayLine {
 
 /// The thread: joins the namespace (network namespaces are per thread),
 /// binds queue 0 there and hands packets back once due.
-fn run(namespace: &str, delay: Duration, stop: &AtomicBool, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+fn run(
+    namespace: &str,
+    delay: Duration,
+    loss_ppm: u32,
+    stop: &AtomicBool,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut dice = Dice::seeded(namespace);
     let mut queue = match bind(namespace) {
         Ok(queue) => {
             let _ = ready.send(Ok(()));
@@ -71,7 +88,14 @@ fn run(namespace: &str, delay: Duration, stop: &AtomicBool, ready: std::sync::mp
     };
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(message) = queue.recv() {
+        while let Ok(mut message) = queue.recv() {
+            if loss_ppm > 0 && dice.roll_ppm() < loss_ppm {
+                message.set_verdict(nfq::Verdict::Drop);
+                if queue.verdict(message).is_err() {
+                    return;
+                }
+                continue;
+            }
             held.push_back((Instant::now() + delay, message));
         }
         let now = Instant::now();
@@ -100,4 +124,23 @@ fn bind(namespace: &str) -> Result<nfq::Queue, String> {
     queue.set_fail_open(0, true).map_err(|e| format!("fail open: {e}"))?;
     queue.set_nonblocking(true);
     Ok(queue)
+}
+
+/// A small deterministic generator (xorshift64*), seeded by the namespace's
+/// name: the same run loses the same packets' positions.
+struct Dice(u64);
+
+impl Dice {
+    fn seeded(name: &str) -> Dice {
+        let seed = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+        Dice(seed | 1)
+    }
+
+    /// Uniform in 0..1,000,000.
+    fn roll_ppm(&mut self) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32 % 1_000_000
+    }
 }

@@ -599,7 +599,7 @@ impl<S: SyncStorage> SyncCore<S> {
             self.timers.set(Timer::Heartbeat, self.now + self.config.heartbeat_ms);
             self.heartbeat()?;
         }
-        self.fetch.expire(self.now);
+        self.fetch.expire(self.now, self.config.block_timeout_ms);
         if self.timers.take_due(Timer::Gc, self.now) {
             self.timers.set(Timer::Gc, self.now + self.config.gc_interval_ms);
             self.collect_tombstones()?;

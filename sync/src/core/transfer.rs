@@ -12,6 +12,7 @@ impl<S: SyncStorage> SyncCore<S> {
         data: Option<Vec<u8>>,
     ) -> Result<(), SyncError> {
         let had_data = data.is_some();
+        self.fetch.heard_from(peer, self.now);
         match self.fetch.arrived(&mut self.storage, peer, hash, data) {
             Ok(Arrival::Unwanted) => {
                 if had_data {
@@ -44,6 +45,11 @@ impl<S: SyncStorage> SyncCore<S> {
     /// A block request from `peer`, served in turn by [`Self::pump_uploads`].
     pub(super) fn queue_upload(&mut self, peer: DeviceId, hash: ContentHash, base: Option<ContentHash>) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.uploads.contains(&(hash, base)) {
+            // Asked again before the first answer went out (its request
+            // timed out there): one answer serves both.
+            return;
+        }
         p.uploads.push_back((hash, base));
         if p.uploads.len() > MAX_QUEUED_UPLOADS_PER_PEER {
             self.forget_peer(peer);
@@ -62,6 +68,7 @@ impl<S: SyncStorage> SyncCore<S> {
         base: ContentHash,
         patch: Patch,
     ) -> Result<(), SyncError> {
+        self.fetch.heard_from(peer, self.now);
         let Some(base_bytes) = self.object(&base) else {
             if !self.fetch.patch_failed(peer, &hash) {
                 self.unrequested(peer, "blocks");
