@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use curve25519_dalek::MontgomeryPoint;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use psync_base::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,11 @@ impl PublicKey {
     /// The device id this key stands for.
     pub fn device_id(&self) -> DeviceId {
         DeviceId::from_key_bytes(&self.0)
+    }
+
+    /// The key in Montgomery form, for X25519 (`None`: not a valid key).
+    pub fn x25519_point(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0).ok().map(|k| k.to_montgomery().to_bytes())
     }
 
     /// Checks `signature` over `domain` and `message` (strict verification:
@@ -114,6 +120,14 @@ impl DeviceKey {
     /// Signs `message` for `domain`.
     pub fn sign(&self, domain: &str, message: &[u8]) -> SignatureBytes {
         SignatureBytes(self.key.sign(&signed_bytes(domain, message)).to_bytes())
+    }
+
+    /// X25519 with this device's key in Montgomery form (RFC 7748 over the
+    /// same scalar as its Ed25519 key): for wrapping the group's content
+    /// key to this device, nothing else. `None` for a low-order point.
+    pub(crate) fn x25519(&self, their_point: &[u8; 32]) -> Option<[u8; 32]> {
+        let shared = MontgomeryPoint(*their_point).mul_clamped(self.key.to_scalar_bytes()).to_bytes();
+        (shared != [0; 32]).then_some(shared)
     }
 
     /// Writes the key to `path`, readable by the owner only.

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod invite;
 pub mod net;
 pub mod peer_hello;
+pub mod relay;
 pub mod roster;
 pub mod server;
 
