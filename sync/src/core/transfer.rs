@@ -45,11 +45,6 @@ impl<S: SyncStorage> SyncCore<S> {
     /// A block request from `peer`, served in turn by [`Self::pump_uploads`].
     pub(super) fn queue_upload(&mut self, peer: DeviceId, hash: ContentHash, base: Option<ContentHash>) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if p.uploads.contains(&(hash, base)) {
-            // Asked again before the first answer went out (its request
-            // timed out there): one answer serves both.
-            return;
-        }
         p.uploads.push_back((hash, base));
         if p.uploads.len() > MAX_QUEUED_UPLOADS_PER_PEER {
             self.forget_peer(peer);
