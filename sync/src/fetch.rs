@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use psync_base::page::{decode_page, BLOCKS_PER_PAGE, MAX_PAGE_BYTES};
 use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
-use crate::limits::{backoff, FIRST_REFUSED_BACKOFF_MS, MAX_REFUSED_BACKOFF_MS};
+use crate::limits::{backoff, FIRST_REFUSED_BACKOFF_MS, MAX_REFUSED_BACKOFF_MS, MAX_WAIT_TIMEOUTS};
 use crate::path::SyncPath;
 use crate::record::{Blocks, FileRecord};
 use crate::storage::{StorageError, SyncStorage};
@@ -29,6 +29,9 @@ struct Want {
     /// Peers that answered "don't have it" in this round.
     refused: BTreeSet<DeviceId>,
     asked: Option<(DeviceId, Millis)>,
+    /// When the current request was sent: however busy its peer, it is
+    /// asked elsewhere after [`MAX_WAIT_TIMEOUTS`] timeouts.
+    asked_at: Millis,
     /// Not asked again before this (every peer said no).
     not_before: Millis,
     failed_rounds: u32,
@@ -240,6 +243,7 @@ impl Fetch {
             sources: Vec::new(),
             refused: BTreeSet::new(),
             asked: None,
+            asked_at: 0,
             not_before: 0,
             failed_rounds: 0,
             waiters: Vec::new(),
@@ -434,7 +438,8 @@ impl Fetch {
     /// since it was asked: a peer still answering serves its requests in
     /// order, and asking it again would only send everything twice (on a
     /// slow link that doubling fed on itself until the sender's queue
-    /// overflowed).
+    /// overflowed). A peer that answers others but never this one is
+    /// given up on after [`MAX_WAIT_TIMEOUTS`] timeouts all the same.
     pub(crate) fn expire(&mut self, now: Millis, timeout: Millis) {
         while let Some((deadline, hash)) = self.deadlines.front().copied() {
             if deadline > now {
@@ -447,11 +452,18 @@ impl Fetch {
                 continue;
             }
             let quiet_until = self.answered.get(&peer).map_or(0, |t| t.saturating_add(timeout));
-            if quiet_until > now {
-                want.asked = Some((peer, quiet_until));
-                let at = self.deadlines.partition_point(|(d, _)| *d <= quiet_until);
-                self.deadlines.insert(at, (quiet_until, hash));
+            let give_up_at = want.asked_at.saturating_add(timeout.saturating_mul(MAX_WAIT_TIMEOUTS));
+            let wait_until = quiet_until.min(give_up_at);
+            if wait_until > now {
+                want.asked = Some((peer, wait_until));
+                let at = self.deadlines.partition_point(|(d, _)| *d <= wait_until);
+                self.deadlines.insert(at, (wait_until, hash));
                 continue;
+            }
+            if quiet_until > now {
+                // It answers everything but this: count it as a refusal, so
+                // the next ask goes to someone else.
+                want.refused.insert(peer);
             }
             want.asked = None;
             if want.sources.len() > 1 {
@@ -529,6 +541,7 @@ impl Fetch {
             }
             *self.in_flight.entry(source).or_default() += 1;
             want.asked = Some((source, deadline));
+            want.asked_at = now;
             out.push((source, *hash, want.base));
             free -= 1;
         }

@@ -40,6 +40,10 @@ pub const MAX_TREE_REQUESTS_OUTSTANDING: usize = 1_024;
 /// optimisation only, forgotten past this).
 pub const MAX_SENT_US_PER_PEER: usize = 200_000;
 
+/// A request whose peer keeps answering others waits its turn, but at most
+/// this many request timeouts (a count): a peer that skips one request
+/// while answering the rest must not hold that object forever.
+pub const MAX_WAIT_TIMEOUTS: u64 = 12;
 /// First wait before asking again for an object every peer said it lacks
 /// (milliseconds); doubles per failed round up to [`MAX_REFUSED_BACKOFF_MS`].
 pub const FIRST_REFUSED_BACKOFF_MS: u64 = 1_000;

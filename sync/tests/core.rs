@@ -446,6 +446,43 @@ fn a_peer_that_stops_answering_is_asked_again_after_the_timeout() {
     assert_eq!(m.content(1, "doc.pdf").unwrap(), data, "fetched from the peer that answers");
 }
 
+#[test]
+fn a_peer_that_answers_all_but_one_request_loses_it_to_another_source() {
+    // Device 0 keeps answering (a large file only it has, one block per
+    // 100 ms) but never sends the blocks of one small file: they come from
+    // device 2 once the request has waited its cap, long before 0's queue
+    // runs dry (2 talks to 1 only, so 1 can take the large file from 0 alone).
+    let mut m = Mesh::new(3, |c| {
+        c.block_timeout_ms = 500;
+        c.blocks_in_flight = 8;
+    });
+    let large = big(300 * BLOCK_SIZE as usize, 21);
+    let small = big(2 * BLOCK_SIZE as usize, 22);
+    m.storage(0).local_write(&path("large.bin"), &large, 1);
+    let record = m.storage(0).local_write(&path("small.bin"), &small, 1);
+    m.storage(2).store_content(&small);
+    m.storage(2).install(vec![record], &[]).unwrap();
+    let withheld: std::collections::BTreeSet<ContentHash> =
+        small.chunks(BLOCK_SIZE as usize).map(ContentHash::of).collect();
+    let skipped = withheld.clone();
+    m.drop_if = Some(Box::new(move |from, _, msg| {
+        from == 0 && matches!(msg, Message::BlockResponse { hash, .. } if skipped.contains(hash))
+    }));
+    m.pace = Some((100, Box::new(|from, _, msg| from == 0 && matches!(msg, Message::BlockResponse { .. }))));
+    m.connect(0, 1);
+    m.run(2_000);
+    let asked_of_0 = m.log.iter().any(|(from, to, msg)| {
+        (*from, *to) == (1, 0) && matches!(msg, Message::BlockRequest { hash, .. } if withheld.contains(hash))
+    });
+    assert!(asked_of_0, "device 0 was asked for the withheld blocks first");
+    m.connect(1, 2);
+    m.run(13_000);
+    assert_eq!(m.content(1, "small.bin").unwrap(), small, "fetched from device 2");
+    assert!(m.content(1, "large.bin").is_none(), "while device 0 was still answering");
+    m.run(60_000);
+    assert_eq!(m.content(1, "large.bin").unwrap(), large);
+}
+
 /// Bytes of block traffic (requests, responses, patches) in `log`, encoded.
 fn block_bytes(log: &[(usize, usize, Message)]) -> usize {
     log.iter()
