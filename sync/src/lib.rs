@@ -21,6 +21,7 @@ pub mod patch;
 pub mod path;
 mod readonly;
 pub mod record;
+pub mod relay;
 pub mod storage;
 mod tree;
 

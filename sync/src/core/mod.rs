@@ -35,6 +35,7 @@ mod gc;
 mod install;
 mod peer;
 mod plan;
+mod relayed;
 mod revert;
 mod session;
 mod timers;
@@ -108,6 +109,9 @@ pub enum Input {
     /// The shell's queue of frames to this peer is full (`true`) or has
     /// room again (`false`): bulk sending to it (blocks, index) waits.
     Congested(DeviceId, bool),
+    /// A bundle this member left at the relay (signature and seal checked
+    /// by the shell), taken in the writer's order.
+    Relayed(DeviceId, crate::relay::RelayBundle),
 }
 
 /// What the core asks of its shell.
@@ -464,6 +468,7 @@ impl<S: SyncStorage> SyncCore<S> {
                     p.congested = congested;
                 }
             }
+            Input::Relayed(writer, bundle) => self.on_relayed(writer, bundle)?,
         }
         self.pump()
     }
