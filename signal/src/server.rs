@@ -305,7 +305,12 @@ impl ServerState {
         self
     }
 
-    /// A group's roster.
+    /// The identity logins sign for.
+    pub fn server_id(&self) -> [u8; 16] {
+        self.server_id
+    }
+
+    /// A group's roster, if held.
     pub fn roster(&self, group: &ContentHash) -> Option<&Roster> {
         self.groups.get(group)
     }

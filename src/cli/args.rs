@@ -103,6 +103,13 @@ pub enum Command {
         /// How long handed-out TURN credentials last; devices refresh them at half.
         #[arg(long, value_name = "SECS", default_value_t = psync_signal::ice::DEFAULT_TURN_TTL_SECS)]
         turn_ttl: u64,
+        /// Also keep relay storage in DIR: sealed changes members leave for
+        /// members that are offline (the relay cannot read them).
+        #[arg(long, value_name = "DIR")]
+        relay: Option<PathBuf>,
+        /// What one group may keep on the relay (MiB).
+        #[arg(long, value_name = "MIB", default_value_t = psync_signal::relay::policy::DEFAULT_GROUP_QUOTA_BYTES >> 20)]
+        relay_quota_mib: u64,
     },
     /// Create this device's identity and found a new group on a signalling server.
     Init {

@@ -65,7 +65,13 @@ pub fn ice_policy(
 }
 
 /// `psync signal --listen ADDR [--tls-cert F --tls-key F] [ICE servers]`.
-pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>, ice: IcePolicy) -> Result<ExitCode> {
+pub fn signal(
+    data_dir: &Path,
+    listen: &str,
+    tls: Option<(&Path, &Path)>,
+    ice: IcePolicy,
+    relay: Option<(std::path::PathBuf, psync_signal::relay::policy::RelayLimits)>,
+) -> Result<ExitCode> {
     let addr: std::net::SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
     if tls.is_none() && !addr.ip().is_loopback() {
@@ -82,8 +88,16 @@ pub fn signal(data_dir: &Path, listen: &str, tls: Option<(&Path, &Path)>, ice: I
         if !ice.is_empty() {
             let _ = writeln!(out, "handing out {} STUN and {} TURN URLs", ice.stun.len(), ice.turn.len());
         }
+        if let Some((dir, limits)) = &relay {
+            let _ = writeln!(
+                out,
+                "relay storage in {} ({} MiB per group; it stores only sealed objects)",
+                dir.display(),
+                limits.group_bytes >> 20
+            );
+        }
         let _ = out.flush();
-        serve_with(listener, dir, ServeOptions { tls: acceptor, ice, ..Default::default() }).await?;
+        serve_with(listener, dir, ServeOptions { tls: acceptor, ice, relay, ..Default::default() }).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

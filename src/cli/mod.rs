@@ -72,9 +72,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fsck { json } => store::fsck(&cli.global, json),
         Command::Gc { keep_versions, keep_days, json } => store::gc(&cli.global, keep_versions, keep_days, json),
         Command::Stats { json } => store::stats(&cli.global, json),
-        Command::Signal { listen, tls_cert, tls_key, stun, turn, turn_secret_file, turn_ttl } => {
+        Command::Signal { listen, tls_cert, tls_key, stun, turn, turn_secret_file, turn_ttl, relay, relay_quota_mib } => {
             let ice = group::ice_policy(stun, turn, turn_secret_file.as_deref(), turn_ttl)?;
-            group::signal(&data_dir(&cli.global)?, &listen, tls_cert.as_deref().zip(tls_key.as_deref()), ice)
+            let relay = relay.map(|dir| {
+                let limits = psync_signal::relay::policy::RelayLimits {
+                    group_bytes: relay_quota_mib << 20,
+                    ..Default::default()
+                };
+                (dir, limits)
+            });
+            group::signal(&data_dir(&cli.global)?, &listen, tls_cert.as_deref().zip(tls_key.as_deref()), ice, relay)
         }
         Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
         Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),

@@ -74,7 +74,7 @@ impl AsyncWrite for ClientStream {
     }
 }
 
-type ClientWs = tokio_tungstenite::WebSocketStream<ClientStream>;
+pub(crate) type ClientWs = tokio_tungstenite::WebSocketStream<ClientStream>;
 
 static EXTRA_ROOTS: std::sync::OnceLock<Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>> =
     std::sync::OnceLock::new();
@@ -104,6 +104,14 @@ pub fn trust_ca_pem(pem: &[u8]) -> Result<(), NetError> {
 
 /// Connects to `ws://` or `wss://` and performs the WebSocket handshake.
 async fn connect(url: &str) -> Result<ClientWs, NetError> {
+    connect_with(url, client_ws_config()).await
+}
+
+/// [`connect`] with other WebSocket limits (the relay's larger frames).
+pub(crate) async fn connect_with(
+    url: &str,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+) -> Result<ClientWs, NetError> {
     let request = url.into_client_request().map_err(|e| NetError::Ws(format!("bad server URL {url:?}: {e}")))?;
     let uri = request.uri().clone();
     let host =
@@ -138,7 +146,7 @@ async fn connect(url: &str) -> Result<ClientWs, NetError> {
     } else {
         ClientStream::Plain(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_ws_config()))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| NetError::Ws(format!("cannot connect to {url}: {e}")))?;
     Ok(ws)

@@ -19,9 +19,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 mod client;
+mod prefixed;
+mod relay_client;
+mod relay_server;
 mod server;
 
 pub use client::*;
+pub use relay_client::*;
 pub use server::*;
 
 /// Bytes waiting to be written to one connection past which it is closed
@@ -70,6 +74,9 @@ pub enum NetError {
     /// The server said no.
     #[error("server refused: {0}")]
     Refused(String),
+    /// The relay refused a request by its rules.
+    #[error("relay refused: {0}")]
+    RelayRefused(crate::relay::policy::RelayRefusal),
     /// A stored roster failed verification.
     #[error("stored group {0} is invalid: {1}")]
     BadStoredRoster(String, String),

@@ -17,7 +17,12 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::*;
 use crate::ice::IcePolicy;
 use crate::roster::{Roster, RosterEntry};
+use crate::relay::policy::RelayLimits;
+use crate::relay::protocol::RELAY_PATH;
+use crate::relay::service::RelayService;
 use crate::server::{ConnId, Origin, ServerOut, ServerState};
+use super::prefixed::read_path;
+use super::relay_server::{relay_ws_config, serve_relay};
 
 enum Outgoing {
     Frame(Vec<u8>),
@@ -98,6 +103,8 @@ struct Shared {
     ip_rate: Mutex<HashMap<Origin, (f64, u64)>>,
     limits: IpLimits,
     dir: ServerDir,
+    /// Relay storage, when the server runs it.
+    relay: Option<Arc<Mutex<RelayService>>>,
 }
 
 impl Shared {
@@ -186,12 +193,20 @@ pub struct ServeOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// STUN/TURN servers handed to logged-in members.
     pub ice: IcePolicy,
+    /// Run relay storage in this directory, with these limits.
+    pub relay: Option<(PathBuf, RelayLimits)>,
 }
 
 /// [`serve`] with [`ServeOptions`].
 pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOptions) -> Result<(), NetError> {
-    let ServeOptions { limits, tls, ice } = options;
+    let ServeOptions { limits, tls, ice, relay } = options;
     let state = ServerState::new(dir.server_id()?, dir.load_groups()?).with_ice(ice);
+    let relay = match relay {
+        Some((root, limits)) => Some(Arc::new(Mutex::new(
+            RelayService::open(&root, limits).map_err(|e| NetError::Io(root.display().to_string(), e))?,
+        ))),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         conns: Mutex::new(HashMap::new()),
@@ -199,6 +214,7 @@ pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOpt
         ip_rate: Mutex::new(HashMap::new()),
         limits,
         dir,
+        relay,
     });
     let ticker = shared.clone();
     tokio::spawn(async move {
@@ -249,6 +265,40 @@ pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOpt
 }
 
 async fn handle_connection<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, conn: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let from = origin(addr.ip());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_path(stream)).await {
+        Ok(Ok((Some(path), stream))) if path == RELAY_PATH => match shared.relay.clone() {
+            Some(relay) => {
+                let result = async {
+                    let ws = tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        tokio_tungstenite::accept_async_with_config(stream, Some(relay_ws_config())),
+                    )
+                    .await
+                    .map_err(|_| NetError::Ws("the WebSocket handshake took too long".into()))?
+                    .map_err(|e| NetError::Ws(e.to_string()))?;
+                    serve_relay(&shared.state, relay, ws, addr).await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::debug!(%addr, "relay connection ended: {e}");
+                }
+            }
+            None => tracing::debug!(%addr, "relay asked for, but this server runs none"),
+        },
+        Ok(Ok((_, stream))) => handle_signalling(&shared, stream, addr, conn).await,
+        Ok(Err(e)) => tracing::debug!(%addr, "connection ended: {e}"),
+        Err(_) => tracing::debug!(%addr, "no request within the handshake timeout"),
+    }
+    if let Some(count) = lock(&shared.per_ip).get_mut(&from) {
+        *count = count.saturating_sub(1);
+    }
+}
+
+async fn handle_signalling<S>(shared: &Arc<Shared>, stream: S, addr: SocketAddr, conn: ConnId)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -317,9 +367,6 @@ where
         tracing::debug!(%addr, "connection ended: {e}");
     }
     lock(&shared.conns).remove(&conn);
-    if let Some(count) = lock(&shared.per_ip).get_mut(&from) {
-        *count = count.saturating_sub(1);
-    }
     let outs = lock(&shared.state).disconnected(conn);
     shared.dispatch(outs);
 }

@@ -5,5 +5,7 @@
 
 pub mod dir;
 pub mod policy;
+pub mod protocol;
 pub mod seal;
+pub mod service;
 pub mod wrap;

@@ -160,6 +160,7 @@ pub struct RelayPut {
     /// Its name (the writer is the sender).
     pub name: ObjectName,
     /// Sealed bytes.
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
     /// The writer's signature ([`super::seal::sign_object`]).
     pub signature: SignatureBytes,

@@ -1,0 +1,148 @@
+//! The relay's requests served against its rules ([`RelayIndex`]) and its
+//! store ([`RelayDir`]): what the WebSocket shell calls once a device has
+//! logged in. The index changes only after the store did what it records.
+
+use std::io;
+use std::path::Path;
+
+use super::dir::RelayDir;
+use super::policy::{RelayIndex, RelayLimits, RelayRefusal};
+use super::protocol::{RelayRequest, RelayResponse, RelayStatus, MAX_LISTED_OBJECTS};
+use crate::identity::PublicKey;
+use crate::roster::Roster;
+
+/// A relay: rules and store.
+#[derive(Debug)]
+pub struct RelayService {
+    index: RelayIndex,
+    dir: RelayDir,
+}
+
+impl RelayService {
+    /// Opens the store at `root` and rebuilds the index from it.
+    pub fn open(root: &Path, limits: RelayLimits) -> io::Result<RelayService> {
+        let dir = RelayDir::open(root)?;
+        let mut index = RelayIndex::new(limits);
+        for (group, ledger, objects) in dir.load()? {
+            index.restore(group, ledger, objects);
+        }
+        Ok(RelayService { index, dir })
+    }
+
+    /// The group's use of the relay as `from` sees it.
+    pub fn status(&self, roster: &Roster, from: &PublicKey) -> RelayStatus {
+        let group = roster.group_id();
+        let waiting = self.index.pending_for(roster, from, usize::MAX).map_or(0, |p| p.len() as u64);
+        RelayStatus {
+            usage: self.index.usage(&group),
+            last_seq: self.index.last_seq(&group, &from.device_id()),
+            waiting,
+        }
+    }
+
+    /// Serves one request of `from`, a device logged in to `roster`'s group.
+    pub fn handle(&mut self, roster: &Roster, from: &PublicKey, request: RelayRequest, now: u64) -> RelayResponse {
+        match self.serve(roster, from, request, now) {
+            Ok(response) => response,
+            Err(Failure::Refused(why)) => RelayResponse::Refused(why),
+            Err(Failure::Store(e)) => {
+                tracing::error!("relay store: {e}");
+                RelayResponse::Failed(format!("the relay's store failed: {e}"))
+            }
+        }
+    }
+
+    fn serve(
+        &mut self,
+        roster: &Roster,
+        from: &PublicKey,
+        request: RelayRequest,
+        now: u64,
+    ) -> Result<RelayResponse, Failure> {
+        let group = roster.group_id();
+        if !roster.is_active(from) {
+            return Err(Failure::Refused(RelayRefusal::NotMember));
+        }
+        Ok(match request {
+            RelayRequest::Login { .. } => RelayResponse::Failed("already logged in".into()),
+            RelayRequest::Put(put) => {
+                self.index.admit(roster, from, &put, now)?;
+                if !self.dir.put_new(&group, &put.name, &put.signature, &put.sealed, now)? {
+                    return Err(Failure::Refused(RelayRefusal::Exists { seq: put.name.seq }));
+                }
+                self.index.stored(group, put.name, put.sealed.len() as u64, now);
+                self.save_ledger(roster)?;
+                RelayResponse::Stored { name: put.name }
+            }
+            RelayRequest::Pending => {
+                let objects = self.index.pending_for(roster, from, MAX_LISTED_OBJECTS)?;
+                RelayResponse::Pending { objects: objects.into_iter().map(|(name, o)| (name, o.bytes)).collect() }
+            }
+            RelayRequest::Get { name } => {
+                self.index.may_read(roster, from, &name)?;
+                match self.dir.get(&group, &name)? {
+                    Some((signature, sealed)) => RelayResponse::Object { name, signature, sealed },
+                    None => return Err(Failure::Refused(RelayRefusal::NotFound)),
+                }
+            }
+            RelayRequest::Ack { writer, seq } => {
+                let gone = self.index.ack(roster, from, writer, seq, now)?;
+                self.delete(roster, gone)?;
+                RelayResponse::Acked
+            }
+            RelayRequest::Usage => {
+                let gone = self.index.collect(roster, now);
+                self.delete(roster, gone)?;
+                RelayResponse::Usage(self.status(roster, from))
+            }
+        })
+    }
+
+    /// Deletes what the rules released, after saving the ledger that
+    /// released it (a crash between leaves files whose acknowledgements
+    /// are saved: the next start loads them and collects them again).
+    fn delete(&mut self, roster: &Roster, gone: Vec<super::seal::ObjectName>) -> Result<(), Failure> {
+        self.save_ledger(roster)?;
+        let group = roster.group_id();
+        for name in gone {
+            self.dir.delete(&group, &name)?;
+        }
+        Ok(())
+    }
+
+    fn save_ledger(&self, roster: &Roster) -> Result<(), Failure> {
+        let group = roster.group_id();
+        if let Some(ledger) = self.index.ledger(&group) {
+            self.dir.save_ledger(&group, ledger)?;
+        }
+        Ok(())
+    }
+
+    /// Retention and removed members, for every group the relay holds
+    /// (the shell calls it now and then with each group's roster).
+    pub fn collect(&mut self, roster: &Roster, now: u64) {
+        let gone = self.index.collect(roster, now);
+        if !gone.is_empty() {
+            if let Err(Failure::Store(e)) = self.delete(roster, gone) {
+                tracing::error!("relay store: {e}");
+            }
+        }
+    }
+}
+
+enum Failure {
+    Refused(RelayRefusal),
+    Store(io::Error),
+}
+
+impl From<RelayRefusal> for Failure {
+    fn from(why: RelayRefusal) -> Self {
+        Failure::Refused(why)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Store(e)
+    }
+}
