@@ -72,7 +72,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fsck { json } => store::fsck(&cli.global, json),
         Command::Gc { keep_versions, keep_days, json } => store::gc(&cli.global, keep_versions, keep_days, json),
         Command::Stats { json } => store::stats(&cli.global, json),
-        Command::Signal { listen, tls_cert, tls_key, stun, turn, turn_secret_file, turn_ttl, relay, relay_quota_mib } => {
+        Command::Signal {
+            listen,
+            tls_cert,
+            tls_key,
+            stun,
+            turn,
+            turn_secret_file,
+            turn_ttl,
+            relay,
+            relay_quota_mib,
+        } => {
             let ice = group::ice_policy(stun, turn, turn_secret_file.as_deref(), turn_ttl)?;
             let relay = relay.map(|dir| {
                 let limits = psync_signal::relay::policy::RelayLimits {

@@ -63,7 +63,9 @@ impl RelayClient {
                 .await
                 .map_err(|_| NetError::Ws("the relay did not answer in time".into()))?;
             match frame {
-                None | Some(Ok(WsMessage::Close(_))) => return Err(NetError::Ws("the relay closed the connection".into())),
+                None | Some(Ok(WsMessage::Close(_))) => {
+                    return Err(NetError::Ws("the relay closed the connection".into()))
+                }
                 Some(Err(e)) => return Err(NetError::Ws(e.to_string())),
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     return codec::decode(&bytes).map_err(|e| NetError::Ws(format!("malformed relay answer: {e}")))

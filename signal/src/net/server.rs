@@ -14,15 +14,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::prefixed::read_path;
+use super::relay_server::{relay_ws_config, serve_relay};
 use super::*;
 use crate::ice::IcePolicy;
-use crate::roster::{Roster, RosterEntry};
 use crate::relay::policy::RelayLimits;
 use crate::relay::protocol::RELAY_PATH;
 use crate::relay::service::RelayService;
+use crate::roster::{Roster, RosterEntry};
 use crate::server::{ConnId, Origin, ServerOut, ServerState};
-use super::prefixed::read_path;
-use super::relay_server::{relay_ws_config, serve_relay};
 
 enum Outgoing {
     Frame(Vec<u8>),
