@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 pub const KEY_FILE: &str = "device.key";
 /// Name, signalling server and group of this device.
 pub const IDENTITY_FILE: &str = "identity.json";
+/// The group's content key (sealing what the relay keeps), mode 0600.
+pub const GROUP_KEY_FILE: &str = "group.key";
 /// The local copy of the group's signed roster.
 pub const ROSTER_FILE: &str = "roster.bin";
 /// The optional config file.

@@ -10,7 +10,9 @@ use psync_signal::dtls::DtlsCertificate;
 use psync_signal::{DeviceKey, Roster, RosterEntry};
 use serde::{Deserialize, Serialize};
 
-use crate::data_dir::{IDENTITY_FILE, KEY_FILE, ROSTER_FILE};
+use psync_signal::relay::seal::ContentKey;
+
+use crate::data_dir::{GROUP_KEY_FILE, IDENTITY_FILE, KEY_FILE, ROSTER_FILE};
 
 /// What `psync init` (and later `psync join`) records about this device.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +45,44 @@ pub fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
     std::fs::write(&tmp, codec::encode(&entries.to_vec())?)?;
     std::fs::rename(&tmp, data_dir.join(ROSTER_FILE))?;
     Ok(())
+}
+
+/// Writes the group's content key: epoch (u32 LE) then the key, owner
+/// only, atomically.
+pub(crate) fn save_group_key(data_dir: &Path, key: &ContentKey) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = data_dir.join(format!("{GROUP_KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut bytes = zeroize::Zeroizing::new(key.epoch().to_le_bytes().to_vec());
+    bytes.extend_from_slice(key.bytes());
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(GROUP_KEY_FILE))?;
+    Ok(())
+}
+
+/// The group's content key, if this device has one (groups made before
+/// the relay existed have none: the relay stays off for them).
+pub(crate) fn load_group_key(data_dir: &Path) -> Result<Option<ContentKey>> {
+    let path = data_dir.join(GROUP_KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (Some(epoch), Some(key)) = (bytes.get(..4), bytes.get(4..)) else {
+        bail!("{} is damaged", path.display())
+    };
+    let epoch = u32::from_le_bytes(epoch.try_into()?);
+    let key: [u8; 32] = key.try_into().with_context(|| format!("{} is damaged", path.display()))?;
+    Ok(Some(ContentKey::from_bytes(epoch, key)))
 }
 
 pub(crate) fn load_roster(data_dir: &Path) -> Result<Vec<RosterEntry>> {

@@ -7,11 +7,14 @@
 //! The code is `NNNN-word-word`: the mailbox number, then the password (two
 //! words of 256, 16 bits, which never leave the two devices).
 
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use psync_base::codec;
 use serde::{Deserialize, Serialize};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 use crate::identity::PublicKey;
+use crate::relay::seal::{ContentKey, NONCE_BYTES};
 use crate::roster::RosterEntry;
 
 /// The words of invite codes.
@@ -106,11 +109,15 @@ pub enum InviteMessage {
         /// MAC under the exchanged key.
         mac: [u8; 32],
     },
-    /// The inviter answers with the group's roster, now including the new device.
+    /// The inviter answers with the group's roster, now including the new
+    /// device, and the group's content key (encrypted under the exchanged
+    /// key: the server relaying the mailbox never sees it).
     Welcome {
         /// The roster log.
         roster: Vec<RosterEntry>,
-        /// MAC under the exchanged key.
+        /// The content key sealed under the exchanged key (empty: none).
+        content_key: Vec<u8>,
+        /// MAC under the exchanged key, over both.
         mac: [u8; 32],
     },
 }
@@ -195,20 +202,44 @@ impl SharedKey {
         Ok((*key, name.clone(), dtls_fingerprint.clone()))
     }
 
-    /// The inviter's answer.
-    pub fn welcome(&self, roster: Vec<RosterEntry>) -> InviteMessage {
-        let body = codec::encode(&roster).unwrap_or_default();
-        InviteMessage::Welcome { mac: self.mac("welcome", &body), roster }
+    fn key_cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&blake3::derive_key("psync invite v1 content key", &self.0).into())
     }
 
-    /// Checks the answer and returns the roster log.
-    pub fn check_welcome(&self, message: InviteMessage) -> Result<Vec<RosterEntry>, InviteError> {
-        let InviteMessage::Welcome { roster, mac } = message else { return Err(InviteError::Unexpected) };
-        let body = codec::encode(&roster).unwrap_or_default();
+    /// The inviter's answer.
+    pub fn welcome(&self, roster: Vec<RosterEntry>, content_key: Option<&ContentKey>) -> InviteMessage {
+        let content_key = content_key.map_or_else(Vec::new, |key| {
+            let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+            let mut plain = zeroize::Zeroizing::new(key.epoch().to_le_bytes().to_vec());
+            plain.extend_from_slice(key.bytes());
+            let sealed = self.key_cipher().encrypt(&nonce, plain.as_slice()).unwrap_or_default();
+            [nonce.as_slice(), &sealed].concat()
+        });
+        let body = codec::encode(&(&roster, &content_key)).unwrap_or_default();
+        InviteMessage::Welcome { mac: self.mac("welcome", &body), roster, content_key }
+    }
+
+    /// Checks the answer and returns the roster log and the content key.
+    pub fn check_welcome(
+        &self,
+        message: InviteMessage,
+    ) -> Result<(Vec<RosterEntry>, Option<ContentKey>), InviteError> {
+        let InviteMessage::Welcome { roster, content_key, mac } = message else { return Err(InviteError::Unexpected) };
+        let body = codec::encode(&(&roster, &content_key)).unwrap_or_default();
         if !constant_time_eq(&mac, &self.mac("welcome", &body)) {
             return Err(InviteError::WrongCode);
         }
-        Ok(roster)
+        if content_key.is_empty() {
+            return Ok((roster, None));
+        }
+        let (nonce, sealed) = content_key.split_at_checked(NONCE_BYTES).ok_or(InviteError::Unexpected)?;
+        let plain = zeroize::Zeroizing::new(
+            self.key_cipher().decrypt(XNonce::from_slice(nonce), sealed).map_err(|_| InviteError::WrongCode)?,
+        );
+        let (epoch, key) = plain.split_at_checked(4).ok_or(InviteError::Unexpected)?;
+        let epoch = u32::from_le_bytes(epoch.try_into().map_err(|_| InviteError::Unexpected)?);
+        let key: [u8; 32] = key.try_into().map_err(|_| InviteError::Unexpected)?;
+        Ok((roster, Some(ContentKey::from_bytes(epoch, key))))
     }
 }
 
@@ -241,8 +272,19 @@ mod tests {
         let device = DeviceKey::generate();
         let intro = kj.introduce(device.public(), "laptop", "sha-256 AA");
         assert_eq!(ki.check_introduction(&intro).unwrap().0, device.public());
-        let welcome = ki.welcome(vec![]);
-        assert_eq!(kj.check_welcome(welcome).unwrap(), vec![]);
+        let content = ContentKey::generate(3);
+        let welcome = ki.welcome(vec![], Some(&content));
+        let (roster, got) = kj.check_welcome(welcome.clone()).unwrap();
+        assert_eq!(roster, vec![]);
+        let got = got.expect("the content key arrived");
+        assert_eq!((got.epoch(), got.bytes()), (3, content.bytes()));
+        // The key is encrypted, not only authenticated: its bytes are not in the message.
+        let encoded = welcome.encode();
+        assert!(!encoded.windows(32).any(|w| w == content.bytes()));
+        let InviteMessage::Welcome { roster, mut content_key, mac } = welcome else { unreachable!() };
+        content_key[30] ^= 1;
+        assert!(kj.check_welcome(InviteMessage::Welcome { roster, content_key, mac }).is_err());
+        assert!(kj.check_welcome(ki.welcome(vec![], None)).unwrap().1.is_none());
 
         let wrong = InviteCode::parse("2048-apple-robin").unwrap();
         let (inviter, msg_i) = Pake::start(&code);
@@ -250,5 +292,7 @@ mod tests {
         let (ki, ka) = (inviter.finish(&msg_a).unwrap(), attacker.finish(&msg_i).unwrap());
         let intro = ka.introduce(device.public(), "evil", "");
         assert_eq!(ki.check_introduction(&intro), Err(InviteError::WrongCode));
+        // Whoever guessed wrong cannot open a welcome either.
+        assert!(ka.check_welcome(ki.welcome(vec![], Some(&content))).is_err());
     }
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use psync_signal::dtls::DtlsCertificate;
 use psync_signal::ice::{is_ice_url, is_unsupported_turn, IcePolicy, MIN_TURN_TTL_SECS};
 use psync_signal::net::{register, serve_with, tls_acceptor, ClientEvent, ServeOptions, ServerDir, SignalClient};
+use psync_signal::relay::seal::ContentKey;
 use psync_signal::{readable_id, DeviceKey, Roster};
 
 use crate::data_dir::KEY_FILE;
@@ -114,6 +115,7 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
         .block_on(register(server, &roster))
         .context("cannot register the group with the signalling server")?;
     save_identity(data_dir, &key, &dtls, &roster, name, server)?;
+    crate::identity::save_group_key(data_dir, &ContentKey::generate(1))?;
     println!(
         "device {name} ({}) created group {group_name:?} ({})",
         readable_id(&key.public().device_id()),
@@ -316,7 +318,8 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
             matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
         })
         .await?;
-        client.invite_msg(mailbox, shared.welcome(roster.entries().to_vec()).encode());
+        let content_key = crate::identity::load_group_key(data_dir)?;
+        client.invite_msg(mailbox, shared.welcome(roster.entries().to_vec(), content_key.as_ref()).encode());
         client.close_invite(mailbox);
         save_roster(data_dir, roster.entries())?;
         // Let the last messages leave before the runtime stops.
@@ -334,7 +337,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
     let code = InviteCode::parse(code)?;
     let key = DeviceKey::generate();
     let dtls = DtlsCertificate::generate()?;
-    let roster = runtime()?.block_on(async {
+    let (roster, content_key) = runtime()?.block_on(async {
         let (pake, mine) = Pake::start(&code);
         let mut channel = JoinChannel::open(server, code.mailbox, InviteMessage::Pake(mine).encode()).await?;
         let InviteMessage::Pake(theirs) = InviteMessage::decode(&channel.recv().await?)? else {
@@ -344,14 +347,17 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
         channel.send(shared.introduce(key.public(), name, &dtls.fingerprint()).encode()).await?;
         let answer =
             channel.recv().await.context("the inviting device did not add this device (wrong code, or declined)")?;
-        let entries = shared.check_welcome(InviteMessage::decode(&answer)?)?;
+        let (entries, content_key) = shared.check_welcome(InviteMessage::decode(&answer)?)?;
         let roster = Roster::from_entries(entries).context("the roster from the inviting device does not verify")?;
         if !roster.is_active(&key.public()) {
             bail!("the roster does not include this device");
         }
-        Ok(roster)
+        Ok((roster, content_key))
     })?;
     save_identity(data_dir, &key, &dtls, &roster, name, server)?;
+    if let Some(content_key) = content_key {
+        crate::identity::save_group_key(data_dir, &content_key)?;
+    }
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
 }
