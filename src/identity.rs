@@ -77,9 +77,7 @@ pub(crate) fn load_group_key(data_dir: &Path) -> Result<Option<ContentKey>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let (Some(epoch), Some(key)) = (bytes.get(..4), bytes.get(4..)) else {
-        bail!("{} is damaged", path.display())
-    };
+    let (Some(epoch), Some(key)) = (bytes.get(..4), bytes.get(4..)) else { bail!("{} is damaged", path.display()) };
     let epoch = u32::from_le_bytes(epoch.try_into()?);
     let key: [u8; 32] = key.try_into().with_context(|| format!("{} is damaged", path.display()))?;
     Ok(Some(ContentKey::from_bytes(epoch, key)))
@@ -116,6 +114,8 @@ pub struct SyncSetup {
     pub certificate: Arc<DtlsCertificate>,
     /// The local, verified roster copy (the server's replaces it if longer).
     pub roster: Roster,
+    /// The group's content key (none: the group predates the relay).
+    pub content_key: Option<ContentKey>,
 }
 
 /// `None` when the data dir has no identity yet (the mount then runs
@@ -137,5 +137,6 @@ pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
         key: Arc::new(key),
         certificate: Arc::new(certificate),
         roster,
+        content_key: load_group_key(data_dir)?,
     }))
 }

@@ -7,6 +7,7 @@
 //! - [`cli`]: the commands;
 //! - [`daemon`]: the mount daemon, wiring everything below;
 //! - [`control`]: the control socket (`psync status`, `psync revert`);
+//! - [`relay`]: leaving changes at the relay for offline members, taking theirs;
 //! - [`peering`]: signalling, roster checks, dialling peers;
 //! - [`driver`]: the sync loop around the sans-I/O core, and its store adapter;
 //! - [`net`]: WebRTC links and their framing;
@@ -24,3 +25,4 @@ pub mod identity;
 pub mod live;
 pub mod net;
 pub mod peering;
+pub mod relay;

@@ -42,6 +42,36 @@ pub struct Live {
     /// A roster from the server or a peer that was refused (shorter than
     /// ours, or forking from it), in words.
     pub roster_warning: Option<String>,
+    /// Relay storage, when this device uses it.
+    pub relay: Option<RelayLive>,
+}
+
+/// Relay storage as this device last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLive {
+    /// Logged in to the relay now.
+    pub reachable: bool,
+    /// Why it is not (or the last thing that went wrong).
+    pub last_error: Option<String>,
+    /// Held for the group (sealed bytes), and the quota.
+    pub held_bytes: u64,
+    /// Quota (bytes).
+    pub quota_bytes: u64,
+    /// Held for the group (objects), and the quota.
+    pub held_objects: u64,
+    /// Quota (objects).
+    pub quota_objects: u64,
+    /// This device's changes some member has not taken and that are not
+    /// on the relay yet (index entries).
+    pub to_upload: u64,
+    /// Objects this device stored, this run.
+    pub uploaded: u64,
+    /// Objects of others this device took, this run.
+    pub downloaded: u64,
+    /// When the last upload round ended with nothing left (ms since the epoch).
+    pub flushed_at_ms: Option<u64>,
+    /// Objects refused (tampered, unsigned, missing), newest last.
+    pub refused: Vec<String>,
 }
 
 /// [`Live`] behind a lock that a panic elsewhere does not poison for us.

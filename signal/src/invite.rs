@@ -220,10 +220,7 @@ impl SharedKey {
     }
 
     /// Checks the answer and returns the roster log and the content key.
-    pub fn check_welcome(
-        &self,
-        message: InviteMessage,
-    ) -> Result<(Vec<RosterEntry>, Option<ContentKey>), InviteError> {
+    pub fn check_welcome(&self, message: InviteMessage) -> Result<(Vec<RosterEntry>, Option<ContentKey>), InviteError> {
         let InviteMessage::Welcome { roster, content_key, mac } = message else { return Err(InviteError::Unexpected) };
         let body = codec::encode(&(&roster, &content_key)).unwrap_or_default();
         if !constant_time_eq(&mac, &self.mac("welcome", &body)) {

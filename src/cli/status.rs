@@ -94,6 +94,28 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             let _ = writeln!(out, "ROSTER      {warning}");
         }
     }
+    if let Some(r) = &s.relay {
+        let state = match (&r.reachable, &r.last_error) {
+            (true, _) => "reachable".to_string(),
+            (false, Some(why)) => format!("not reachable ({why})"),
+            (false, None) => "connecting".to_string(),
+        };
+        let upload = if r.to_upload == 0 {
+            "nothing to upload".to_string()
+        } else {
+            format!("{} changes to upload", r.to_upload)
+        };
+        let _ = writeln!(
+            out,
+            "relay       {state}  holds {} of {} for the group ({} objects)  {upload}",
+            bytes(r.held_bytes),
+            bytes(r.quota_bytes),
+            r.held_objects
+        );
+        for refused in &r.refused {
+            let _ = writeln!(out, "RELAY       {refused}");
+        }
+    }
     let l = &s.local;
     let _ = writeln!(out, "local       {} files, {} dirs, {}  (sequence {})", l.files, l.dirs, bytes(l.bytes), l.seq);
     if l.waiting_records > 0 || l.wanted_blocks > 0 {

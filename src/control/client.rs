@@ -116,6 +116,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
         conflicts,
         recent_errors: Vec::new(),
         recent_warnings: Vec::new(),
+        relay: None,
     };
     if let Some(setup) = setup {
         status.signalling = Some(SignallingStatus {

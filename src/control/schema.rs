@@ -30,6 +30,9 @@ pub struct Status {
     /// The same, as records: when (ms since the epoch), level, message.
     #[serde(default)]
     pub recent_warnings: Vec<crate::live::Warning>,
+    /// Relay storage, if this device uses it.
+    #[serde(default)]
+    pub relay: Option<crate::live::RelayLive>,
 }
 
 /// This device.

@@ -146,9 +146,11 @@ impl Source {
             conflicts,
             recent_errors: warnings.iter().map(crate::live::Warning::line).collect(),
             recent_warnings: warnings,
+            relay: None,
         };
         if let (Some(identity), Some(live)) = (&self.identity, live) {
             live.read(|l| {
+                status.relay = l.relay.clone();
                 status.signalling = Some(SignallingStatus {
                     server: identity.server.clone(),
                     connected: l.signalling == SignallingState::Connected,

@@ -32,6 +32,9 @@ use crate::data_dir::{DAEMON_FILE, LOG_FILE, SOCKET_FILE};
 /// Set for the detached child: it reports readiness on stdout.
 const NOTIFY_ENV: &str = "PSYNC_NOTIFY_READY";
 const READY: &str = "READY";
+/// How long an exiting daemon waits for its last upload to the relay
+/// (`psync unmount` waits 60 s for the daemon to exit).
+const RELAY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
 
 fn read_daemon_info(data_dir: &Path) -> Option<DaemonInfo> {
     let text = std::fs::read_to_string(data_dir.join(DAEMON_FILE)).ok()?;
@@ -164,6 +167,7 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
         settings: settings.clone(),
         fs: core.clone(),
     };
+    let mut running = None;
     if let Some(setup) = sync_setup {
         if store.device() == setup.key.public().device_id() {
             status.identity = Some(crate::control::server::Identity {
@@ -172,7 +176,9 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
                 server: setup.server.clone(),
             });
             let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
-            status.sync = Some(sync::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?);
+            let started = sync::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?;
+            status.sync = Some((started.live.clone(), started.control.clone()));
+            running = Some(started);
         } else {
             tracing::error!(
                 "this data dir's store was created before the device joined a group; sync is off \
@@ -186,6 +192,11 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     tracing::info!("serving {} at {}", data_dir.display(), mountpoint.display());
     announce_ready(notify, data_dir, mountpoint)?;
     let result = wait_for_unmount(signals, session, mountpoint)?;
+    // Everything is committed now: what offline members need goes to the
+    // relay before this device goes offline too.
+    if let Some(running) = &running {
+        running.flush_relay(RELAY_FLUSH_TIMEOUT);
+    }
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
     let _ = std::fs::remove_file(data_dir.join(SOCKET_FILE));
     result.context("filesystem session ended with an error")?;

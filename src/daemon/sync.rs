@@ -23,7 +23,43 @@ use crate::driver::sync_loop;
 use crate::identity::SyncSetup;
 use crate::live::SharedLive;
 use crate::peering::{self, Me};
+use crate::relay::{FlushRequest, RelayTask};
 use psync_fs::{Replayer, Step};
+
+/// The running sync thread, as the daemon and `psync status` see it.
+#[derive(Debug)]
+pub struct Running {
+    /// Shared with `psync status`.
+    pub live: SharedLive,
+    /// The sync loop's control channel.
+    pub control: mpsc::Sender<Control>,
+    /// Asks the relay task to upload what is left (none: no relay use).
+    pub relay_flush: Option<mpsc::Sender<FlushRequest>>,
+}
+
+impl Running {
+    /// Uploads what offline members still need to the relay, waiting at
+    /// most `timeout` (before the daemon exits).
+    pub fn flush_relay(&self, timeout: std::time::Duration) {
+        let Some(flush) = &self.relay_flush else { return };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if flush.blocking_send(reply).is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = done;
+        while std::time::Instant::now() < deadline {
+            match done.try_recv() {
+                Ok(()) => return,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+            }
+        }
+        tracing::warn!("relay: upload not finished within {} s; the rest goes at the next mount", timeout.as_secs());
+    }
+}
 
 /// Spawns the sync thread; returns once it is running, with what
 /// `psync status` reads: the shared live state and the loop's control channel.
@@ -31,11 +67,11 @@ use psync_fs::{Replayer, Step};
 pub fn start(
     data_dir: &Path,
     store: Arc<Store>,
-    setup: SyncSetup,
+    mut setup: SyncSetup,
     fs_events: std::sync::mpsc::Receiver<FsEvent>,
     replayer: Replayer,
     settings: &Settings,
-) -> Result<(SharedLive, mpsc::Sender<Control>)> {
+) -> Result<Running> {
     let ice = settings.ice();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -50,10 +86,32 @@ pub fn start(
         download_bytes_per_sec: settings.download_bytes_per_sec,
         ..SyncConfig::new(group)
     };
-    let core = SyncCore::new(StoreSync::new(store), config, rand::random(), mono_ms());
+    let storage = StoreSync::new(store);
+    let core = SyncCore::new(storage.clone(), config, rand::random(), mono_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();
-    let handles = (live.clone(), control.clone());
+    let (relay_flush, relay_task) = match setup.content_key.take() {
+        Some(content) => {
+            let (flush, flush_rx) = mpsc::channel::<FlushRequest>(4);
+            let task = RelayTask {
+                server: setup.server.clone(),
+                group: setup.group,
+                key: setup.key.clone(),
+                content,
+                data_dir: data_dir.to_path_buf(),
+                storage,
+                control: control.clone(),
+                live: live.clone(),
+                roster: setup.roster.clone(),
+            };
+            (Some(flush), Some((task, flush_rx)))
+        }
+        None => {
+            tracing::info!("relay storage is off: this group has no content key (it predates the relay)");
+            (None, None)
+        }
+    };
+    let handles = Running { live: live.clone(), control: control.clone(), relay_flush };
     let roster_dir = data_dir.to_path_buf();
     let save_roster = move |roster: &Roster| {
         if let Err(e) = crate::identity::save_roster(&roster_dir, roster.entries()) {
@@ -77,6 +135,9 @@ pub fn start(
             let client = SignalClient::spawn(setup.server.clone(), setup.group, setup.key.clone());
             let me = Me::new(setup.key, setup.certificate, ice);
             tokio::spawn(peering::run(me, setup.roster, client, control, live.clone(), Box::new(save_roster)));
+            if let Some((task, flush_rx)) = relay_task {
+                tokio::spawn(task.run(flush_rx));
+            }
             // Not a runtime thread: replaying blocks in syscalls on the mount.
             let (installed, installed_rx) = mpsc::unbounded_channel::<Vec<Change>>();
             let replay =

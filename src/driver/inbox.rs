@@ -19,6 +19,9 @@ pub enum Control {
     Group { devices: Vec<DeviceId>, read_only: Vec<DeviceId> },
     /// `psync status` asks where sync stands.
     Status(std::sync::mpsc::Sender<SyncSnapshot>),
+    /// A bundle a member left at the relay (checked and opened): taken as
+    /// from that member; the answer says whether the core took it.
+    Relayed(DeviceId, Box<psync_sync::relay::RelayBundle>, tokio::sync::oneshot::Sender<Result<(), String>>),
     /// `psync revert`: on a read-only device, take the group's version of
     /// these paths (all of its own changes if empty); answers how many.
     Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),

@@ -103,6 +103,11 @@ pub async fn run<S: SyncStorage>(
                     let _ = reply.send(snapshot);
                     Ok(())
                 }
+                Some(Control::Relayed(writer, bundle, reply)) => {
+                    let result = core.handle(mono_ms(), Input::Relayed(writer, *bundle));
+                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    result
+                }
                 Some(Control::Revert(paths, reply)) => {
                     let result = core.revert(mono_ms(), paths);
                     let _ = reply.send(result.as_ref().map(|n| *n).map_err(|e| e.to_string()));

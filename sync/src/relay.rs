@@ -112,6 +112,16 @@ impl BundleCutter {
 
     /// The next bundle, `None` once everything up to the index's end is out.
     pub fn next<S: SyncStorage + ?Sized>(&mut self, storage: &S) -> Result<Option<RelayBundle>, StorageError> {
+        self.next_where(storage, |_, _| true)
+    }
+
+    /// [`BundleCutter::next`] with only the records `keep` says (by index
+    /// position and record) travel; the others count as handed out.
+    pub fn next_where<S: SyncStorage + ?Sized>(
+        &mut self,
+        storage: &S,
+        keep: impl Fn(u64, &FileRecord) -> bool,
+    ) -> Result<Option<RelayBundle>, StorageError> {
         let mut bundle = RelayBundle { complete_to: 0, records: Vec::new(), objects: Vec::new() };
         // Room for the frame around the lists.
         let mut used = 64;
@@ -160,6 +170,10 @@ impl BundleCutter {
             let Some((seq, record)) = self.ahead.pop_front() else {
                 return Ok((!bundle.is_empty()).then(|| self.finish(bundle)));
             };
+            if !keep(seq, &record) {
+                self.read_to = seq;
+                continue;
+            }
             let size = codec::encode(&record).map_or(0, |b| b.len()) + ENTRY_OVERHEAD_BYTES;
             if used + size > self.max_bytes && !bundle.is_empty() {
                 self.ahead.push_front((seq, record));

@@ -17,11 +17,17 @@ impl Drop for Server {
 }
 
 pub fn start_server(data: &Path) -> (Server, String) {
+    start_server_with(data, &[])
+}
+
+/// [`start_server`] with more `psync signal` flags (e.g. `--relay DIR`).
+pub fn start_server_with(data: &Path, flags: &[&str]) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = crate::support::psync_command()
         .arg("--data-dir")
         .arg(data)
         .args(["signal", "--listen", &format!("127.0.0.1:{port}")])
+        .args(flags)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start psync signal");

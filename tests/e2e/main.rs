@@ -13,6 +13,7 @@ mod group;
 mod hostile;
 mod mount;
 mod networks;
+mod relay;
 mod safety;
 mod support;
 mod three;

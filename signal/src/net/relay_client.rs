@@ -40,7 +40,13 @@ impl RelayClient {
     pub async fn connect(server_url: &str, group: ContentHash, key: &DeviceKey) -> Result<RelayClient, NetError> {
         let ws = tokio::time::timeout(RELAY_REQUEST_TIMEOUT, connect_with(&relay_url(server_url), relay_ws_config()))
             .await
-            .map_err(|_| NetError::Ws("the relay did not answer in time".into()))??;
+            .map_err(|_| NetError::Ws("the relay did not answer in time".into()))?
+            .map_err(|e| match e {
+                NetError::Ws(why) if why.contains("404") => {
+                    NetError::Ws("this signalling server runs no relay (`psync signal --relay DIR` does)".into())
+                }
+                other => other,
+            })?;
         let mut client = RelayClient { ws, status: empty_status() };
         let RelayResponse::Challenge { protocol, server_id, nonce } = client.recv().await? else {
             return Err(NetError::Ws("the relay did not send a challenge".into()));

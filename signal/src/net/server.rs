@@ -287,7 +287,15 @@ where
                     tracing::debug!(%addr, "relay connection ended: {e}");
                 }
             }
-            None => tracing::debug!(%addr, "relay asked for, but this server runs none"),
+            None => {
+                tracing::debug!(%addr, "relay asked for, but this server runs none");
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            }
         },
         Ok(Ok((_, stream))) => handle_signalling(&shared, stream, addr, conn).await,
         Ok(Err(e)) => tracing::debug!(%addr, "connection ended: {e}"),

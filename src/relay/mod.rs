@@ -1,0 +1,350 @@
+//! Relay storage from the device's side: while some member is offline,
+//! this device leaves its changes at the relay (sealed under the group's
+//! content key, signed); at mount and now and then it takes what offline
+//! members left there and hands it to the sync loop, which checks every
+//! record and block as from any peer. Progress is kept in the data dir
+//! ([`progress`]), so a restart goes on where it stopped.
+//!
+//! The relay is optional and never in the way: when it is unreachable,
+//! peer-to-peer sync goes on and the reason shows in `psync status`.
+
+pub mod progress;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use psync_base::{ContentHash, DeviceId};
+use psync_signal::net::{NetError, RelayClient};
+use psync_signal::relay::policy::{RelayPut, RelayRefusal};
+use psync_signal::relay::seal::{sealed_epoch, sign_object, verify_object, ContentKey, ObjectName};
+use psync_signal::{DeviceKey, Role, Roster};
+use psync_sync::relay::{BundleCutter, RelayBundle};
+use psync_sync::SyncStorage;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::wall_ms;
+use crate::driver::inbox::Control;
+use crate::driver::storage::StoreSync;
+use crate::live::{RelayLive, SharedLive};
+use progress::Progress;
+
+/// How often this device looks for changes to upload (a debounce too).
+const UPLOAD_CHECK: Duration = Duration::from_secs(2);
+/// How often it looks for what others left while it is mounted.
+const DOWNLOAD_CHECK: Duration = Duration::from_secs(30);
+/// First wait before reconnecting to an unreachable relay; doubles up to
+/// [`MAX_RECONNECT_WAIT`].
+const FIRST_RECONNECT_WAIT: Duration = Duration::from_secs(1);
+/// Longest such wait.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(60);
+/// Refused objects kept for `psync status` (count).
+const MAX_REFUSED_SHOWN: usize = 20;
+/// Longest wait the relay's rate limit may ask for before an upload
+/// round gives up until the next check.
+const MAX_RATE_WAIT: Duration = Duration::from_secs(10);
+
+/// Asks the relay task to upload everything now; answered when done (or
+/// when it cannot).
+pub type FlushRequest = oneshot::Sender<()>;
+
+/// What the relay task needs.
+pub struct RelayTask {
+    /// Signalling server URL (the relay is on it).
+    pub server: String,
+    /// The group.
+    pub group: ContentHash,
+    /// This device.
+    pub key: Arc<DeviceKey>,
+    /// The group's content key.
+    pub content: ContentKey,
+    /// The data dir (progress file).
+    pub data_dir: PathBuf,
+    /// The store, read for uploads.
+    pub storage: StoreSync,
+    /// The sync loop, fed with what others left.
+    pub control: mpsc::Sender<Control>,
+    /// Shared with `psync status`; its roster is the newest verified one.
+    pub live: SharedLive,
+    /// The roster at start.
+    pub roster: Roster,
+}
+
+impl std::fmt::Debug for RelayTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayTask").field("server", &self.server).finish_non_exhaustive()
+    }
+}
+
+/// Checks and opens one object `name` fetched from the relay: its writer
+/// is an active full member whose signature holds, it is sealed under the
+/// group's key for this name, and it is a bundle. Anything else is refused.
+pub fn open_object(
+    roster: &Roster,
+    content: &ContentKey,
+    name: &ObjectName,
+    signature: &psync_signal::SignatureBytes,
+    sealed: &[u8],
+) -> Result<RelayBundle, String> {
+    let group = roster.group_id();
+    let writer = roster
+        .members()
+        .find(|m| !m.removed && m.key.device_id() == name.writer)
+        .ok_or("its writer is not a member of the group")?;
+    if writer.role == Role::ReadOnly {
+        return Err("its writer is read-only".into());
+    }
+    verify_object(&writer.key, &group, name, sealed, signature).map_err(|_| "its signature does not hold")?;
+    let epoch = sealed_epoch(sealed).map_err(|e| e.to_string())?;
+    if epoch != content.epoch() {
+        return Err(format!("sealed under key epoch {epoch}, this device has {}", content.epoch()));
+    }
+    let plain = content.open(&group, name, sealed).map_err(|e| format!("it does not open: {e}"))?;
+    RelayBundle::decode(&plain).map_err(|e| e.to_string())
+}
+
+impl RelayTask {
+    /// Runs until `flush` closes (the daemon is exiting).
+    pub async fn run(self, mut flush: mpsc::Receiver<FlushRequest>) {
+        let mut progress = Progress::load(&self.data_dir);
+        let mut wait = FIRST_RECONNECT_WAIT;
+        self.live.update(|l| l.relay = Some(RelayLive::default()));
+        loop {
+            match self.session(&mut progress, &mut flush).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::info!("relay: {why}");
+                    self.show(|r| {
+                        r.reachable = false;
+                        r.last_error = Some(why);
+                    });
+                }
+            }
+            // Unreachable: a flush is answered at once (nothing can go).
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    request = flush.recv() => match request {
+                        Some(reply) => { let _ = reply.send(()); }
+                        None => return,
+                    },
+                }
+            }
+            wait = (wait * 2).min(MAX_RECONNECT_WAIT);
+        }
+    }
+
+    fn show(&self, change: impl FnOnce(&mut RelayLive)) {
+        self.live.update(|l| change(l.relay.get_or_insert_with(RelayLive::default)));
+    }
+
+    fn roster(&self) -> Roster {
+        self.live.read(|l| l.roster.clone()).unwrap_or_else(|| self.roster.clone())
+    }
+
+    fn me(&self) -> DeviceId {
+        self.key.public().device_id()
+    }
+
+    async fn session(&self, progress: &mut Progress, flush: &mut mpsc::Receiver<FlushRequest>) -> Result<()> {
+        let mut client = RelayClient::connect(&self.server, self.group, &self.key).await?;
+        progress.next_seq = progress.next_seq.max(client.status.last_seq + 1);
+        let status = client.status;
+        self.show(|r| {
+            r.reachable = true;
+            r.last_error = None;
+            r.held_bytes = status.usage.bytes;
+            r.quota_bytes = status.usage.quota_bytes;
+            r.held_objects = status.usage.objects;
+            r.quota_objects = status.usage.quota_objects;
+        });
+        tracing::info!("relay: logged in ({} objects wait for this device)", status.waiting);
+        let mut next_download = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(UPLOAD_CHECK);
+        loop {
+            if tokio::time::Instant::now() >= next_download {
+                self.download(&mut client, progress).await?;
+                next_download = tokio::time::Instant::now() + DOWNLOAD_CHECK;
+            }
+            self.upload(&mut client, progress).await?;
+            tokio::select! {
+                _ = check.tick() => {}
+                request = flush.recv() => match request {
+                    Some(reply) => {
+                        let result = self.upload(&mut client, progress).await;
+                        let _ = reply.send(());
+                        result?;
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Index entries after which this device's changes must go to the
+    /// relay: what every other member acknowledged is with them already.
+    fn upload_from(&self, roster: &Roster, progress: &Progress) -> Result<u64> {
+        let me = self.me();
+        let mut from = u64::MAX;
+        for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
+            let acked = self.storage.peer_state(&member.key.device_id()).map_err(|e| anyhow!("{e}"))?.acked;
+            from = from.min(acked);
+        }
+        // Alone in the group: nobody to leave anything for.
+        Ok(if from == u64::MAX { self.storage.seq() } else { from.max(progress.uploaded_to) })
+    }
+
+    async fn upload(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
+        let roster = self.roster();
+        if roster.role(&self.key.public()) != Some(Role::Full) {
+            return Ok(());
+        }
+        let index_id = self.storage.index_id();
+        if progress.index_id != index_id {
+            *progress = Progress { index_id, uploaded_to: 0, ..progress.clone() };
+        }
+        let from = self.upload_from(&roster, progress)?;
+        let seq = self.storage.seq();
+        if from >= seq {
+            if progress.uploaded_to < seq {
+                progress.uploaded_to = seq;
+                progress.save(&self.data_dir)?;
+            }
+            self.show(|r| {
+                r.to_upload = 0;
+                r.flushed_at_ms = Some(wall_ms());
+            });
+            return Ok(());
+        }
+        self.show(|r| r.to_upload = seq - from);
+        // Who still lacks what: a record travels only if some member that
+        // has not taken it is not its author (a member's own versions,
+        // taken here from the relay, are not sent back to it).
+        let me = self.me();
+        let mut behind = Vec::new();
+        for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
+            let id = member.key.device_id();
+            behind.push((id, self.storage.peer_state(&id).map_err(|e| anyhow!("{e}"))?.acked));
+        }
+        let keep = |at: u64, record: &psync_sync::FileRecord| {
+            behind.iter().any(|(id, acked)| *acked < at && *id != record.version.device)
+        };
+        let mut cutter = BundleCutter::new(from);
+        while let Some(bundle) =
+            cutter.next_where(&self.storage, keep).map_err(|e| anyhow!("reading the store: {e}"))?
+        {
+            let plain = bundle.encode()?;
+            loop {
+                let name = ObjectName { writer: self.me(), seq: progress.next_seq };
+                let sealed = self.content.seal(&self.group, &name, &plain);
+                let signature = sign_object(&self.key, &self.group, &name, &sealed);
+                match client.put(RelayPut { name, sealed, signature }).await {
+                    Ok(()) => break,
+                    Err(NetError::RelayRefused(RelayRefusal::TooFast { retry_ms })) => {
+                        let wait = Duration::from_millis(retry_ms).min(MAX_RATE_WAIT);
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(NetError::RelayRefused(RelayRefusal::Exists { .. } | RelayRefusal::OutOfOrder { .. })) => {
+                        // Another run of this device stored under these
+                        // numbers (progress lost in a crash): go on after them.
+                        let status = client.usage().await?;
+                        if status.last_seq + 1 == progress.next_seq {
+                            bail!("the relay refuses object {} and has no newer one", progress.next_seq);
+                        }
+                        progress.next_seq = status.last_seq + 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            progress.next_seq += 1;
+            progress.uploaded_to = progress.uploaded_to.max(bundle.complete_to);
+            progress.save(&self.data_dir)?;
+            let left = seq.saturating_sub(progress.uploaded_to.max(from));
+            self.show(|r| {
+                r.uploaded += 1;
+                r.to_upload = left;
+            });
+        }
+        progress.uploaded_to = progress.uploaded_to.max(cutter.complete_to());
+        progress.save(&self.data_dir)?;
+        let status = client.usage().await?;
+        self.show(|r| {
+            r.to_upload = 0;
+            r.flushed_at_ms = Some(wall_ms());
+            r.held_bytes = status.usage.bytes;
+            r.held_objects = status.usage.objects;
+        });
+        tracing::info!("relay: changes up to {} uploaded", progress.uploaded_to);
+        Ok(())
+    }
+
+    async fn download(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
+        loop {
+            let waiting = client.pending().await?;
+            if waiting.is_empty() {
+                break;
+            }
+            let mut moved = false;
+            for (name, _) in waiting {
+                let taken = progress.taken(&name.writer);
+                if name.seq > taken {
+                    if name.seq > taken + 1 {
+                        self.refused(format!(
+                            "objects {}..{} of {} never reached this device (withheld or expired); \
+                             their changes come when that device is online",
+                            taken + 1,
+                            name.seq - 1,
+                            psync_signal::readable_id(&name.writer)
+                        ));
+                    }
+                    let (signature, sealed) = client.get(name).await?;
+                    match open_object(&self.roster(), &self.content, &name, &signature, &sealed) {
+                        Ok(bundle) => self.take(name.writer, bundle).await?,
+                        Err(why) => self.refused(format!(
+                            "object {} of {} refused: {why}",
+                            name.seq,
+                            psync_signal::readable_id(&name.writer)
+                        )),
+                    }
+                    progress.took(&name.writer, name.seq);
+                    progress.save(&self.data_dir)?;
+                    self.show(|r| r.downloaded += 1);
+                }
+                client.ack(name.writer, name.seq).await?;
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        let status = client.usage().await?;
+        self.show(|r| {
+            r.held_bytes = status.usage.bytes;
+            r.held_objects = status.usage.objects;
+        });
+        Ok(())
+    }
+
+    async fn take(&self, writer: DeviceId, bundle: RelayBundle) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Relayed(writer, Box::new(bundle), reply))
+            .await
+            .map_err(|_| anyhow!("the sync loop stopped"))?;
+        answer.await.map_err(|_| anyhow!("the sync loop stopped"))?.map_err(|e| anyhow!("taking a bundle: {e}"))
+    }
+
+    fn refused(&self, what: String) {
+        tracing::warn!("relay: {what}");
+        self.show(|r| {
+            r.refused.push(what);
+            if r.refused.len() > MAX_REFUSED_SHOWN {
+                r.refused.remove(0);
+            }
+        });
+    }
+}

@@ -1,0 +1,164 @@
+//! Relay storage with real processes and mounts: the laptop and the
+//! desktop are never online together, and the notes still arrive.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::group::{finish_invite, start_invite, start_server_with};
+use crate::mount::{noise, Mounted};
+use crate::support::{eventually, lazy, psync, PATIENCE};
+use crate::three::status;
+
+/// Files under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Objects the relay holds (its ledgers aside).
+fn relay_objects(relay: &Path) -> Vec<PathBuf> {
+    files(relay).into_iter().filter(|p| p.file_name().is_some_and(|n| n != "ledger")).collect()
+}
+
+fn pair(tmp: &Path, relay: Option<&Path>) -> (crate::group::Server, PathBuf, PathBuf) {
+    let relay_args: Vec<String> = relay.map(|r| vec!["--relay".into(), r.display().to_string()]).unwrap_or_default();
+    let args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+    let (server, url) = start_server_with(&tmp.join("server"), &args);
+    let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = start_invite(&a);
+    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    finish_invite(inviter);
+    (server, a, b)
+}
+
+fn relay_status(data: &Path) -> serde_json::Value {
+    status(data)["relay"].clone()
+}
+
+#[test]
+fn closed_lid_notes_reach_the_other_device_through_the_relay_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = tmp.path().join("relay");
+    let (_server, a, b) = pair(tmp.path(), Some(&relay));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(b.join("group.key")).unwrap().permissions()) & 0o777,
+        0o600,
+        "the joined device got the content key, private"
+    );
+
+    // The desktop writes while the laptop has never been mounted.
+    let desktop = Mounted::with_data(a.clone());
+    let note = b"# Standup\nmarker-7f3a: the launch moves to Friday\n".to_vec();
+    let pdf = noise(3 << 20, 11);
+    std::fs::create_dir_all(desktop.path("Notes/Daily")).unwrap();
+    std::fs::write(desktop.path("Notes/Daily/2026-12-06.md"), &note).unwrap();
+    std::fs::write(desktop.path("paper-for-review.pdf"), &pdf).unwrap();
+    std::fs::write(desktop.path("scratch.md"), b"gone soon").unwrap();
+    std::fs::remove_file(desktop.path("scratch.md")).unwrap();
+    std::fs::write(desktop.path("draft.md"), b"a draft, renamed").unwrap();
+    std::fs::rename(desktop.path("draft.md"), desktop.path("Notes/final.md")).unwrap();
+
+    // Its upload reports done; then it dies without a clean unmount.
+    let uploaded = |s: &serde_json::Value| {
+        s["reachable"] == true && s["to_upload"] == 0 && s["uploaded"].as_u64().unwrap_or(0) > 0
+    };
+    let what = lazy(|| format!("the desktop's upload to finish: {:#}", relay_status(&a)));
+    eventually(PATIENCE, what, || {
+        let local_seq = status(&a)["local"]["seq"].as_u64().unwrap_or(0);
+        let r = relay_status(&a);
+        // Everything committed so far is in (the rename is the last change).
+        uploaded(&r) && local_seq > 0 && desktop.path("Notes/final.md").exists()
+    });
+    // Give the 2 s upload check one more round over the final sequence.
+    let seq_then = status(&a)["local"]["seq"].as_u64().unwrap();
+    let what = lazy(|| format!("an upload round after sequence {seq_then}: {:#}", relay_status(&a)));
+    let flushed_then = relay_status(&a)["flushed_at_ms"].as_u64().unwrap_or(0);
+    eventually(PATIENCE, what, || {
+        let r = relay_status(&a);
+        uploaded(&r) && r["flushed_at_ms"].as_u64().unwrap_or(0) > flushed_then
+    });
+    let pid = desktop.daemon_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually(PATIENCE, "the desktop's daemon to die", || crate::mount::is_dead(pid));
+
+    // The relay holds only sealed bytes: no note text, no names, no
+    // plaintext block hashes.
+    let stored = relay_objects(&relay);
+    assert!(!stored.is_empty(), "the desktop left objects at the relay");
+    let first_block_hash = *blake3::hash(&pdf[..64 << 10]).as_bytes();
+    for file in files(&relay) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in [b"marker-7f3a".as_slice(), b"2026-12-06.md", b"final.md", b"Daily", &first_block_hash] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds {needle:?}", file.display());
+        }
+    }
+
+    // The laptop mounts for the first time, the desktop never online again.
+    let laptop = Mounted::with_data(b.clone());
+    let what = lazy(|| format!("the laptop to get the desktop's notes: {:#}", status(&b)));
+    eventually(PATIENCE, what, || {
+        std::fs::read(laptop.path("Notes/Daily/2026-12-06.md")).is_ok_and(|d| d == note)
+            && std::fs::read(laptop.path("paper-for-review.pdf")).is_ok_and(|d| d == pdf)
+            && std::fs::read(laptop.path("Notes/final.md")).is_ok_and(|d| d == b"a draft, renamed")
+    });
+    assert!(!laptop.path("scratch.md").exists(), "the delete arrived too");
+    assert!(!laptop.path("draft.md").exists(), "and the rename");
+    let desktop_peer = status(&b)["peers"].as_array().unwrap().iter().any(|p| p["online"] == true);
+    assert!(!desktop_peer, "the desktop was never online with the laptop");
+
+    // Once the laptop acknowledged, the relay holds none of it.
+    let what = lazy(|| format!("the relay to be empty: {:?}", relay_objects(&relay)));
+    eventually(PATIENCE, what, || relay_objects(&relay).is_empty());
+    let r = relay_status(&b);
+    assert_eq!(r["refused"].as_array().map_or(0, Vec::len), 0, "{r:#}");
+}
+
+#[test]
+fn a_flipped_byte_at_the_relay_is_refused_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = tmp.path().join("relay");
+    let (_server, a, b) = pair(tmp.path(), Some(&relay));
+    let desktop = Mounted::with_data(a.clone());
+    std::fs::write(desktop.path("tampered.md"), b"this object will be changed at the relay").unwrap();
+    desktop.unmount();
+    let stored = relay_objects(&relay);
+    assert_eq!(stored.len(), 1, "the unmount flushed one object: {stored:?}");
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&stored[0], bytes).unwrap();
+
+    let laptop = Mounted::with_data(b.clone());
+    let what = lazy(|| format!("the laptop to refuse the object: {:#}", relay_status(&b)));
+    eventually(PATIENCE, what, || {
+        relay_status(&b)["refused"].as_array().is_some_and(|r| r.iter().any(|w| w.to_string().contains("refused")))
+    });
+    assert!(!laptop.path("tampered.md").exists(), "nothing of it was installed");
+}
+
+#[test]
+fn without_a_relay_peers_still_sync_and_status_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = pair(tmp.path(), None);
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    std::fs::write(desktop.path("direct.md"), b"peer to peer").unwrap();
+    eventually(PATIENCE, "the note to arrive directly", || {
+        std::fs::read(laptop.path("direct.md")).is_ok_and(|d| d == b"peer to peer")
+    });
+    let what = lazy(|| format!("the status to explain the relay: {:#}", relay_status(&a)));
+    eventually(Duration::from_secs(60), what, || {
+        let r = relay_status(&a);
+        r["reachable"] == false && r["last_error"].as_str().is_some_and(|e| e.contains("runs no relay"))
+    });
+}
