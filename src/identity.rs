@@ -10,7 +10,7 @@ use psync_signal::dtls::DtlsCertificate;
 use psync_signal::{DeviceKey, Roster, RosterEntry};
 use serde::{Deserialize, Serialize};
 
-use psync_signal::relay::seal::ContentKey;
+use psync_signal::relay::seal::{ContentKey, Keyring};
 
 use crate::data_dir::{GROUP_KEY_FILE, IDENTITY_FILE, KEY_FILE, ROSTER_FILE};
 
@@ -47,9 +47,12 @@ pub fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
     Ok(())
 }
 
-/// Writes the group's content key: epoch (u32 LE) then the key, owner
-/// only, atomically.
-pub(crate) fn save_group_key(data_dir: &Path, key: &ContentKey) -> Result<()> {
+/// Key entries in the keyring file: epoch (u32 LE) then the key.
+const KEY_ENTRY_BYTES: usize = 36;
+
+/// Writes the group's keyring: its keys one after another, owner only,
+/// atomically.
+fn save_keyring(data_dir: &Path, ring: &Keyring) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = data_dir.join(format!("{GROUP_KEY_FILE}.tmp"));
@@ -60,27 +63,55 @@ pub(crate) fn save_group_key(data_dir: &Path, key: &ContentKey) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut bytes = zeroize::Zeroizing::new(key.epoch().to_le_bytes().to_vec());
-    bytes.extend_from_slice(key.bytes());
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(ring.keys().len() * KEY_ENTRY_BYTES));
+    for key in ring.keys() {
+        bytes.extend_from_slice(&key.epoch().to_le_bytes());
+        bytes.extend_from_slice(key.bytes());
+    }
     file.write_all(&bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(GROUP_KEY_FILE))?;
     Ok(())
 }
 
-/// The group's content key, if this device has one (groups made before
-/// the relay existed have none: the relay stays off for them).
-pub(crate) fn load_group_key(data_dir: &Path) -> Result<Option<ContentKey>> {
+/// The group's keyring, if this device has one (groups made before the
+/// relay existed have none: the relay stays off for them).
+pub fn load_keyring(data_dir: &Path) -> Result<Option<Keyring>> {
     let path = data_dir.join(GROUP_KEY_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => zeroize::Zeroizing::new(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let (Some(epoch), Some(key)) = (bytes.get(..4), bytes.get(4..)) else { bail!("{} is damaged", path.display()) };
-    let epoch = u32::from_le_bytes(epoch.try_into()?);
-    let key: [u8; 32] = key.try_into().with_context(|| format!("{} is damaged", path.display()))?;
-    Ok(Some(ContentKey::from_bytes(epoch, key)))
+    if bytes.is_empty() || bytes.len() % KEY_ENTRY_BYTES != 0 {
+        bail!("{} is damaged", path.display());
+    }
+    let mut ring = Keyring::default();
+    for entry in bytes.chunks_exact(KEY_ENTRY_BYTES) {
+        let (epoch, key) = entry.split_at(4);
+        let epoch = u32::from_le_bytes(epoch.try_into()?);
+        ring.add(ContentKey::from_bytes(epoch, key.try_into()?));
+    }
+    Ok(Some(ring))
+}
+
+/// Changes the keyring under a lock (the daemon adds keys others wrapped
+/// for it while `psync remove` re-keys): the file is read, changed and
+/// written while no one else does. `change` returns whether it changed.
+pub fn update_keyring<T>(data_dir: &Path, change: impl FnOnce(&mut Keyring) -> T) -> Result<T> {
+    let lock_path = data_dir.join(format!("{GROUP_KEY_FILE}.lock"));
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", lock_path.display()))?;
+    let mut ring = load_keyring(data_dir)?.unwrap_or_default();
+    let out = change(&mut ring);
+    save_keyring(data_dir, &ring)?;
+    Ok(out)
 }
 
 pub(crate) fn load_roster(data_dir: &Path) -> Result<Vec<RosterEntry>> {
@@ -114,8 +145,8 @@ pub struct SyncSetup {
     pub certificate: Arc<DtlsCertificate>,
     /// The local, verified roster copy (the server's replaces it if longer).
     pub roster: Roster,
-    /// The group's content key (none: the group predates the relay).
-    pub content_key: Option<ContentKey>,
+    /// The group's content keys (none: the group predates the relay).
+    pub keyring: Option<Keyring>,
 }
 
 /// `None` when the data dir has no identity yet (the mount then runs
@@ -137,6 +168,6 @@ pub fn sync_setup(data_dir: &Path) -> Result<Option<SyncSetup>> {
         key: Arc::new(key),
         certificate: Arc::new(certificate),
         roster,
-        content_key: load_group_key(data_dir)?,
+        keyring: load_keyring(data_dir)?,
     }))
 }

@@ -115,7 +115,7 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
         .block_on(register(server, &roster))
         .context("cannot register the group with the signalling server")?;
     save_identity(data_dir, &key, &dtls, &roster, name, server)?;
-    crate::identity::save_group_key(data_dir, &ContentKey::generate(1))?;
+    crate::identity::update_keyring(data_dir, |ring| ring.add(ContentKey::generate(1)))?;
     println!(
         "device {name} ({}) created group {group_name:?} ({})",
         readable_id(&key.public().device_id()),
@@ -318,8 +318,9 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
             matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
         })
         .await?;
-        let content_key = crate::identity::load_group_key(data_dir)?;
-        client.invite_msg(mailbox, shared.welcome(roster.entries().to_vec(), content_key.as_ref()).encode());
+        let keyring = crate::identity::load_keyring(data_dir)?;
+        let content_key = keyring.as_ref().and_then(|ring| ring.current());
+        client.invite_msg(mailbox, shared.welcome(roster.entries().to_vec(), content_key).encode());
         client.close_invite(mailbox);
         save_roster(data_dir, roster.entries())?;
         // Let the last messages leave before the runtime stops.
@@ -356,7 +357,7 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
     })?;
     save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     if let Some(content_key) = content_key {
-        crate::identity::save_group_key(data_dir, &content_key)?;
+        crate::identity::update_keyring(data_dir, |ring| ring.add(content_key))?;
     }
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
@@ -391,8 +392,46 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
         .await?;
         save_roster(data_dir, roster.entries())?;
         println!("removed {name} ({})", readable_id(&target.device_id()));
+        if crate::identity::load_keyring(data_dir)?.is_some() {
+            rekey(data_dir, &identity.server, &roster, &key).await?;
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// After a removal: a new content key, which the removed device never
+/// learns, wrapped at the relay to every remaining member (the daemon does
+/// the same at its next relay check if the relay cannot be reached now).
+async fn rekey(data_dir: &Path, server: &str, roster: &Roster, key: &DeviceKey) -> Result<()> {
+    use psync_signal::relay::wrap::SignedWrap;
+    let group = roster.group_id();
+    let me = key.public();
+    let wraps = crate::identity::update_keyring(data_dir, |ring| {
+        let new = ring.rotate();
+        let epoch = new.epoch();
+        let wraps: Vec<SignedWrap> = roster
+            .members()
+            .filter(|m| !m.removed && m.key != me)
+            .filter_map(|m| SignedWrap::make(new, &group, &m.key, key).ok())
+            .collect();
+        (epoch, wraps)
+    })?;
+    let (epoch, wraps) = wraps;
+    let left = async {
+        let mut relay = psync_signal::net::RelayClient::connect(server, group, key).await?;
+        for wrap in wraps {
+            relay.put_wrap(wrap).await?;
+        }
+        Ok::<(), psync_signal::net::NetError>(())
+    }
+    .await;
+    match left {
+        Ok(()) => println!("new content key (epoch {epoch}) left at the relay for the remaining devices"),
+        Err(e) => println!(
+            "new content key (epoch {epoch}); the relay is not reachable now ({e}): the daemon leaves it there later"
+        ),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

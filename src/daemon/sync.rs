@@ -90,14 +90,13 @@ pub fn start(
     let core = SyncCore::new(storage.clone(), config, rand::random(), mono_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();
-    let (relay_flush, relay_task) = match setup.content_key.take() {
-        Some(content) => {
+    let (relay_flush, relay_task) = match setup.keyring.take() {
+        Some(_) => {
             let (flush, flush_rx) = mpsc::channel::<FlushRequest>(4);
             let task = RelayTask {
                 server: setup.server.clone(),
                 group: setup.group,
                 key: setup.key.clone(),
-                content,
                 data_dir: data_dir.to_path_buf(),
                 storage,
                 control: control.clone(),

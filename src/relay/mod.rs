@@ -18,7 +18,8 @@ use anyhow::{anyhow, bail, Result};
 use psync_base::{ContentHash, DeviceId};
 use psync_signal::net::{NetError, RelayClient};
 use psync_signal::relay::policy::{RelayPut, RelayRefusal};
-use psync_signal::relay::seal::{sealed_epoch, sign_object, verify_object, ContentKey, ObjectName};
+use psync_signal::relay::seal::{sign_object, verify_object, Keyring, ObjectName, SealError};
+use psync_signal::relay::wrap::SignedWrap;
 use psync_signal::{DeviceKey, Role, Roster};
 use psync_sync::relay::{BundleCutter, RelayBundle};
 use psync_sync::SyncStorage;
@@ -57,8 +58,6 @@ pub struct RelayTask {
     pub group: ContentHash,
     /// This device.
     pub key: Arc<DeviceKey>,
-    /// The group's content key.
-    pub content: ContentKey,
     /// The data dir (progress file).
     pub data_dir: PathBuf,
     /// The store, read for uploads.
@@ -77,31 +76,44 @@ impl std::fmt::Debug for RelayTask {
     }
 }
 
+/// Why an object from the relay was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Sealed under a newer key than this device holds yet: asked again
+    /// once the key's wrap arrives (not acknowledged meanwhile).
+    Later(String),
+    /// Never installable: reported and acknowledged.
+    Refused(String),
+}
+
 /// Checks and opens one object `name` fetched from the relay: its writer
-/// is an active full member whose signature holds, it is sealed under the
-/// group's key for this name, and it is a bundle. Anything else is refused.
+/// is an active full member whose signature holds, it is sealed under a
+/// group key this device holds for this name, and it is a bundle.
 pub fn open_object(
     roster: &Roster,
-    content: &ContentKey,
+    ring: &Keyring,
     name: &ObjectName,
     signature: &psync_signal::SignatureBytes,
     sealed: &[u8],
-) -> Result<RelayBundle, String> {
+) -> Result<RelayBundle, NotTaken> {
     let group = roster.group_id();
     let writer = roster
         .members()
         .find(|m| !m.removed && m.key.device_id() == name.writer)
-        .ok_or("its writer is not a member of the group")?;
+        .ok_or(NotTaken::Refused("its writer is not a member of the group".into()))?;
     if writer.role == Role::ReadOnly {
-        return Err("its writer is read-only".into());
+        return Err(NotTaken::Refused("its writer is read-only".into()));
     }
-    verify_object(&writer.key, &group, name, sealed, signature).map_err(|_| "its signature does not hold")?;
-    let epoch = sealed_epoch(sealed).map_err(|e| e.to_string())?;
-    if epoch != content.epoch() {
-        return Err(format!("sealed under key epoch {epoch}, this device has {}", content.epoch()));
-    }
-    let plain = content.open(&group, name, sealed).map_err(|e| format!("it does not open: {e}"))?;
-    RelayBundle::decode(&plain).map_err(|e| e.to_string())
+    verify_object(&writer.key, &group, name, sealed, signature)
+        .map_err(|_| NotTaken::Refused("its signature does not hold".into()))?;
+    let plain = match ring.open(&group, name, sealed) {
+        Ok(plain) => plain,
+        Err(SealError::UnknownEpoch(epoch)) if ring.current().is_none_or(|k| epoch > k.epoch()) => {
+            return Err(NotTaken::Later(format!("sealed under key epoch {epoch}, not here yet")))
+        }
+        Err(e) => return Err(NotTaken::Refused(format!("it does not open: {e}"))),
+    };
+    RelayBundle::decode(&plain).map_err(|e| NotTaken::Refused(e.to_string()))
 }
 
 impl RelayTask {
@@ -167,6 +179,7 @@ impl RelayTask {
         let mut check = tokio::time::interval(UPLOAD_CHECK);
         loop {
             if tokio::time::Instant::now() >= next_download {
+                self.take_wraps(&mut client).await?;
                 self.download(&mut client, progress).await?;
                 next_download = tokio::time::Instant::now() + DOWNLOAD_CHECK;
             }
@@ -198,11 +211,57 @@ impl RelayTask {
         Ok(if from == u64::MAX { self.storage.seq() } else { from.max(progress.uploaded_to) })
     }
 
+    fn keyring(&self) -> Result<Keyring> {
+        crate::identity::load_keyring(&self.data_dir)?.ok_or_else(|| anyhow!("the group's keyring is gone"))
+    }
+
+    /// Takes the keys other members wrapped for this device (a re-key
+    /// after a removal).
+    async fn take_wraps(&self, client: &mut RelayClient) -> Result<()> {
+        let wraps = client.wraps().await?;
+        let roster = self.roster();
+        let keys: Vec<_> = wraps.iter().filter_map(|w| w.open(&roster, &self.key).ok()).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let added = crate::identity::update_keyring(&self.data_dir, |ring| {
+            keys.into_iter().map(|k| ring.add(k)).filter(|added| *added).count()
+        })?;
+        if added > 0 {
+            tracing::info!("relay: took {added} new content key(s) from the relay");
+        }
+        Ok(())
+    }
+
+    /// Wraps the current key to every other member once per epoch (after
+    /// a re-key here or elsewhere; past the first epoch, which the invite
+    /// hands over).
+    async fn leave_wraps(&self, client: &mut RelayClient, ring: &Keyring, progress: &mut Progress) -> Result<()> {
+        let Some(current) = ring.current() else { return Ok(()) };
+        if current.epoch() <= progress.wrapped_epoch.max(1) {
+            return Ok(());
+        }
+        let roster = self.roster();
+        let me = self.key.public();
+        for member in roster.members().filter(|m| !m.removed && m.key != me) {
+            let wrap = SignedWrap::make(current, &self.group, &member.key, &self.key)
+                .map_err(|e| anyhow!("wrapping the key to {}: {e}", member.name))?;
+            client.put_wrap(wrap).await?;
+        }
+        progress.wrapped_epoch = current.epoch();
+        progress.save(&self.data_dir)?;
+        tracing::info!("relay: content key epoch {} wrapped to the other members", current.epoch());
+        Ok(())
+    }
+
     async fn upload(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
         let roster = self.roster();
         if roster.role(&self.key.public()) != Some(Role::Full) {
             return Ok(());
         }
+        let ring = self.keyring()?;
+        self.leave_wraps(client, &ring, progress).await?;
+        let content = ring.current().ok_or_else(|| anyhow!("the group's keyring is empty"))?;
         let index_id = self.storage.index_id();
         if progress.index_id != index_id {
             *progress = Progress { index_id, uploaded_to: 0, ..progress.clone() };
@@ -240,7 +299,7 @@ impl RelayTask {
             let plain = bundle.encode()?;
             loop {
                 let name = ObjectName { writer: self.me(), seq: progress.next_seq };
-                let sealed = self.content.seal(&self.group, &name, &plain);
+                let sealed = content.seal(&self.group, &name, &plain);
                 let signature = sign_object(&self.key, &self.group, &name, &sealed);
                 match client.put(RelayPut { name, sealed, signature }).await {
                     Ok(()) => break,
@@ -283,6 +342,7 @@ impl RelayTask {
     }
 
     async fn download(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
+        let ring = self.keyring()?;
         loop {
             let waiting = client.pending().await?;
             if waiting.is_empty() {
@@ -302,9 +362,14 @@ impl RelayTask {
                         ));
                     }
                     let (signature, sealed) = client.get(name).await?;
-                    match open_object(&self.roster(), &self.content, &name, &signature, &sealed) {
+                    match open_object(&self.roster(), &ring, &name, &signature, &sealed) {
                         Ok(bundle) => self.take(name.writer, bundle).await?,
-                        Err(why) => self.refused(format!(
+                        Err(NotTaken::Later(why)) => {
+                            // Not acknowledged: taken once its key is here.
+                            tracing::info!("relay: object {} waits: {why}", name.seq);
+                            return Ok(());
+                        }
+                        Err(NotTaken::Refused(why)) => self.refused(format!(
                             "object {} of {} refused: {why}",
                             name.seq,
                             psync_signal::readable_id(&name.writer)

@@ -22,6 +22,9 @@ pub struct Progress {
     pub next_seq: u64,
     /// Per writer (hex id): objects taken up to here.
     pub taken: BTreeMap<String, u64>,
+    /// The newest key epoch this device has wrapped to the other members.
+    #[serde(default)]
+    pub wrapped_epoch: u32,
 }
 
 fn path(data_dir: &Path) -> PathBuf {

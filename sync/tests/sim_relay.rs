@@ -377,6 +377,7 @@ impl Sim {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the seeds come from the environment, as in sim.rs
 fn seeds() -> Vec<u64> {
     match std::env::var("PSYNC_SIM_SEEDS") {
         Ok(spec) => {

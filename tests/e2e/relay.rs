@@ -28,7 +28,7 @@ fn relay_objects(relay: &Path) -> Vec<PathBuf> {
     files(relay).into_iter().filter(|p| p.file_name().is_some_and(|n| n != "ledger")).collect()
 }
 
-fn pair(tmp: &Path, relay: Option<&Path>) -> (crate::group::Server, PathBuf, PathBuf) {
+fn pair(tmp: &Path, relay: Option<&Path>) -> (crate::group::Server, String, PathBuf, PathBuf) {
     let relay_args: Vec<String> = relay.map(|r| vec!["--relay".into(), r.display().to_string()]).unwrap_or_default();
     let args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
     let (server, url) = start_server_with(&tmp.join("server"), &args);
@@ -38,7 +38,7 @@ fn pair(tmp: &Path, relay: Option<&Path>) -> (crate::group::Server, PathBuf, Pat
     let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
     finish_invite(inviter);
-    (server, a, b)
+    (server, url, a, b)
 }
 
 fn relay_status(data: &Path) -> serde_json::Value {
@@ -49,7 +49,7 @@ fn relay_status(data: &Path) -> serde_json::Value {
 fn closed_lid_notes_reach_the_other_device_through_the_relay_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = tmp.path().join("relay");
-    let (_server, a, b) = pair(tmp.path(), Some(&relay));
+    let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(b.join("group.key")).unwrap().permissions()) & 0o777,
         0o600,
@@ -127,7 +127,7 @@ fn closed_lid_notes_reach_the_other_device_through_the_relay_alone() {
 fn a_flipped_byte_at_the_relay_is_refused_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = tmp.path().join("relay");
-    let (_server, a, b) = pair(tmp.path(), Some(&relay));
+    let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
     let desktop = Mounted::with_data(a.clone());
     std::fs::write(desktop.path("tampered.md"), b"this object will be changed at the relay").unwrap();
     desktop.unmount();
@@ -149,7 +149,7 @@ fn a_flipped_byte_at_the_relay_is_refused_and_reported() {
 #[test]
 fn without_a_relay_peers_still_sync_and_status_says_why() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, a, b) = pair(tmp.path(), None);
+    let (_server, _url, a, b) = pair(tmp.path(), None);
     let desktop = Mounted::with_data(a.clone());
     let laptop = Mounted::with_data(b.clone());
     std::fs::write(desktop.path("direct.md"), b"peer to peer").unwrap();
@@ -161,4 +161,43 @@ fn without_a_relay_peers_still_sync_and_status_says_why() {
         let r = relay_status(&a);
         r["reachable"] == false && r["last_error"].as_str().is_some_and(|e| e.contains("runs no relay"))
     });
+}
+
+#[test]
+fn a_removal_re_keys_and_the_remaining_device_picks_up_the_new_key_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = tmp.path().join("relay");
+    let (_server, url, a, b) = pair(tmp.path(), Some(&relay));
+    let c = tmp.path().join("tablet");
+    let (inviter, code) = start_invite(&a);
+    let joined = psync(&c, &["join", &code, "--name", "tablet", "--server", &url]);
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    finish_invite(inviter);
+    let key_entries = |dir: &Path| std::fs::read(dir.join("group.key")).unwrap().len() / 36;
+    assert_eq!((key_entries(&a), key_entries(&b), key_entries(&c)), (1, 1, 1));
+
+    // The desktop removes the tablet: a new key, wrapped for the laptop.
+    let removed = psync(&a, &["remove", "tablet"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(said.contains("epoch 2") && said.contains("left at the relay"), "{said}");
+    assert_eq!(key_entries(&a), 2);
+
+    let desktop = Mounted::with_data(a.clone());
+    std::fs::write(desktop.path("after-removal.md"), b"only for the remaining devices").unwrap();
+    desktop.unmount();
+
+    // The laptop, never online with the desktop, takes the key and the note.
+    let laptop = Mounted::with_data(b.clone());
+    let what = lazy(|| format!("the laptop to get the note: {:#}", relay_status(&b)));
+    eventually(PATIENCE, what, || {
+        std::fs::read(laptop.path("after-removal.md")).is_ok_and(|d| d == b"only for the remaining devices")
+    });
+    assert_eq!(key_entries(&b), 2, "the laptop holds the new key");
+    // The removed tablet has neither the key nor access.
+    assert_eq!(key_entries(&c), 1);
+    let tablet = Mounted::with_data(c.clone());
+    let what = lazy(|| format!("the tablet to be refused by the relay: {:#}", relay_status(&c)));
+    eventually(PATIENCE, what, || relay_status(&c)["reachable"] == false);
+    assert!(!tablet.path("after-removal.md").exists());
 }

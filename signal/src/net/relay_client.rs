@@ -16,6 +16,7 @@ use crate::relay::protocol::{
     relay_login_message, RelayRequest, RelayResponse, RelayStatus, RELAY_LOGIN_DOMAIN, RELAY_PATH, RELAY_PROTOCOL,
 };
 use crate::relay::seal::ObjectName;
+use crate::relay::wrap::SignedWrap;
 
 /// How long one relay request may take (an object of 4 MiB on a slow
 /// uplink included).
@@ -123,6 +124,22 @@ impl RelayClient {
     pub async fn ack(&mut self, writer: DeviceId, seq: u64) -> Result<(), NetError> {
         match self.call(RelayRequest::Ack { writer, seq }).await? {
             RelayResponse::Acked => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Leaves a content key wrapped to a member.
+    pub async fn put_wrap(&mut self, wrap: SignedWrap) -> Result<(), NetError> {
+        match self.call(RelayRequest::PutWrap(wrap)).await? {
+            RelayResponse::WrapStored => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The key wraps left for this device.
+    pub async fn wraps(&mut self) -> Result<Vec<SignedWrap>, NetError> {
+        match self.call(RelayRequest::Wraps).await? {
+            RelayResponse::Wraps(wraps) => Ok(wraps),
             other => Err(unexpected(other)),
         }
     }

@@ -17,7 +17,8 @@ use psync_base::{codec, ContentHash, DeviceId};
 
 use super::policy::{GroupLedger, StoredObject};
 use super::seal::ObjectName;
-use crate::identity::SignatureBytes;
+use super::wrap::SignedWrap;
+use crate::identity::{PublicKey, SignatureBytes};
 
 /// Signature bytes in front of each object file.
 const SIGNATURE_BYTES: usize = 64;
@@ -140,6 +141,65 @@ impl RelayDir {
         }
         written?;
         fs::File::open(&dir)?.sync_all()
+    }
+
+    fn wraps_dir(&self, group: &ContentHash, to: &PublicKey) -> PathBuf {
+        self.group_dir(group).join("wraps").join(hex(&to.0))
+    }
+
+    /// Keeps a key wrap (replacing one of the same epoch and maker), and
+    /// only the newest `keep` per recipient.
+    pub fn put_wrap(&self, group: &ContentHash, wrap: &SignedWrap, keep: usize) -> io::Result<()> {
+        let dir = self.wraps_dir(group, &wrap.wrap.to);
+        fs::create_dir_all(&dir)?;
+        let bytes = codec::encode(wrap).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let name = format!("{:010}-{}", wrap.wrap.epoch, hex(&wrap.by.0));
+        let tmp = dir.join(format!(".{name}.{}", rand::random::<u64>()));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, dir.join(&name))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        let mut names: Vec<String> = fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(keep);
+        for old in &names[..excess] {
+            let _ = fs::remove_file(dir.join(old));
+        }
+        Ok(())
+    }
+
+    /// The key wraps kept for `to`, oldest epoch first.
+    pub fn wraps(&self, group: &ContentHash, to: &PublicKey) -> io::Result<Vec<SignedWrap>> {
+        let dir = self.wraps_dir(group, to);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.')))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for path in names {
+            // A damaged file is skipped: the member asks a peer instead.
+            if let Ok(wrap) = codec::decode::<SignedWrap>(&fs::read(&path)?) {
+                out.push(wrap);
+            }
+        }
+        Ok(out)
     }
 
     /// Every group's ledger and objects, to rebuild the index at start.

@@ -117,6 +117,36 @@ pub enum RelayRefusal {
     /// No such object (never stored, or deleted).
     #[error("no such object")]
     NotFound,
+    /// A key wrap for a device that is not an active member.
+    #[error("a key wrap for a device that is not an active member")]
+    NotForAMember,
+}
+
+/// Key wraps kept per member (count): the newest epochs.
+pub const MAX_WRAPS_PER_MEMBER: usize = 16;
+/// Largest encoded key wrap (bytes).
+pub const MAX_WRAP_BYTES: usize = 1024;
+
+/// Checks a key wrap `from` asks to leave: made and signed by itself, an
+/// active full member, for an active member.
+pub fn admit_wrap(roster: &Roster, from: &PublicKey, wrap: &super::wrap::SignedWrap) -> Result<(), RelayRefusal> {
+    if !roster.is_active(from) {
+        return Err(RelayRefusal::NotMember);
+    }
+    if roster.role(from) != Some(Role::Full) {
+        return Err(RelayRefusal::ReadOnly);
+    }
+    if wrap.by != *from {
+        return Err(RelayRefusal::NotYours);
+    }
+    if !roster.is_active(&wrap.wrap.to) {
+        return Err(RelayRefusal::NotForAMember);
+    }
+    let bytes = psync_base::codec::encode(wrap).map_or(usize::MAX, |b| b.len());
+    if bytes > MAX_WRAP_BYTES {
+        return Err(RelayRefusal::TooLarge { bytes, max: MAX_WRAP_BYTES });
+    }
+    Ok(())
 }
 
 /// What the relay knows of one stored object.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::{GroupUsage, RelayPut, RelayRefusal, MAX_OBJECT_BYTES};
 use super::seal::ObjectName;
+use super::wrap::SignedWrap;
 use crate::identity::{PublicKey, SignatureBytes};
 
 /// Signature domain of relay logins.
@@ -52,6 +53,10 @@ pub enum RelayRequest {
     },
     /// What the group holds and where this device's sequence is.
     Usage,
+    /// Leaves a content key wrapped to a member (after a removal).
+    PutWrap(SignedWrap),
+    /// The key wraps left for this device.
+    Wraps,
 }
 
 /// From the relay.
@@ -96,6 +101,10 @@ pub enum RelayResponse {
     Refused(RelayRefusal),
     /// Something else went wrong (the relay's disk, a malformed request).
     Failed(String),
+    /// The wrap is kept.
+    WrapStored,
+    /// Key wraps for this device, oldest epoch first.
+    Wraps(Vec<SignedWrap>),
 }
 
 /// The group's use of the relay, as one member sees it.

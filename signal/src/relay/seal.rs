@@ -50,6 +50,9 @@ pub enum SealError {
     /// The writer's signature does not hold.
     #[error("the writer's signature does not hold")]
     BadSignature,
+    /// Sealed under a key of an epoch this device does not hold.
+    #[error("sealed under key epoch {0}, which this device does not hold")]
+    UnknownEpoch(u32),
 }
 
 /// The group's content key of one epoch. Zeroized on drop; never printed.
@@ -67,6 +70,80 @@ impl Drop for ContentKey {
 impl std::fmt::Debug for ContentKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ContentKey(epoch {}, secret redacted)", self.epoch)
+    }
+}
+
+/// Content keys this device holds, of every epoch it has seen (objects
+/// sealed before a re-key still open). Two members re-keying at once make
+/// two keys of one epoch: every device picks the same one as current (the
+/// larger key id), and objects sealed under either still open.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    keys: Vec<ContentKey>,
+}
+
+/// Keys a keyring keeps (count): the newest epochs.
+pub const MAX_KEYRING_KEYS: usize = 64;
+
+impl Keyring {
+    /// A keyring of one key.
+    pub fn new(key: ContentKey) -> Keyring {
+        Keyring { keys: vec![key] }
+    }
+
+    fn rank(key: &ContentKey) -> (u32, [u8; 32]) {
+        (key.epoch, *blake3::hash(&key.key).as_bytes())
+    }
+
+    /// The key new objects are sealed under (`None`: empty).
+    pub fn current(&self) -> Option<&ContentKey> {
+        self.keys.iter().max_by_key(|k| Self::rank(k))
+    }
+
+    /// Keys of `epoch`.
+    pub fn of_epoch(&self, epoch: u32) -> impl Iterator<Item = &ContentKey> {
+        self.keys.iter().filter(move |k| k.epoch == epoch)
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> &[ContentKey] {
+        &self.keys
+    }
+
+    /// Adds `key`; false if it was there.
+    pub fn add(&mut self, key: ContentKey) -> bool {
+        if self.keys.iter().any(|k| k.epoch == key.epoch && k.key == key.key) {
+            return false;
+        }
+        self.keys.push(key);
+        if self.keys.len() > MAX_KEYRING_KEYS {
+            self.keys.sort_by_key(Self::rank);
+            self.keys.remove(0);
+        }
+        true
+    }
+
+    /// Makes a new current key, one epoch past the current (after a
+    /// device was removed: it never learns the new key).
+    pub fn rotate(&mut self) -> &ContentKey {
+        let epoch = self.current().map_or(1, |k| k.epoch.saturating_add(1));
+        self.keys.push(ContentKey::generate(epoch));
+        let at = self.keys.len() - 1;
+        &self.keys[at]
+    }
+
+    /// Opens `sealed` (object `name` of `group`) with whichever key of its
+    /// epoch fits.
+    pub fn open(&self, group: &ContentHash, name: &ObjectName, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let epoch = sealed_epoch(sealed)?;
+        let mut last = None;
+        for key in self.of_epoch(epoch) {
+            match key.open(group, name, sealed) {
+                Ok(plain) => return Ok(plain),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(SealError::UnknownEpoch(epoch)))
     }
 }
 
@@ -105,7 +182,7 @@ impl ContentKey {
         &self.key
     }
 
-    /// Its epoch: 0 at `psync init`, one more at each re-key.
+    /// Its epoch: 1 at `psync init`, one more at each re-key.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -231,6 +308,32 @@ mod tests {
     fn the_same_plaintext_seals_differently_each_time() {
         let key = ContentKey::generate(0);
         assert_ne!(key.seal(&GROUP, &name(1), b"same"), key.seal(&GROUP, &name(1), b"same"));
+    }
+
+    #[test]
+    fn a_keyring_opens_every_epoch_it_holds_and_agrees_on_the_current_key() {
+        let group = ContentHash([1; 32]);
+        let name = ObjectName { writer: DeviceId([2; 32]), seq: 1 };
+        let mut ring = Keyring::new(ContentKey::generate(1));
+        let old = ring.current().unwrap().seal(&group, &name, b"before");
+        let epoch = ring.rotate().epoch();
+        assert_eq!(epoch, 2);
+        let new = ring.current().unwrap().seal(&group, &name, b"after");
+        assert_eq!(ring.open(&group, &name, &old).unwrap(), b"before");
+        assert_eq!(ring.open(&group, &name, &new).unwrap(), b"after");
+        let later = ContentKey::generate(3).seal(&group, &name, b"later");
+        assert_eq!(ring.open(&group, &name, &later).unwrap_err(), SealError::UnknownEpoch(3));
+        // Two re-keys of the same epoch: both open, and both rings pick one.
+        let (a, b) = (ContentKey::generate(3), ContentKey::generate(3));
+        let (a_bytes, b_bytes) = (*a.bytes(), *b.bytes());
+        let sealed_b = b.seal(&group, &name, b"b");
+        let mut one = Keyring::new(ContentKey::from_bytes(3, a_bytes));
+        one.add(ContentKey::from_bytes(3, b_bytes));
+        let mut two = Keyring::new(b);
+        two.add(a);
+        assert_eq!(one.current().unwrap().bytes(), two.current().unwrap().bytes());
+        assert_eq!(one.open(&group, &name, &sealed_b).unwrap(), b"b");
+        assert!(!one.add(ContentKey::from_bytes(3, a_bytes)), "a key is kept once");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use super::dir::RelayDir;
-use super::policy::{RelayIndex, RelayLimits, RelayRefusal};
+use super::policy::{admit_wrap, RelayIndex, RelayLimits, RelayRefusal, MAX_WRAPS_PER_MEMBER};
 use super::protocol::{RelayRequest, RelayResponse, RelayStatus, MAX_LISTED_OBJECTS};
 use crate::identity::PublicKey;
 use crate::roster::Roster;
@@ -90,6 +90,12 @@ impl RelayService {
                 self.delete(roster, gone)?;
                 RelayResponse::Acked
             }
+            RelayRequest::PutWrap(wrap) => {
+                admit_wrap(roster, from, &wrap)?;
+                self.dir.put_wrap(&group, &wrap, MAX_WRAPS_PER_MEMBER)?;
+                RelayResponse::WrapStored
+            }
+            RelayRequest::Wraps => RelayResponse::Wraps(self.dir.wraps(&group, from)?),
             RelayRequest::Usage => {
                 let gone = self.index.collect(roster, now);
                 self.delete(roster, gone)?;

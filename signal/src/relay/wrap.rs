@@ -93,6 +93,54 @@ pub fn unwrap(wrap: &KeyWrap, group: &ContentHash, me: &DeviceKey) -> Result<Con
     key.map(|k| ContentKey::from_bytes(wrap.epoch, k)).map_err(|_| WrapError::DoesNotOpen)
 }
 
+/// Signature domain of wraps.
+pub const WRAP_SIGN_DOMAIN: &str = "psync/relay-key-wrap-sig/v1";
+
+/// A wrap signed by the member that made it: a recipient takes a key only
+/// from an active full member of its roster (the relay, which passes wraps
+/// on, must not be able to hand a member a key of its own making).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedWrap {
+    /// The wrap.
+    pub wrap: KeyWrap,
+    /// Who made it.
+    pub by: PublicKey,
+    /// `by`'s signature over the group and the wrap.
+    pub signature: crate::identity::SignatureBytes,
+}
+
+fn wrap_message(group: &ContentHash, wrap: &KeyWrap) -> Vec<u8> {
+    let encoded = psync_base::codec::encode(wrap).unwrap_or_default();
+    [&group.0[..], &encoded].concat()
+}
+
+impl SignedWrap {
+    /// Wraps `key` to `to` and signs it as `by`.
+    pub fn make(
+        key: &ContentKey,
+        group: &ContentHash,
+        to: &PublicKey,
+        by: &DeviceKey,
+    ) -> Result<SignedWrap, WrapError> {
+        let wrap = wrap(key, group, to)?;
+        let signature = by.sign(WRAP_SIGN_DOMAIN, &wrap_message(group, &wrap));
+        Ok(SignedWrap { wrap, by: by.public(), signature })
+    }
+
+    /// Opens it for `me` if its maker is an active full member of `roster`
+    /// and its signature holds.
+    pub fn open(&self, roster: &crate::roster::Roster, me: &DeviceKey) -> Result<ContentKey, WrapError> {
+        if roster.role(&self.by) != Some(crate::roster::Role::Full) {
+            return Err(WrapError::DoesNotOpen);
+        }
+        let group = roster.group_id();
+        self.by
+            .verify(WRAP_SIGN_DOMAIN, &wrap_message(&group, &self.wrap), &self.signature)
+            .map_err(|_| WrapError::DoesNotOpen)?;
+        unwrap(&self.wrap, &group, me)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +168,32 @@ mod tests {
         let mut flipped = wrapped.clone();
         flipped.sealed[0] ^= 1;
         assert_eq!(unwrap(&flipped, &GROUP, &alice).unwrap_err(), WrapError::DoesNotOpen, "altered");
+    }
+
+    #[test]
+    fn a_wrap_opens_only_if_an_active_full_member_made_it() {
+        let (alice, bob, stranger) = (DeviceKey::generate(), DeviceKey::generate(), DeviceKey::generate());
+        let mut roster = crate::roster::Roster::create(&alice, "g", "alice", "fp", 1);
+        let add = crate::roster::RosterOp::Add {
+            key: bob.public(),
+            name: "bob".into(),
+            role: crate::roster::Role::Full,
+            dtls_fingerprint: "fp".into(),
+        };
+        roster.apply(roster.sign_next(&alice, add, 2)).unwrap();
+        let group = roster.group_id();
+        let key = ContentKey::generate(2);
+        let signed = SignedWrap::make(&key, &group, &bob.public(), &alice).unwrap();
+        assert_eq!(signed.open(&roster, &bob).unwrap().bytes(), key.bytes());
+        // The relay (or anyone outside the group) cannot hand out a key.
+        let forged = SignedWrap::make(&ContentKey::generate(2), &group, &bob.public(), &stranger).unwrap();
+        assert_eq!(forged.open(&roster, &bob).unwrap_err(), WrapError::DoesNotOpen);
+        let mut resigned = forged.clone();
+        resigned.by = alice.public();
+        assert_eq!(resigned.open(&roster, &bob).unwrap_err(), WrapError::DoesNotOpen, "a signature that does not hold");
+        // A removed member's wraps no longer count.
+        roster.apply(roster.sign_next(&bob, crate::roster::RosterOp::Remove { key: alice.public() }, 3)).unwrap();
+        assert_eq!(signed.open(&roster, &bob).unwrap_err(), WrapError::DoesNotOpen);
     }
 
     #[test]
