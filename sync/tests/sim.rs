@@ -935,7 +935,6 @@ fn _uses(_: &dyn SyncStorage, _: Message) {}
 /// The harness's own settings (which seeds, what to trace). The core itself
 /// reads no environment (sync/clippy.toml).
 #[allow(clippy::disallowed_methods)]
-#[allow(clippy::disallowed_methods)]
 fn harness_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
