@@ -13,6 +13,12 @@ for tool in pjdfstest fsx; do
         cargo install --locked --quiet --root "$PSYNC_TOOLS_DIR" "$tool"
     fi
 done
+# The S3-compatible server the relay's S3 backend is tested against (the
+# newest release needs a newer rustc than ours).
+if [ ! -x "$PSYNC_TOOLS_DIR/bin/s3s-fs" ]; then
+    echo "== installing s3s-fs into $PSYNC_TOOLS_DIR"
+    cargo install --locked --quiet --root "$PSYNC_TOOLS_DIR" s3s-fs@0.14.1 --features binary
+fi
 if ! id tests >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

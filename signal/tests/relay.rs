@@ -13,6 +13,7 @@ use psync_signal::net::{is_not_member, register, serve_with, ClientEvent, RelayC
 use psync_signal::net::{NetError, SignalClient};
 use psync_signal::relay::policy::{RelayLimits, RelayPut, RelayRefusal};
 use psync_signal::relay::seal::{sign_object, verify_object, ContentKey, ObjectName};
+use psync_signal::relay::service::RelayLocation;
 use psync_signal::{DeviceKey, Role, Roster, RosterOp};
 
 fn put(key: &DeviceKey, content: &ContentKey, roster: &Roster, seq: u64, plain: &[u8]) -> RelayPut {
@@ -60,7 +61,7 @@ fn members_leave_sealed_objects_for_each_other_and_the_relay_deletes_what_all_to
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let options = ServeOptions {
-            relay: Some((relay_dir.path().to_path_buf(), RelayLimits::default())),
+            relay: Some((RelayLocation::Dir(relay_dir.path().to_path_buf()), RelayLimits::default())),
             ..Default::default()
         };
         tokio::spawn(serve_with(listener, ServerDir::new(server_dir.path()).unwrap(), options));

@@ -103,10 +103,12 @@ pub enum Command {
         /// How long handed-out TURN credentials last; devices refresh them at half.
         #[arg(long, value_name = "SECS", default_value_t = psync_signal::ice::DEFAULT_TURN_TTL_SECS)]
         turn_ttl: u64,
-        /// Also keep relay storage in DIR: sealed changes members leave for
-        /// members that are offline (the relay cannot read them).
-        #[arg(long, value_name = "DIR")]
-        relay: Option<PathBuf>,
+        /// Also keep relay storage: sealed changes members leave for members
+        /// that are offline (the relay cannot read them), in a directory or
+        /// an S3-compatible bucket, s3://BUCKET/PREFIX (endpoint and keys from
+        /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+        relay: Option<String>,
         /// What one group may keep on the relay (MiB).
         #[arg(long, value_name = "MIB", default_value_t = psync_signal::relay::policy::DEFAULT_GROUP_QUOTA_BYTES >> 20)]
         relay_quota_mib: u64,

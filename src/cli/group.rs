@@ -71,7 +71,7 @@ pub fn signal(
     listen: &str,
     tls: Option<(&Path, &Path)>,
     ice: IcePolicy,
-    relay: Option<(std::path::PathBuf, psync_signal::relay::policy::RelayLimits)>,
+    relay: Option<(psync_signal::relay::service::RelayLocation, psync_signal::relay::policy::RelayLimits)>,
 ) -> Result<ExitCode> {
     let addr: std::net::SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
@@ -89,11 +89,10 @@ pub fn signal(
         if !ice.is_empty() {
             let _ = writeln!(out, "handing out {} STUN and {} TURN URLs", ice.stun.len(), ice.turn.len());
         }
-        if let Some((dir, limits)) = &relay {
+        if let Some((location, limits)) = &relay {
             let _ = writeln!(
                 out,
-                "relay storage in {} ({} MiB per group; it stores only sealed objects)",
-                dir.display(),
+                "relay storage in {location} ({} MiB per group; it stores only sealed objects)",
                 limits.group_bytes >> 20
             );
         }

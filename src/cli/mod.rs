@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     group_bytes: relay_quota_mib << 20,
                     ..Default::default()
                 };
-                (dir, limits)
+                (psync_signal::relay::service::RelayLocation::parse(&dir), limits)
             });
             group::signal(&data_dir(&cli.global)?, &listen, tls_cert.as_deref().zip(tls_key.as_deref()), ice, relay)
         }

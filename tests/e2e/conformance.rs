@@ -8,7 +8,8 @@ use std::process::Command;
 
 use crate::mount::Mounted;
 
-fn tool(name: &str) -> PathBuf {
+/// A test tool `scripts/test.sh` installs with `cargo install`.
+pub fn tool(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("PSYNC_TOOLS_DIR") {
         dirs.push(PathBuf::from(dir).join("bin"));

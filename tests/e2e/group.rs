@@ -22,12 +22,18 @@ pub fn start_server(data: &Path) -> (Server, String) {
 
 /// [`start_server`] with more `psync signal` flags (e.g. `--relay DIR`).
 pub fn start_server_with(data: &Path, flags: &[&str]) -> (Server, String) {
+    start_server_env(data, flags, &[])
+}
+
+/// [`start_server_with`] with environment variables (e.g. S3 credentials).
+pub fn start_server_env(data: &Path, flags: &[&str], env: &[(&str, String)]) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = crate::support::psync_command()
         .arg("--data-dir")
         .arg(data)
         .args(["signal", "--listen", &format!("127.0.0.1:{port}")])
         .args(flags)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start psync signal");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::group::{finish_invite, start_invite, start_server_with};
+use crate::group::{finish_invite, start_invite, start_server_env};
 use crate::mount::{noise, Mounted};
 use crate::support::{eventually, lazy, psync, PATIENCE};
 use crate::three::status;
@@ -25,13 +25,26 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// Objects the relay holds (its ledgers aside).
 fn relay_objects(relay: &Path) -> Vec<PathBuf> {
-    files(relay).into_iter().filter(|p| p.file_name().is_some_and(|n| n != "ledger")).collect()
+    // The directory's `GROUP/objects/...`, a bucket's `PREFIX/GROUP/o/...`.
+    files(relay)
+        .into_iter()
+        .filter(|p| ["/objects/", "/o/"].iter().any(|dir| p.to_string_lossy().contains(dir)))
+        .collect()
 }
 
 fn pair(tmp: &Path, relay: Option<&Path>) -> (crate::group::Server, String, PathBuf, PathBuf) {
     let relay_args: Vec<String> = relay.map(|r| vec!["--relay".into(), r.display().to_string()]).unwrap_or_default();
+    pair_with(tmp, &relay_args, &[])
+}
+
+/// A signalling server run with `relay_args` and `env`, and two devices.
+fn pair_with(
+    tmp: &Path,
+    relay_args: &[String],
+    env: &[(&str, String)],
+) -> (crate::group::Server, String, PathBuf, PathBuf) {
     let args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
-    let (server, url) = start_server_with(&tmp.join("server"), &args);
+    let (server, url) = start_server_env(&tmp.join("server"), &args, env);
     let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
     assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
     let (inviter, code) = start_invite(&a);
@@ -50,6 +63,53 @@ fn closed_lid_notes_reach_the_other_device_through_the_relay_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = tmp.path().join("relay");
     let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
+    closed_lid(a, b, &relay);
+}
+
+/// An S3-compatible server (s3s-fs, installed by `scripts/test.sh`) on
+/// loopback, storing under `root`; stopped on drop.
+struct S3Server(std::process::Child);
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn closed_lid_works_the_same_on_an_s3_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s3");
+    std::fs::create_dir_all(root.join("psync-relay")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (access, secret) = ("relay-test", "relay-test-secret-key");
+    let child = std::process::Command::new(crate::conformance::tool("s3s-fs"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", access, "--secret-key", secret])
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start s3s-fs");
+    let _s3 = S3Server(child);
+    eventually(PATIENCE, "the S3 server to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let env = [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", access.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    let (_server, _url, a, b) = pair_with(tmp.path(), &["--relay".into(), "s3://psync-relay/vault".into()], &env);
+    closed_lid(a, b, &root.join("psync-relay"));
+}
+
+/// The desktop writes, uploads and dies; the laptop, never online with it,
+/// mounts and gets identical bytes; the relay's storage (`stored`) never
+/// holds a name, note text or plaintext hash, and holds nothing once the
+/// laptop took it.
+fn closed_lid(a: PathBuf, b: PathBuf, relay: &Path) {
+    let relay = relay.to_path_buf();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(b.join("group.key")).unwrap().permissions()) & 0o777,
         0o600,

@@ -20,7 +20,7 @@ use super::*;
 use crate::ice::IcePolicy;
 use crate::relay::policy::RelayLimits;
 use crate::relay::protocol::RELAY_PATH;
-use crate::relay::service::RelayService;
+use crate::relay::service::{RelayLocation, RelayService};
 use crate::roster::{Roster, RosterEntry};
 use crate::server::{ConnId, Origin, ServerOut, ServerState};
 
@@ -193,8 +193,8 @@ pub struct ServeOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// STUN/TURN servers handed to logged-in members.
     pub ice: IcePolicy,
-    /// Run relay storage in this directory, with these limits.
-    pub relay: Option<(PathBuf, RelayLimits)>,
+    /// Run relay storage there, with these limits.
+    pub relay: Option<(RelayLocation, RelayLimits)>,
 }
 
 /// [`serve`] with [`ServeOptions`].
@@ -202,9 +202,17 @@ pub async fn serve_with(listener: TcpListener, dir: ServerDir, options: ServeOpt
     let ServeOptions { limits, tls, ice, relay } = options;
     let state = ServerState::new(dir.server_id()?, dir.load_groups()?).with_ice(ice);
     let relay = match relay {
-        Some((root, limits)) => Some(Arc::new(Mutex::new(
-            RelayService::open(&root, limits).map_err(|e| NetError::Io(root.display().to_string(), e))?,
-        ))),
+        Some((location, limits)) => {
+            let opened = tokio::task::spawn_blocking(move || {
+                location
+                    .open()
+                    .and_then(|store| RelayService::open(store, limits))
+                    .map_err(|e| NetError::Io(format!("relay storage {location}"), e))
+            })
+            .await
+            .map_err(|e| NetError::Ws(format!("opening the relay storage: {e}")))??;
+            Some(Arc::new(Mutex::new(opened)))
+        }
         None => None,
     };
     let shared = Arc::new(Shared {

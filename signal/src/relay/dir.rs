@@ -4,9 +4,7 @@
 //! overwritten and never seen half written. Each group's ledger is
 //! replaced atomically (write, sync, rename).
 //!
-//! Layout: `DIR/GROUP/objects/WRITER/SEQ` (hex ids, 20-digit numbers),
-//! holding the writer's signature then the sealed bytes; `DIR/GROUP/ledger`.
-//! Nothing in it names a file, a path or a plaintext hash.
+//! Layout: see [`super::store`].
 
 use std::fs;
 use std::io::{self, Write};
@@ -17,34 +15,14 @@ use psync_base::{codec, ContentHash, DeviceId};
 
 use super::policy::{GroupLedger, StoredObject};
 use super::seal::ObjectName;
+use super::store::{hex, object_key, split_object, unhex32, wrap_key, FoundGroup, RelayStore, SIGNATURE_BYTES};
 use super::wrap::SignedWrap;
 use crate::identity::{PublicKey, SignatureBytes};
-
-/// Signature bytes in front of each object file.
-const SIGNATURE_BYTES: usize = 64;
-
-/// One group's objects and ledger as found on disk.
-pub type FoundGroup = (ContentHash, GroupLedger, Vec<(ObjectName, StoredObject)>);
 
 /// A relay directory.
 #[derive(Debug, Clone)]
 pub struct RelayDir {
     root: PathBuf,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -63,13 +41,17 @@ impl RelayDir {
         self.root.join(hex(&group.0))
     }
 
-    fn object_path(&self, group: &ContentHash, name: &ObjectName) -> PathBuf {
-        self.group_dir(group).join("objects").join(hex(&name.writer.0)).join(format!("{:020}", name.seq))
+    fn wraps_dir(&self, group: &ContentHash, to: &PublicKey) -> PathBuf {
+        self.group_dir(group).join("wraps").join(hex(&to.0))
     }
 
-    /// Stores an object unless its name exists; `Ok(false)`: it did.
-    /// `now_ms` becomes its stored time (the file's mtime).
-    pub fn put_new(
+    fn object_path(&self, group: &ContentHash, name: &ObjectName) -> PathBuf {
+        self.group_dir(group).join(object_key(name))
+    }
+}
+
+impl RelayStore for RelayDir {
+    fn put_new(
         &self,
         group: &ContentHash,
         name: &ObjectName,
@@ -100,32 +82,22 @@ impl RelayDir {
         }
     }
 
-    /// An object's signature and sealed bytes, if stored.
-    pub fn get(&self, group: &ContentHash, name: &ObjectName) -> io::Result<Option<(SignatureBytes, Vec<u8>)>> {
-        let mut bytes = match fs::read(self.object_path(group, name)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if bytes.len() < SIGNATURE_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "relay object shorter than its signature"));
+    fn get(&self, group: &ContentHash, name: &ObjectName) -> io::Result<Option<(SignatureBytes, Vec<u8>)>> {
+        match fs::read(self.object_path(group, name)) {
+            Ok(bytes) => split_object(bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
-        let sealed = bytes.split_off(SIGNATURE_BYTES);
-        let mut signature = [0; SIGNATURE_BYTES];
-        signature.copy_from_slice(&bytes);
-        Ok(Some((SignatureBytes(signature), sealed)))
     }
 
-    /// Deletes an object (gone already is fine).
-    pub fn delete(&self, group: &ContentHash, name: &ObjectName) -> io::Result<()> {
+    fn delete(&self, group: &ContentHash, name: &ObjectName) -> io::Result<()> {
         match fs::remove_file(self.object_path(group, name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Replaces a group's ledger atomically.
-    pub fn save_ledger(&self, group: &ContentHash, ledger: &GroupLedger) -> io::Result<()> {
+    fn save_ledger(&self, group: &ContentHash, ledger: &GroupLedger) -> io::Result<()> {
         let dir = self.group_dir(group);
         fs::create_dir_all(&dir)?;
         let bytes = codec::encode(ledger).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
@@ -143,17 +115,12 @@ impl RelayDir {
         fs::File::open(&dir)?.sync_all()
     }
 
-    fn wraps_dir(&self, group: &ContentHash, to: &PublicKey) -> PathBuf {
-        self.group_dir(group).join("wraps").join(hex(&to.0))
-    }
-
-    /// Keeps a key wrap (replacing one of the same epoch and maker), and
-    /// only the newest `keep` per recipient.
-    pub fn put_wrap(&self, group: &ContentHash, wrap: &SignedWrap, keep: usize) -> io::Result<()> {
+    fn put_wrap(&self, group: &ContentHash, wrap: &SignedWrap, keep: usize) -> io::Result<()> {
         let dir = self.wraps_dir(group, &wrap.wrap.to);
         fs::create_dir_all(&dir)?;
         let bytes = codec::encode(wrap).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let name = format!("{:010}-{}", wrap.wrap.epoch, hex(&wrap.by.0));
+        let key = wrap_key(wrap);
+        let name = key.rsplit('/').next().unwrap_or(&key).to_string();
         let tmp = dir.join(format!(".{name}.{}", rand::random::<u64>()));
         let written = (|| {
             let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -178,8 +145,7 @@ impl RelayDir {
         Ok(())
     }
 
-    /// The key wraps kept for `to`, oldest epoch first.
-    pub fn wraps(&self, group: &ContentHash, to: &PublicKey) -> io::Result<Vec<SignedWrap>> {
+    fn wraps(&self, group: &ContentHash, to: &PublicKey) -> io::Result<Vec<SignedWrap>> {
         let dir = self.wraps_dir(group, to);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -202,9 +168,8 @@ impl RelayDir {
         Ok(out)
     }
 
-    /// Every group's ledger and objects, to rebuild the index at start.
     /// Leftover temporary files (a crash mid-write) are removed.
-    pub fn load(&self) -> io::Result<Vec<FoundGroup>> {
+    fn load(&self) -> io::Result<Vec<FoundGroup>> {
         let mut groups = Vec::new();
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;

@@ -6,6 +6,8 @@
 pub mod dir;
 pub mod policy;
 pub mod protocol;
+pub mod s3;
 pub mod seal;
 pub mod service;
+pub mod store;
 pub mod wrap;

@@ -1,27 +1,62 @@
 //! The relay's requests served against its rules ([`RelayIndex`]) and its
-//! store ([`RelayDir`]): what the WebSocket shell calls once a device has
+//! store ([`RelayStore`]): what the WebSocket shell calls once a device has
 //! logged in. The index changes only after the store did what it records.
 
 use std::io;
-use std::path::Path;
 
-use super::dir::RelayDir;
 use super::policy::{admit_wrap, RelayIndex, RelayLimits, RelayRefusal, MAX_WRAPS_PER_MEMBER};
 use super::protocol::{RelayRequest, RelayResponse, RelayStatus, MAX_LISTED_OBJECTS};
+use super::store::RelayStore;
 use crate::identity::PublicKey;
 use crate::roster::Roster;
+
+/// Where a relay keeps what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayLocation {
+    /// A directory on the server (the embedded default).
+    Dir(std::path::PathBuf),
+    /// An S3-compatible bucket: `s3://BUCKET[/PREFIX]`.
+    S3(String),
+}
+
+impl RelayLocation {
+    /// `s3://...` is a bucket; anything else a directory.
+    pub fn parse(text: &str) -> RelayLocation {
+        if text.starts_with("s3://") {
+            RelayLocation::S3(text.to_string())
+        } else {
+            RelayLocation::Dir(text.into())
+        }
+    }
+
+    /// Opens the store (blocks: call it off async threads).
+    pub fn open(&self) -> io::Result<Box<dyn RelayStore>> {
+        Ok(match self {
+            RelayLocation::Dir(dir) => Box::new(super::dir::RelayDir::open(dir)?),
+            RelayLocation::S3(url) => Box::new(super::s3::S3Store::open(url)?),
+        })
+    }
+}
+
+impl std::fmt::Display for RelayLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayLocation::Dir(dir) => write!(f, "{}", dir.display()),
+            RelayLocation::S3(url) => f.write_str(url),
+        }
+    }
+}
 
 /// A relay: rules and store.
 #[derive(Debug)]
 pub struct RelayService {
     index: RelayIndex,
-    dir: RelayDir,
+    dir: Box<dyn RelayStore>,
 }
 
 impl RelayService {
-    /// Opens the store at `root` and rebuilds the index from it.
-    pub fn open(root: &Path, limits: RelayLimits) -> io::Result<RelayService> {
-        let dir = RelayDir::open(root)?;
+    /// Rebuilds the index from `dir` (blocks: call it off async threads).
+    pub fn open(dir: Box<dyn RelayStore>, limits: RelayLimits) -> io::Result<RelayService> {
         let mut index = RelayIndex::new(limits);
         for (group, ledger, objects) in dir.load()? {
             index.restore(group, ledger, objects);
