@@ -33,6 +33,10 @@ use progress::Progress;
 
 /// How often this device looks for changes to upload (a debounce too).
 const UPLOAD_CHECK: Duration = Duration::from_secs(2);
+/// How long a change may wait for every member to take it directly before
+/// it goes to the relay (a flush sends at once): with every member online,
+/// nothing is uploaded.
+const UPLOAD_DELAY: Duration = Duration::from_secs(10);
 /// How often it looks for what others left while it is mounted.
 const DOWNLOAD_CHECK: Duration = Duration::from_secs(30);
 /// First wait before reconnecting to an unreachable relay; doubles up to
@@ -177,18 +181,19 @@ impl RelayTask {
         tracing::info!("relay: logged in ({} objects wait for this device)", status.waiting);
         let mut next_download = tokio::time::Instant::now();
         let mut check = tokio::time::interval(UPLOAD_CHECK);
+        let mut behind_since = None;
         loop {
             if tokio::time::Instant::now() >= next_download {
                 self.take_wraps(&mut client).await?;
                 self.download(&mut client, progress).await?;
                 next_download = tokio::time::Instant::now() + DOWNLOAD_CHECK;
             }
-            self.upload(&mut client, progress).await?;
+            self.upload(&mut client, progress, Some(&mut behind_since)).await?;
             tokio::select! {
                 _ = check.tick() => {}
                 request = flush.recv() => match request {
                     Some(reply) => {
-                        let result = self.upload(&mut client, progress).await;
+                        let result = self.upload(&mut client, progress, None).await;
                         let _ = reply.send(());
                         result?;
                     }
@@ -254,7 +259,15 @@ impl RelayTask {
         Ok(())
     }
 
-    async fn upload(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
+    /// Uploads what some member lacks once it has lacked it for
+    /// [`UPLOAD_DELAY`] (`behind_since`: since when); a flush (`None`)
+    /// uploads at once.
+    async fn upload(
+        &self,
+        client: &mut RelayClient,
+        progress: &mut Progress,
+        mut behind_since: Option<&mut Option<tokio::time::Instant>>,
+    ) -> Result<()> {
         let roster = self.roster();
         if roster.role(&self.key.public()) != Some(Role::Full) {
             return Ok(());
@@ -269,6 +282,9 @@ impl RelayTask {
         let from = self.upload_from(&roster, progress)?;
         let seq = self.storage.seq();
         if from >= seq {
+            if let Some(since) = behind_since.as_deref_mut() {
+                *since = None;
+            }
             if progress.uploaded_to < seq {
                 progress.uploaded_to = seq;
                 progress.save(&self.data_dir)?;
@@ -280,6 +296,12 @@ impl RelayTask {
             return Ok(());
         }
         self.show(|r| r.to_upload = seq - from);
+        if let Some(since) = behind_since.as_deref_mut() {
+            let now = tokio::time::Instant::now();
+            if now.duration_since(*since.get_or_insert(now)) < UPLOAD_DELAY {
+                return Ok(());
+            }
+        }
         // Who still lacks what: a record travels only if some member that
         // has not taken it is not its author (a member's own versions,
         // taken here from the relay, are not sent back to it).
@@ -338,6 +360,9 @@ impl RelayTask {
             r.held_objects = status.usage.objects;
         });
         tracing::info!("relay: changes up to {} uploaded", progress.uploaded_to);
+        if let Some(since) = behind_since {
+            *since = None;
+        }
         Ok(())
     }
 

@@ -261,3 +261,28 @@ fn a_removal_re_keys_and_the_remaining_device_picks_up_the_new_key_offline() {
     eventually(PATIENCE, what, || relay_status(&c)["reachable"] == false);
     assert!(!tablet.path("after-removal.md").exists());
 }
+
+#[test]
+fn with_every_member_online_nothing_goes_to_the_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = tmp.path().join("relay");
+    let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    crate::three::wait_for_status(&a, &[("laptop", true, true)]);
+    std::fs::write(desktop.path("both-online.md"), b"taken directly").unwrap();
+    eventually(PATIENCE, "the note to arrive directly", || {
+        std::fs::read(laptop.path("both-online.md")).is_ok_and(|d| d == b"taken directly")
+    });
+    crate::three::wait_for_status(&a, &[("laptop", true, true)]);
+    // An upload check after the laptop took everything: nothing to send.
+    let after = relay_status(&a)["flushed_at_ms"].as_u64().unwrap_or(0);
+    let what = lazy(|| format!("an upload check with nothing to upload: {:#}", relay_status(&a)));
+    eventually(PATIENCE, what, || {
+        let r = relay_status(&a);
+        r["flushed_at_ms"].as_u64().unwrap_or(0) > after && r["to_upload"] == 0
+    });
+    let r = relay_status(&a);
+    assert_eq!(r["uploaded"], 0, "{r:#}");
+    assert!(relay_objects(&relay).is_empty(), "{:?}", relay_objects(&relay));
+}

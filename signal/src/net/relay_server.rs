@@ -22,6 +22,34 @@ use crate::server::ServerState;
 
 /// A relay connection silent this long is closed (milliseconds).
 pub const RELAY_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Requests one relay connection may make per second (burst of the same
+/// size); past it the connection is closed. Stored bytes have their own
+/// rate per device ([`crate::relay::policy::RelayLimits`]).
+pub const RELAY_REQUESTS_PER_SECOND: f64 = 100.0;
+
+/// A token bucket of [`RELAY_REQUESTS_PER_SECOND`].
+struct RequestRate {
+    tokens: f64,
+    at: u64,
+}
+
+impl RequestRate {
+    fn new(now: u64) -> RequestRate {
+        RequestRate { tokens: RELAY_REQUESTS_PER_SECOND, at: now }
+    }
+
+    /// One more request at `now` (ms): within the rate?
+    fn allow(&mut self, now: u64) -> bool {
+        let refill = now.saturating_sub(self.at) as f64 / 1000.0 * RELAY_REQUESTS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(RELAY_REQUESTS_PER_SECOND);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
 
 pub(crate) fn relay_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -85,7 +113,13 @@ where
     };
     let status = lock(&relay).status(&roster, &key);
     send(&mut ws, &RelayResponse::LoggedIn(status)).await?;
+    let mut rate = RequestRate::new(now_ms());
     while let Some(request) = recv(&mut ws).await? {
+        if !rate.allow(now_ms()) {
+            tracing::warn!(%addr, "relay requests too fast; closing");
+            send(&mut ws, &RelayResponse::Failed("too many requests".into())).await?;
+            break;
+        }
         let Some(roster) = lock(state).roster(&group).cloned() else { break };
         let relay = relay.clone();
         let response = tokio::task::spawn_blocking(move || lock(&relay).handle(&roster, &key, request, now_ms()))
@@ -99,4 +133,20 @@ where
     }
     let _ = ws.close(None).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_past_the_rate_are_refused_and_the_rate_refills() {
+        let mut rate = RequestRate::new(0);
+        let burst = (0..1_000).take_while(|_| rate.allow(0)).count();
+        assert_eq!(burst, RELAY_REQUESTS_PER_SECOND as usize);
+        assert!(!rate.allow(5), "half a request's worth of time is not enough");
+        assert!(rate.allow(20));
+        let after_a_second = (0..1_000).take_while(|_| rate.allow(1_020)).count();
+        assert_eq!(after_a_second, RELAY_REQUESTS_PER_SECOND as usize, "never more than the burst");
+    }
 }
