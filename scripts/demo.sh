@@ -81,7 +81,7 @@ start() {
     say "== a signalling server on loopback"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     url="ws://127.0.0.1:$port"
-    setsid "$PSYNC_BIN" --data-dir "$state/server" signal --listen "127.0.0.1:$port" \
+    setsid "$PSYNC_BIN" --data-dir "$state/server" signal --listen "127.0.0.1:$port" --relay "$state/relay" \
         > "$state/server.log" 2>&1 < /dev/null &
     echo $! > "$state/server.pid"
     for _ in $(seq 1 100); do
@@ -132,6 +132,12 @@ Try:
     $PSYNC_BIN --data-dir $state/laptop status          # peers, in sync, conflicts
     $PSYNC_BIN --data-dir $state/laptop status --watch  # live, with transfer progress
     ./scripts/demo.sh status                           # both devices
+
+Never online together (the server keeps a sealed copy for the offline one):
+    $PSYNC_BIN --data-dir $state/laptop unmount $demo/laptop
+    echo "written while the laptop was away" > $demo/desktop/away.md
+    $PSYNC_BIN --data-dir $state/desktop unmount $demo/desktop
+    $PSYNC_BIN --data-dir $state/laptop mount $demo/laptop; sleep 2; cat $demo/laptop/away.md
 
 Open either folder in Obsidian ("Open folder as vault") or any editor.
 Stop everything (unmounts both folders, stops the server):

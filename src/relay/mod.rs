@@ -36,7 +36,7 @@ const UPLOAD_CHECK: Duration = Duration::from_secs(2);
 /// How long a change may wait for every member to take it directly before
 /// it goes to the relay (a flush sends at once): with every member online,
 /// nothing is uploaded.
-const UPLOAD_DELAY: Duration = Duration::from_secs(10);
+const UPLOAD_DELAY: Duration = Duration::from_secs(5);
 /// How often it looks for what others left while it is mounted.
 const DOWNLOAD_CHECK: Duration = Duration::from_secs(30);
 /// First wait before reconnecting to an unreachable relay; doubles up to
@@ -44,6 +44,10 @@ const DOWNLOAD_CHECK: Duration = Duration::from_secs(30);
 const FIRST_RECONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Longest such wait.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(60);
+/// Changes still to upload are counted up to this (count), for status.
+const MAX_COUNTED_CHANGES: u64 = 100_000;
+/// Index entries read per step when counting them (count).
+const COUNT_BATCH: usize = 1_000;
 /// Refused objects kept for `psync status` (count).
 const MAX_REFUSED_SHOWN: usize = 20;
 /// Longest wait the relay's rate limit may ask for before an upload
@@ -281,7 +285,20 @@ impl RelayTask {
         }
         let from = self.upload_from(&roster, progress)?;
         let seq = self.storage.seq();
-        if from >= seq {
+        // Who still lacks what: a record travels only if some member that
+        // has not taken it is not its author (a member's own versions,
+        // taken here from the relay, are not sent back to it).
+        let me = self.me();
+        let mut behind = Vec::new();
+        for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
+            let id = member.key.device_id();
+            behind.push((id, self.storage.peer_state(&id).map_err(|e| anyhow!("{e}"))?.acked));
+        }
+        let keep = |at: u64, record: &psync_sync::FileRecord| {
+            behind.iter().any(|(id, acked)| *acked < at && *id != record.version.device)
+        };
+        let waiting = if from >= seq { 0 } else { self.count_kept(from, keep)? };
+        if waiting == 0 {
             if let Some(since) = behind_since.as_deref_mut() {
                 *since = None;
             }
@@ -295,25 +312,13 @@ impl RelayTask {
             });
             return Ok(());
         }
-        self.show(|r| r.to_upload = seq - from);
+        self.show(|r| r.to_upload = waiting);
         if let Some(since) = behind_since.as_deref_mut() {
             let now = tokio::time::Instant::now();
             if now.duration_since(*since.get_or_insert(now)) < UPLOAD_DELAY {
                 return Ok(());
             }
         }
-        // Who still lacks what: a record travels only if some member that
-        // has not taken it is not its author (a member's own versions,
-        // taken here from the relay, are not sent back to it).
-        let me = self.me();
-        let mut behind = Vec::new();
-        for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
-            let id = member.key.device_id();
-            behind.push((id, self.storage.peer_state(&id).map_err(|e| anyhow!("{e}"))?.acked));
-        }
-        let keep = |at: u64, record: &psync_sync::FileRecord| {
-            behind.iter().any(|(id, acked)| *acked < at && *id != record.version.device)
-        };
         let mut cutter = BundleCutter::new(from);
         while let Some(bundle) =
             cutter.next_where(&self.storage, keep).map_err(|e| anyhow!("reading the store: {e}"))?
@@ -344,10 +349,10 @@ impl RelayTask {
             progress.next_seq += 1;
             progress.uploaded_to = progress.uploaded_to.max(bundle.complete_to);
             progress.save(&self.data_dir)?;
-            let left = seq.saturating_sub(progress.uploaded_to.max(from));
+            let sent = bundle.records.len() as u64;
             self.show(|r| {
                 r.uploaded += 1;
-                r.to_upload = left;
+                r.to_upload = r.to_upload.saturating_sub(sent);
             });
         }
         progress.uploaded_to = progress.uploaded_to.max(cutter.complete_to());
@@ -364,6 +369,21 @@ impl RelayTask {
             *since = None;
         }
         Ok(())
+    }
+
+    /// Index entries after `from` that `keep` sends (counted up to
+    /// [`MAX_COUNTED_CHANGES`]).
+    fn count_kept(&self, from: u64, keep: impl Fn(u64, &psync_sync::FileRecord) -> bool) -> Result<u64> {
+        let (mut at, mut count) = (from, 0);
+        loop {
+            let batch = self.storage.records_since(at, COUNT_BATCH).map_err(|e| anyhow!("reading the store: {e}"))?;
+            let Some((last, _)) = batch.last() else { return Ok(count) };
+            at = *last;
+            count += batch.iter().filter(|(seq, record)| keep(*seq, record)).count() as u64;
+            if count >= MAX_COUNTED_CHANGES {
+                return Ok(count);
+            }
+        }
     }
 
     async fn download(&self, client: &mut RelayClient, progress: &mut Progress) -> Result<()> {
