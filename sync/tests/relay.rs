@@ -133,3 +133,23 @@ fn a_bundle_past_its_limit_is_refused() {
     assert!(RelayBundle::decode(&oversized).is_err());
     assert!(RelayBundle::decode(b"\xff\xff\xff\xff").is_err());
 }
+
+#[test]
+fn a_bundle_that_meets_a_full_disk_is_not_taken_and_comes_again() {
+    let group = [dev(1), dev(2)];
+    let mut writer = core(1, &group);
+    let data = big(3 * BLOCK_SIZE as usize, 8);
+    writer.storage_mut().local_write(&path("doc.pdf"), &data, 1);
+    let (cut, _) = bundles(writer.storage(), 0, MAX_BUNDLE_BYTES);
+    let mut reader = core(2, &group);
+    reader.storage_mut().set_disk_full(true);
+    assert!(reader.handle(T0, Input::Relayed(dev(1), cut[0].clone())).is_err(), "not taken: not to be acknowledged");
+    assert!(reader.storage().live(&path("doc.pdf")).is_none());
+    reader.storage_mut().set_disk_full(false);
+    reader.handle(T0 + 120_000, Input::Relayed(dev(1), cut[0].clone())).unwrap();
+    // Installs resume once the pause after the full disk ends.
+    while let Some(at) = reader.poll_timeout().filter(|at| *at <= T0 + 240_000) {
+        reader.handle_timeout(at).unwrap();
+    }
+    assert_eq!(reader.storage().live(&path("doc.pdf")).and_then(|r| reader.storage().content(r)).unwrap(), data);
+}

@@ -2,7 +2,8 @@
 //! them: its records through the usual decisions, then its objects as
 //! answers to what those versions wait for. The shell has checked the
 //! writer's signature and opened the seal; every object is still checked
-//! against its hash here, like any peer's.
+//! against its hash here, like any peer's. A storage failure is returned:
+//! the shell then does not acknowledge the bundle and offers it again.
 
 use super::*;
 use crate::relay::RelayBundle;
@@ -38,13 +39,13 @@ impl<S: SyncStorage> SyncCore<S> {
                         }
                     }
                 }
+                // The bundle is not taken: the shell keeps it at the relay
+                // (unacknowledged) and offers it again later.
                 Err(StorageError::DiskFull) => {
-                    // The versions wait; their objects come from peers or
-                    // the next download.
                     self.pause_for_full_disk();
-                    return Ok(());
+                    return Err(StorageError::DiskFull.into());
                 }
-                Err(StorageError::Failed(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
