@@ -17,6 +17,10 @@
 //!            { urls = ["turn:turn.example.org:3478"], username = "me", credential = "secret" }]
 //! from_signalling_server = true  # false: only the servers above
 //! relay_only = false         # true: always through TURN; peers never see this device's address
+//!
+//! [relay]
+//! upload_delay_ms = 5000     # how long a change waits for every member to take it directly
+//!                            # before it goes to the relay (a sleep or an unmount sends at once)
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +37,11 @@ pub use crate::data_dir::CONFIG_FILE;
 pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
 /// Larger than any sane debounce: a typo like `debounce_ms = 100000000` is refused.
 const DEBOUNCE_MS_MAX: u64 = 60_000;
+/// How long a change waits for every member before it goes to the relay,
+/// by default (milliseconds).
+pub const RELAY_UPLOAD_DELAY_MS: u64 = 5_000;
+/// The longest such wait a config may ask for (milliseconds: one hour).
+const RELAY_UPLOAD_DELAY_MS_MAX: u64 = 3_600_000;
 
 /// Where WebRTC binds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +105,14 @@ struct ConfigFile {
     allow_other: Option<bool>,
     #[serde(default)]
     ice: IceSection,
+    #[serde(default)]
+    relay: RelaySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySection {
+    upload_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +205,10 @@ pub struct Settings {
     /// Other users may use the mount (`allow_other`); off unless asked for.
     #[serde(default)]
     pub allow_other: bool,
+    /// How long a change waits for every member to take it directly before
+    /// it goes to the relay (milliseconds).
+    #[serde(default)]
+    pub relay_upload_delay_ms: u64,
 }
 
 impl Settings {
@@ -266,6 +287,13 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
             (None, None) => Ok(None),
         }
     };
+    let relay_upload_delay_ms = parsed.relay.upload_delay_ms.unwrap_or(RELAY_UPLOAD_DELAY_MS);
+    if relay_upload_delay_ms > RELAY_UPLOAD_DELAY_MS_MAX {
+        bail!(
+            "{}: {relay_upload_delay_ms} ms is more than the maximum of {RELAY_UPLOAD_DELAY_MS_MAX} ms",
+            in_file("[relay] upload_delay_ms")
+        );
+    }
     if let Some(level) = &parsed.log_level {
         parse_log_level(level).map_err(anyhow::Error::msg).with_context(|| in_file("log_level"))?;
     }
@@ -281,6 +309,7 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         ice_relay_only: ice.relay_only,
         ice_server_credentials: ice.servers,
         allow_other: flags.allow_other || parsed.allow_other.unwrap_or(false),
+        relay_upload_delay_ms,
     })
 }
 

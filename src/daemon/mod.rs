@@ -194,7 +194,8 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     let result = wait_for_unmount(signals, session, mountpoint)?;
     // Everything is committed now: what offline members need goes to the
     // relay before this device goes offline too.
-    if let Some(running) = &running {
+    if let Some(running) = &mut running {
+        running.stop_watching_sleep();
         running.flush_relay(RELAY_FLUSH_TIMEOUT);
     }
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));

@@ -23,6 +23,7 @@ use crate::driver::sync_loop;
 use crate::identity::SyncSetup;
 use crate::live::SharedLive;
 use crate::peering::{self, Me};
+use crate::relay::sleep::SleepWatch;
 use crate::relay::{FlushRequest, RelayTask};
 use psync_fs::{Replayer, Step};
 
@@ -35,9 +36,18 @@ pub struct Running {
     pub control: mpsc::Sender<Control>,
     /// Asks the relay task to upload what is left (none: no relay use).
     pub relay_flush: Option<mpsc::Sender<FlushRequest>>,
+    /// Flushes before the machine sleeps (its helpers end with it).
+    sleep_watch: Option<SleepWatch>,
 }
 
 impl Running {
+    /// Stops watching for sleep (its helper processes end).
+    pub fn stop_watching_sleep(&mut self) {
+        if let Some(watch) = self.sleep_watch.take() {
+            drop(watch);
+        }
+    }
+
     /// Uploads what offline members still need to the relay, waiting at
     /// most `timeout` (before the daemon exits).
     pub fn flush_relay(&self, timeout: std::time::Duration) {
@@ -102,6 +112,7 @@ pub fn start(
                 control: control.clone(),
                 live: live.clone(),
                 roster: setup.roster.clone(),
+                upload_delay: std::time::Duration::from_millis(settings.relay_upload_delay_ms),
             };
             (Some(flush), Some((task, flush_rx)))
         }
@@ -110,7 +121,8 @@ pub fn start(
             (None, None)
         }
     };
-    let handles = Running { live: live.clone(), control: control.clone(), relay_flush };
+    let sleep_watch = relay_flush.clone().and_then(SleepWatch::start);
+    let handles = Running { live: live.clone(), control: control.clone(), relay_flush, sleep_watch };
     let roster_dir = data_dir.to_path_buf();
     let save_roster = move |roster: &Roster| {
         if let Err(e) = crate::identity::save_roster(&roster_dir, roster.entries()) {

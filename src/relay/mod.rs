@@ -9,6 +9,7 @@
 //! peer-to-peer sync goes on and the reason shows in `psync status`.
 
 pub mod progress;
+pub mod sleep;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,10 +34,6 @@ use progress::Progress;
 
 /// How often this device looks for changes to upload (a debounce too).
 const UPLOAD_CHECK: Duration = Duration::from_secs(2);
-/// How long a change may wait for every member to take it directly before
-/// it goes to the relay (a flush sends at once): with every member online,
-/// nothing is uploaded.
-const UPLOAD_DELAY: Duration = Duration::from_secs(5);
 /// How often it looks for what others left while it is mounted.
 const DOWNLOAD_CHECK: Duration = Duration::from_secs(30);
 /// First wait before reconnecting to an unreachable relay; doubles up to
@@ -76,6 +73,10 @@ pub struct RelayTask {
     pub live: SharedLive,
     /// The roster at start.
     pub roster: Roster,
+    /// How long a change may wait for every member to take it directly
+    /// before it goes to the relay (a flush sends at once): with every
+    /// member online, nothing is uploaded.
+    pub upload_delay: Duration,
 }
 
 impl std::fmt::Debug for RelayTask {
@@ -263,9 +264,8 @@ impl RelayTask {
         Ok(())
     }
 
-    /// Uploads what some member lacks once it has lacked it for
-    /// [`UPLOAD_DELAY`] (`behind_since`: since when); a flush (`None`)
-    /// uploads at once.
+    /// Uploads what some member lacks once it has lacked it for the upload
+    /// delay (`behind_since`: since when); a flush (`None`) uploads at once.
     async fn upload(
         &self,
         client: &mut RelayClient,
@@ -315,7 +315,7 @@ impl RelayTask {
         self.show(|r| r.to_upload = waiting);
         if let Some(since) = behind_since.as_deref_mut() {
             let now = tokio::time::Instant::now();
-            if now.duration_since(*since.get_or_insert(now)) < UPLOAD_DELAY {
+            if now.duration_since(*since.get_or_insert(now)) < self.upload_delay {
                 return Ok(());
             }
         }

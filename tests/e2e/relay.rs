@@ -286,3 +286,105 @@ fn with_every_member_online_nothing_goes_to_the_relay() {
     assert_eq!(r["uploaded"], 0, "{r:#}");
     assert!(relay_objects(&relay).is_empty(), "{:?}", relay_objects(&relay));
 }
+
+/// A private D-Bus daemon standing in for the system bus (logind is not
+/// running here: the test sends logind's signal itself); stopped on drop.
+struct Bus(std::process::Child, PathBuf);
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_bus(dir: &Path) -> Bus {
+    let socket = dir.join("system_bus_socket");
+    let config = dir.join("bus.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="signal"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"#,
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .arg("--nofork")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dbus-daemon (package dbus-daemon, installed by scripts/install-deps.sh)");
+    eventually(PATIENCE, "the private system bus to listen", || socket.exists());
+    Bus(child, socket)
+}
+
+#[test]
+fn a_machine_about_to_sleep_leaves_its_changes_at_the_relay_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = tmp.path().join("relay");
+    let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
+    // Only a flush may upload: the usual wait is an hour here.
+    std::fs::write(a.join("config.toml"), "[relay]\nupload_delay_ms = 3600000\n").unwrap();
+    let bus = start_bus(tmp.path());
+    let bus_address = format!("unix:path={}", bus.1.display());
+
+    let mnt_dir = tempfile::tempdir().unwrap();
+    let mnt = mnt_dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = crate::support::psync_command()
+        .arg("--data-dir")
+        .arg(&a)
+        .args(["mount", mnt.to_str().unwrap()])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus_address)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let desktop = Mounted { tmp: mnt_dir, data: a.clone(), mnt, flags: Vec::new() };
+    eventually(PATIENCE, "the relay to be reachable", || relay_status(&a)["reachable"] == true);
+    std::fs::write(desktop.path("before-sleep.md"), b"written just before the lid closed").unwrap();
+    let what = lazy(|| format!("the desktop to know it has something to upload: {:#}", relay_status(&a)));
+    eventually(PATIENCE, what, || relay_status(&a)["to_upload"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(relay_status(&a)["uploaded"], 0, "nothing went before the sleep");
+
+    // logind: "about to sleep" (sent again until the daemon's watch has
+    // subscribed: a signal before that is missed, as on a real bus).
+    let what = lazy(|| format!("the flush before sleep: {:#}", relay_status(&a)));
+    eventually(PATIENCE, what, || {
+        let sent = std::process::Command::new("dbus-send")
+            .arg(format!("--bus={bus_address}"))
+            .args(["--type=signal", "/org/freedesktop/login1", "org.freedesktop.login1.Manager.PrepareForSleep"])
+            .arg("boolean:true")
+            .status()
+            .expect("dbus-send (package dbus-bin)");
+        assert!(sent.success());
+        let r = relay_status(&a);
+        r["uploaded"].as_u64().unwrap_or(0) > 0 && r["to_upload"] == 0
+    });
+    let log = std::fs::read_to_string(a.join("psync.log")).unwrap();
+    assert!(log.contains("flushed before sleep"), "the daemon says why it uploaded");
+    // The desktop never wakes; the laptop gets the note from the relay.
+    let pid = desktop.daemon_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually(PATIENCE, "the desktop's daemon to die", || crate::mount::is_dead(pid));
+    let laptop = Mounted::with_data(b.clone());
+    eventually(PATIENCE, "the note to reach the laptop", || {
+        std::fs::read(laptop.path("before-sleep.md")).is_ok_and(|d| d == b"written just before the lid closed")
+    });
+}
