@@ -105,13 +105,18 @@ fn render(s: &Status, peak_wanted: usize) -> String {
         } else {
             format!("{} changes to upload", r.to_upload)
         };
-        let _ = writeln!(
-            out,
-            "relay       {state}  holds {} of {} for the group ({} objects)  {upload}",
-            bytes(r.held_bytes),
-            bytes(r.quota_bytes),
-            r.held_objects
-        );
+        if r.quota_bytes == 0 {
+            // Never logged in: nothing is known of what it holds.
+            let _ = writeln!(out, "relay       {state}  {upload}");
+        } else {
+            let _ = writeln!(
+                out,
+                "relay       {state}  holds {} of {} for the group ({} objects)  {upload}",
+                bytes(r.held_bytes),
+                bytes(r.quota_bytes),
+                r.held_objects
+            );
+        }
         for refused in &r.refused {
             let _ = writeln!(out, "RELAY       {refused}");
         }

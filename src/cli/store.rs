@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use psync_base::DeviceId;
-use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, Store, Timestamp, ROOT_INO};
+use psync_store::{GcPolicy, NewNode, NodeAttrs, NodeKind, SetAttr, Store, Timestamp, ROOT_INO};
 
 use super::{data_dir, exit, open_existing, open_for_reading, Global, StoreCommand};
 use psync_fs::beneath;
@@ -278,9 +278,15 @@ fn import_dir(store: &Store, source: &Path, parent: u64, count: &mut ImportCount
                     .with_context(ctx)?,
             };
             count.files += 1;
-            if copy_in(store, node.ino, &path, now).with_context(ctx)? && store.commit(node.ino, now, false)?.is_some()
-            {
-                count.versions += 1;
+            if copy_in(store, node.ino, &path, now).with_context(ctx)? {
+                // The file keeps its own modification time, not the import's.
+                let mtime = Timestamp { secs: meta.mtime(), nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32 };
+                store
+                    .set_attr(node.ino, &SetAttr { mtime: Some(mtime), ..SetAttr::default() }, now)
+                    .with_context(ctx)?;
+                if store.commit(node.ino, now, false)?.is_some() {
+                    count.versions += 1;
+                }
             }
         }
     }

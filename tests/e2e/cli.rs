@@ -189,3 +189,22 @@ fn the_systemd_unit_runs_commands_psync_accepts() {
         assert!(err.contains(missing.to_str().unwrap()), "{key}: {err}");
     }
 }
+
+#[test]
+fn an_imported_file_keeps_its_modification_time_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, data) = (tmp.path().join("vault"), tmp.path().join("data"));
+    std::fs::create_dir_all(src.join("Notes")).unwrap();
+    let note = src.join("Notes/old.md");
+    std::fs::write(&note, "# written long ago\n").unwrap();
+    std::fs::set_permissions(&note, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let touched = std::process::Command::new("touch").args(["-d", "2020-01-02 03:04:05.25"]).arg(&note).status();
+    assert!(touched.unwrap().success());
+    let before = std::fs::metadata(&note).unwrap();
+    ok(&data, &["store", "import", src.to_str().unwrap()]);
+    let mounted = crate::mount::Mounted::with_data(data);
+    let after = std::fs::metadata(mounted.path("Notes/old.md")).unwrap();
+    assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()), "not the import's time");
+    assert_eq!(after.permissions().mode() & 0o7777, 0o640);
+}

@@ -165,10 +165,21 @@ fn empty_status() -> RelayStatus {
 }
 
 fn unexpected(response: RelayResponse) -> NetError {
-    match response {
-        RelayResponse::Refused(why) => NetError::RelayRefused(why),
-        other => NetError::Ws(format!("unexpected relay answer: {other:?}")),
-    }
+    let kind = match response {
+        RelayResponse::Refused(why) => return NetError::RelayRefused(why),
+        RelayResponse::Failed(why) => return NetError::Refused(why),
+        // Named only: an object's bytes do not belong in a message.
+        RelayResponse::Challenge { .. } => "a challenge",
+        RelayResponse::LoggedIn(_) => "a login",
+        RelayResponse::Stored { .. } => "a stored object",
+        RelayResponse::Pending { .. } => "a listing",
+        RelayResponse::Object { .. } => "another object",
+        RelayResponse::Acked => "an acknowledgement",
+        RelayResponse::Usage(_) => "the usage",
+        RelayResponse::WrapStored => "a stored wrap",
+        RelayResponse::Wraps(_) => "key wraps",
+    };
+    NetError::Ws(format!("unexpected relay answer: {kind}"))
 }
 
 /// Whether an error is the relay saying this device is not a member.
