@@ -83,6 +83,13 @@ pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool, args: &Daemon
         );
     }
     let mountpoint = mount::prepare_mountpoint(mountpoint)?;
+    if !data_dir.join(crate::data_dir::IDENTITY_FILE).exists() {
+        eprintln!(
+            "note: {} belongs to no group, so this mount does not sync \
+             (`psync init` or `psync join` first makes it sync)",
+            data_dir.display()
+        );
+    }
     if foreground {
         serve(&data_dir, &mountpoint, settings)
     } else {
@@ -154,6 +161,14 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     // A device with an identity is known to its group by its key.
     let device = sync_setup.as_ref().map_or_else(|| DeviceId(rand::random()), |s| s.key.public().device_id());
     let store = open_store(data_dir, device)?;
+    if sync_setup.is_some() && store.device() != device {
+        // Never a mount that silently does not sync.
+        bail!(
+            "this data dir's store was made before the device joined a group, so a mount would not sync: \
+             move {} aside, mount again and copy the files in",
+            data_dir.join(crate::data_dir::STORE_DIR).display()
+        );
+    }
     let (fs_events, fs_events_rx) = std::sync::mpsc::channel();
     let core = Arc::new(FsCore::new(store.clone(), sync_setup.is_some().then_some(fs_events))?);
     let session = mount::mount(core.clone(), mountpoint, &data_dir.display().to_string(), settings.allow_other)?;
@@ -169,22 +184,15 @@ fn serve(data_dir: &Path, mountpoint: &Path, settings: Settings) -> Result<ExitC
     };
     let mut running = None;
     if let Some(setup) = sync_setup {
-        if store.device() == setup.key.public().device_id() {
-            status.identity = Some(crate::control::server::Identity {
-                name: setup.name.clone(),
-                id: store.device(),
-                server: setup.server.clone(),
-            });
-            let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
-            let started = sync::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?;
-            status.sync = Some((started.live.clone(), started.control.clone()));
-            running = Some(started);
-        } else {
-            tracing::error!(
-                "this data dir's store was created before the device joined a group; sync is off \
-                 (move the data dir aside, mount a fresh one and copy the files in)"
-            );
-        }
+        status.identity = Some(crate::control::server::Identity {
+            name: setup.name.clone(),
+            id: store.device(),
+            server: setup.server.clone(),
+        });
+        let replayer = Replayer { mountpoint: mountpoint.to_path_buf(), fs: core, notifier: session.notifier() };
+        let started = sync::start(data_dir, store.clone(), setup, fs_events_rx, replayer, &settings)?;
+        status.sync = Some((started.live.clone(), started.control.clone()));
+        running = Some(started);
     }
     crate::control::server::serve(status)?;
     let info = DaemonInfo { pid: std::process::id(), mountpoint: mountpoint.to_path_buf() };

@@ -208,3 +208,15 @@ fn an_imported_file_keeps_its_modification_time_and_mode() {
     assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()), "not the import's time");
     assert_eq!(after.permissions().mode() & 0o7777, 0o640);
 }
+
+#[test]
+fn a_mount_that_will_not_sync_says_so_on_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, mnt) = (tmp.path().join("data"), tmp.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let out = psync(&data, &["mount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _mounted = crate::mount::Mounted { tmp, data, mnt, flags: Vec::new() };
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("belongs to no group, so this mount does not sync"), "{said}");
+}
