@@ -160,11 +160,16 @@ pub enum Command {
     /// Mount the folder (creating the store on first use); on a device of a group it also syncs.
     /// Settings come from the config file (see --config) and these flags.
     Mount {
-        /// An empty directory to mount on.
+        /// An empty directory to mount on (with --adopt, a folder to take in).
         mountpoint: PathBuf,
         /// Stay in the foreground (logs to stderr) instead of detaching.
         #[arg(long)]
         foreground: bool,
+        /// The directory is an existing folder (a vault): take its files in
+        /// (times and modes kept), keep the original beside it as
+        /// DIR.before-psync, and mount at the same path.
+        #[arg(long)]
+        adopt: bool,
         #[command(flatten)]
         options: config::MountOptions,
     },

@@ -1,6 +1,7 @@
 //! The `psync` commands, thin over the library: each parses nothing (clap
 //! did), calls the daemon, the store or the group code, and prints.
 
+pub mod adopt;
 pub mod args;
 pub mod exit;
 pub mod group;
@@ -98,13 +99,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),
         Command::Remove { device } => group::remove(&data_dir(&cli.global)?, &device),
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
-        Command::Mount { mountpoint, foreground, options } => {
+        Command::Mount { mountpoint, foreground, adopt, options } => {
             let args = daemon::DaemonArgs {
                 config: cli.global.config.clone(),
                 log_level: cli.global.log_level.clone(),
                 options,
             };
-            daemon::mount(&data_dir(&cli.global)?, &mountpoint, foreground, &args)
+            let data_dir = data_dir(&cli.global)?;
+            if !adopt {
+                return daemon::mount(&data_dir, &mountpoint, foreground, &args);
+            }
+            let adopted = adopt::prepare(&data_dir, &mountpoint)?;
+            eprintln!(
+                "adopted {} files from {}; the original is kept at {} (delete it once you are happy)",
+                adopted.files,
+                adopted.folder.display(),
+                adopted.kept.display()
+            );
+            daemon::mount(&data_dir, &adopted.folder, foreground, &args).inspect_err(|_| {
+                adopt::undo(&adopted);
+                eprintln!("the mount failed: {} is back where it was", adopted.folder.display());
+            })
         }
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),

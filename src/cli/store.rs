@@ -91,17 +91,7 @@ pub fn run(global: &Global, cmd: StoreCommand) -> Result<()> {
 /// `psync store import DIR`.
 fn import(global: &Global, source: &Path) -> Result<()> {
     let dir = data_dir(global)?;
-    crate::data_dir::prepare(&dir)?;
-    // A device of a group is known by its key; one without a group
-    // gets a random id.
-    let device = match crate::identity::sync_setup(&dir)? {
-        Some(setup) => setup.key.public().device_id(),
-        None => DeviceId(rand::random()),
-    };
-    let store = Store::open_or_create(&dir, device)?;
-    let mut count = ImportCount::default();
-    import_dir(&store, source, ROOT_INO, &mut count)?;
-    store.sync()?;
+    let count = import_into(&dir, source, false)?;
     println!(
         "imported {} files ({} new versions), {} directories, {} symlinks from {}",
         count.files,
@@ -111,6 +101,27 @@ fn import(global: &Global, source: &Path) -> Result<()> {
         source.display()
     );
     Ok(())
+}
+
+/// Imports `source` into the data dir's store (made with the device's
+/// identity when it has one); `only_into_empty` refuses a store that holds
+/// anything already.
+pub(crate) fn import_into(dir: &Path, source: &Path, only_into_empty: bool) -> Result<ImportCount> {
+    crate::data_dir::prepare(dir)?;
+    // A device of a group is known by its key; one without a group
+    // gets a random id.
+    let device = match crate::identity::sync_setup(dir)? {
+        Some(setup) => setup.key.public().device_id(),
+        None => DeviceId(rand::random()),
+    };
+    let store = Store::open_or_create(dir, device)?;
+    if only_into_empty && !store.read_dir(ROOT_INO, None, 1)?.is_empty() {
+        bail!("the store in {} already holds files: adopt a folder into a fresh data dir", dir.display());
+    }
+    let mut count = ImportCount::default();
+    import_dir(&store, source, ROOT_INO, &mut count)?;
+    store.sync()?;
+    Ok(count)
 }
 
 /// `psync store export DIR`.
@@ -212,12 +223,13 @@ fn restore(global: &Global, path: &str, version: u64) -> Result<()> {
     Ok(())
 }
 
-#[derive(Default)]
-struct ImportCount {
-    files: u64,
-    versions: u64,
-    dirs: u64,
-    symlinks: u64,
+/// What an import brought in.
+#[derive(Default, Debug)]
+pub(crate) struct ImportCount {
+    pub files: u64,
+    pub versions: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
 }
 
 fn name_bytes(name: &std::ffi::OsStr) -> Vec<u8> {

@@ -220,3 +220,53 @@ fn a_mount_that_will_not_sync_says_so_on_the_terminal() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("belongs to no group, so this mount does not sync"), "{said}");
 }
+
+#[test]
+fn an_existing_vault_is_adopted_in_place_and_syncs() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, url) = crate::group::start_server(&tmp.path().join("server"));
+    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
+    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
+    let (inviter, code) = crate::group::start_invite(&a);
+    assert!(psync(&b, &["join", &code, "--name", "laptop", "--server", &url]).status.success());
+    crate::group::finish_invite(inviter);
+
+    let vault = tmp.path().join("Vault");
+    std::fs::create_dir_all(vault.join(".obsidian")).unwrap();
+    std::fs::write(vault.join("Daily.md"), "# an old note\n").unwrap();
+    std::fs::write(vault.join(".obsidian/app.json"), "{}").unwrap();
+    let touched =
+        std::process::Command::new("touch").args(["-d", "2021-03-04 05:06:07"]).arg(vault.join("Daily.md")).status();
+    assert!(touched.unwrap().success());
+    let mtime = std::fs::metadata(vault.join("Daily.md")).unwrap().mtime();
+
+    let out = psync(&a, &["mount", vault.to_str().unwrap(), "--adopt"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("adopted 2 files") && said.contains("Vault.before-psync"), "{said}");
+    let keep = tempfile::tempdir().unwrap();
+    let desktop = crate::mount::Mounted { tmp: keep, data: a.clone(), mnt: vault.clone(), flags: Vec::new() };
+    assert!(desktop.is_mounted(), "mounted at the vault's own path");
+    assert_eq!(std::fs::read_to_string(vault.join("Daily.md")).unwrap(), "# an old note\n");
+    assert_eq!(std::fs::metadata(vault.join("Daily.md")).unwrap().mtime(), mtime);
+    let original = tmp.path().join("Vault.before-psync");
+    assert_eq!(std::fs::read_to_string(original.join("Daily.md")).unwrap(), "# an old note\n", "the original is kept");
+
+    // It syncs: the laptop gets the vault.
+    let laptop = crate::mount::Mounted::with_data(b);
+    crate::support::eventually(crate::support::PATIENCE, "the adopted vault to reach the laptop", || {
+        std::fs::read_to_string(laptop.path("Daily.md")).is_ok_and(|t| t == "# an old note\n")
+    });
+
+    // A second adoption into the same (now full) data dir is refused, and
+    // leaves the folder where it is.
+    desktop.unmount();
+    let other = tmp.path().join("Other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("x.md"), "x").unwrap();
+    let refused = psync(&a, &["mount", other.to_str().unwrap(), "--adopt"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds files"));
+    assert_eq!(std::fs::read_to_string(other.join("x.md")).unwrap(), "x");
+}
