@@ -201,6 +201,23 @@ pub enum Command {
         #[arg(long, conflicts_with = "paths")]
         all: bool,
     },
+    /// A file's versions, oldest first (through the daemon while mounted).
+    Log {
+        /// The file, relative to the mount.
+        path: String,
+        /// As JSON (the same fields as `psync store log --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a file back to an earlier version: one transaction, a new
+    /// version that syncs like any change (through the daemon while mounted).
+    Restore {
+        /// The file, relative to the mount.
+        path: String,
+        /// The version (see `psync log PATH`).
+        #[arg(long)]
+        version: u64,
+    },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
     Store(StoreCommand),

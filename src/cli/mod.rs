@@ -124,6 +124,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Revert { paths, all } => crate::control::client::revert_command(&data_dir(&cli.global)?, paths, all),
+        Command::Log { path, json } => store::history_log(&cli.global, &path, json).map(|()| ExitCode::SUCCESS),
+        Command::Restore { path, version } => {
+            store::history_restore(&cli.global, &path, version).map(|()| ExitCode::SUCCESS)
+        }
         Command::Store(cmd) => store::run(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "psync", &mut std::io::stdout());

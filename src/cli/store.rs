@@ -181,33 +181,17 @@ fn cat(global: &Global, path: &str) -> Result<()> {
 /// `psync store log PATH [--json]`.
 fn log(global: &Global, path: &str, json: bool) -> Result<()> {
     let store = open_for_reading(global)?;
-    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-    let versions = store.versions(node.file_id)?;
+    print_versions(&crate::control::report::version_rows(&store, path)?, json)
+}
+
+fn print_versions(rows: &[crate::control::schema::VersionRow], json: bool) -> Result<()> {
     if json {
-        let rows: Vec<_> = versions
-            .iter()
-            .map(|v| {
-                serde_json::json!({
-                    "version": v.seq,
-                    "size": v.content.size,
-                    "committed_at": v.committed_at.secs,
-                    "path": String::from_utf8_lossy(&v.path),
-                    "current": v.seq == node.committed_seq,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(rows)?);
     } else {
         println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
-        for v in &versions {
-            let mark = if v.seq == node.committed_seq { " (current)" } else { "" };
-            println!(
-                "{:>8}  {:>12}  {:<20}  {}{mark}",
-                v.seq,
-                v.content.size,
-                crate::clock::utc(v.committed_at.secs),
-                String::from_utf8_lossy(&v.path)
-            );
+        for v in rows {
+            let mark = if v.current { " (current)" } else { "" };
+            println!("{:>8}  {:>12}  {:<20}  {}{mark}", v.version, v.size, crate::clock::utc(v.committed_at), v.path);
         }
     }
     Ok(())
@@ -216,11 +200,29 @@ fn log(global: &Global, path: &str, json: bool) -> Result<()> {
 /// `psync store restore PATH --version N`: one transaction.
 fn restore(global: &Global, path: &str, version: u64) -> Result<()> {
     let store = open_existing(global)?;
-    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-    let old = store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
-    let seq = store.restore(node.ino, old.seq, Timestamp::now())?;
-    println!("restored {path:?} to version {version} (now version {})", seq.unwrap_or(node.committed_seq));
+    let now = crate::control::report::restore_version(&store, path, version)?;
+    println!("restored {path:?} to version {version} (now version {now})");
     Ok(())
+}
+
+/// `psync log PATH`: through the daemon while mounted, else from the store.
+pub fn history_log(global: &Global, path: &str, json: bool) -> Result<()> {
+    match crate::control::client::versions(&data_dir(global)?, path)? {
+        Some(rows) => print_versions(&rows, json),
+        None => log(global, path, json),
+    }
+}
+
+/// `psync restore PATH --version N`: through the daemon while mounted (the
+/// mount shows it, peers get it), else in the store (it syncs at the next mount).
+pub fn history_restore(global: &Global, path: &str, version: u64) -> Result<()> {
+    match crate::control::client::restore(&data_dir(global)?, path, version)? {
+        Some(now) => {
+            println!("restored {path:?} to version {version} (now version {now})");
+            Ok(())
+        }
+        None => restore(global, path, version),
+    }
 }
 
 /// What an import brought in.

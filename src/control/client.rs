@@ -43,7 +43,7 @@ fn ask(data_dir: &Path, request: Request) -> Result<Option<Answer>> {
 
 /// Asks the daemon serving `data_dir` for its status; `None` when no daemon answers.
 fn ask_daemon(data_dir: &Path) -> Result<Option<Status>> {
-    match ask(data_dir, Request { request: "status".into(), paths: Vec::new() })? {
+    match ask(data_dir, Request { request: "status".into(), ..Request::default() })? {
         Some(Answer::Status(status)) => Ok(Some(*status)),
         Some(_) => anyhow::bail!("the daemon answered something else than its status"),
         None => Ok(None),
@@ -57,7 +57,7 @@ pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<
         anyhow::bail!("name the paths to revert, or --all for every change made on this device");
     }
     let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
-    match ask(&data_dir, Request { request: "revert".into(), paths })? {
+    match ask(&data_dir, Request { request: "revert".into(), paths, ..Request::default() })? {
         Some(Answer::Reverted(n)) => {
             println!("taking the group's version of {n} paths back (their local versions stay in the history)");
             Ok(std::process::ExitCode::SUCCESS)
@@ -142,7 +142,28 @@ pub fn status(data_dir: &Path) -> Result<Status> {
 /// unmounted, so it stops replaying peers' changes on it (its own open
 /// descriptors would keep the mount busy). Best effort: no daemon, no harm.
 pub fn prepare_unmount(data_dir: &Path) {
-    if let Err(e) = ask(data_dir, Request { request: "unmounting".into(), paths: Vec::new() }) {
+    if let Err(e) = ask(data_dir, Request { request: "unmounting".into(), ..Request::default() }) {
         tracing::debug!("telling the daemon an unmount is coming: {e:#}");
+    }
+}
+
+/// A file's versions from the daemon serving `data_dir`; `None` when no
+/// daemon answers (the caller reads the store itself).
+pub fn versions(data_dir: &Path, path: &str) -> Result<Option<Vec<VersionRow>>> {
+    match ask(data_dir, Request { request: "log".into(), paths: vec![path.to_string()], ..Request::default() })? {
+        Some(Answer::Versions(rows)) => Ok(Some(rows)),
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => Ok(None),
+    }
+}
+
+/// Restores a file to `version` through the daemon serving `data_dir`
+/// (the mount shows it and peers get it); `None` when no daemon answers.
+pub fn restore(data_dir: &Path, path: &str, version: u64) -> Result<Option<u64>> {
+    let request = Request { request: "restore".into(), paths: vec![path.to_string()], version: Some(version) };
+    match ask(data_dir, request)? {
+        Some(Answer::Restored(now)) => Ok(Some(now)),
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => Ok(None),
     }
 }

@@ -2,6 +2,6 @@
 //! `psync revert` ask the running daemon through it.
 
 pub mod client;
-mod report;
+pub mod report;
 pub mod schema;
 pub mod server;

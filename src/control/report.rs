@@ -92,3 +92,30 @@ pub(super) fn peers(roster: &Roster, me: DeviceId, state: impl Fn(DeviceId) -> P
     rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
     rows
 }
+
+/// A file's versions, oldest first.
+pub fn version_rows(store: &psync_store::Store, path: &str) -> anyhow::Result<Vec<super::schema::VersionRow>> {
+    use anyhow::Context;
+    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    Ok(store
+        .versions(node.file_id)?
+        .iter()
+        .map(|v| super::schema::VersionRow {
+            version: v.seq,
+            size: v.content.size,
+            committed_at: v.committed_at.secs,
+            path: String::from_utf8_lossy(&v.path).into_owned(),
+            current: v.seq == node.committed_seq,
+        })
+        .collect())
+}
+
+/// Brings `path` back to `version` in one transaction (a new version with
+/// the old content); returns the file's version now.
+pub fn restore_version(store: &psync_store::Store, path: &str, version: u64) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
+    let old = store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
+    let now = store.restore(node.ino, old.seq, psync_store::Timestamp::now())?;
+    Ok(now.unwrap_or(node.committed_seq))
+}

@@ -184,12 +184,31 @@ pub struct LocalOnlyStatus {
 }
 
 /// One request on the control socket.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Request {
     pub request: String,
-    /// For `revert`: the paths (none: all).
+    /// For `revert`: the paths (none: all); for `log` and `restore`: one.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// For `restore`: the version to bring back.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// One version of a file, as `psync log --json` and `psync store log
+/// --json` print it (fields are only ever added).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRow {
+    /// The version's number (give it to `restore --version`).
+    pub version: u64,
+    /// Its size (bytes).
+    pub size: u64,
+    /// When it was committed (seconds since the epoch, UTC).
+    pub committed_at: i64,
+    /// Its path then.
+    pub path: String,
+    /// Whether it is the file's current version.
+    pub current: bool,
 }
 
 /// The answer to one request.
@@ -198,6 +217,10 @@ pub(crate) struct Request {
 pub(crate) enum Answer {
     Status(Box<Status>),
     Reverted(usize),
+    /// A file's versions, oldest first.
+    Versions(Vec<VersionRow>),
+    /// Restored: the file's new version.
+    Restored(u64),
     /// The request was carried out.
     Done,
     Error(String),

@@ -13,7 +13,7 @@ use psync_base::DeviceId;
 use psync_signal::readable_id;
 use psync_store::Store;
 
-use super::report::{conflict_copies, held_status, local_only_status, peers, PeerLive};
+use super::report::{conflict_copies, held_status, local_only_status, peers, restore_version, version_rows, PeerLive};
 use super::schema::*;
 use crate::clock::mono_ms;
 use crate::data_dir::SOCKET_FILE;
@@ -73,6 +73,18 @@ impl Source {
         let (tx, rx) = std::sync::mpsc::channel();
         control.blocking_send(Control::Revert(paths, tx)).context("the sync loop has stopped")?;
         rx.recv_timeout(SYNC_ANSWER_TIMEOUT).context("the sync loop did not answer")?.map_err(anyhow::Error::msg)
+    }
+
+    /// Restores a file while mounted: one transaction in the store, then
+    /// the mount shows it (as a peer's change is shown) and peers are told.
+    fn restore(&self, path: &str, version: u64) -> Result<u64> {
+        let now = restore_version(&self.store, path, version)?;
+        if let Some((_, control)) = &self.sync {
+            let shown =
+                psync_sync::SyncPath::new(path.trim_matches('/')).map_err(|e| anyhow::anyhow!("{path:?}: {e}"))?;
+            control.blocking_send(Control::Restored(shown)).context("the sync loop has stopped")?;
+        }
+        Ok(now)
     }
 
     fn collect(&self) -> Result<Status> {
@@ -250,6 +262,18 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
         Ok(r) if r.request == "revert" => match source.revert(&r.paths) {
             Ok(n) => Answer::Reverted(n),
             Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Ok(r) if r.request == "log" => match r.paths.first().map(|p| version_rows(&source.store, p)) {
+            Some(Ok(rows)) => Answer::Versions(rows),
+            Some(Err(e)) => Answer::Error(format!("{e:#}")),
+            None => Answer::Error("log needs a path".into()),
+        },
+        Ok(r) if r.request == "restore" => match (r.paths.first(), r.version) {
+            (Some(path), Some(version)) => match source.restore(path, version) {
+                Ok(now) => Answer::Restored(now),
+                Err(e) => Answer::Error(format!("{e:#}")),
+            },
+            _ => Answer::Error("restore needs a path and a version".into()),
         },
         Ok(r) => Answer::Error(format!("unknown request {:?}", r.request)),
         Err(e) => Answer::Error(format!("malformed request: {e}")),

@@ -10,6 +10,7 @@ mod conformance;
 mod delay_line;
 mod demo;
 mod group;
+mod history;
 mod hostile;
 mod mount;
 mod networks;
