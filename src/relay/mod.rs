@@ -256,7 +256,15 @@ impl RelayTask {
         for member in roster.members().filter(|m| !m.removed && m.key != me) {
             let wrap = SignedWrap::make(current, &self.group, &member.key, &self.key)
                 .map_err(|e| anyhow!("wrapping the key to {}: {e}", member.name))?;
-            client.put_wrap(wrap).await?;
+            match client.put_wrap(wrap).await {
+                Ok(()) => {}
+                // One member the relay will not hold a wrap for (its roster
+                // is newer than ours) must not stop the uploads.
+                Err(NetError::RelayRefused(why)) => {
+                    tracing::warn!("relay: the key wrap for {} refused: {why}", member.name)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         progress.wrapped_epoch = current.epoch();
         progress.save(&self.data_dir)?;
