@@ -43,31 +43,19 @@ pub struct Running {
 impl Running {
     /// Stops watching for sleep (its helper processes end).
     pub fn stop_watching_sleep(&mut self) {
-        if let Some(watch) = self.sleep_watch.take() {
-            drop(watch);
-        }
+        self.sleep_watch = None;
     }
 
     /// Uploads what offline members still need to the relay, waiting at
     /// most `timeout` (before the daemon exits).
     pub fn flush_relay(&self, timeout: std::time::Duration) {
         let Some(flush) = &self.relay_flush else { return };
-        let (reply, done) = tokio::sync::oneshot::channel();
-        if flush.blocking_send(reply).is_err() {
-            return;
+        if !crate::relay::flush_blocking(flush, timeout) {
+            tracing::warn!(
+                "relay: upload not finished within {} s; the rest goes at the next mount",
+                timeout.as_secs()
+            );
         }
-        let deadline = std::time::Instant::now() + timeout;
-        let mut done = done;
-        while std::time::Instant::now() < deadline {
-            match done.try_recv() {
-                Ok(()) => return,
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-            }
-        }
-        tracing::warn!("relay: upload not finished within {} s; the rest goes at the next mount", timeout.as_secs());
     }
 }
 

@@ -55,6 +55,24 @@ const MAX_RATE_WAIT: Duration = Duration::from_secs(10);
 /// when it cannot).
 pub type FlushRequest = oneshot::Sender<()>;
 
+/// Asks the relay task to upload everything now and waits, from a thread
+/// outside the runtime, at most `timeout`; whether it finished.
+pub fn flush_blocking(flush: &mpsc::Sender<FlushRequest>, timeout: Duration) -> bool {
+    let (reply, mut done) = oneshot::channel();
+    if flush.blocking_send(reply).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        match done.try_recv() {
+            Ok(()) => return true,
+            Err(oneshot::error::TryRecvError::Closed) => return false,
+            Err(oneshot::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
 /// What the relay task needs.
 pub struct RelayTask {
     /// Signalling server URL (the relay is on it).
@@ -208,19 +226,6 @@ impl RelayTask {
         }
     }
 
-    /// Index entries after which this device's changes must go to the
-    /// relay: what every other member acknowledged is with them already.
-    fn upload_from(&self, roster: &Roster, progress: &Progress) -> Result<u64> {
-        let me = self.me();
-        let mut from = u64::MAX;
-        for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
-            let acked = self.storage.peer_state(&member.key.device_id()).map_err(|e| anyhow!("{e}"))?.acked;
-            from = from.min(acked);
-        }
-        // Alone in the group: nobody to leave anything for.
-        Ok(if from == u64::MAX { self.storage.seq() } else { from.max(progress.uploaded_to) })
-    }
-
     fn keyring(&self) -> Result<Keyring> {
         crate::identity::load_keyring(&self.data_dir)?.ok_or_else(|| anyhow!("the group's keyring is gone"))
     }
@@ -291,17 +296,19 @@ impl RelayTask {
         if progress.index_id != index_id {
             *progress = Progress { index_id, uploaded_to: 0, ..progress.clone() };
         }
-        let from = self.upload_from(&roster, progress)?;
         let seq = self.storage.seq();
-        // Who still lacks what: a record travels only if some member that
-        // has not taken it is not its author (a member's own versions,
-        // taken here from the relay, are not sent back to it).
+        // How far each other member took this device's index. A record
+        // travels only if some member that has not taken it is not its
+        // author (a member's own versions, taken here from the relay, are
+        // not sent back to it); what all took is with them already.
         let me = self.me();
         let mut behind = Vec::new();
         for member in roster.members().filter(|m| !m.removed && m.key.device_id() != me) {
             let id = member.key.device_id();
             behind.push((id, self.storage.peer_state(&id).map_err(|e| anyhow!("{e}"))?.acked));
         }
+        // Alone in the group: nobody to leave anything for.
+        let from = behind.iter().map(|(_, acked)| *acked).min().map_or(seq, |all| all.max(progress.uploaded_to));
         let keep = |at: u64, record: &psync_sync::FileRecord| {
             behind.iter().any(|(id, acked)| *acked < at && *id != record.version.device)
         };

@@ -9,9 +9,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::FlushRequest;
 
@@ -84,23 +84,6 @@ fn release(inhibitor: &Mutex<Option<Child>>) {
     }
 }
 
-/// Flushes through `flush`, waiting at most [`SLEEP_FLUSH_TIMEOUT`].
-fn flush_now(flush: &mpsc::Sender<FlushRequest>) -> bool {
-    let (reply, mut done) = oneshot::channel();
-    if flush.blocking_send(reply).is_err() {
-        return false;
-    }
-    let deadline = Instant::now() + SLEEP_FLUSH_TIMEOUT;
-    while Instant::now() < deadline {
-        match done.try_recv() {
-            Ok(()) => return true,
-            Err(oneshot::error::TryRecvError::Closed) => return false,
-            Err(oneshot::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    false
-}
-
 impl SleepWatch {
     /// Starts watching for sleep; `None` if `dbus-monitor` cannot run.
     pub fn start(flush: mpsc::Sender<FlushRequest>) -> Option<SleepWatch> {
@@ -126,7 +109,7 @@ impl SleepWatch {
                 let Ok(line) = line else { break };
                 match parser.line(&line) {
                     Some(true) => {
-                        let done = flush_now(&flush);
+                        let done = super::flush_blocking(&flush, SLEEP_FLUSH_TIMEOUT);
                         tracing::info!("relay: {} before sleep", if done { "flushed" } else { "flush not finished" });
                         release(&held);
                     }

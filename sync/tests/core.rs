@@ -4,6 +4,8 @@
 // Test code: a failed setup step should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::big;
 use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use psync_sync::message::Message;
 use psync_sync::record::{conflict_name, resolve, winner_order, Resolution};
@@ -189,19 +191,6 @@ impl Mesh {
     fn sent(&self, pred: impl Fn(&Message) -> bool) -> usize {
         self.log.iter().filter(|(_, _, m)| pred(m)).count()
     }
-}
-
-/// Distinct, non-repeating bytes (so every block is a different block).
-fn big(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]

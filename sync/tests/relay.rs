@@ -6,6 +6,8 @@
 // Test code: a failed setup step should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::big;
 use psync_base::{DeviceId, BLOCK_SIZE};
 use psync_sync::relay::{BundleCutter, RelayBundle, MAX_BUNDLE_BYTES};
 use psync_sync::{Input, MemStorage, Millis, Output, SyncConfig, SyncCore, SyncPath, SyncStorage};
@@ -18,18 +20,6 @@ fn dev(n: u8) -> DeviceId {
 
 fn path(s: &str) -> SyncPath {
     SyncPath::new(s).unwrap()
-}
-
-fn big(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn core(n: u8, group: &[DeviceId]) -> SyncCore<MemStorage> {

@@ -21,6 +21,8 @@
 // Test code: a failed setup step should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
 use psync_base::{Causality, ContentHash, DeviceId, VersionVector};
@@ -29,31 +31,6 @@ use psync_sync::{
     FileRecord, Input, MemStorage, Message, Millis, Output, RecordKind, SyncConfig, SyncCore, SyncPath, SyncStorage,
     VersionId,
 };
-
-/// Seeded xorshift, so a seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
-}
 
 #[derive(Debug, Clone)]
 enum OpKind {

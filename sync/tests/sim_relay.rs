@@ -10,6 +10,8 @@
 // Test code: a failed setup step should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
 use psync_base::{ContentHash, DeviceId};
@@ -22,25 +24,6 @@ const DEVICES: usize = 3;
 const T0: Millis = 1_900_000_000_000;
 /// The key devices "seal" with in this model (the relay does not know it).
 const GROUP_KEY: [u8; 32] = [7; 32];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-}
 
 /// What a hostile relay does, per object (probabilities).
 #[derive(Clone, Copy, Debug, Default)]

@@ -225,12 +225,7 @@ fn a_mount_that_will_not_sync_says_so_on_the_terminal() {
 fn an_existing_vault_is_adopted_in_place_and_syncs() {
     use std::os::unix::fs::MetadataExt;
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, url) = crate::group::start_server(&tmp.path().join("server"));
-    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
-    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let (inviter, code) = crate::group::start_invite(&a);
-    assert!(psync(&b, &["join", &code, "--name", "laptop", "--server", &url]).status.success());
-    crate::group::finish_invite(inviter);
+    let (_server, a, b) = crate::group::group_of_two(tmp.path());
 
     let vault = tmp.path().join("Vault");
     std::fs::create_dir_all(vault.join(".obsidian")).unwrap();

@@ -17,15 +17,11 @@ impl Drop for Server {
 }
 
 pub fn start_server(data: &Path) -> (Server, String) {
-    start_server_with(data, &[])
+    start_server_env(data, &[], &[])
 }
 
-/// [`start_server`] with more `psync signal` flags (e.g. `--relay DIR`).
-pub fn start_server_with(data: &Path, flags: &[&str]) -> (Server, String) {
-    start_server_env(data, flags, &[])
-}
-
-/// [`start_server_with`] with environment variables (e.g. S3 credentials).
+/// [`start_server`] with more `psync signal` flags (e.g. `--relay DIR`) and
+/// environment variables (e.g. S3 credentials).
 pub fn start_server_env(data: &Path, flags: &[&str], env: &[(&str, String)]) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = crate::support::psync_command()
@@ -249,14 +245,25 @@ fn files_written_on_one_mount_appear_on_the_other() {
 
 /// A signalling server and two devices of one group (not mounted).
 pub fn group_of_two(tmp: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
-    let (server, url) = start_server(&tmp.join("server"));
+    let (server, _url, a, b) = group_of_two_with(tmp, &[], &[]);
+    (server, a, b)
+}
+
+/// [`group_of_two`] with a server run with more flags and environment
+/// variables; also its URL.
+pub fn group_of_two_with(
+    tmp: &Path,
+    flags: &[&str],
+    env: &[(&str, String)],
+) -> (Server, String, std::path::PathBuf, std::path::PathBuf) {
+    let (server, url) = start_server_env(&tmp.join("server"), flags, env);
     let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
     assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
     let (inviter, code) = start_invite(&a);
     let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
     assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
     finish_invite(inviter);
-    (server, a, b)
+    (server, url, a, b)
 }
 
 /// Unmounts every device, then checks every store is consistent.

@@ -1,19 +1,14 @@
 //! A file's history while mounted: `psync log` and `psync restore` go
 //! through the daemon; a restore shows on the mount and reaches the peers.
 
-use crate::group::{finish_invite, start_invite, start_server};
+use crate::group::group_of_two;
 use crate::mount::Mounted;
 use crate::support::{eventually, json, lazy, psync, PATIENCE};
 
 #[test]
 fn a_restore_while_mounted_shows_here_and_reaches_the_other_device() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, url) = start_server(&tmp.path().join("server"));
-    let (a, b) = (tmp.path().join("desktop"), tmp.path().join("laptop"));
-    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let (inviter, code) = start_invite(&a);
-    assert!(psync(&b, &["join", &code, "--name", "laptop", "--server", &url]).status.success());
-    finish_invite(inviter);
+    let (_server, a, b) = group_of_two(tmp.path());
     let desktop = Mounted::with_data(a.clone());
     let laptop = Mounted::with_data(b.clone());
 

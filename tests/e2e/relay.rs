@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::group::{finish_invite, start_invite, start_server_env};
+use crate::group::{finish_invite, group_of_two_with, start_invite};
 use crate::mount::{noise, Mounted};
 use crate::support::{eventually, lazy, psync, PATIENCE};
 use crate::three::status;
@@ -44,14 +44,7 @@ fn pair_with(
     env: &[(&str, String)],
 ) -> (crate::group::Server, String, PathBuf, PathBuf) {
     let args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
-    let (server, url) = start_server_env(&tmp.join("server"), &args, env);
-    let (a, b) = (tmp.join("desktop"), tmp.join("laptop"));
-    assert!(psync(&a, &["init", "--name", "desktop", "--server", &url]).status.success());
-    let (inviter, code) = start_invite(&a);
-    let joined = psync(&b, &["join", &code, "--name", "laptop", "--server", &url]);
-    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-    finish_invite(inviter);
-    (server, url, a, b)
+    group_of_two_with(tmp, &args, env)
 }
 
 fn relay_status(data: &Path) -> serde_json::Value {

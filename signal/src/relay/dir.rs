@@ -25,6 +25,27 @@ pub struct RelayDir {
     root: PathBuf,
 }
 
+/// Writes `bytes` as `path` (its directory made if missing): a temporary
+/// file, synced, renamed over it, the directory synced; a crash leaves the
+/// old file or the new one (and at worst a dot-file nothing reads).
+fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?.to_string_lossy();
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.{}", rand::random::<u64>()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    fs::File::open(dir)?.sync_all()
+}
+
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -98,40 +119,14 @@ impl RelayStore for RelayDir {
     }
 
     fn save_ledger(&self, group: &ContentHash, ledger: &GroupLedger) -> io::Result<()> {
-        let dir = self.group_dir(group);
-        fs::create_dir_all(&dir)?;
         let bytes = codec::encode(ledger).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let tmp = dir.join(format!(".ledger.{}", rand::random::<u64>()));
-        let written = (|| {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, dir.join("ledger"))
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
-        fs::File::open(&dir)?.sync_all()
+        replace_atomically(&self.group_dir(group).join("ledger"), &bytes)
     }
 
     fn put_wrap(&self, group: &ContentHash, wrap: &SignedWrap, keep: usize) -> io::Result<()> {
-        let dir = self.wraps_dir(group, &wrap.wrap.to);
-        fs::create_dir_all(&dir)?;
         let bytes = codec::encode(wrap).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let key = wrap_key(wrap);
-        let name = key.rsplit('/').next().unwrap_or(&key).to_string();
-        let tmp = dir.join(format!(".{name}.{}", rand::random::<u64>()));
-        let written = (|| {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, dir.join(&name))
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
+        replace_atomically(&self.group_dir(group).join(wrap_key(wrap)), &bytes)?;
+        let dir = self.wraps_dir(group, &wrap.wrap.to);
         let mut names: Vec<String> = fs::read_dir(&dir)?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))

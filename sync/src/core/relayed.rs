@@ -30,15 +30,7 @@ impl<S: SyncStorage> SyncCore<S> {
                     self.violation(writer, format!("relayed object {hash} is not a valid block or page"));
                     return Ok(());
                 }
-                Ok(Arrival::Stored(done)) => {
-                    for pending in done {
-                        let version = Version::new(pending.record, pending.source, pending.origin);
-                        match pending.invalid {
-                            Some(why) => self.hold(version, HoldReason::Refused(why))?,
-                            None => self.finalize(version)?,
-                        }
-                    }
-                }
+                Ok(Arrival::Stored(done)) => self.settle(done)?,
                 // The bundle is not taken: the shell keeps it at the relay
                 // (unacknowledged) and offers it again later.
                 Err(StorageError::DiskFull) => {

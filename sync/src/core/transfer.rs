@@ -24,20 +24,25 @@ impl<S: SyncStorage> SyncCore<S> {
                 self.forget_peer(peer);
                 self.violation(peer, format!("block {hash} does not match its hash"));
             }
-            Ok(Arrival::Stored(done)) => {
-                for pending in done {
-                    let version = Version::new(pending.record, pending.source, pending.origin);
-                    match pending.invalid {
-                        Some(why) => self.hold(version, HoldReason::Refused(why))?,
-                        None => self.finalize(version)?,
-                    }
-                }
-            }
+            Ok(Arrival::Stored(done)) => self.settle(done)?,
             Err(StorageError::DiskFull) => {
                 self.pause_for_full_disk();
                 self.fetch.unask(&hash);
             }
             Err(StorageError::Failed(_)) => self.fetch.unask(&hash),
+        }
+        Ok(())
+    }
+
+    /// Versions whose last object just arrived: installed, or held if
+    /// they can never be.
+    pub(super) fn settle(&mut self, done: Vec<crate::fetch::Pending>) -> Result<(), SyncError> {
+        for pending in done {
+            let version = Version::new(pending.record, pending.source, pending.origin);
+            match pending.invalid {
+                Some(why) => self.hold(version, HoldReason::Refused(why))?,
+                None => self.finalize(version)?,
+            }
         }
         Ok(())
     }
