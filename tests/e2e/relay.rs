@@ -260,6 +260,10 @@ fn with_every_member_online_nothing_goes_to_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = tmp.path().join("relay");
     let (_server, _url, a, b) = pair(tmp.path(), Some(&relay));
+    // Room for a loaded machine: the laptop takes the note and says so well
+    // within 30 s; a device that ignored its acknowledgement would still
+    // upload after that and fail the check below.
+    std::fs::write(a.join("config.toml"), "[relay]\nupload_delay_ms = 30000\n").unwrap();
     let desktop = Mounted::with_data(a.clone());
     let laptop = Mounted::with_data(b.clone());
     crate::three::wait_for_status(&a, &[("laptop", true, true)]);
