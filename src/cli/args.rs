@@ -218,6 +218,19 @@ pub enum Command {
         #[arg(long)]
         version: u64,
     },
+    /// The ignore rules in force: built-in defaults (Obsidian's per-device
+    /// workspace, editor swap and backup files, OS junk), then the lines of
+    /// `.psyncignore` at the vault's root (gitignore syntax; a later rule
+    /// wins, `!pattern` takes a default back). Ignored paths stay on this
+    /// device; a change to `.psyncignore` applies at once.
+    Ignore {
+        /// List the rules (the default).
+        #[arg(long)]
+        list: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]
     Store(StoreCommand),

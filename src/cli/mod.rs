@@ -5,6 +5,7 @@ pub mod adopt;
 pub mod args;
 pub mod exit;
 pub mod group;
+pub mod ignore;
 pub mod status;
 pub mod store;
 
@@ -124,6 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Revert { paths, all } => crate::control::client::revert_command(&data_dir(&cli.global)?, paths, all),
+        Command::Ignore { list: _, json } => ignore::list(&cli.global, json).map(|()| ExitCode::SUCCESS),
         Command::Log { path, json } => store::history_log(&cli.global, &path, json).map(|()| ExitCode::SUCCESS),
         Command::Restore { path, version } => {
             store::history_restore(&cli.global, &path, version).map(|()| ExitCode::SUCCESS)

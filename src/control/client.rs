@@ -157,6 +157,16 @@ pub fn versions(data_dir: &Path, path: &str) -> Result<Option<Vec<VersionRow>>> 
     }
 }
 
+/// The ignore rules from the daemon serving `data_dir`; `None` when no
+/// daemon answers (the caller reads the store itself).
+pub fn ignore_list(data_dir: &Path) -> Result<Option<super::schema::IgnoreList>> {
+    match ask(data_dir, Request { request: "ignore".into(), ..Request::default() })? {
+        Some(Answer::Ignore(list)) => Ok(Some(list)),
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => Ok(None),
+    }
+}
+
 /// Restores a file to `version` through the daemon serving `data_dir`
 /// (the mount shows it and peers get it); `None` when no daemon answers.
 pub fn restore(data_dir: &Path, path: &str, version: u64) -> Result<Option<u64>> {

@@ -110,6 +110,32 @@ pub fn version_rows(store: &psync_store::Store, path: &str) -> anyhow::Result<Ve
         .collect())
 }
 
+/// The ignore rules the store's `.psyncignore` and the defaults make (what
+/// the sync core reads too).
+pub fn ignore_list(store: &std::sync::Arc<psync_store::Store>) -> anyhow::Result<super::schema::IgnoreList> {
+    use psync_sync::ignore::RuleSource;
+    let storage = crate::driver::storage::StoreSync::new(store.clone());
+    let (rules, _) = psync_sync::ignore::rules_in(&storage).map_err(|e| anyhow::anyhow!("reading the store: {e}"))?;
+    Ok(super::schema::IgnoreList {
+        rules: rules
+            .rules()
+            .iter()
+            .map(|r| super::schema::IgnoreRow {
+                pattern: r.pattern.clone(),
+                from: match r.source {
+                    RuleSource::Default(_) => "built in".into(),
+                    RuleSource::File(line) => format!("{}:{line}", psync_sync::ignore::IGNORE_FILE),
+                },
+                why: match r.source {
+                    RuleSource::Default(why) => Some(why.into()),
+                    RuleSource::File(_) => None,
+                },
+            })
+            .collect(),
+        problems: rules.problems().to_vec(),
+    })
+}
+
 /// Brings `path` back to `version` in one transaction (a new version with
 /// the old content); returns the file's version now.
 pub fn restore_version(store: &psync_store::Store, path: &str, version: u64) -> anyhow::Result<u64> {

@@ -211,6 +211,26 @@ pub struct VersionRow {
     pub current: bool,
 }
 
+/// The ignore rules in force, as `psync ignore --list --json` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoreList {
+    /// Defaults first, then `.psyncignore`'s lines; a later rule wins.
+    pub rules: Vec<IgnoreRow>,
+    /// Lines left out, or why the file could not be read.
+    pub problems: Vec<String>,
+}
+
+/// One ignore rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoreRow {
+    /// The pattern (gitignore syntax).
+    pub pattern: String,
+    /// `built in` or `.psyncignore:LINE`.
+    pub from: String,
+    /// Why a built-in rule is there.
+    pub why: Option<String>,
+}
+
 /// The answer to one request.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,6 +241,8 @@ pub(crate) enum Answer {
     Versions(Vec<VersionRow>),
     /// Restored: the file's new version.
     Restored(u64),
+    /// The ignore rules in force.
+    Ignore(IgnoreList),
     /// The request was carried out.
     Done,
     Error(String),

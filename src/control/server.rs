@@ -13,7 +13,9 @@ use psync_base::DeviceId;
 use psync_signal::readable_id;
 use psync_store::Store;
 
-use super::report::{conflict_copies, held_status, local_only_status, peers, restore_version, version_rows, PeerLive};
+use super::report::{
+    conflict_copies, held_status, ignore_list, local_only_status, peers, restore_version, version_rows, PeerLive,
+};
 use super::schema::*;
 use crate::clock::mono_ms;
 use crate::data_dir::SOCKET_FILE;
@@ -267,6 +269,10 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
             Some(Ok(rows)) => Answer::Versions(rows),
             Some(Err(e)) => Answer::Error(format!("{e:#}")),
             None => Answer::Error("log needs a path".into()),
+        },
+        Ok(r) if r.request == "ignore" => match ignore_list(&source.store) {
+            Ok(list) => Answer::Ignore(list),
+            Err(e) => Answer::Error(format!("{e:#}")),
         },
         Ok(r) if r.request == "restore" => match (r.paths.first(), r.version) {
             (Some(path), Some(version)) => match source.restore(path, version) {

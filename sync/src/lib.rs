@@ -14,6 +14,7 @@
 mod core;
 mod fetch;
 mod holds;
+pub mod ignore;
 pub mod limits;
 pub mod merkle;
 pub mod message;

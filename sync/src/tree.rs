@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use psync_base::ContentHash;
 
+use crate::ignore::IgnoreRules;
 use crate::message::TreeEntry;
 use crate::path::SyncPath;
+use crate::record::RecordKind;
 use crate::storage::{follow_changes, StorageError, SyncStorage};
 
 #[derive(Debug, Default)]
@@ -90,10 +92,11 @@ pub(crate) struct LiveTree {
 
 impl LiveTree {
     /// Takes in every change the storage made since the last refresh.
-    pub(crate) fn refresh<S: SyncStorage>(&mut self, storage: &S) -> Result<(), StorageError> {
+    pub(crate) fn refresh<S: SyncStorage>(&mut self, storage: &S, ignore: &IgnoreRules) -> Result<(), StorageError> {
         let top = &mut self.top;
         follow_changes(storage, &mut self.at_seq, |record| {
-            let digest = (!record.deleted).then(|| record.digest());
+            let ignored = ignore.is_ignored(&record.path, record.kind == RecordKind::Dir);
+            let digest = (!record.deleted && !ignored).then(|| record.digest());
             top.set(&parts(&record.path), digest);
         })
     }
@@ -164,14 +167,14 @@ mod tests {
                 s.local_write(&p, format!("{step}").as_bytes(), 1);
             }
             if step % 7 == 0 {
-                tree.refresh(&s).unwrap();
+                tree.refresh(&s, &IgnoreRules::default()).unwrap();
                 let scratch = Tree::build(&s.live_records().unwrap());
                 assert_eq!(tree.root(), scratch.root, "step {step}");
                 assert_eq!(tree.children(None), scratch.children(None));
                 assert_eq!(tree.children(Some(&path("d1"))), scratch.children(Some(&path("d1"))));
             }
         }
-        tree.refresh(&s).unwrap();
+        tree.refresh(&s, &IgnoreRules::default()).unwrap();
         let mut live = tree.live_within(&path("d2"));
         live.sort();
         let expected: Vec<SyncPath> =

@@ -18,3 +18,4 @@ mod relay;
 mod safety;
 mod support;
 mod three;
+mod vault;

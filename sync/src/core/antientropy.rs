@@ -6,7 +6,7 @@ use super::*;
 impl<S: SyncStorage> SyncCore<S> {
     /// The Merkle root of the live records.
     pub fn root(&mut self) -> Result<ContentHash, SyncError> {
-        self.tree.refresh(&self.storage)?;
+        self.refresh_tree()?;
         Ok(self.tree.root())
     }
 
@@ -67,7 +67,7 @@ impl<S: SyncStorage> SyncCore<S> {
             self.violation(peer, format!("more than {MAX_TREE_REQUESTS_PER_HEARTBEAT} tree requests"));
             return Ok(());
         }
-        self.tree.refresh(&self.storage)?;
+        self.refresh_tree()?;
         let entries = self.tree.children(prefix.as_ref());
         let mut after: Option<String> = None;
         let mut part: Vec<TreeEntry> = Vec::new();
@@ -102,7 +102,7 @@ impl<S: SyncStorage> SyncCore<S> {
         let upto = if complete { None } else { theirs.last().map(|e| e.name.clone()) };
         let covered =
             |name: &String| after.as_ref().is_none_or(|a| name > a) && upto.as_ref().is_none_or(|u| name <= u);
-        self.tree.refresh(&self.storage)?;
+        self.refresh_tree()?;
         let ours: BTreeMap<String, TreeEntry> = self
             .tree
             .children(prefix.as_ref())

@@ -43,7 +43,7 @@ impl<S: SyncStorage> SyncCore<S> {
         if !doomed.is_empty() {
             // The tree takes in every change before the tombstones that record
             // them go (it follows sequence numbers, not a scan).
-            self.tree.refresh(&self.storage)?;
+            self.refresh_tree()?;
             self.storage.drop_tombstones(&doomed)?;
         }
         Ok(())

@@ -14,7 +14,7 @@ impl<S: SyncStorage> SyncCore<S> {
         record: FileRecord,
         seq: Option<u64>,
     ) -> Result<(), SyncError> {
-        if self.config.read_only.contains(&peer) {
+        if self.config.read_only.contains(&peer) || self.ignored(&record) {
             return Ok(());
         }
         if let Err(why) = record.check() {
@@ -138,6 +138,10 @@ impl<S: SyncStorage> SyncCore<S> {
             return self.hold(version, HoldReason::DiskFull);
         }
         let record = &version.record;
+        if self.ignored(record) {
+            // The rules changed while it waited: it stays as it is here.
+            return self.release_origins(version.origins);
+        }
         let local = match self.storage.record(&record.path) {
             Ok(local) => local,
             Err(e) => return self.storage_failed(version, e),
@@ -244,6 +248,9 @@ impl<S: SyncStorage> SyncCore<S> {
                 .chain(waiting.into_iter().filter_map(|w| w.origin.map(|seq| (w.source, seq))))
                 .collect();
             self.release_origins(origins).map_err(|SyncError::Storage(e)| e)?;
+        }
+        if changes.iter().any(|c| c.path.as_str() == crate::ignore::IGNORE_FILE) {
+            self.ignore.stale = true;
         }
         self.outputs.push_back(Output::Installed(changes));
         self.schedule_announce();

@@ -32,6 +32,7 @@ use timers::{Debounce, Timer, Timers};
 
 mod antientropy;
 mod gc;
+mod ignored;
 mod install;
 mod peer;
 mod plan;
@@ -204,6 +205,7 @@ pub struct SyncCore<S: SyncStorage> {
     fetch: Fetch,
     holds: Holds,
     tree: LiveTree,
+    ignore: ignored::IgnoreState,
     /// On a read-only device, its own changes the group does not take.
     own: OwnChanges,
     outputs: VecDeque<Output>,
@@ -242,6 +244,7 @@ impl<S: SyncStorage> SyncCore<S> {
             fetch: Fetch::default(),
             holds: Holds::default(),
             tree: LiveTree::default(),
+            ignore: ignored::IgnoreState { stale: true, ..Default::default() },
             own: OwnChanges::default(),
             outputs: VecDeque::new(),
             upload,
@@ -438,6 +441,7 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Feeds one input.
     pub fn handle(&mut self, now: Millis, input: Input) -> Result<(), SyncError> {
         self.now = self.now.max(now);
+        self.reload_ignore()?;
         match input {
             Input::Connected(peer) if peer == self.device => {}
             Input::Connected(peer) if !self.config.group.contains(&peer) => {
@@ -460,6 +464,8 @@ impl<S: SyncStorage> SyncCore<S> {
                 self.on_message(peer, message)?;
             }
             Input::LocalChanged => {
+                self.ignore.stale = true;
+                self.reload_ignore()?;
                 self.schedule_announce();
                 self.retry_holds(true)?;
             }
@@ -539,6 +545,9 @@ impl<S: SyncStorage> SyncCore<S> {
                 for path in &paths {
                     // A path we cannot read now is simply not answered.
                     if let Ok(Some(r)) = self.storage.record(path) {
+                        if self.ignored(&r) {
+                            continue;
+                        }
                         records.push(r);
                     }
                 }
@@ -573,6 +582,7 @@ impl<S: SyncStorage> SyncCore<S> {
     /// Runs what is due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) -> Result<(), SyncError> {
         self.now = self.now.max(now);
+        self.reload_ignore()?;
         let seq = self.storage.seq();
         let now = self.now;
         for p in self.peers.values_mut() {

@@ -172,14 +172,17 @@ impl<S: SyncStorage> SyncCore<S> {
             let mut records = Vec::new();
             let mut bytes = 0;
             let mut cut = false;
+            let ignore = &self.ignore.rules;
             let Some(p) = self.peers.get_mut(&peer) else { return Ok(()) };
             for (s, record) in fetched {
-                // What the peer sent us itself is left out; the range still
-                // covers it, so its accounting of our index is unchanged.
+                // What the peer sent us itself is left out, and what stays
+                // on this device; the range still covers it, so the peer's
+                // accounting of our index is unchanged.
                 let echo = p.sent_us.get(&record.path).is_some_and(|vv| *vv == record.vv);
+                let local_only = ignore.is_ignored(&record.path, record.kind == RecordKind::Dir);
                 if echo {
                     p.sent_us.remove(&record.path);
-                } else {
+                } else if !local_only {
                     let size = record.wire_size();
                     if !records.is_empty() && bytes + size > RECORD_FRAME_BYTES {
                         cut = true;

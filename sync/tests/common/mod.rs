@@ -3,6 +3,8 @@
 // Each test file uses some of these.
 #![allow(dead_code)]
 
+pub mod mesh;
+
 /// Seeded xorshift, so a seed replays exactly.
 pub struct Rng(pub u64);
 

@@ -1,0 +1,97 @@
+//! What a vault needs of the sync core: ignore rules (per-device files stay
+//! per device, rule changes apply at once) and three-way merges of notes.
+
+// Test code: a failed setup step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::mesh::*;
+use psync_sync::message::Message;
+use psync_sync::SyncStorage;
+
+fn announced(m: &Mesh, p: &str) -> bool {
+    m.log.iter().any(|(_, _, msg)| match msg {
+        Message::IndexUpdate { records, .. } => records.iter().any(|(_, r)| r.path.as_str() == p),
+        Message::Records { records } => records.iter().any(|r| r.path.as_str() == p),
+        _ => false,
+    })
+}
+
+fn write(m: &mut Mesh, i: usize, p: &str, body: &str) {
+    let p = path(p);
+    if let Some(parent) = p.parent() {
+        if m.storage(i).live(&parent).is_none() {
+            m.storage(i).local_mkdir(&parent, 1);
+        }
+    }
+    m.storage(i).local_write(&p, body.as_bytes(), 2);
+    m.local_change(i);
+}
+
+fn text(m: &Mesh, i: usize, p: &str) -> Option<String> {
+    m.content(i, p).map(|b| String::from_utf8(b).unwrap())
+}
+
+/// Obsidian's workspace file changes on every note switch: each device
+/// keeps its own, nothing about it crosses, and notes beside it still sync.
+#[test]
+fn per_device_files_are_never_announced_nor_installed() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    write(&mut m, 0, ".obsidian/workspace.json", "{\"active\":\"a.md\"}");
+    write(&mut m, 1, ".obsidian/workspace.json", "{\"active\":\"b.md\"}");
+    write(&mut m, 0, "a.md", "note a");
+    m.run(10_000);
+    assert_eq!(text(&m, 1, "a.md").as_deref(), Some("note a"));
+    assert_eq!(text(&m, 0, ".obsidian/workspace.json").as_deref(), Some("{\"active\":\"a.md\"}"));
+    assert_eq!(text(&m, 1, ".obsidian/workspace.json").as_deref(), Some("{\"active\":\"b.md\"}"));
+    assert!(!announced(&m, ".obsidian/workspace.json"));
+    let conflicts = m.cores[0].storage().live_records().unwrap();
+    assert!(!conflicts.iter().any(|r| r.path.as_str().contains(".sync-conflict-")), "{conflicts:?}");
+    // Anti-entropy agrees too: the ignored file is outside both trees.
+    assert_eq!(m.cores[0].root().unwrap(), m.cores[1].root().unwrap());
+    assert!(m.cores.iter().all(|c| c.peer_progress().unwrap().iter().all(|p| p.in_sync())));
+}
+
+/// `.psyncignore` syncs and applies on every device without a restart: a
+/// path that becomes ignored stays as it is everywhere; one that stops
+/// being ignored is announced and converges.
+#[test]
+fn rule_changes_apply_at_once_on_every_device() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    write(&mut m, 0, "drafts/d.md", "draft 1");
+    m.run(10_000);
+    assert_eq!(text(&m, 1, "drafts/d.md").as_deref(), Some("draft 1"));
+
+    write(&mut m, 0, ".psyncignore", "# mine\ndrafts/\n");
+    m.run(10_000);
+    assert_eq!(text(&m, 1, ".psyncignore").as_deref(), Some("# mine\ndrafts/\n"));
+    assert!(m.cores[1].ignore_rules().rules().iter().any(|r| r.pattern == "drafts/"));
+    write(&mut m, 0, "drafts/d.md", "draft 2 on 0");
+    write(&mut m, 1, "drafts/e.md", "only on 1");
+    m.run(10_000);
+    assert_eq!(text(&m, 1, "drafts/d.md").as_deref(), Some("draft 1"), "an ignored path stays as it was");
+    assert_eq!(text(&m, 0, "drafts/e.md"), None);
+
+    m.log.clear();
+    write(&mut m, 1, ".psyncignore", "# mine\n");
+    m.run(20_000);
+    assert!(announced(&m, "drafts/e.md"));
+    assert_eq!(text(&m, 0, "drafts/e.md").as_deref(), Some("only on 1"));
+    // d.md was edited on 0 while ignored: that edit now reaches 1.
+    assert_eq!(text(&m, 1, "drafts/d.md").as_deref(), Some("draft 2 on 0"));
+    assert_eq!(m.cores[0].root().unwrap(), m.cores[1].root().unwrap());
+}
+
+/// A default taken back with `!` syncs again.
+#[test]
+fn a_default_can_be_taken_back() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    write(&mut m, 0, ".psyncignore", "!.obsidian/workspace.json\n");
+    m.run(10_000);
+    write(&mut m, 0, ".obsidian/workspace.json", "{}");
+    m.run(10_000);
+    assert_eq!(text(&m, 1, ".obsidian/workspace.json").as_deref(), Some("{}"));
+}
