@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use psync_base::{ContentHash, DeviceId, VersionVector};
 use psync_store::{BlockRefs, Content, InstallResult, NodeKind, PathVersion, PeerRecord, Store, StoreError, Timestamp};
+use psync_sync::limits::MAX_MERGE_BYTES;
 use psync_sync::record::LISTED_BLOCKS_MAX;
 use psync_sync::{
-    Blocks, FileRecord, InstallOutcome, PeerState, RecordKind, StorageError, SyncPath, SyncStorage, VersionId,
+    Blocks, FileRecord, InstallOutcome, PastVersion, PeerState, RecordKind, StorageError, SyncPath, SyncStorage,
+    VersionId,
 };
 
 /// A store as sync storage.
@@ -208,6 +210,24 @@ impl SyncStorage for StoreSync {
     fn set_peer_state(&mut self, peer: &DeviceId, state: PeerState) -> Result<(), StorageError> {
         let record = PeerRecord { index_id: state.index_id, applied: state.applied, acked: state.acked };
         self.store.set_peer_record(peer, record).map_err(err)
+    }
+
+    fn history(&self, path: &SyncPath) -> Result<Vec<PastVersion>, StorageError> {
+        let node = match self.store.resolve(path.as_str().as_bytes()) {
+            Ok(node) if node.kind == NodeKind::File => node,
+            Ok(_) | Err(StoreError::NotFound) | Err(StoreError::NotDir) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e)),
+        };
+        let mut out = Vec::new();
+        for version in self.store.versions(node.file_id).map_err(err)? {
+            // Only what a merge could use: small files listed block by block.
+            if version.content.size > MAX_MERGE_BYTES {
+                continue;
+            }
+            let blocks = self.store.block_list(&version.content).map_err(err)?;
+            out.push(PastVersion { vv: version.vv, size: version.content.size, blocks });
+        }
+        Ok(out)
     }
 }
 

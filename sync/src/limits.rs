@@ -60,6 +60,10 @@ pub const FIRST_DISK_FULL_PAUSE_MS: u64 = 1_000;
 /// Longest such pause (milliseconds).
 pub const MAX_DISK_FULL_PAUSE_MS: u64 = 30_000;
 
+/// Largest text file merged three-way (bytes, each of the three versions);
+/// a larger one keeps both versions as a conflict copy.
+pub const MAX_MERGE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// `first * 2^attempts`, at most `max`.
 pub(crate) fn backoff(first: u64, max: u64, attempts: u32) -> u64 {
     first.saturating_mul(1u64 << attempts.min(20)).min(max)

@@ -49,6 +49,22 @@ pub struct PeerState {
     pub acked: u64,
 }
 
+/// An earlier content of a file, as its history keeps it: for three-way
+/// merges, the version both sides of a conflict started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastVersion {
+    /// The history it had.
+    pub vv: VersionVector,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its block hashes (`None`: a hole), files of at most
+    /// [`crate::record::LISTED_BLOCKS_MAX`] blocks only.
+    pub blocks: Vec<Option<ContentHash>>,
+}
+
+/// Earlier versions [`MemStorage`] keeps per path (count).
+const MEM_HISTORY_VERSIONS: usize = 32;
+
 /// Storage as the sync core sees it. Every method is atomic.
 pub trait SyncStorage {
     /// This device.
@@ -97,6 +113,12 @@ pub trait SyncStorage {
     fn peer_state(&self, peer: &DeviceId) -> Result<PeerState, StorageError>;
     /// Remembers it.
     fn set_peer_state(&mut self, peer: &DeviceId, state: PeerState) -> Result<(), StorageError>;
+    /// Earlier contents of the file now at `path`, oldest first (its
+    /// current content included). Storage that keeps no history has none,
+    /// and concurrent edits then keep both versions.
+    fn history(&self, _path: &SyncPath) -> Result<Vec<PastVersion>, StorageError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Records read from storage per step of [`follow_changes`].
@@ -137,6 +159,8 @@ pub struct MemStorage {
     blocks: HashMap<ContentHash, Vec<u8>>,
     pages: HashMap<ContentHash, Vec<u8>>,
     peers: HashMap<DeviceId, PeerState>,
+    /// Earlier contents per path (see [`SyncStorage::history`]).
+    history: BTreeMap<SyncPath, Vec<PastVersion>>,
     /// Paths "open for writing" (see [`MemStorage::set_busy`]).
     busy: std::collections::BTreeSet<SyncPath>,
     /// Paths that refuse installs, with why (see [`MemStorage::set_blocked`]).
@@ -157,6 +181,7 @@ impl MemStorage {
             blocks: HashMap::new(),
             pages: HashMap::new(),
             peers: HashMap::new(),
+            history: BTreeMap::new(),
             busy: Default::default(),
             blocked: BTreeMap::new(),
             disk_full: false,
@@ -187,6 +212,13 @@ impl MemStorage {
     }
 
     fn put(&mut self, record: FileRecord) {
+        if let (RecordKind::File, false, Blocks::Listed(list)) = (record.kind, record.deleted, &record.blocks) {
+            let past = self.history.entry(record.path.clone()).or_default();
+            past.push(PastVersion { vv: record.vv.clone(), size: record.size, blocks: list.clone() });
+            if past.len() > MEM_HISTORY_VERSIONS {
+                past.remove(0);
+            }
+        }
         self.seq += 1;
         if let Some((old_seq, _)) = self.records.get(&record.path) {
             self.by_seq.remove(old_seq);
@@ -424,5 +456,9 @@ impl SyncStorage for MemStorage {
     fn set_peer_state(&mut self, peer: &DeviceId, state: PeerState) -> Result<(), StorageError> {
         self.peers.insert(*peer, state);
         Ok(())
+    }
+
+    fn history(&self, path: &SyncPath) -> Result<Vec<PastVersion>, StorageError> {
+        Ok(self.history.get(path).cloned().unwrap_or_default())
     }
 }

@@ -5,8 +5,10 @@
 //! - every device holds the identical tree (same records, same contents);
 //! - the tree is well formed (every live path's parent is a live directory);
 //! - every write a device committed is the content of some live file
-//!   (conflict copies included) or was superseded by a causally later
-//!   operation on its path;
+//!   (conflict copies included), or every line it introduced is in some
+//!   live file (concurrent edits of different lines are merged three-way
+//!   into one file), or it was superseded by a causally later operation on
+//!   its path;
 //! - no deleted file came back with a version the delete had seen.
 //!
 //! Some seeds also hold paths back (a file open for writing, a path blocked
@@ -34,7 +36,12 @@ use psync_sync::{
 
 #[derive(Debug, Clone)]
 enum OpKind {
-    Write { digest: ContentHash, version: VersionId },
+    /// `lines`: digests of the lines it introduced (not in the content it replaced).
+    Write {
+        digest: ContentHash,
+        version: VersionId,
+        lines: Vec<ContentHash>,
+    },
     Delete,
 }
 
@@ -99,6 +106,11 @@ fn device_id(i: usize) -> DeviceId {
 
 fn path(s: &str) -> SyncPath {
     SyncPath::new(s).unwrap()
+}
+
+/// Digests of the lines of `data`.
+fn line_digests(data: &[u8]) -> BTreeSet<ContentHash> {
+    data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(digest).collect()
 }
 
 fn digest(data: &[u8]) -> ContentHash {
@@ -316,7 +328,11 @@ impl Sim {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % 26) as u8 + b'a'
+            // Lines of about 40 bytes: notes, which merge line by line.
+            match state % 40 {
+                0 => b'\n',
+                n => (n % 26) as u8 + b'a',
+            }
         }));
         out
     }
@@ -338,12 +354,17 @@ impl Sim {
     fn write(&mut self, i: usize, p: &SyncPath, data: &[u8]) {
         self.touched(i, p);
         let mtime = (self.now / 1000) as i64;
+        let before: BTreeSet<ContentHash> = match self.storage(i).live(p).cloned() {
+            Some(old) => self.storage(i).content(&old).map(|c| line_digests(&c)).unwrap_or_default(),
+            None => BTreeSet::new(),
+        };
+        let lines = line_digests(data).into_iter().filter(|l| !before.contains(l)).collect();
         let record = self.storage(i).local_write(p, data, mtime);
         self.history.push(UserOp {
             device: i,
             path: p.clone(),
             vv: record.vv.clone(),
-            kind: OpKind::Write { digest: digest(data), version: record.version },
+            kind: OpKind::Write { digest: digest(data), version: record.version, lines },
         });
     }
 
@@ -413,7 +434,24 @@ impl Sim {
                 self.write(i, &p, &data);
                 format!("write {p} ({} bytes)", data.len())
             }
-            35..=49 => {
+            35..=41 => {
+                // Change one line of a note, or add one.
+                let Some(p) = self.rng.pick(&files).cloned() else { return };
+                let record = self.storage(i).live(&p).cloned().unwrap();
+                let data = self.storage(i).content(&record).unwrap();
+                let mut lines: Vec<Vec<u8>> = data.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+                let at = self.rng.below(lines.len() as u64) as usize;
+                let new_line = self.content(0).strip_suffix(b"\n").unwrap_or_default().to_vec();
+                if self.rng.chance(0.5) {
+                    lines[at] = new_line;
+                } else {
+                    lines.insert(at, new_line);
+                }
+                let data = lines.join(&b'\n');
+                self.write(i, &p, &data);
+                format!("edit line {at} of {p}")
+            }
+            42..=49 => {
                 // Append to or truncate an existing file.
                 let Some(p) = self.rng.pick(&files).cloned() else { return };
                 let record = self.storage(i).live(&p).cloned().unwrap();
@@ -735,6 +773,26 @@ impl Sim {
         out
     }
 
+    /// Live files whose content no user wrote: merges of concurrent edits.
+    fn merged_files(&self) -> usize {
+        let written: BTreeSet<VersionId> = self
+            .history
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Write { version, .. } => Some(*version),
+                OpKind::Delete => None,
+            })
+            .collect();
+        self.snapshot(0)
+            .values()
+            .filter(|r| {
+                r.kind == RecordKind::File
+                    && !written.contains(&r.version)
+                    && !r.path.as_str().contains(".sync-conflict-")
+            })
+            .count()
+    }
+
     fn check_invariants(&self) {
         let final_tree = self.snapshot(0);
         let storage = self.devices[0].core.as_ref().unwrap().storage();
@@ -764,9 +822,11 @@ impl Sim {
             .filter(|r| r.kind == RecordKind::File)
             .map(|r| (digest(&storage.content(r).unwrap()), r))
             .collect();
+        let live_lines: BTreeSet<ContentHash> =
+            final_tree.values().filter_map(|r| storage.content(r)).flat_map(|c| line_digests(&c)).collect();
         // No lost writes.
         for (n, op) in self.history.iter().enumerate() {
-            let OpKind::Write { digest: d, version } = &op.kind else { continue };
+            let OpKind::Write { digest: d, version, lines } = &op.kind else { continue };
             if Some(op.device) == self.read_only {
                 continue; // stays on its device by design
             }
@@ -779,7 +839,7 @@ impl Sim {
                 .iter()
                 .filter(|o| o.path == op.path && Some(o.device) != self.read_only)
                 .filter_map(|o| match &o.kind {
-                    OpKind::Write { digest: od, version: ov } if od == d => Some((&o.vv, ov)),
+                    OpKind::Write { digest: od, version: ov, .. } if od == d => Some((&o.vv, ov)),
                     _ => None,
                 })
                 .collect();
@@ -789,6 +849,11 @@ impl Sim {
                         r.version == **v || matches!(r.vv.compare(vv), Causality::Dominates | Causality::Equal)
                     })
             });
+            // Merged with a concurrent edit: every line it brought is there.
+            let merged = !lines.is_empty()
+                && lines.iter().all(|l| live_lines.contains(l))
+                && final_tree.get(&op.path).is_some_and(|r| r.vv.compare(&op.vv) == Causality::Dominates);
+            let present = present || merged;
             // Superseded: a causally later user operation on its path, or on
             // the conflict copy its content (or a twin's) went to if it lost
             // a conflict.
@@ -855,11 +920,12 @@ fn run_seed(seed: u64) -> Sim {
 fn devices_converge_and_lose_nothing() {
     let seeds = seeds();
     let verbose = seeds.len() == 1;
-    let (mut ops, mut patches) = (0, 0);
+    let (mut ops, mut patches, mut merges) = (0, 0, 0);
     for seed in &seeds {
         let sim = run_seed(*seed);
         ops += sim.history.len();
         patches += sim.patches_sent;
+        merges += sim.merged_files();
         if verbose {
             for line in &sim.trace {
                 println!("{line}");
@@ -871,10 +937,15 @@ fn devices_converge_and_lose_nothing() {
             );
         }
     }
-    println!("{} seeds converged; {ops} user operations checked; {patches} objects sent as patches", seeds.len());
+    println!(
+        "{} seeds converged; {ops} user operations checked; {patches} objects sent as patches; {merges} merged notes",
+        seeds.len()
+    );
     assert!(ops > seeds.len(), "the simulation made too few operations to mean anything");
     // Edits of multi-block files (appends, truncations) go as patches.
     assert!(patches > 0 || seeds.len() < 50, "no object went as a patch in {} seeds", seeds.len());
+    // Concurrent edits of different lines are merged three-way.
+    assert!(merges > 0 || seeds.len() < 50, "no note was merged in {} seeds", seeds.len());
 }
 
 /// Seeds that once failed, run on every test run. 12840 and 18017: two

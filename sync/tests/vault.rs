@@ -95,3 +95,105 @@ fn a_default_can_be_taken_back() {
     m.run(10_000);
     assert_eq!(text(&m, 1, ".obsidian/workspace.json").as_deref(), Some("{}"));
 }
+
+fn conflict_copies(m: &Mesh, i: usize) -> Vec<String> {
+    let live = m.cores[i].storage().live_records().unwrap();
+    live.iter().filter(|r| r.path.as_str().contains(".sync-conflict-")).map(|r| r.path.to_string()).collect()
+}
+
+fn same_everywhere(m: &Mesh) {
+    let first = m.cores[0].storage().live_records().unwrap();
+    for (i, core) in m.cores.iter().enumerate().skip(1) {
+        assert_eq!(core.storage().live_records().unwrap(), first, "device {i} differs");
+    }
+}
+
+const BASE: &str = "# Plan\n\nmonday: write\ntuesday: read\nwednesday: rest\nthursday: walk\n";
+
+/// Three devices; 0 and 1 edit different lines of one note while apart;
+/// when all meet, every device holds one merged note and no conflict copy,
+/// even though both edit-makers merge the pair at once.
+#[test]
+fn edits_of_different_lines_merge_into_one_note_everywhere() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect_all();
+    write(&mut m, 0, "plan.md", BASE);
+    m.run(10_000);
+    assert_eq!(text(&m, 2, "plan.md").as_deref(), Some(BASE));
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        m.disconnect(a, b);
+    }
+    write(&mut m, 0, "plan.md", &BASE.replace("monday: write", "monday: write the intro"));
+    write(&mut m, 1, "plan.md", &format!("{}friday: party\n", BASE.replace("wednesday: rest", "wednesday: swim")));
+    m.connect_all();
+    m.run(30_000);
+    let want = "# Plan\n\nmonday: write the intro\ntuesday: read\nwednesday: swim\nthursday: walk\nfriday: party\n";
+    for i in 0..3 {
+        assert_eq!(text(&m, i, "plan.md").as_deref(), Some(want), "device {i}");
+        assert!(conflict_copies(&m, i).is_empty(), "device {i}: {:?}", conflict_copies(&m, i));
+    }
+    same_everywhere(&m);
+    assert!(m.cores.iter().all(|c| c.peer_progress().unwrap().iter().all(|p| p.in_sync())));
+}
+
+/// The same line changed on both: both versions are kept, as before.
+#[test]
+fn edits_of_the_same_line_keep_both_versions() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    write(&mut m, 0, "plan.md", BASE);
+    m.run(10_000);
+    m.disconnect(0, 1);
+    write(&mut m, 0, "plan.md", &BASE.replace("tuesday: read", "tuesday: read a book"));
+    write(&mut m, 1, "plan.md", &BASE.replace("tuesday: read", "tuesday: read the news"));
+    m.connect_all();
+    m.run(30_000);
+    same_everywhere(&m);
+    let copies = conflict_copies(&m, 0);
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let both: Vec<String> =
+        [String::from("plan.md"), copies[0].clone()].iter().map(|p| text(&m, 0, p).unwrap()).collect();
+    assert!(both.iter().any(|t| t.contains("read a book")) && both.iter().any(|t| t.contains("read the news")));
+}
+
+/// Binary content is never merged, whatever its lines.
+#[test]
+fn binary_files_are_not_merged() {
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    write(&mut m, 0, "a.bin", "one\ntwo\n\0three\n");
+    m.run(10_000);
+    m.disconnect(0, 1);
+    write(&mut m, 0, "a.bin", "ONE\ntwo\n\0three\n");
+    write(&mut m, 1, "a.bin", "one\ntwo\n\0THREE\n");
+    m.connect_all();
+    m.run(30_000);
+    same_everywhere(&m);
+    assert_eq!(conflict_copies(&m, 0).len(), 1);
+}
+
+/// A device that never held the common version cannot merge; it keeps
+/// both, and the devices that merged win: everyone converges on the merged
+/// note (the copy it made is kept, like any conflict copy).
+#[test]
+fn a_device_without_the_common_version_converges_on_the_merge() {
+    let mut m = Mesh::new(3, |_| {});
+    m.connect(0, 1);
+    write(&mut m, 0, "plan.md", BASE);
+    m.run(10_000);
+    m.disconnect(0, 1);
+    write(&mut m, 0, "plan.md", &BASE.replace("monday: write", "monday: write more"));
+    write(&mut m, 1, "plan.md", &BASE.replace("thursday: walk", "thursday: run"));
+    // Device 2 meets each side before they meet each other.
+    m.connect(0, 2);
+    m.run(10_000);
+    m.disconnect(0, 2);
+    m.connect(1, 2);
+    m.run(10_000);
+    m.connect(0, 1);
+    m.connect(0, 2);
+    m.run(30_000);
+    same_everywhere(&m);
+    let want = BASE.replace("monday: write", "monday: write more").replace("thursday: walk", "thursday: run");
+    assert_eq!(text(&m, 0, "plan.md").as_deref(), Some(want.as_str()));
+}

@@ -82,3 +82,70 @@ fn a_change_to_psyncignore_applies_without_a_remount() {
     eventually(PATIENCE, what, || std::fs::read(laptop.path("drafts/secret.md")).is_ok_and(|b| b == b"not yet"));
     unmount_and_fsck(&[&desktop, &laptop]);
 }
+
+const NOTE: &str = "# Week\n\nmonday: write\ntuesday: read\nwednesday: rest\nthursday: walk\n";
+
+/// A note edited on both devices while apart: different lines end merged
+/// and identical on both with no conflict copy; the same line keeps both
+/// versions, as before.
+#[test]
+fn concurrent_edits_of_a_note_merge_unless_they_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    std::fs::write(desktop.path("week.md"), NOTE).unwrap();
+    std::fs::write(desktop.path("clash.md"), NOTE).unwrap();
+    wait_for_content(&laptop, "week.md", NOTE.as_bytes());
+    wait_for_content(&laptop, "clash.md", NOTE.as_bytes());
+
+    laptop.unmount();
+    std::fs::write(desktop.path("week.md"), NOTE.replace("monday: write", "monday: write the intro")).unwrap();
+    std::fs::write(desktop.path("clash.md"), NOTE.replace("tuesday: read", "tuesday: read a book")).unwrap();
+    desktop.unmount();
+    laptop.mount();
+    std::fs::write(
+        laptop.path("week.md"),
+        format!("{}friday: party\n", NOTE.replace("wednesday: rest", "wednesday: swim")),
+    )
+    .unwrap();
+    std::fs::write(laptop.path("clash.md"), NOTE.replace("tuesday: read", "tuesday: read the news")).unwrap();
+    desktop.mount();
+
+    let merged = "# Week\n\nmonday: write the intro\ntuesday: read\nwednesday: swim\nthursday: walk\nfriday: party\n";
+    let what = lazy(|| {
+        format!(
+            "the merged note on both: desktop {:?}, laptop {:?}",
+            std::fs::read_to_string(desktop.path("week.md")),
+            std::fs::read_to_string(laptop.path("week.md"))
+        )
+    });
+    eventually(PATIENCE, what, || {
+        [&desktop, &laptop].iter().all(|m| std::fs::read_to_string(m.path("week.md")).is_ok_and(|t| t == merged))
+    });
+    // The overlapping edit: one keeps the name, the other is a conflict copy, on both.
+    let what = lazy(|| {
+        format!(
+            "one conflict copy of clash.md on both: {:?} {:?}",
+            conflict_copies(&desktop, "."),
+            conflict_copies(&laptop, ".")
+        )
+    });
+    eventually(PATIENCE, what, || {
+        conflict_copies(&desktop, ".").len() == 1 && conflict_copies(&laptop, ".") == conflict_copies(&desktop, ".")
+    });
+    let copy = conflict_copies(&desktop, ".").remove(0);
+    assert!(copy.starts_with("clash.sync-conflict-"), "{copy}");
+    let texts: Vec<String> = [&desktop, &laptop]
+        .iter()
+        .flat_map(|m| ["clash.md", copy.as_str()].map(|p| std::fs::read_to_string(m.path(p)).unwrap()))
+        .collect();
+    assert!(texts.iter().any(|t| t.contains("read a book")) && texts.iter().any(|t| t.contains("read the news")));
+    eventually(PATIENCE, "the same clash.md on both", || {
+        std::fs::read(desktop.path("clash.md")).ok() == std::fs::read(laptop.path("clash.md")).ok()
+    });
+    // The merge is a version in the history like any other.
+    let rows = json(&psync(&a, &["log", "week.md", "--json"]));
+    assert!(rows.as_array().unwrap().iter().any(|r| r["current"] == true && r["size"] == merged.len()));
+    unmount_and_fsck(&[&desktop, &laptop]);
+}

@@ -150,7 +150,16 @@ impl<S: SyncStorage> SyncCore<S> {
             Resolution::Keep => return self.release_origins(version.origins),
             Resolution::Take => vec![record.clone()],
             Resolution::Conflict { merged, copy } => {
-                let mut out = vec![*merged];
+                // Two contents: a note merges three-way when it can.
+                let note = match (&copy, local.as_ref()) {
+                    (Some(_), Some(local)) => match self.merged_version(local, record, &merged) {
+                        Ok(note) => note,
+                        Err(e) => return self.storage_failed(version, e),
+                    },
+                    _ => None,
+                };
+                let copy = if note.is_some() { None } else { copy };
+                let mut out = vec![note.unwrap_or(*merged)];
                 if let Some(copy) = copy {
                     match self.place_copy(*copy) {
                         Ok(copy) => out.extend(copy),

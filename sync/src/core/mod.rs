@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use psync_base::{ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
+use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 
 use crate::fetch::{Added, Arrival, Fetch, Slots};
 use crate::holds::{HeldVersion, HoldReason, Holds, Origin};
@@ -34,6 +34,7 @@ mod antientropy;
 mod gc;
 mod ignored;
 mod install;
+mod merge;
 mod peer;
 mod plan;
 mod relayed;
