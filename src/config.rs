@@ -21,6 +21,11 @@
 //! [relay]
 //! upload_delay_ms = 5000     # how long a change waits for every member to take it directly
 //!                            # before it goes to the relay (a sleep or an unmount sends at once)
+//!
+//! [history]                  # pruned by the daemon while mounted (and by `psync gc`)
+//! keep_days = 30             # every version younger than this is kept
+//! keep_versions = 16         # and at least this many of each file
+//! prune_every_secs = 21600   # how often the daemon prunes
 //! ```
 
 use std::net::SocketAddr;
@@ -42,6 +47,14 @@ const DEBOUNCE_MS_MAX: u64 = 60_000;
 pub const RELAY_UPLOAD_DELAY_MS: u64 = 5_000;
 /// The longest such wait a config may ask for (milliseconds: one hour).
 const RELAY_UPLOAD_DELAY_MS_MAX: u64 = 3_600_000;
+/// Versions younger than this are kept, by default (days).
+pub const HISTORY_KEEP_DAYS: u64 = 30;
+/// At least this many versions of each file are kept, by default (count).
+pub const HISTORY_KEEP_VERSIONS: usize = 16;
+/// How often the daemon prunes history while mounted, by default (seconds: six hours).
+pub const HISTORY_PRUNE_EVERY_SECS: u64 = 6 * 3600;
+/// The longest history a config may ask for (days: a hundred years; beyond, overflow).
+const HISTORY_KEEP_DAYS_MAX: u64 = 36_500;
 
 /// Where WebRTC binds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +120,16 @@ struct ConfigFile {
     ice: IceSection,
     #[serde(default)]
     relay: RelaySection,
+    #[serde(default)]
+    history: HistorySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistorySection {
+    keep_days: Option<u64>,
+    keep_versions: Option<usize>,
+    prune_every_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +232,15 @@ pub struct Settings {
     /// it goes to the relay (milliseconds).
     #[serde(default)]
     pub relay_upload_delay_ms: u64,
+    /// History kept: versions younger than this many days.
+    #[serde(default)]
+    pub history_keep_days: u64,
+    /// History kept: at least this many versions of each file.
+    #[serde(default)]
+    pub history_keep_versions: usize,
+    /// How often the daemon prunes history while mounted (seconds).
+    #[serde(default)]
+    pub history_prune_every_secs: u64,
 }
 
 impl Settings {
@@ -294,6 +326,14 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
             in_file("[relay] upload_delay_ms")
         );
     }
+    let history_keep_days = parsed.history.keep_days.unwrap_or(HISTORY_KEEP_DAYS);
+    if history_keep_days > HISTORY_KEEP_DAYS_MAX {
+        bail!("{}: more than the maximum of {HISTORY_KEEP_DAYS_MAX} days", in_file("[history] keep_days"));
+    }
+    let history_prune_every_secs = parsed.history.prune_every_secs.unwrap_or(HISTORY_PRUNE_EVERY_SECS);
+    if history_prune_every_secs == 0 {
+        bail!("{}: must be at least 1", in_file("[history] prune_every_secs"));
+    }
     if let Some(level) = &parsed.log_level {
         parse_log_level(level).map_err(anyhow::Error::msg).with_context(|| in_file("log_level"))?;
     }
@@ -310,6 +350,9 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         ice_server_credentials: ice.servers,
         allow_other: flags.allow_other || parsed.allow_other.unwrap_or(false),
         relay_upload_delay_ms,
+        history_keep_days,
+        history_keep_versions: parsed.history.keep_versions.unwrap_or(HISTORY_KEEP_VERSIONS).max(1),
+        history_prune_every_secs,
     })
 }
 

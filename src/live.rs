@@ -44,6 +44,21 @@ pub struct Live {
     pub roster_warning: Option<String>,
     /// Relay storage, when this device uses it.
     pub relay: Option<RelayLive>,
+    /// The daemon's last history pruning, if it ran.
+    pub history: Option<HistoryLive>,
+}
+
+/// The daemon's last pruning of history (while mounted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryLive {
+    /// When it ran (ms since the epoch).
+    pub pruned_at_ms: u64,
+    /// Old versions it removed.
+    pub versions_removed: u64,
+    /// Bytes of blocks it freed.
+    pub bytes_freed: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// Relay storage as this device last saw it.

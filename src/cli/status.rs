@@ -121,6 +121,22 @@ fn render(s: &Status, peak_wanted: usize) -> String {
             let _ = writeln!(out, "RELAY       {refused}");
         }
     }
+    if let Some(h) = &s.history {
+        let when = crate::clock::local_time(h.pruned_at_ms);
+        match &h.error {
+            Some(why) => {
+                let _ = writeln!(out, "history     pruning failed at {when} (tried again later): {why}");
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "history     pruned at {when}: {} old versions, {} freed",
+                    h.versions_removed,
+                    bytes(h.bytes_freed)
+                );
+            }
+        }
+    }
     let l = &s.local;
     let _ = writeln!(out, "local       {} files, {} dirs, {}  (sequence {})", l.files, l.dirs, bytes(l.bytes), l.seq);
     if l.waiting_records > 0 || l.wanted_blocks > 0 {

@@ -44,7 +44,7 @@ pub fn fsck(global: &Global, json: bool) -> Result<ExitCode> {
 /// `psync gc`.
 pub fn gc(global: &Global, keep_versions: usize, keep_days: i64, json: bool) -> Result<ExitCode> {
     let store = open_existing(global)?;
-    let policy = GcPolicy { keep_versions, keep_for_secs: keep_days.saturating_mul(86_400) };
+    let policy = GcPolicy { keep_versions, keep_for_secs: keep_days.saturating_mul(86_400), keep_for_merges: true };
     let report = store.gc(policy, Timestamp::now())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

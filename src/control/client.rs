@@ -117,6 +117,7 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
         recent_errors: Vec::new(),
         recent_warnings: Vec::new(),
         relay: None,
+        history: None,
     };
     if let Some(setup) = setup {
         status.signalling = Some(SignallingStatus {

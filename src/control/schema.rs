@@ -33,6 +33,9 @@ pub struct Status {
     /// Relay storage, if this device uses it.
     #[serde(default)]
     pub relay: Option<crate::live::RelayLive>,
+    /// The daemon's last pruning of history, if it ran.
+    #[serde(default)]
+    pub history: Option<crate::live::HistoryLive>,
 }
 
 /// This device.

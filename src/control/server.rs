@@ -161,10 +161,12 @@ impl Source {
             recent_errors: warnings.iter().map(crate::live::Warning::line).collect(),
             recent_warnings: warnings,
             relay: None,
+            history: None,
         };
         if let (Some(identity), Some(live)) = (&self.identity, live) {
             live.read(|l| {
                 status.relay = l.relay.clone();
+                status.history = l.history.clone();
                 status.signalling = Some(SignallingStatus {
                     server: identity.server.clone(),
                     connected: l.signalling == SignallingState::Connected,

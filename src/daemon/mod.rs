@@ -2,6 +2,7 @@
 //! filesystem. Glue: the filesystem itself is in `psync-fs`.
 
 mod log;
+mod prune;
 mod sync;
 
 use std::io::{BufRead, BufReader, Write};

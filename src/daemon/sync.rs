@@ -84,10 +84,11 @@ pub fn start(
         download_bytes_per_sec: settings.download_bytes_per_sec,
         ..SyncConfig::new(group)
     };
-    let storage = StoreSync::new(store);
+    let storage = StoreSync::new(store.clone());
     let core = SyncCore::new(storage.clone(), config, rand::random(), mono_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();
+    let prune = super::prune::run(store, control.clone(), live.clone(), settings.clone());
     let (relay_flush, relay_task) = match setup.keyring.take() {
         Some(_) => {
             let (flush, flush_rx) = mpsc::channel::<FlushRequest>(4);
@@ -137,6 +138,7 @@ pub fn start(
             if let Some((task, flush_rx)) = relay_task {
                 tokio::spawn(task.run(flush_rx));
             }
+            tokio::spawn(prune);
             // Not a runtime thread: replaying blocks in syscalls on the mount.
             let (installed, installed_rx) = mpsc::unbounded_channel::<Vec<Change>>();
             let replay =

@@ -28,6 +28,19 @@ pub enum Control {
     /// `psync revert`: on a read-only device, take the group's version of
     /// these paths (all of its own changes if empty); answers how many.
     Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),
+    /// Run this (history pruning) between two steps of the core, given the
+    /// objects its waiting and held versions name (garbage collection
+    /// must keep them; no install or merge runs meanwhile).
+    BetweenSteps(BetweenSteps),
+}
+
+/// Work the loop runs between two steps of the core (see [`Control::BetweenSteps`]).
+pub struct BetweenSteps(pub Box<dyn FnOnce(Vec<psync_base::ContentHash>) + Send + Sync>);
+
+impl std::fmt::Debug for BetweenSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BetweenSteps")
+    }
 }
 
 /// Where sync stands, for `psync status`.

@@ -118,6 +118,10 @@ pub async fn run<S: SyncStorage>(
                     let _ = reply.send(result.as_ref().map(|n| *n).map_err(|e| e.to_string()));
                     result.map(|_| ())
                 }
+                Some(Control::BetweenSteps(job)) => {
+                    (job.0)(core.objects_in_waiting());
+                    Ok(())
+                }
                 Some(Control::Connected(device, link)) => {
                     generation += 1;
                     let mut result = Ok(());

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::records::*;
 use crate::store::Store;
+use crate::sync_index::PeerRecord;
 use crate::txn::Txn;
 
 /// Which history to keep.
@@ -21,11 +22,15 @@ pub struct GcPolicy {
     pub keep_versions: usize,
     /// Also keep every version committed within this many seconds.
     pub keep_for_secs: i64,
+    /// Also keep what a three-way merge may need: every version after the
+    /// local sequence number all peers acknowledged, and of each file the
+    /// newest one at or before it (what a peer's concurrent edit started from).
+    pub keep_for_merges: bool,
 }
 
 impl Default for GcPolicy {
     fn default() -> Self {
-        Self { keep_versions: 16, keep_for_secs: 30 * 24 * 3600 }
+        Self { keep_versions: 16, keep_for_secs: 30 * 24 * 3600, keep_for_merges: true }
     }
 }
 
@@ -48,13 +53,26 @@ impl Store {
     /// Runs one GC pass. Holds the writer lock throughout, so no write can
     /// start referencing a block between mark and sweep.
     pub fn gc(&self, policy: GcPolicy, now: Timestamp) -> Result<GcReport> {
+        self.gc_keeping(policy, now, &[])
+    }
+
+    /// [`Store::gc`] that also keeps `objects` (blocks, or pages with
+    /// their blocks) no file references yet: what a running sync engine
+    /// fetched for versions it has not installed.
+    pub fn gc_keeping(&self, policy: GcPolicy, now: Timestamp, objects: &[ContentHash]) -> Result<GcReport> {
         if self.is_read_only() {
             return Err(crate::StoreError::ReadOnly);
         }
-        self.mutate(false, |txn| self.gc_locked(txn, policy, now))
+        self.mutate(false, |txn| self.gc_locked(txn, policy, now, objects))
     }
 
-    fn gc_locked(&self, txn: &mut Txn<'_>, policy: GcPolicy, now: Timestamp) -> Result<GcReport> {
+    fn gc_locked(
+        &self,
+        txn: &mut Txn<'_>,
+        policy: GcPolicy,
+        now: Timestamp,
+        objects: &[ContentHash],
+    ) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut live_contents: Vec<Content> = Vec::new();
         let mut committed: HashSet<(FileId, u64)> = HashSet::new();
@@ -99,6 +117,16 @@ impl Store {
             }
         }
 
+        for hash in objects {
+            blocks.insert(*hash);
+            if pages.insert(*hash) {
+                // A page here names blocks that must stay with it.
+                if let Ok(page) = self.page(hash) {
+                    blocks.extend(page.blocks.into_iter().flatten());
+                }
+            }
+        }
+
         // 3. Sweep.
         let mut garbage_pages = Vec::new();
         self.for_each_prefix(&[keys::TAG_PAGE], |k, _| {
@@ -137,10 +165,16 @@ impl Store {
         committed: &HashSet<(FileId, u64)>,
         report: &mut GcReport,
     ) -> Result<()> {
+        let acked = if policy.keep_for_merges { self.acked_by_all_peers()? } else { None };
         for versions in by_file.values() {
             let keep_from = versions.len().saturating_sub(policy.keep_versions.max(1));
+            let common = acked.and_then(|a| versions.iter().rposition(|v| v.seq <= a));
             for (i, v) in versions.iter().enumerate() {
-                let keep = i >= keep_from || v.committed_at.secs >= cutoff || committed.contains(&(v.file_id, v.seq));
+                let for_merges = acked.is_some_and(|a| v.seq > a) || Some(i) == common;
+                let keep = i >= keep_from
+                    || v.committed_at.secs >= cutoff
+                    || committed.contains(&(v.file_id, v.seq))
+                    || for_merges;
                 if !keep {
                     txn.delete_version(v.file_id, v.seq);
                     report.versions_removed += 1;
@@ -149,6 +183,20 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// The local sequence number every peer this store knows has
+    /// acknowledged (`None`: no peer yet).
+    fn acked_by_all_peers(&self) -> Result<Option<u64>> {
+        let mut least: Option<u64> = None;
+        self.for_each_prefix(&[keys::TAG_PEER], |_, v| {
+            let peer: PeerRecord = codec::decode(v)?;
+            least = Some(least.map_or(peer.acked, |l| l.min(peer.acked)));
+            Ok(true)
+        })?;
+        Ok(least)
     }
 }
 

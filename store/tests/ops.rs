@@ -384,7 +384,7 @@ fn gc_keeps_referenced_and_removes_the_rest() {
     s.commit(b.ino, t(100), false).unwrap();
     s.unlink(ROOT_INO, b"b", t(101)).unwrap();
     let now = t(100 + 365 * 86_400);
-    let report = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400 }, now).unwrap();
+    let report = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400, keep_for_merges: true }, now).unwrap();
     assert_eq!(report.versions_removed, 3);
     assert_eq!(report.blocks_removed, 3);
     assert_eq!(s.versions(a.file_id).unwrap().len(), 2);
@@ -392,12 +392,40 @@ fn gc_keeps_referenced_and_removes_the_rest() {
     assert_eq!(s.versions(b.file_id).unwrap().len(), 1);
     assert_eq!(read_all(s, a.ino), vec![4u8; 1000]);
     assert_clean(s);
-    let again = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400 }, now).unwrap();
+    let again = s.gc(GcPolicy { keep_versions: 2, keep_for_secs: 86_400, keep_for_merges: true }, now).unwrap();
     assert_eq!(again, GcReport::default());
     // Uncommitted content is referenced by its inode and survives GC.
     s.write(a.ino, 0, b"draft", t(200)).unwrap();
-    s.gc(GcPolicy { keep_versions: 1, keep_for_secs: 0 }, now).unwrap();
+    s.gc(GcPolicy { keep_versions: 1, keep_for_secs: 0, keep_for_merges: true }, now).unwrap();
     assert_eq!(s.read(a.ino, 0, 5).unwrap(), b"draft");
+    assert_clean(s);
+}
+
+/// A peer that has not acknowledged the latest versions may have edited
+/// from the last one it has: that version and everything after it stay,
+/// whatever the policy, so a concurrent edit can still be merged.
+#[test]
+fn gc_keeps_what_a_merge_may_need() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a");
+    let mut seqs = Vec::new();
+    for v in 0..6u8 {
+        s.write(a.ino, 0, &[v; 100], t(100 + v as i64)).unwrap();
+        s.commit(a.ino, t(100 + v as i64), false).unwrap();
+        seqs.push(s.versions(a.file_id).unwrap().last().unwrap().seq);
+    }
+    // The peer took versions up to the third.
+    s.set_peer_record(&DeviceId([9; 32]), PeerRecord { index_id: 1, applied: 0, acked: seqs[2] }).unwrap();
+    let now = t(100 + 365 * 86_400);
+    let strict = GcPolicy { keep_versions: 1, keep_for_secs: 0, keep_for_merges: true };
+    s.gc(strict, now).unwrap();
+    let kept: Vec<u64> = s.versions(a.file_id).unwrap().iter().map(|v| v.seq).collect();
+    assert_eq!(kept, seqs[2..].to_vec(), "the common version and everything after it");
+    // Once the peer has everything, only the policy's one version is left.
+    s.set_peer_record(&DeviceId([9; 32]), PeerRecord { index_id: 1, applied: 0, acked: seqs[5] }).unwrap();
+    s.gc(strict, now).unwrap();
+    assert_eq!(s.versions(a.file_id).unwrap().len(), 1);
     assert_clean(s);
 }
 

@@ -109,6 +109,11 @@ pub(crate) struct Fetch {
 }
 
 impl Fetch {
+    /// The versions waiting for objects.
+    pub(crate) fn records(&self) -> impl Iterator<Item = &FileRecord> {
+        self.pending.values().map(|p| &p.record)
+    }
+
     /// Versions waiting, all peers.
     pub(crate) fn pending_count(&self) -> usize {
         self.pending.len()

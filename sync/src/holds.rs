@@ -90,6 +90,11 @@ pub(crate) struct Holds {
 }
 
 impl Holds {
+    /// The versions held.
+    pub(crate) fn records(&self) -> impl Iterator<Item = &FileRecord> {
+        self.by_path.values().flatten().map(|h| &h.record)
+    }
+
     /// Versions held (count).
     pub(crate) fn count(&self) -> usize {
         self.by_path.values().map(Vec::len).sum()

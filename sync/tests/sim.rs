@@ -849,9 +849,9 @@ impl Sim {
                         r.version == **v || matches!(r.vv.compare(vv), Causality::Dominates | Causality::Equal)
                     })
             });
-            // Merged with a concurrent edit: every line it brought is there.
-            let merged = !lines.is_empty()
-                && lines.iter().all(|l| live_lines.contains(l))
+            // Merged with a concurrent edit: every line it brought is there
+            // (a write that only removed lines brought none).
+            let merged = lines.iter().all(|l| live_lines.contains(l))
                 && final_tree.get(&op.path).is_some_and(|r| r.vv.compare(&op.vv) == Causality::Dominates);
             let present = present || merged;
             // Superseded: a causally later user operation on its path, or on
@@ -872,6 +872,20 @@ impl Sim {
                 })
             });
             if !present && !superseded {
+                if harness_env("PSYNC_SIM_DEBUG").is_some() {
+                    let final_text = final_tree.get(&op.path).and_then(|r| storage.content(r));
+                    eprintln!("final {}: {:?}", op.path, final_text.map(|t| String::from_utf8_lossy(&t).into_owned()));
+                    eprintln!("final record: {:?}", final_tree.get(&op.path));
+                    eprintln!(
+                        "op vv {:?}; {} introduced lines, {} missing",
+                        op.vv,
+                        lines.len(),
+                        lines.iter().filter(|l| !live_lines.contains(l)).count()
+                    );
+                    for o in self.history.iter().filter(|o| o.path == op.path) {
+                        eprintln!("  op by {} vv {:?} {:?}", o.device, o.vv, matches!(o.kind, OpKind::Delete));
+                    }
+                }
                 self.fail(&format!(
                     "write #{n} by device {} to {} ({:?}) was lost: not present anywhere and not superseded",
                     op.device, op.path, version

@@ -149,3 +149,37 @@ fn concurrent_edits_of_a_note_merge_unless_they_overlap() {
     assert!(rows.as_array().unwrap().iter().any(|r| r["current"] == true && r["size"] == merged.len()));
     unmount_and_fsck(&[&desktop, &laptop]);
 }
+
+/// The daemon prunes history while mounted, by the `[history]` policy,
+/// and keeps what a merge may need: versions the laptop has not taken yet,
+/// and the last one it has.
+#[test]
+fn history_is_pruned_while_mounted_keeping_what_merges_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    std::fs::write(a.join("config.toml"), "[history]\nkeep_days = 0\nkeep_versions = 1\nprune_every_secs = 1\n")
+        .unwrap();
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    for n in 0..5 {
+        let text = format!("draft {n}\n");
+        std::fs::write(desktop.path("plan.md"), &text).unwrap();
+        wait_for_content(&laptop, "plan.md", text.as_bytes());
+    }
+    let versions = |data: &std::path::Path| json(&psync(data, &["log", "plan.md", "--json"])).as_array().unwrap().len();
+    let what = lazy(|| format!("history pruned to one version: {} left", versions(&a)));
+    eventually(PATIENCE, what, || versions(&a) == 1);
+    let status = json(&psync(&a, &["status", "--json"]));
+    assert!(status["history"]["versions_removed"].as_u64().is_some(), "{}", status["history"]);
+
+    // The laptop goes away: what it has not taken stays, with the last it has.
+    laptop.unmount();
+    std::fs::write(desktop.path("plan.md"), "draft 5\n").unwrap();
+    std::fs::write(desktop.path("plan.md"), "draft 6\n").unwrap();
+    // Two more passes at least (one per second), then still three versions.
+    let passes = |data: &std::path::Path| json(&psync(data, &["status", "--json"]))["history"]["pruned_at_ms"].as_u64();
+    let first = passes(&a);
+    eventually(PATIENCE, "two more pruning passes", || passes(&a).is_some_and(|t| t > first.unwrap_or(0) + 1000));
+    assert_eq!(versions(&a), 3, "draft 4 (the laptop's last) and the two it has not taken");
+    unmount_and_fsck(&[&desktop]);
+}

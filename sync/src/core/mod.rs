@@ -363,6 +363,16 @@ impl<S: SyncStorage> SyncCore<S> {
         self.fetch.wanted()
     }
 
+    /// The objects (blocks, pages) that versions waiting or held here name:
+    /// what garbage collection must keep though no file references them yet.
+    pub fn objects_in_waiting(&self) -> Vec<ContentHash> {
+        let mut out: Vec<ContentHash> =
+            self.fetch.records().chain(self.holds.records()).flat_map(|r| r.named_objects()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Versions held because they cannot be installed now.
     pub fn held_count(&self) -> usize {
         self.holds.count()
