@@ -201,16 +201,22 @@ pub enum Command {
         #[arg(long, conflicts_with = "paths")]
         all: bool,
     },
-    /// A file's versions, oldest first (through the daemon while mounted).
+    /// A file's versions, oldest first (through the daemon while mounted);
+    /// with --deleted, the files deleted (below DIR) and their last version.
     Log {
-        /// The file, relative to the mount.
-        path: String,
+        /// The file, relative to the mount (with --deleted: a folder, optional).
+        #[arg(required_unless_present = "deleted")]
+        path: Option<String>,
+        /// List deleted files instead; bring one back with `psync restore`.
+        #[arg(long)]
+        deleted: bool,
         /// As JSON (the same fields as `psync store log --json`).
         #[arg(long)]
         json: bool,
     },
-    /// Bring a file back to an earlier version: one transaction, a new
-    /// version that syncs like any change (through the daemon while mounted).
+    /// Bring a file back to an earlier version, or a deleted file back (see
+    /// `psync log --deleted`): one transaction, a new version that syncs like
+    /// any change (through the daemon while mounted).
     Restore {
         /// The file, relative to the mount.
         path: String,

@@ -5,6 +5,7 @@ pub mod adopt;
 pub mod args;
 pub mod exit;
 pub mod group;
+pub mod history;
 pub mod ignore;
 pub mod status;
 pub mod store;
@@ -126,10 +127,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Revert { paths, all } => crate::control::client::revert_command(&data_dir(&cli.global)?, paths, all),
         Command::Ignore { list: _, json } => ignore::list(&cli.global, json).map(|()| ExitCode::SUCCESS),
-        Command::Log { path, json } => store::history_log(&cli.global, &path, json).map(|()| ExitCode::SUCCESS),
-        Command::Restore { path, version } => {
-            store::history_restore(&cli.global, &path, version).map(|()| ExitCode::SUCCESS)
+        Command::Log { path, deleted, json } => {
+            history::log(&cli.global, path.as_deref(), deleted, json).map(|()| ExitCode::SUCCESS)
         }
+        Command::Restore { path, version } => history::restore(&cli.global, &path, version).map(|()| ExitCode::SUCCESS),
         Command::Store(cmd) => store::run(&cli.global, cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "psync", &mut std::io::stdout());

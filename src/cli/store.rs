@@ -83,8 +83,8 @@ pub fn run(global: &Global, cmd: StoreCommand) -> Result<()> {
         StoreCommand::Export { dest } => export(global, &dest),
         StoreCommand::Ls { path } => ls(global, &path),
         StoreCommand::Cat { path } => cat(global, &path),
-        StoreCommand::Log { path, json } => log(global, &path, json),
-        StoreCommand::Restore { path, version } => restore(global, &path, version),
+        StoreCommand::Log { path, json } => super::history::log_offline(global, &path, json),
+        StoreCommand::Restore { path, version } => super::history::restore_offline(global, &path, version),
     }
 }
 
@@ -176,53 +176,6 @@ fn cat(global: &Global, path: &str) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// `psync store log PATH [--json]`.
-fn log(global: &Global, path: &str, json: bool) -> Result<()> {
-    let store = open_for_reading(global)?;
-    print_versions(&crate::control::report::version_rows(&store, path)?, json)
-}
-
-fn print_versions(rows: &[crate::control::schema::VersionRow], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(rows)?);
-    } else {
-        println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
-        for v in rows {
-            let mark = if v.current { " (current)" } else { "" };
-            println!("{:>8}  {:>12}  {:<20}  {}{mark}", v.version, v.size, crate::clock::utc(v.committed_at), v.path);
-        }
-    }
-    Ok(())
-}
-
-/// `psync store restore PATH --version N`: one transaction.
-fn restore(global: &Global, path: &str, version: u64) -> Result<()> {
-    let store = open_existing(global)?;
-    let now = crate::control::report::restore_version(&store, path, version)?;
-    println!("restored {path:?} to version {version} (now version {now})");
-    Ok(())
-}
-
-/// `psync log PATH`: through the daemon while mounted, else from the store.
-pub fn history_log(global: &Global, path: &str, json: bool) -> Result<()> {
-    match crate::control::client::versions(&data_dir(global)?, path)? {
-        Some(rows) => print_versions(&rows, json),
-        None => log(global, path, json),
-    }
-}
-
-/// `psync restore PATH --version N`: through the daemon while mounted (the
-/// mount shows it, peers get it), else in the store (it syncs at the next mount).
-pub fn history_restore(global: &Global, path: &str, version: u64) -> Result<()> {
-    match crate::control::client::restore(&data_dir(global)?, path, version)? {
-        Some(now) => {
-            println!("restored {path:?} to version {version} (now version {now})");
-            Ok(())
-        }
-        None => restore(global, path, version),
-    }
 }
 
 /// What an import brought in.

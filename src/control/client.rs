@@ -151,7 +151,18 @@ pub fn prepare_unmount(data_dir: &Path) {
 /// A file's versions from the daemon serving `data_dir`; `None` when no
 /// daemon answers (the caller reads the store itself).
 pub fn versions(data_dir: &Path, path: &str) -> Result<Option<Vec<VersionRow>>> {
-    match ask(data_dir, Request { request: "log".into(), paths: vec![path.to_string()], ..Request::default() })? {
+    rows(data_dir, Request { request: "log".into(), paths: vec![path.to_string()], ..Request::default() })
+}
+
+/// Deleted files at or below `dir` from the daemon serving `data_dir`;
+/// `None` when no daemon answers.
+pub fn deleted(data_dir: &Path, dir: Option<&str>) -> Result<Option<Vec<VersionRow>>> {
+    let paths = dir.map(|d| vec![d.to_string()]).unwrap_or_default();
+    rows(data_dir, Request { request: "log".into(), paths, deleted: true, ..Request::default() })
+}
+
+fn rows(data_dir: &Path, request: Request) -> Result<Option<Vec<VersionRow>>> {
+    match ask(data_dir, request)? {
         Some(Answer::Versions(rows)) => Ok(Some(rows)),
         Some(_) => anyhow::bail!("the daemon answered something else"),
         None => Ok(None),
@@ -171,7 +182,12 @@ pub fn ignore_list(data_dir: &Path) -> Result<Option<super::schema::IgnoreList>>
 /// Restores a file to `version` through the daemon serving `data_dir`
 /// (the mount shows it and peers get it); `None` when no daemon answers.
 pub fn restore(data_dir: &Path, path: &str, version: u64) -> Result<Option<u64>> {
-    let request = Request { request: "restore".into(), paths: vec![path.to_string()], version: Some(version) };
+    let request = Request {
+        request: "restore".into(),
+        paths: vec![path.to_string()],
+        version: Some(version),
+        ..Request::default()
+    };
     match ask(data_dir, request)? {
         Some(Answer::Restored(now)) => Ok(Some(now)),
         Some(_) => anyhow::bail!("the daemon answered something else"),

@@ -2,6 +2,7 @@
 //! `psync revert` ask the running daemon through it.
 
 pub mod client;
+pub mod history;
 pub mod report;
 pub mod schema;
 pub mod server;

@@ -93,23 +93,6 @@ pub(super) fn peers(roster: &Roster, me: DeviceId, state: impl Fn(DeviceId) -> P
     rows
 }
 
-/// A file's versions, oldest first.
-pub fn version_rows(store: &psync_store::Store, path: &str) -> anyhow::Result<Vec<super::schema::VersionRow>> {
-    use anyhow::Context;
-    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-    Ok(store
-        .versions(node.file_id)?
-        .iter()
-        .map(|v| super::schema::VersionRow {
-            version: v.seq,
-            size: v.content.size,
-            committed_at: v.committed_at.secs,
-            path: String::from_utf8_lossy(&v.path).into_owned(),
-            current: v.seq == node.committed_seq,
-        })
-        .collect())
-}
-
 /// The ignore rules the store's `.psyncignore` and the defaults make (what
 /// the sync core reads too).
 pub fn ignore_list(store: &std::sync::Arc<psync_store::Store>) -> anyhow::Result<super::schema::IgnoreList> {
@@ -134,14 +117,4 @@ pub fn ignore_list(store: &std::sync::Arc<psync_store::Store>) -> anyhow::Result
             .collect(),
         problems: rules.problems().to_vec(),
     })
-}
-
-/// Brings `path` back to `version` in one transaction (a new version with
-/// the old content); returns the file's version now.
-pub fn restore_version(store: &psync_store::Store, path: &str, version: u64) -> anyhow::Result<u64> {
-    use anyhow::Context;
-    let node = store.resolve(path.as_bytes()).with_context(|| format!("{path:?}"))?;
-    let old = store.version(node.file_id, version).with_context(|| format!("no version {version} of {path:?}"))?;
-    let now = store.restore(node.ino, old.seq, psync_store::Timestamp::now())?;
-    Ok(now.unwrap_or(node.committed_seq))
 }

@@ -196,6 +196,9 @@ pub(crate) struct Request {
     /// For `restore`: the version to bring back.
     #[serde(default)]
     pub version: Option<u64>,
+    /// For `log`: deleted files (below the path, if one is given).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// One version of a file, as `psync log --json` and `psync store log

@@ -13,9 +13,8 @@ use psync_base::DeviceId;
 use psync_signal::readable_id;
 use psync_store::Store;
 
-use super::report::{
-    conflict_copies, held_status, ignore_list, local_only_status, peers, restore_version, version_rows, PeerLive,
-};
+use super::history::{deleted_rows, restore_version, version_rows};
+use super::report::{conflict_copies, held_status, ignore_list, local_only_status, peers, PeerLive};
 use super::schema::*;
 use crate::clock::mono_ms;
 use crate::data_dir::SOCKET_FILE;
@@ -80,13 +79,21 @@ impl Source {
     /// Restores a file while mounted: one transaction in the store, then
     /// the mount shows it (as a peer's change is shown) and peers are told.
     fn restore(&self, path: &str, version: u64) -> Result<u64> {
-        let now = restore_version(&self.store, path, version)?;
+        let restored = restore_version(&self.store, path, version)?;
         if let Some((_, control)) = &self.sync {
-            let shown =
-                psync_sync::SyncPath::new(path.trim_matches('/')).map_err(|e| anyhow::anyhow!("{path:?}: {e}"))?;
+            let sync_path =
+                |p: &str| psync_sync::SyncPath::new(p.trim_matches('/')).map_err(|e| anyhow::anyhow!("{p:?}: {e}"));
+            use psync_sync::Change;
+            let file = psync_sync::RecordKind::File;
+            let mut shown = Vec::new();
+            for dir in restored.undeleted.iter().flatten() {
+                shown.push(Change { path: sync_path(dir)?, before: None, after: Some(psync_sync::RecordKind::Dir) });
+            }
+            let before = if restored.undeleted.is_some() { None } else { Some(file) };
+            shown.push(Change { path: sync_path(path)?, before, after: Some(file) });
             control.blocking_send(Control::Restored(shown)).context("the sync loop has stopped")?;
         }
-        Ok(now)
+        Ok(restored.version)
     }
 
     fn collect(&self) -> Result<Status> {
@@ -267,6 +274,12 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
             Ok(n) => Answer::Reverted(n),
             Err(e) => Answer::Error(format!("{e:#}")),
         },
+        Ok(r) if r.request == "log" && r.deleted => {
+            match deleted_rows(&source.store, r.paths.first().map(String::as_str)) {
+                Ok(rows) => Answer::Versions(rows),
+                Err(e) => Answer::Error(format!("{e:#}")),
+            }
+        }
         Ok(r) if r.request == "log" => match r.paths.first().map(|p| version_rows(&source.store, p)) {
             Some(Ok(rows)) => Answer::Versions(rows),
             Some(Err(e)) => Answer::Error(format!("{e:#}")),

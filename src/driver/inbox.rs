@@ -22,9 +22,10 @@ pub enum Control {
     /// A bundle a member left at the relay (checked and opened): taken as
     /// from that member; the answer says whether the core took it.
     Relayed(DeviceId, Box<psync_sync::relay::RelayBundle>, tokio::sync::oneshot::Sender<Result<(), String>>),
-    /// `psync restore` changed this path in the store while mounted: the
-    /// mount shows it as it shows a peer's change, and peers are told.
-    Restored(SyncPath),
+    /// `psync restore` changed these paths in the store while mounted (a
+    /// file, and the folders an undelete made again): the mount shows them
+    /// as it shows a peer's change, and peers are told.
+    Restored(Vec<psync_sync::Change>),
     /// `psync revert`: on a read-only device, take the group's version of
     /// these paths (all of its own changes if empty); answers how many.
     Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use psync_base::DeviceId;
 use psync_sync::message::{decode_frame, encode_frame};
-use psync_sync::{Change, Input, Millis, Output, RecordKind, SyncCore, SyncError, SyncStorage};
+use psync_sync::{Change, Input, Millis, Output, SyncCore, SyncError, SyncStorage};
 use tokio::sync::mpsc;
 
 use super::inbox::{Control, SyncSnapshot};
@@ -103,9 +103,8 @@ pub async fn run<S: SyncStorage>(
                     let _ = reply.send(snapshot);
                     Ok(())
                 }
-                Some(Control::Restored(path)) => {
-                    let change = Change { path, before: Some(RecordKind::File), after: Some(RecordKind::File) };
-                    let _ = installed.send(vec![change]);
+                Some(Control::Restored(changes)) => {
+                    let _ = installed.send(changes);
                     core.handle(mono_ms(), Input::LocalChanged)
                 }
                 Some(Control::Relayed(writer, bundle, reply)) => {

@@ -11,6 +11,7 @@
 
 mod content;
 mod counts;
+mod deleted;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
@@ -30,6 +31,7 @@ mod store;
 mod sync_index;
 mod txn;
 
+pub use deleted::Undeleted;
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
 pub use gc::{GcPolicy, GcReport};

@@ -429,6 +429,41 @@ fn gc_keeps_what_a_merge_may_need() {
     assert_clean(s);
 }
 
+/// A deleted file is listed with its last version and comes back (its
+/// folder too) in one transaction, continuing its history.
+#[test]
+fn deleted_files_are_listed_and_come_back() {
+    let f = fixture();
+    let s = &f.store;
+    let d = mkdir(s, ROOT_INO, "notes");
+    let a = file(s, d.ino, "gone.md");
+    for text in ["first", "second"] {
+        s.write(a.ino, 0, text.as_bytes(), t(10)).unwrap();
+        s.truncate(a.ino, text.len() as u64, t(10)).unwrap();
+        s.commit(a.ino, t(10), false).unwrap();
+    }
+    let kept = file(s, ROOT_INO, "kept.md");
+    s.write(kept.ino, 0, b"kept", t(10)).unwrap();
+    s.commit(kept.ino, t(10), false).unwrap();
+    s.unlink(d.ino, b"gone.md", t(11)).unwrap();
+    s.rmdir(ROOT_INO, b"notes", t(11)).unwrap();
+
+    let deleted = s.deleted_files().unwrap();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0].path, b"notes/gone.md");
+    assert_eq!(deleted[0].content.size, "second".len() as u64);
+    let first = s.versions(a.file_id).unwrap()[0].seq;
+
+    let back = s.undelete(a.file_id, first, b"notes/gone.md", t(12)).unwrap();
+    assert_eq!(back.made_dirs, vec![b"notes".to_vec()]);
+    let node = s.resolve(b"notes/gone.md").unwrap();
+    assert_eq!(read_all(s, node.ino), b"first");
+    assert_eq!(s.versions(a.file_id).unwrap().len(), 3, "the history goes on");
+    assert!(s.deleted_files().unwrap().is_empty());
+    assert!(matches!(s.undelete(a.file_id, first, b"notes/gone.md", t(13)), Err(StoreError::Exists)));
+    assert_clean(s);
+}
+
 #[test]
 fn reopen_keeps_everything_and_inode_numbers() {
     let dir = tempfile::tempdir().unwrap();

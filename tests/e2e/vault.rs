@@ -183,3 +183,36 @@ fn history_is_pruned_while_mounted_keeping_what_merges_need() {
     assert_eq!(versions(&a), 3, "draft 4 (the laptop's last) and the two it has not taken");
     unmount_and_fsck(&[&desktop]);
 }
+
+/// A deleted note (and its folder) is listed and brought back while
+/// mounted; it shows on the mount and reaches the other device.
+#[test]
+fn a_deleted_file_is_listed_and_brought_back_while_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    std::fs::create_dir(desktop.path("ideas")).unwrap();
+    std::fs::write(desktop.path("ideas/old.md"), "keep me").unwrap();
+    std::fs::write(desktop.path("ideas/old.md"), "keep me, edited").unwrap();
+    wait_for_content(&laptop, "ideas/old.md", b"keep me, edited");
+    std::fs::remove_file(desktop.path("ideas/old.md")).unwrap();
+    std::fs::remove_dir(desktop.path("ideas")).unwrap();
+    eventually(PATIENCE, "the folder gone on the laptop", || !laptop.path("ideas").exists());
+
+    let deleted = json(&psync(&a, &["log", "--deleted", "--json"]));
+    let rows = deleted.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{deleted}");
+    assert_eq!(rows[0]["path"], "ideas/old.md");
+    let human = psync(&a, &["log", "--deleted", "ideas"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("ideas/old.md"));
+    let version = rows[0]["version"].as_u64().unwrap().to_string();
+    let out = psync(&a, &["restore", "ideas/old.md", "--version", &version]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for_content(&desktop, "ideas/old.md", b"keep me, edited");
+    wait_for_content(&laptop, "ideas/old.md", b"keep me, edited");
+    assert!(json(&psync(&a, &["log", "--deleted", "--json"])).as_array().unwrap().is_empty());
+    let history = json(&psync(&a, &["log", "ideas/old.md", "--json"]));
+    assert!(history.as_array().unwrap().len() >= 3, "its history goes on: {history}");
+    unmount_and_fsck(&[&desktop, &laptop]);
+}

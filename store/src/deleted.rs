@@ -1,0 +1,91 @@
+//! Deleted files: their history outlives them (until pruned), so they can
+//! be listed and brought back.
+
+use std::collections::{HashMap, HashSet};
+
+use psync_base::codec;
+
+use crate::error::{Result, StoreError};
+use crate::keys;
+use crate::nodes::{NewNode, NodeAttrs};
+use crate::records::*;
+use crate::store::Store;
+
+/// A file brought back by [`Store::undelete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undeleted {
+    /// Its inode now.
+    pub ino: u64,
+    /// Its new version (sequence number).
+    pub seq: u64,
+    /// Folders made again on the way (paths, outermost first).
+    pub made_dirs: Vec<Vec<u8>>,
+}
+
+impl Store {
+    /// The last version of every file no inode holds any more (deleted, or
+    /// replaced by another file of the same name), oldest first.
+    pub fn deleted_files(&self) -> Result<Vec<FileVersion>> {
+        let mut live: HashSet<FileId> = HashSet::new();
+        self.for_each_prefix(&[keys::TAG_INODE], |_, v| {
+            let node: Inode = codec::decode(v)?;
+            live.insert(node.file_id);
+            Ok(true)
+        })?;
+        let mut last: HashMap<FileId, FileVersion> = HashMap::new();
+        self.for_each_prefix(&[keys::TAG_VERSION], |_, v| {
+            let version: FileVersion = codec::decode(v)?;
+            if !live.contains(&version.file_id) {
+                // Keys are ordered by (file, sequence): the last one wins.
+                last.insert(version.file_id, version);
+            }
+            Ok(true)
+        })?;
+        let mut out: Vec<FileVersion> = last.into_values().collect();
+        out.sort_by_key(|v| v.seq);
+        Ok(out)
+    }
+
+    /// Brings back version `seq` of the deleted file `file_id` at `path`, in
+    /// one transaction: its folders are made again if they are gone, and
+    /// the file continues its history (a new version, synced like any
+    /// change). Refused if something is at `path`, or the file is not deleted.
+    pub fn undelete(&self, file_id: FileId, seq: u64, path: &[u8], now: Timestamp) -> Result<Undeleted> {
+        if !self.deleted_files()?.iter().any(|v| v.file_id == file_id) {
+            return Err(StoreError::Exists);
+        }
+        self.mutate(true, |txn| {
+            let old = txn.store.version(file_id, seq)?;
+            let parts: Vec<&[u8]> = path.split(|b| *b == b'/').filter(|p| !p.is_empty()).collect();
+            let (name, dirs) = parts.split_last().ok_or(StoreError::NotFound)?;
+            let mut parent = ROOT_INO;
+            let mut made_dirs = Vec::new();
+            for (depth, dir) in dirs.iter().enumerate() {
+                parent = match txn.dirent(parent, dir)? {
+                    Some(entry) if entry.kind == NodeKind::Dir => entry.ino,
+                    Some(_) => return Err(StoreError::NotDir),
+                    None => {
+                        let up = txn.inode(parent)?;
+                        let attrs = NodeAttrs { perm: 0o755, uid: up.uid, gid: up.gid };
+                        made_dirs.push(dirs[..=depth].join(&b'/'));
+                        txn.create_node(parent, dir, NewNode::Dir, attrs, now)?.ino
+                    }
+                };
+            }
+            if txn.dirent(parent, name)?.is_some() {
+                return Err(StoreError::Exists);
+            }
+            let up = txn.inode(parent)?;
+            let attrs = NodeAttrs { perm: old.perm, uid: up.uid, gid: up.gid };
+            let mut node = txn.create_node(parent, name, NewNode::File, attrs, now)?;
+            node.file_id = file_id;
+            node.content = old.content;
+            node.mtime = now;
+            node.ctime = now;
+            node.dirty = true;
+            let ino = node.ino;
+            let seq = txn.commit_node(node, now)?.ok_or(StoreError::Invalid("nothing to bring back"))?;
+            Ok(Undeleted { ino, seq, made_dirs })
+        })
+    }
+}
