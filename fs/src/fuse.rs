@@ -39,7 +39,7 @@ impl PsyncFs {
     }
 }
 
-fn system_time(t: Timestamp) -> SystemTime {
+pub(crate) fn system_time(t: Timestamp) -> SystemTime {
     if t.secs >= 0 {
         UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
     } else {

@@ -19,6 +19,7 @@ mod core;
 mod error;
 mod fuse;
 pub mod mount;
+pub mod view;
 
 pub use crate::core::replay::{Replay, Replayer, Step};
 pub use crate::core::{Caller, FsCore, FsEvent, FsStats, Listing, SetAttrRequest, TimeSet};

@@ -168,8 +168,13 @@ pub enum Command {
         /// The directory is an existing folder (a vault): take its files in
         /// (times and modes kept), keep the original beside it as
         /// DIR.before-psync, and mount at the same path.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         adopt: bool,
+        /// Mount a read-only view of the vault as it was at this time
+        /// ("2026-12-01 10:00", "2026-12-01", "3 hours ago"), beside the
+        /// live mount, for browsing and copying out.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
         #[command(flatten)]
         options: config::MountOptions,
     },

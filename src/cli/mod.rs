@@ -101,7 +101,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),
         Command::Remove { device } => group::remove(&data_dir(&cli.global)?, &device),
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
-        Command::Mount { mountpoint, foreground, adopt, options } => {
+        Command::Mount { mountpoint, foreground, adopt, at: Some(at), options: _ } if !adopt => {
+            daemon::view::mount(&data_dir(&cli.global)?, &mountpoint, &at, foreground)
+        }
+        Command::Mount { mountpoint, foreground, adopt, at: _, options } => {
             let args = daemon::DaemonArgs {
                 config: cli.global.config.clone(),
                 log_level: cli.global.log_level.clone(),

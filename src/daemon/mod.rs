@@ -4,6 +4,7 @@
 mod log;
 mod prune;
 mod sync;
+pub mod view;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -323,6 +324,12 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<ExitCode> {
     let Some(entry) = mount::mount_at(&path)? else {
         bail!("{} is not mounted", path.display());
     };
+    if entry.fstype == format!("fuse.{}", psync_fs::view::VIEW_SUBTYPE) {
+        // A view of the past: no daemon, nothing to flush.
+        mount::unmount(&path).with_context(|| format!("cannot unmount {}", path.display()))?;
+        println!("unmounted {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     if entry.fstype != format!("fuse.{}", mount::SUBTYPE) {
         bail!("{} is a {} mount, not a PSync mount", path.display(), entry.fstype);
     }

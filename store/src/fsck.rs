@@ -315,6 +315,17 @@ impl Checker<'_> {
             }
             self.check_content(&version.content, &format!("version {} of file {}", version.seq, version.file_id))?;
         }
+        // A file that went names no file a linked inode holds (an open,
+        // unlinked one is gone already).
+        let live: std::collections::HashSet<FileId> =
+            seen.inodes.values().filter(|n| !n.links.is_empty()).map(|n| n.file_id).collect();
+        for (k, _) in self.decode_all::<Timestamp>(keys::TAG_GONE, "deletion time")? {
+            match keys::gone_file(&k) {
+                Some(id) if live.contains(&id) => self.problem(format!("file {id} is live but marked as gone")),
+                Some(_) => {}
+                None => self.problem(format!("a malformed deletion key {:?}", HexKey(&k))),
+            }
+        }
         Ok(())
     }
 

@@ -97,6 +97,20 @@ impl Store {
         self.prune_versions(txn, &by_file, policy, cutoff, &committed, &mut report)?;
         // Marking reads the store: the pruned versions must be gone from it.
         txn.write_now()?;
+        // A deletion time whose file has no history left is forgotten.
+        let mut forgotten = Vec::new();
+        self.for_each_prefix(&[keys::TAG_GONE], |k, _| {
+            if let Some(id) = keys::gone_file(k) {
+                forgotten.push(id);
+            }
+            Ok(true)
+        })?;
+        for id in forgotten {
+            if self.scan_prefix(&keys::version_prefix(id))?.is_empty() {
+                txn.delete_gone(id);
+                flush_if_full(txn)?;
+            }
+        }
 
         // 2. Mark.
         let mut pages: HashSet<ContentHash> = HashSet::new();

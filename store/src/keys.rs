@@ -17,6 +17,7 @@
 //! | `meta`   | `q` seq:u64                           | path bytes           | sync index in sequence order              |
 //! | `meta`   | `r` device:32                         | `PeerRecord`         | what this device knows of a peer          |
 //! | `meta`   | `n` path in NFC:bytes                 | `LocalOnlyPath`      | a local path that does not sync, and why  |
+//! | `meta`   | `g` file_id:16                        | `Timestamp`          | when a file lost its last name (history)  |
 //! | `blocks` | hash:32                               | raw bytes (<=64 KiB) | block content, BLAKE3(value) == key       |
 //!
 //! Invariants (checked by fsck): every `d` entry names an existing inode
@@ -24,7 +25,8 @@
 //! root or marked `o`; every page and block referenced by an inode or a
 //! version exists and matches its hash; each `x` entry has the `q` key of its
 //! sequence number and each `q` key names an `x` entry with that number; a
-//! live `x` entry names an existing node of its kind. No `s` or `t` key
+//! live `x` entry names an existing node of its kind; no `g` key names a file
+//! a live inode holds. No `s` or `t` key
 //! exists (format 3 removed the old inode-level change log).
 
 use psync_base::{nfc_key, ContentHash, DeviceId};
@@ -46,6 +48,7 @@ pub(crate) const TAG_PATH: u8 = b'x';
 pub(crate) const TAG_PATH_SEQ: u8 = b'q';
 pub(crate) const TAG_PEER: u8 = b'r';
 pub(crate) const TAG_LOCAL_ONLY: u8 = b'n';
+pub(crate) const TAG_GONE: u8 = b'g';
 
 /// Formats 1-2 wrote an inode-level change log under `s` (seq) and `t`
 /// (file id) that nothing read; format 3 deletes the range `[s, u)`.
@@ -92,6 +95,18 @@ pub(crate) fn version(file_id: FileId, seq: u64) -> [u8; 25] {
     key[..17].copy_from_slice(&version_prefix(file_id));
     key[17..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+pub(crate) fn gone(file_id: FileId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = TAG_GONE;
+    key[1..].copy_from_slice(&file_id.0.to_be_bytes());
+    key
+}
+
+/// The file id of a `g` key.
+pub(crate) fn gone_file(key: &[u8]) -> Option<FileId> {
+    Some(FileId(u128::from_be_bytes(key.get(1..17)?.try_into().ok()?)))
 }
 
 pub(crate) fn orphan(ino: u64) -> [u8; 9] {

@@ -11,7 +11,6 @@
 
 mod content;
 mod counts;
-mod deleted;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
@@ -23,6 +22,7 @@ mod named;
 mod nodes;
 mod open;
 mod ops;
+mod past;
 mod pins;
 mod read;
 mod records;
@@ -31,12 +31,12 @@ mod store;
 mod sync_index;
 mod txn;
 
-pub use deleted::Undeleted;
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
 pub use gc::{GcPolicy, GcReport};
 pub use install::InstallResult;
 pub use nodes::{NewNode, NodeAttrs, RenameMode, SetAttr};
+pub use past::Undeleted;
 pub use records::*;
 pub use stats::StoreStats;
 pub use store::{Store, DB_DIR_NAME};

@@ -100,6 +100,10 @@ impl Txn<'_> {
             } else {
                 self.inodes.insert(node.ino, None);
             }
+            if node.kind == NodeKind::File {
+                // Its history outlives it: when it went, for views of the past.
+                self.put_record(&keys::gone(node.file_id), &node.ctime)?;
+            }
         }
         // Only once status has asked for the counts (its first ask counts
         // under the writer lock, which this commit holds: no race).
@@ -277,6 +281,10 @@ impl Txn<'_> {
 
     pub(crate) fn put_orphan(&mut self, ino: u64) {
         self.put_raw(&keys::orphan(ino), &[]);
+    }
+
+    pub(crate) fn delete_gone(&mut self, file_id: FileId) {
+        self.delete(&keys::gone(file_id));
     }
 
     pub(crate) fn delete_orphan(&mut self, ino: u64) {

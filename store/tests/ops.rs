@@ -464,6 +464,33 @@ fn deleted_files_are_listed_and_come_back() {
     assert_clean(s);
 }
 
+/// The tree at a point in time: each file's version then, without the
+/// files already deleted then; a deleted file's time is kept.
+#[test]
+fn the_tree_at_a_point_in_time() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a.md");
+    s.write(a.ino, 0, b"a one", t(10)).unwrap();
+    s.commit(a.ino, t(10), false).unwrap();
+    let b = file(s, ROOT_INO, "b.md");
+    s.write(b.ino, 0, b"b", t(15)).unwrap();
+    s.commit(b.ino, t(15), false).unwrap();
+    s.write(a.ino, 0, b"a two", t(20)).unwrap();
+    s.commit(a.ino, t(20), false).unwrap();
+    s.unlink(ROOT_INO, b"b.md", t(25)).unwrap();
+    let at = |secs: i64| -> Vec<(String, u64)> {
+        s.tree_at(secs).unwrap().iter().map(|v| (String::from_utf8(v.path.clone()).unwrap(), v.content.size)).collect()
+    };
+    assert_eq!(at(5), vec![]);
+    assert_eq!(at(12), vec![("a.md".to_string(), 5)]);
+    assert_eq!(at(22), vec![("a.md".to_string(), 5), ("b.md".to_string(), 1)]);
+    assert_eq!(at(30), vec![("a.md".to_string(), 5)]);
+    let at22 = s.tree_at(22).unwrap();
+    assert_eq!(s.read_content(&at22[0].content, 0, 5).unwrap(), b"a two");
+    assert_clean(s);
+}
+
 #[test]
 fn reopen_keeps_everything_and_inode_numbers() {
     let dir = tempfile::tempdir().unwrap();

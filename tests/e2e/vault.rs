@@ -216,3 +216,49 @@ fn a_deleted_file_is_listed_and_brought_back_while_mounted() {
     assert!(history.as_array().unwrap().len() >= 3, "its history goes on: {history}");
     unmount_and_fsck(&[&desktop, &laptop]);
 }
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// `psync mount --at TIME DIR` shows the vault as it was then, read-only,
+/// beside the live mount; ordinary tools read and copy from it.
+#[test]
+fn a_view_of_the_past_shows_old_content_read_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, _b) = group_of_two(tmp.path());
+    let desktop = Mounted::with_data(a.clone());
+    std::fs::create_dir(desktop.path("notes")).unwrap();
+    std::fs::write(desktop.path("notes/plan.md"), "the old plan\n").unwrap();
+    std::fs::write(desktop.path("notes/gone.md"), "deleted later\n").unwrap();
+    let then = now_secs();
+    // Later changes fall in a later second than `then`.
+    eventually(PATIENCE, "the next second", || now_secs() > then);
+    std::fs::write(desktop.path("notes/plan.md"), "the new plan\n").unwrap();
+    std::fs::remove_file(desktop.path("notes/gone.md")).unwrap();
+    std::fs::write(desktop.path("new.md"), "made later\n").unwrap();
+
+    let view = tmp.path().join("then");
+    std::fs::create_dir(&view).unwrap();
+    let at = jiff::Timestamp::from_second(then).unwrap().to_string();
+    let out = psync(&a, &["mount", view.to_str().unwrap(), "--at", &at]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let unmount = |p: &std::path::Path| psync(&a, &["unmount", p.to_str().unwrap()]);
+    let shown = std::fs::read_to_string(view.join("notes/plan.md"));
+    let gone = std::fs::read_to_string(view.join("notes/gone.md"));
+    let later = view.join("new.md").exists();
+    let write = std::fs::write(view.join("notes/plan.md"), "changed?");
+    let copied =
+        std::process::Command::new("cp").arg("-r").arg(view.join("notes")).arg(tmp.path().join("copy")).status();
+    let out = unmount(&view);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(shown.unwrap(), "the old plan\n");
+    assert_eq!(gone.unwrap(), "deleted later\n");
+    assert!(!later, "a file made later is not in the view");
+    assert!(write.is_err(), "the view is read-only");
+    assert!(copied.unwrap().success());
+    assert_eq!(std::fs::read_to_string(tmp.path().join("copy/plan.md")).unwrap(), "the old plan\n");
+    // The live mount is untouched.
+    assert_eq!(std::fs::read_to_string(desktop.path("notes/plan.md")).unwrap(), "the new plan\n");
+    unmount_and_fsck(&[&desktop]);
+}

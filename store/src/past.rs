@@ -1,5 +1,6 @@
-//! Deleted files: their history outlives them (until pruned), so they can
-//! be listed and brought back.
+//! The past: deleted files (their history outlives them until pruned, so
+//! they can be listed and brought back) and the tree as it was at a point
+//! in time.
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,6 +47,41 @@ impl Store {
         Ok(out)
     }
 
+    /// The files as they were at `secs` (seconds since the epoch): of each
+    /// file, the newest version committed by then, unless it was gone by
+    /// then, at the path it was saved under; one per path (the newest).
+    /// Sorted by path. What was pruned from history is not there.
+    pub fn tree_at(&self, secs: i64) -> Result<Vec<FileVersion>> {
+        let mut gone: HashMap<FileId, i64> = HashMap::new();
+        self.for_each_prefix(&[keys::TAG_GONE], |k, v| {
+            if let Some(id) = keys::gone_file(k) {
+                let at: Timestamp = codec::decode(v)?;
+                gone.insert(id, at.secs);
+            }
+            Ok(true)
+        })?;
+        let mut at: HashMap<FileId, FileVersion> = HashMap::new();
+        self.for_each_prefix(&[keys::TAG_VERSION], |_, v| {
+            let version: FileVersion = codec::decode(v)?;
+            if version.committed_at.secs <= secs && gone.get(&version.file_id).is_none_or(|g| *g > secs) {
+                at.insert(version.file_id, version);
+            }
+            Ok(true)
+        })?;
+        let mut by_path: HashMap<Vec<u8>, FileVersion> = HashMap::new();
+        for version in at.into_values() {
+            match by_path.get(&version.path) {
+                Some(other) if (other.committed_at, other.seq) >= (version.committed_at, version.seq) => {}
+                _ => {
+                    by_path.insert(version.path.clone(), version);
+                }
+            }
+        }
+        let mut out: Vec<FileVersion> = by_path.into_values().collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
     /// Brings back version `seq` of the deleted file `file_id` at `path`, in
     /// one transaction: its folders are made again if they are gone, and
     /// the file continues its history (a new version, synced like any
@@ -79,6 +115,7 @@ impl Store {
             let attrs = NodeAttrs { perm: old.perm, uid: up.uid, gid: up.gid };
             let mut node = txn.create_node(parent, name, NewNode::File, attrs, now)?;
             node.file_id = file_id;
+            txn.delete_gone(file_id);
             node.content = old.content;
             node.mtime = now;
             node.ctime = now;
