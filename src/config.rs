@@ -26,6 +26,9 @@
 //! keep_days = 30             # every version younger than this is kept
 //! keep_versions = 16         # and at least this many of each file
 //! prune_every_secs = 21600   # how often the daemon prunes
+//!
+//! [xattrs]
+//! sync = true                # user.* extended attributes travel with files; false: they stay on this device
 //! ```
 
 use std::net::SocketAddr;
@@ -122,6 +125,14 @@ struct ConfigFile {
     relay: RelaySection,
     #[serde(default)]
     history: HistorySection,
+    #[serde(default)]
+    xattrs: XattrSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct XattrSection {
+    sync: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +252,9 @@ pub struct Settings {
     /// How often the daemon prunes history while mounted (seconds).
     #[serde(default)]
     pub history_prune_every_secs: u64,
+    /// `user.*` extended attributes travel with files (`[xattrs] sync`).
+    #[serde(default)]
+    pub xattrs_sync: bool,
 }
 
 impl Settings {
@@ -353,6 +367,7 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
         history_keep_days,
         history_keep_versions: parsed.history.keep_versions.unwrap_or(HISTORY_KEEP_VERSIONS).max(1),
         history_prune_every_secs,
+        xattrs_sync: parsed.xattrs.sync.unwrap_or(true),
     })
 }
 

@@ -11,6 +11,7 @@ mod name;
 pub mod page;
 mod syncable;
 mod version;
+pub mod xattr;
 
 pub use hash::{ContentHash, HashParseError};
 pub use name::{validate_name, NameError, NAME_MAX_BYTES};

@@ -84,7 +84,7 @@ pub fn start(
         download_bytes_per_sec: settings.download_bytes_per_sec,
         ..SyncConfig::new(group)
     };
-    let storage = StoreSync::new(store.clone());
+    let storage = StoreSync::with_xattrs(store.clone(), settings.xattrs_sync);
     let core = SyncCore::new(storage.clone(), config, rand::random(), mono_ms());
     let (control, control_rx) = mpsc::channel::<Control>(64);
     let live = SharedLive::default();

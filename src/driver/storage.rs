@@ -18,12 +18,20 @@ use psync_sync::{
 #[derive(Debug, Clone)]
 pub struct StoreSync {
     store: Arc<Store>,
+    /// Extended attributes travel (`[xattrs] sync`); off: records carry
+    /// none and peers' leave ours alone.
+    sync_xattrs: bool,
 }
 
 impl StoreSync {
-    /// Wraps `store`.
+    /// Wraps `store`; extended attributes sync.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store, sync_xattrs: true }
+    }
+
+    /// Wraps `store`, extended attributes kept local unless `sync_xattrs`.
+    pub fn with_xattrs(store: Arc<Store>, sync_xattrs: bool) -> Self {
+        Self { store, sync_xattrs }
     }
 
     fn to_record(&self, v: PathVersion) -> Result<FileRecord, StorageError> {
@@ -59,6 +67,7 @@ impl StoreSync {
             symlink: v.symlink,
             perm: v.perm,
             mtime: v.mtime,
+            xattrs: v.xattrs.filter(|_| self.sync_xattrs),
         })
     }
 
@@ -92,7 +101,7 @@ fn err(e: StoreError) -> StorageError {
     }
 }
 
-fn from_record(r: FileRecord) -> PathVersion {
+fn from_record(r: FileRecord, sync_xattrs: bool) -> PathVersion {
     PathVersion {
         path: r.path.as_str().as_bytes().to_vec(),
         kind: match r.kind {
@@ -111,6 +120,7 @@ fn from_record(r: FileRecord) -> PathVersion {
         symlink: r.symlink,
         perm: r.perm,
         mtime: r.mtime,
+        xattrs: r.xattrs.filter(|_| sync_xattrs),
     }
 }
 
@@ -184,7 +194,7 @@ impl SyncStorage for StoreSync {
         records: Vec<FileRecord>,
         decided_on: &[(SyncPath, Option<VersionVector>)],
     ) -> Result<InstallOutcome, StorageError> {
-        let versions: Vec<PathVersion> = records.into_iter().map(from_record).collect();
+        let versions: Vec<PathVersion> = records.into_iter().map(|r| from_record(r, self.sync_xattrs)).collect();
         let decided_on: Vec<(Vec<u8>, Option<VersionVector>)> =
             decided_on.iter().map(|(p, vv)| (p.as_str().as_bytes().to_vec(), vv.clone())).collect();
         Ok(match self.store.install_versions(&versions, &decided_on, Timestamp::now()).map_err(err)? {
@@ -236,6 +246,30 @@ pub(crate) mod tests {
     use super::*;
     use psync_store::{NewNode, NodeAttrs, RenameMode, ROOT_INO};
     use psync_sync::{Input, Output, SyncConfig, SyncCore};
+
+    /// `[xattrs] sync = false`: records carry no attributes, and a peer's
+    /// record leaves this device's attributes alone.
+    #[test]
+    fn extended_attributes_can_stay_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_or_create(dir.path(), DeviceId([1; 32])).unwrap());
+        let node = store.create(ROOT_INO, b"n.md", NewNode::File, NodeAttrs::perm(0o644), Timestamp::now()).unwrap();
+        store.commit(node.ino, Timestamp::now(), false).unwrap();
+        store.setxattr(node.ino, b"user.tag", b"mine", psync_store::XattrMode::Any, Timestamp::now()).unwrap();
+        let path = SyncPath::new("n.md").unwrap();
+        let shared = StoreSync::new(store.clone()).record(&path).unwrap().unwrap();
+        assert_eq!(shared.xattrs, Some(vec![(b"user.tag".to_vec(), b"mine".to_vec())]));
+        let mut local = StoreSync::with_xattrs(store.clone(), false);
+        let mut theirs = local.record(&path).unwrap().unwrap();
+        assert_eq!(theirs.xattrs, None);
+        // A peer's newer version with other attributes: content taken, ours kept.
+        theirs.vv.advance(DeviceId([2; 32]), 50);
+        theirs.version = VersionId { device: DeviceId([2; 32]), counter: 50 };
+        theirs.xattrs = Some(vec![(b"user.tag".to_vec(), b"theirs".to_vec())]);
+        let decided_on = [(path.clone(), Some(shared.vv.clone()))];
+        assert_eq!(local.install(vec![theirs], &decided_on).unwrap(), InstallOutcome::Installed);
+        assert_eq!(store.getxattr(node.ino, b"user.tag").unwrap(), b"mine");
+    }
 
     pub(crate) struct Device {
         pub(crate) _dir: tempfile::TempDir,

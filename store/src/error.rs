@@ -59,6 +59,15 @@ pub enum StoreError {
     /// that do not sync are in the way); nothing was changed.
     #[error("{0}")]
     Blocked(String),
+    /// No extended attribute of that name.
+    #[error("no such extended attribute")]
+    NoXattr,
+    /// Only `user.*` extended attributes are kept, on files and folders.
+    #[error("extended attribute not supported: {0}")]
+    XattrUnsupported(&'static str),
+    /// An extended attribute (or a node's together) past the limits.
+    #[error("extended attribute too large: {0}")]
+    XattrTooLarge(&'static str),
     /// The store was opened read-only (a snapshot beside a running daemon).
     #[error("the store is open read-only (a daemon is using it); unmount it to change it")]
     ReadOnly,

@@ -319,6 +319,12 @@ impl Checker<'_> {
         // unlinked one is gone already).
         let live: std::collections::HashSet<FileId> =
             seen.inodes.values().filter(|n| !n.links.is_empty()).map(|n| n.file_id).collect();
+        for (k, _) in self.store.scan_prefix(&[keys::TAG_XATTR])? {
+            match keys::u64_at(&k, 1) {
+                Some(ino) if seen.inodes.contains_key(&ino) => {}
+                _ => self.problem(format!("an extended attribute of a missing inode: {:?}", HexKey(&k))),
+            }
+        }
         for (k, _) in self.decode_all::<Timestamp>(keys::TAG_GONE, "deletion time")? {
             match keys::gone_file(&k) {
                 Some(id) if live.contains(&id) => self.problem(format!("file {id} is live but marked as gone")),

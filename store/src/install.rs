@@ -222,6 +222,12 @@ impl Txn<'_> {
         node.mtime = mtime;
         node.ctime = now;
         node.vv = v.vv.clone();
+        if let (Some(list), NodeKind::File | NodeKind::Dir) = (&v.xattrs, v.kind) {
+            // Only what this store keeps (the sync layer checked the record).
+            if psync_base::xattr::check_xattrs(list).is_ok() {
+                self.replace_xattrs(node.ino, list)?;
+            }
+        }
         match v.kind {
             NodeKind::File => {
                 node.content = match &v.blocks {

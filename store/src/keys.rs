@@ -18,6 +18,7 @@
 //! | `meta`   | `r` device:32                         | `PeerRecord`         | what this device knows of a peer          |
 //! | `meta`   | `n` path in NFC:bytes                 | `LocalOnlyPath`      | a local path that does not sync, and why  |
 //! | `meta`   | `g` file_id:16                        | `Timestamp`          | when a file lost its last name (history)  |
+//! | `meta`   | `a` ino:u64 name:bytes                | raw bytes            | an extended attribute (`user.*`) of a node|
 //! | `blocks` | hash:32                               | raw bytes (<=64 KiB) | block content, BLAKE3(value) == key       |
 //!
 //! Invariants (checked by fsck): every `d` entry names an existing inode
@@ -26,7 +27,7 @@
 //! version exists and matches its hash; each `x` entry has the `q` key of its
 //! sequence number and each `q` key names an `x` entry with that number; a
 //! live `x` entry names an existing node of its kind; no `g` key names a file
-//! a live inode holds. No `s` or `t` key
+//! a live inode holds; every `a` key names an existing inode. No `s` or `t` key
 //! exists (format 3 removed the old inode-level change log).
 
 use psync_base::{nfc_key, ContentHash, DeviceId};
@@ -49,6 +50,7 @@ pub(crate) const TAG_PATH_SEQ: u8 = b'q';
 pub(crate) const TAG_PEER: u8 = b'r';
 pub(crate) const TAG_LOCAL_ONLY: u8 = b'n';
 pub(crate) const TAG_GONE: u8 = b'g';
+pub(crate) const TAG_XATTR: u8 = b'a';
 
 /// Formats 1-2 wrote an inode-level change log under `s` (seq) and `t`
 /// (file id) that nothing read; format 3 deletes the range `[s, u)`.
@@ -107,6 +109,16 @@ pub(crate) fn gone(file_id: FileId) -> [u8; 17] {
 /// The file id of a `g` key.
 pub(crate) fn gone_file(key: &[u8]) -> Option<FileId> {
     Some(FileId(u128::from_be_bytes(key.get(1..17)?.try_into().ok()?)))
+}
+
+pub(crate) fn xattr_prefix(ino: u64) -> [u8; 9] {
+    tagged_u64(TAG_XATTR, ino)
+}
+
+pub(crate) fn xattr(ino: u64, name: &[u8]) -> Vec<u8> {
+    let mut key = xattr_prefix(ino).to_vec();
+    key.extend_from_slice(name);
+    key
 }
 
 pub(crate) fn orphan(ino: u64) -> [u8; 9] {

@@ -30,6 +30,7 @@ mod stats;
 mod store;
 mod sync_index;
 mod txn;
+mod xattr;
 
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
@@ -41,3 +42,4 @@ pub use records::*;
 pub use stats::StoreStats;
 pub use store::{Store, DB_DIR_NAME};
 pub use sync_index::{BlockRefs, LocalOnlyPath, PathVersion, PeerRecord};
+pub use xattr::XattrMode;

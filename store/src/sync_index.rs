@@ -53,6 +53,9 @@ pub struct PathVersion {
     pub perm: u32,
     /// Modification time, seconds.
     pub mtime: i64,
+    /// Extended attributes (`user.*`, sorted by name) of a live file or
+    /// folder; `None` from a peer that keeps them local: leave ours.
+    pub xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// What this device remembers about a peer (for the sync layer).
@@ -218,12 +221,16 @@ impl Store {
             symlink: Vec::new(),
             perm: 0,
             mtime: entry.mtime,
+            xattrs: None,
         };
         if entry.deleted {
             return Ok(v);
         }
         let node = self.resolve(path)?;
         v.perm = node.perm;
+        if matches!(node.kind, NodeKind::File | NodeKind::Dir) {
+            v.xattrs = Some(self.xattrs(node.ino)?);
+        }
         match node.kind {
             NodeKind::File => {
                 // Peers get the last committed content, never a half-written one.

@@ -119,7 +119,11 @@ impl Txn<'_> {
         for (ino, node) in &self.inodes {
             match node {
                 Some(node) => batch.put_cf(meta, keys::inode(*ino), codec::encode(node)?),
-                None => batch.delete_cf(meta, keys::inode(*ino)),
+                None => {
+                    batch.delete_cf(meta, keys::inode(*ino));
+                    // Its extended attributes go with it.
+                    batch.delete_range_cf(meta, keys::xattr_prefix(*ino), keys::xattr_prefix(ino.saturating_add(1)));
+                }
             }
         }
         if self.counters != self.counters_before {

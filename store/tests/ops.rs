@@ -491,6 +491,38 @@ fn the_tree_at_a_point_in_time() {
     assert_clean(s);
 }
 
+/// `user.*` attributes: kept, a new version of a committed file, bounded,
+/// other namespaces refused, gone with the file.
+#[test]
+fn extended_attributes() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "a.md");
+    s.write(a.ino, 0, b"x", t(1)).unwrap();
+    s.commit(a.ino, t(1), false).unwrap();
+    let before = s.path_version(b"a.md").unwrap().unwrap();
+    s.setxattr(a.ino, b"user.tag", b"red", XattrMode::Any, t(2)).unwrap();
+    let after = s.path_version(b"a.md").unwrap().unwrap();
+    assert_eq!(after.vv.compare(&before.vv), Causality::Dominates, "a new version");
+    assert_eq!(after.xattrs, Some(vec![(b"user.tag".to_vec(), b"red".to_vec())]));
+    assert_eq!(s.getxattr(a.ino, b"user.tag").unwrap(), b"red");
+    assert!(matches!(s.setxattr(a.ino, b"user.tag", b"x", XattrMode::Create, t(3)), Err(StoreError::Exists)));
+    assert!(matches!(s.setxattr(a.ino, b"user.no", b"x", XattrMode::Replace, t(3)), Err(StoreError::NoXattr)));
+    assert!(matches!(
+        s.setxattr(a.ino, b"trusted.x", b"x", XattrMode::Any, t(3)),
+        Err(StoreError::XattrUnsupported(_))
+    ));
+    let big = vec![7u8; psync_base::xattr::MAX_XATTR_VALUE_BYTES + 1];
+    assert!(matches!(s.setxattr(a.ino, b"user.big", &big, XattrMode::Any, t(3)), Err(StoreError::XattrTooLarge(_))));
+    assert!(matches!(s.getxattr(a.ino, b"user.none"), Err(StoreError::NoXattr)));
+    s.removexattr(a.ino, b"user.tag", t(4)).unwrap();
+    assert!(s.xattrs(a.ino).unwrap().is_empty());
+    s.setxattr(a.ino, b"user.tag", b"blue", XattrMode::Any, t(5)).unwrap();
+    s.unlink(ROOT_INO, b"a.md", t(6)).unwrap();
+    assert!(s.xattrs(a.ino).unwrap().is_empty(), "gone with the file");
+    assert_clean(s);
+}
+
 #[test]
 fn reopen_keeps_everything_and_inode_numbers() {
     let dir = tempfile::tempdir().unwrap();
@@ -682,6 +714,7 @@ fn remote_versions_install_atomically_with_their_structure() {
         symlink: vec![],
         perm: 0o755,
         mtime: 1,
+        xattrs: None,
     };
     let moved = PathVersion { path: b"notes/n.md".to_vec(), ..v.clone() };
     // Blocks must be present first.
@@ -749,6 +782,7 @@ fn remote_versions_are_validated_like_local_ones() {
         symlink: b"a\0b".to_vec(),
         perm: 0o777,
         mtime: 1,
+        xattrs: None,
     };
     assert!(matches!(f.store.install_versions(&[bad_link], &[], t(1)), Err(StoreError::Invalid(_))));
     assert!(matches!(f.store.resolve(b"link"), Err(StoreError::NotFound)), "nothing half-applied");
@@ -776,6 +810,7 @@ fn peer_version(path: &str, kind: NodeKind, deleted: bool) -> PathVersion {
         symlink: vec![],
         perm: 0o755,
         mtime: 1,
+        xattrs: None,
     }
 }
 

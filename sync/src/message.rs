@@ -11,8 +11,9 @@ use crate::record::FileRecord;
 /// Bumped on any incompatible change; peers with another version are
 /// refused with a clear message. 2: large files' records name pages of
 /// block hashes; tree responses come in parts. 3: objects may be asked for
-/// and sent as patches of one the receiver has.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// and sent as patches of one the receiver has. 4: records carry extended
+/// attributes.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame accepted from a peer: a 64 KiB block plus headers, or a
 /// batch of records or tree entries (cut by bytes well below this, see
 /// [`crate::limits`]).
@@ -178,6 +179,7 @@ mod tests {
             symlink: vec![],
             perm: 0o644,
             mtime: 5,
+            xattrs: Some(vec![(b"user.t".to_vec(), b"x".to_vec())]),
         }
     }
 
@@ -221,9 +223,10 @@ mod tests {
             format!("0c{h_hex}{b_hex} fb2c01 02 01cd").replace(' ', "")
         );
         let r = record();
-        // path, kind, deleted, vv, version, size, blocks (0 = listed), symlink, perm, mtime
+        // path, kind, deleted, vv, version, size, blocks (0 = listed), symlink, perm, mtime,
+        // xattrs (some, one: "user.t" = "x")
         let r_hex = format!(
-            "0461 2e6d64 00 00 01 20{} 02 20{} 02 03 00 01 01 20{} 00 fba401 0a",
+            "0461 2e6d64 00 00 01 20{} 02 20{} 02 03 00 01 01 20{} 00 fba401 0a 01 01 06 757365722e74 01 78",
             "01".repeat(32),
             "01".repeat(32),
             "09".repeat(32)

@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 
 use psync_base::page::{encode_page, paginate, BLOCKS_PER_PAGE};
+use psync_base::xattr::{check_xattrs, Xattrs};
 use psync_base::{Causality, ContentHash, DeviceId, VersionVector, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,10 @@ pub struct FileRecord {
     pub perm: u32,
     /// Modification time (seconds), informational: never used to decide.
     pub mtime: i64,
+    /// Extended attributes (`user.*`, sorted by name) of a live file or
+    /// folder; `None` from a device that keeps them local (the receiver
+    /// keeps its own).
+    pub xattrs: Option<Xattrs>,
 }
 
 impl FileRecord {
@@ -134,6 +139,9 @@ impl FileRecord {
             symlink: Vec::new(),
             perm,
             mtime,
+            // A folder made or kept here for its children: its attributes
+            // (if any) stay as they are.
+            xattrs: None,
         }
     }
 
@@ -176,13 +184,24 @@ impl FileRecord {
         } else if !self.symlink.is_empty() {
             return Err(format!("{}: a symlink target on something else", self.path));
         }
+        if let Some(list) = &self.xattrs {
+            if self.deleted || self.kind == RecordKind::Symlink {
+                return Err(format!("{}: extended attributes on a deletion or a symlink", self.path));
+            }
+            check_xattrs(list).map_err(|why| format!("{}: extended attributes: {why}", self.path))?;
+        }
         Ok(())
     }
 
     /// An upper bound of the record's encoded size, in bytes (to cut
     /// frames by size without encoding twice).
     pub fn wire_size(&self) -> usize {
-        64 + self.path.as_str().len() + self.vv.iter().count() * 48 + self.blocks.len() * 34 + self.symlink.len()
+        let xattrs: usize = self.xattrs.iter().flatten().map(|(n, v)| n.len() + v.len() + 10).sum();
+        64 + self.path.as_str().len()
+            + self.vv.iter().count() * 48
+            + self.blocks.len() * 34
+            + self.symlink.len()
+            + xattrs
     }
 
     /// Whether two records hold the same thing (ignoring history).
@@ -193,7 +212,8 @@ impl FileRecord {
                 || (self.size == other.size
                     && self.blocks == other.blocks
                     && self.symlink == other.symlink
-                    && self.perm == other.perm))
+                    && self.perm == other.perm
+                    && self.xattrs == other.xattrs))
     }
 
     /// The objects this record names directly (holes excluded): its blocks,

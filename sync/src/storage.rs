@@ -301,6 +301,7 @@ impl MemStorage {
             symlink: Vec::new(),
             perm: 0o644,
             mtime,
+            xattrs: Some(Vec::new()),
         };
         self.put(record.clone());
         record
@@ -329,6 +330,7 @@ impl MemStorage {
             blocks: Blocks::default(),
             symlink: Vec::new(),
             mtime,
+            xattrs: None,
             ..old
         };
         self.put(record.clone());

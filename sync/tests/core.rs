@@ -516,6 +516,7 @@ fn rec(p: &str, vv: &[(u8, u64)], dot: (u8, u64), body: &[u8], deleted: bool) ->
         symlink: vec![],
         perm: 0o644,
         mtime: 0,
+        xattrs: None,
     }
 }
 

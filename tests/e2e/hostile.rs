@@ -108,6 +108,7 @@ impl Hostile {
             symlink: symlink.to_vec(),
             perm: 0o644,
             mtime: 1_800_000_000,
+            xattrs: None,
         }
     }
 }

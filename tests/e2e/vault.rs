@@ -262,3 +262,66 @@ fn a_view_of_the_past_shows_old_content_read_only() {
     assert_eq!(std::fs::read_to_string(desktop.path("notes/plan.md")).unwrap(), "the new plan\n");
     unmount_and_fsck(&[&desktop]);
 }
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} must be installed (scripts/install-deps.sh installs attr): {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn getfattr(path: &std::path::Path, name: &str) -> Option<String> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .expect("getfattr must be installed (scripts/install-deps.sh installs attr)");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `user.*` extended attributes (file managers' tags, `cp -a`) are kept
+/// with the file, sync to the other device, and can be removed there.
+#[test]
+fn extended_attributes_round_trip_and_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let desktop = Mounted::with_data(a.clone());
+    let laptop = Mounted::with_data(b.clone());
+    std::fs::write(desktop.path("tagged.md"), "a note with a tag").unwrap();
+    std::fs::create_dir(desktop.path("folder")).unwrap();
+    let file = desktop.path("tagged.md");
+    run(
+        "setfattr",
+        &["-n".as_ref(), "user.xdg.tags".as_ref(), "-v".as_ref(), "work,urgent".as_ref(), file.as_os_str()],
+    );
+    let folder = desktop.path("folder");
+    run("setfattr", &["-n".as_ref(), "user.color".as_ref(), "-v".as_ref(), "blue".as_ref(), folder.as_os_str()]);
+    assert_eq!(getfattr(&file, "user.xdg.tags").as_deref(), Some("work,urgent"));
+    let listed = run("getfattr", &["-d".as_ref(), file.as_os_str()]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("user.xdg.tags=\"work,urgent\""));
+    // Another namespace is not kept: refused, not silently dropped.
+    let trusted =
+        std::process::Command::new("setfattr").args(["-n", "trusted.x", "-v", "1"]).arg(&file).status().unwrap();
+    assert!(!trusted.success());
+
+    eventually(PATIENCE, "the tags on the laptop", || {
+        getfattr(&laptop.path("tagged.md"), "user.xdg.tags").as_deref() == Some("work,urgent")
+            && getfattr(&laptop.path("folder"), "user.color").as_deref() == Some("blue")
+    });
+    assert_eq!(std::fs::read_to_string(laptop.path("tagged.md")).unwrap(), "a note with a tag");
+    // A change of tags is a version like any other: removing one syncs back.
+    let there = laptop.path("tagged.md");
+    run("setfattr", &["-x".as_ref(), "user.xdg.tags".as_ref(), there.as_os_str()]);
+    eventually(PATIENCE, "the tag removed on the desktop", || getfattr(&file, "user.xdg.tags").is_none());
+    // cp -a into the mount keeps them.
+    let outside = tmp.path().join("outside.md");
+    std::fs::write(&outside, "from outside").unwrap();
+    run("setfattr", &["-n".as_ref(), "user.origin".as_ref(), "-v".as_ref(), "disk".as_ref(), outside.as_os_str()]);
+    run("cp", &["-a".as_ref(), outside.as_os_str(), desktop.path("copied.md").as_os_str()]);
+    eventually(PATIENCE, "the copied file's attribute on the laptop", || {
+        getfattr(&laptop.path("copied.md"), "user.origin").as_deref() == Some("disk")
+    });
+    unmount_and_fsck(&[&desktop, &laptop]);
+}

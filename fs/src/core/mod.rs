@@ -13,6 +13,7 @@ use crate::error::{FsError, FsResult};
 
 pub mod replay;
 mod requests;
+mod xattr;
 
 /// What the filesystem tells the sync engine.
 #[derive(Debug, Clone, PartialEq, Eq)]

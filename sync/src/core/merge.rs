@@ -27,7 +27,7 @@ impl<S: SyncStorage> SyncCore<S> {
         }
         let Some(base) = self.common_version(&local.path, local, incoming)? else { return Ok(None) };
         let (ours, theirs) = if winner.version == incoming.version { (incoming, local) } else { (local, incoming) };
-        let perm = ours.perm;
+        let (perm, xattrs) = (ours.perm, ours.xattrs.clone());
         let (Some(base), Some(ours), Some(theirs)) = (
             self.bytes(base.size, &Blocks::Listed(base.blocks))?,
             self.bytes(ours.size, &ours.blocks)?,
@@ -56,6 +56,7 @@ impl<S: SyncStorage> SyncCore<S> {
             symlink: Vec::new(),
             perm,
             mtime: local.mtime.max(incoming.mtime),
+            xattrs,
         }))
     }
 

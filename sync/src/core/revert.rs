@@ -39,6 +39,7 @@ impl<S: SyncStorage> SyncCore<S> {
                     size: 0,
                     blocks: Default::default(),
                     symlink: Vec::new(),
+                    xattrs: None,
                     ..local.clone()
                 };
                 let decided_on = [(path.clone(), Some(local.vv))];
