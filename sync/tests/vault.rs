@@ -197,3 +197,22 @@ fn a_device_without_the_common_version_converges_on_the_merge() {
     let want = BASE.replace("monday: write", "monday: write more").replace("thursday: walk", "thursday: run");
     assert_eq!(text(&m, 0, "plan.md").as_deref(), Some(want.as_str()));
 }
+
+/// A peer's record with attributes PSync does not keep is refused on its
+/// own (held with the reason), never installed.
+#[test]
+fn records_with_attributes_outside_user_are_refused() {
+    let mut m = Mesh::new(2, |_| {});
+    m.storage(0).local_write(&path("a.md"), b"x", 1);
+    let mut record = m.storage(0).live(&path("a.md")).cloned().unwrap();
+    assert!(record.check().is_ok());
+    record.xattrs = Some(vec![(b"trusted.x".to_vec(), b"1".to_vec())]);
+    assert!(record.check().unwrap_err().contains("extended attributes"));
+    record.xattrs = Some(vec![(b"user.b".to_vec(), vec![]), (b"user.a".to_vec(), vec![])]);
+    assert!(record.check().is_err(), "names must be sorted");
+    record.xattrs = Some(vec![(b"user.a".to_vec(), vec![0; psync_base::xattr::MAX_XATTR_VALUE_BYTES + 1])]);
+    assert!(record.check().is_err(), "too large");
+    record.deleted = true;
+    record.xattrs = Some(vec![]);
+    assert!(record.check().is_err(), "a deletion carries none");
+}
