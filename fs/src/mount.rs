@@ -160,7 +160,16 @@ pub fn mount(
         config.mount_options.push(MountOption::AutoUnmount);
     }
     config.n_threads = Some(4);
-    let session = fuser::Session::new(PsyncFs::new(core), mountpoint, &config).map_err(|e| match e.kind() {
+    serve(PsyncFs::new(core), mountpoint, &config)
+}
+
+/// Mounts `fs` with `config` and serves it on background threads.
+pub(crate) fn serve<FS: fuser::Filesystem + Send + Sync + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &Config,
+) -> Result<BackgroundSession, MountError> {
+    let session = fuser::Session::new(fs, mountpoint, config).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => MountError::Permission(mountpoint.to_path_buf(), e),
         _ => MountError::Other(mountpoint.to_path_buf(), e),
     })?;

@@ -232,9 +232,5 @@ pub fn mount_view(view: View, mountpoint: &Path, source: &str) -> Result<Backgro
         config.mount_options.push(MountOption::AutoUnmount);
     }
     config.n_threads = Some(2);
-    let session = fuser::Session::new(view, mountpoint, &config).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => MountError::Permission(mountpoint.to_path_buf(), e),
-        _ => MountError::Other(mountpoint.to_path_buf(), e),
-    })?;
-    session.spawn().map_err(|e| MountError::Other(mountpoint.to_path_buf(), e))
+    crate::mount::serve(view, mountpoint, &config)
 }

@@ -118,26 +118,9 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args
     if let Some(level) = &args.log_level {
         command.arg("--log-level").arg(level);
     }
-    let mut child = command
-        .arg("mount")
-        .arg(mountpoint)
-        .arg("--foreground")
-        .args(args.options.to_args())
-        .env(NOTIFY_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("cannot start the psync daemon")?;
-    let stdout = child.stdout.take().context("daemon stdout")?;
-    let mut ready = false;
-    for line in BufReader::new(stdout).lines() {
-        if line.map(|l| l.trim() == READY).unwrap_or(false) {
-            ready = true;
-            break;
-        }
-    }
-    if ready {
+    command.arg("mount").arg(mountpoint).arg("--foreground").args(args.options.to_args());
+    let mut child = spawn_detached(command, log).context("cannot start the psync daemon")?;
+    if wait_ready(&mut child)? {
         println!(
             "mounted {} at {} (daemon pid {}; log: {})",
             data_dir.display(),
@@ -152,6 +135,18 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args
     let tail = String::from_utf8_lossy(log_text.get(start_of_log as usize..).unwrap_or(&[]));
     eprint!("{tail}");
     bail!("the psync daemon exited ({status}) before the mount was ready");
+}
+
+/// Starts `command` (a `--foreground` psync) as a detached child told to
+/// report readiness, its stderr into `log`.
+fn spawn_detached(mut command: Command, log: std::fs::File) -> std::io::Result<std::process::Child> {
+    command.env(NOTIFY_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log).spawn()
+}
+
+/// Whether the child printed [`READY`] (false: it ended before).
+fn wait_ready(child: &mut std::process::Child) -> Result<bool> {
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    Ok(BufReader::new(stdout).lines().any(|line| line.is_ok_and(|l| l.trim() == READY)))
 }
 
 /// Runs the filesystem in this process until it is unmounted or a signal

@@ -2,9 +2,8 @@
 //! process of its own beside any running daemon (the store opened
 //! read-only). It detaches like the daemon and serves until unmounted.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +11,7 @@ use psync_fs::mount;
 use psync_fs::view::{mount_view, View};
 use psync_store::{Store, Timestamp};
 
-use super::{announce_ready, become_daemon, wait_for_unmount, NOTIFY_ENV, READY};
+use super::{announce_ready, become_daemon, spawn_detached, wait_for_unmount, wait_ready, NOTIFY_ENV};
 use crate::data_dir::LOG_FILE;
 
 /// Parses a point in time: `2026-12-01 10:00` or `2026-12-01` (local time),
@@ -67,21 +66,10 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path, at_text: &str) -> Result<
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open log {}", log_path.display()))?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("mount")
-        .arg(mountpoint)
-        .args(["--at", at_text, "--foreground"])
-        .env(NOTIFY_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("cannot start the view")?;
-    let stdout = child.stdout.take().context("view stdout")?;
-    let ready = BufReader::new(stdout).lines().any(|l| l.is_ok_and(|l| l.trim() == READY));
-    if ready {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--data-dir").arg(data_dir).arg("mount").arg(mountpoint).args(["--at", at_text, "--foreground"]);
+    let mut child = spawn_detached(command, log).context("cannot start the view")?;
+    if wait_ready(&mut child)? {
         println!(
             "{} as of {at_text}, read-only, at {} (pid {}; `psync unmount {}` when done)",
             data_dir.display(),
