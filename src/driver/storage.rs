@@ -223,13 +223,8 @@ impl SyncStorage for StoreSync {
     }
 
     fn history(&self, path: &SyncPath) -> Result<Vec<PastVersion>, StorageError> {
-        let node = match self.store.resolve(path.as_str().as_bytes()) {
-            Ok(node) if node.kind == NodeKind::File => node,
-            Ok(_) | Err(StoreError::NotFound) | Err(StoreError::NotDir) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
-        };
         let mut out = Vec::new();
-        for version in self.store.versions(node.file_id).map_err(err)? {
+        for version in self.store.versions_at_path(path.as_str().as_bytes()).map_err(err)? {
             // Only what a merge could use: small files listed block by block.
             if version.content.size > MAX_MERGE_BYTES {
                 continue;

@@ -47,6 +47,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Every version of the file now at `path` and of the files that stood
+    /// there before it and were replaced (an editor that saves by writing a
+    /// new file and renaming it over the old one starts a new file each
+    /// time), ordered by sequence number. Scans the history of deleted
+    /// files: for the rare case of a merge, not for every request.
+    pub fn versions_at_path(&self, path: &[u8]) -> Result<Vec<FileVersion>> {
+        let mut out = Vec::new();
+        for gone in self.deleted_files()? {
+            if gone.path == path {
+                out.extend(self.versions(gone.file_id)?);
+            }
+        }
+        match self.resolve(path) {
+            Ok(node) if node.kind == NodeKind::File => out.extend(self.versions(node.file_id)?),
+            Ok(_) | Err(StoreError::NotFound) | Err(StoreError::NotDir) => {}
+            Err(e) => return Err(e),
+        }
+        out.sort_by_key(|v| v.seq);
+        Ok(out)
+    }
+
     /// The files as they were at `secs` (seconds since the epoch): of each
     /// file, the newest version committed by then, unless it was gone by
     /// then, at the path it was saved under; one per path (the newest).

@@ -523,6 +523,24 @@ fn extended_attributes() {
     assert_clean(s);
 }
 
+/// An editor that saves by renaming a new file over the old one: the
+/// history at the path still reaches the old file's versions.
+#[test]
+fn versions_at_a_path_follow_saves_by_rename() {
+    let f = fixture();
+    let s = &f.store;
+    let a = file(s, ROOT_INO, "note.md");
+    s.write(a.ino, 0, b"first", t(1)).unwrap();
+    s.commit(a.ino, t(1), false).unwrap();
+    let tmp = file(s, ROOT_INO, ".note.md.tmp");
+    s.write(tmp.ino, 0, b"second", t(2)).unwrap();
+    s.commit(tmp.ino, t(2), false).unwrap();
+    s.rename(ROOT_INO, b".note.md.tmp", ROOT_INO, b"note.md", RenameMode::Replace, t(2)).unwrap();
+    let sizes: Vec<u64> = s.versions_at_path(b"note.md").unwrap().iter().map(|v| v.content.size).collect();
+    assert_eq!(sizes, vec![5, 6], "the replaced file's version, then the new one's");
+    assert_clean(s);
+}
+
 #[test]
 fn reopen_keeps_everything_and_inode_numbers() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,10 @@ pub const MAX_DISK_FULL_PAUSE_MS: u64 = 30_000;
 /// Largest text file merged three-way (bytes, each of the three versions);
 /// a larger one keeps both versions as a conflict copy.
 pub const MAX_MERGE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most lines of a text file merged three-way (count, each version): the
+/// line diff costs up to (lines)^2, and it runs inside the sync loop, so
+/// this keeps the worst merge near a second. Notes stay far below it.
+pub const MAX_MERGE_LINES: usize = 10_000;
 
 /// `first * 2^attempts`, at most `max`.
 pub(crate) fn backoff(first: u64, max: u64, attempts: u32) -> u64 {

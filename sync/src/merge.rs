@@ -4,12 +4,15 @@
 //! bytes on every device; the caller puts the winner of the total order
 //! first so that every device gives the roles alike.
 
-use crate::limits::MAX_MERGE_BYTES;
+use crate::limits::{MAX_MERGE_BYTES, MAX_MERGE_LINES};
 
 /// Whether `bytes` is text a line merge may touch: UTF-8 without NUL, at
-/// most [`MAX_MERGE_BYTES`].
+/// most [`MAX_MERGE_BYTES`] in at most [`MAX_MERGE_LINES`] lines.
 pub fn is_mergeable_text(bytes: &[u8]) -> bool {
-    bytes.len() as u64 <= MAX_MERGE_BYTES && !bytes.contains(&0) && std::str::from_utf8(bytes).is_ok()
+    bytes.len() as u64 <= MAX_MERGE_BYTES
+        && !bytes.contains(&0)
+        && bytes.iter().filter(|b| **b == b'\n').count() < MAX_MERGE_LINES
+        && std::str::from_utf8(bytes).is_ok()
 }
 
 /// `ours` and `theirs` merged against `ancestor`, or `None` when their
@@ -44,5 +47,7 @@ mod tests {
         assert_eq!(merge_text(b"a\n", &[0xff, b'\n'], b"b\n"), None);
         let big = vec![b'x'; MAX_MERGE_BYTES as usize + 1];
         assert_eq!(merge_text(b"", &big, b"y"), None);
+        let many_lines = "x\n".repeat(MAX_MERGE_LINES);
+        assert_eq!(merge_text(b"", many_lines.as_bytes(), b"y"), None);
     }
 }

@@ -18,6 +18,7 @@
 //! draw from a random stream of their own, so other seeds replay as before.
 //!
 //! Reproduce a seed: `PSYNC_SIM_SEEDS=1234 cargo test -p psync-sync --test sim -- --nocapture`
+//! (`PSYNC_SIM_DEBUG=1` also prints what a lost write's path holds and which live files hold its lines)
 //! Many seeds: `PSYNC_SIM_SEEDS=1-20000 cargo test --release -p psync-sync --test sim`
 
 // Test code: a failed setup step should panic with its message.
@@ -51,6 +52,8 @@ struct UserOp {
     path: SyncPath,
     vv: VersionVector,
     kind: OpKind,
+    /// Digests of the lines the user took out (of the content replaced or deleted).
+    removed: BTreeSet<ContentHash>,
 }
 
 struct Device {
@@ -358,21 +361,28 @@ impl Sim {
             Some(old) => self.storage(i).content(&old).map(|c| line_digests(&c)).unwrap_or_default(),
             None => BTreeSet::new(),
         };
-        let lines = line_digests(data).into_iter().filter(|l| !before.contains(l)).collect();
+        let after = line_digests(data);
+        let lines = after.iter().filter(|l| !before.contains(l)).copied().collect();
+        let removed = before.difference(&after).copied().collect();
         let record = self.storage(i).local_write(p, data, mtime);
         self.history.push(UserOp {
             device: i,
             path: p.clone(),
             vv: record.vv.clone(),
             kind: OpKind::Write { digest: digest(data), version: record.version, lines },
+            removed,
         });
     }
 
     fn delete(&mut self, i: usize, p: &SyncPath) {
         self.touched(i, p);
         let mtime = (self.now / 1000) as i64;
+        let removed = match self.storage(i).live(p).cloned() {
+            Some(old) => self.storage(i).content(&old).map(|c| line_digests(&c)).unwrap_or_default(),
+            None => BTreeSet::new(),
+        };
         if let Some(record) = self.storage(i).local_delete(p, mtime) {
-            self.history.push(UserOp { device: i, path: p.clone(), vv: record.vv, kind: OpKind::Delete });
+            self.history.push(UserOp { device: i, path: p.clone(), vv: record.vv, kind: OpKind::Delete, removed });
         }
     }
 
@@ -430,7 +440,11 @@ impl Sim {
                     return;
                 }
                 let size = self.random_size();
-                let data = self.content(size);
+                let mut data = self.content(size);
+                if size > 64 * 1024 {
+                    // A large file is binary (a PDF, an image): never merged.
+                    data.push(0);
+                }
                 self.write(i, &p, &data);
                 format!("write {p} ({} bytes)", data.len())
             }
@@ -849,10 +863,18 @@ impl Sim {
                         r.version == **v || matches!(r.vv.compare(vv), Causality::Dominates | Causality::Equal)
                     })
             });
-            // Merged with a concurrent edit: every line it brought is there
-            // (a write that only removed lines brought none).
-            let merged = lines.iter().all(|l| live_lines.contains(l))
-                && final_tree.get(&op.path).is_some_and(|r| r.vv.compare(&op.vv) == Causality::Dominates);
+            // Merged with a concurrent edit: every line it brought is in some
+            // live file or a user took it out later (say, from a conflict copy
+            // of a merge that held it); a write that only removed lines
+            // brought none, and a later version at its path includes it.
+            let kept_or_removed = |l: &ContentHash| {
+                live_lines.contains(l) || self.history[n + 1..].iter().any(|later| later.removed.contains(l))
+            };
+            let merged = if lines.is_empty() {
+                final_tree.get(&op.path).is_some_and(|r| r.vv.compare(&op.vv) == Causality::Dominates)
+            } else {
+                lines.iter().all(kept_or_removed)
+            };
             let present = present || merged;
             // Superseded: a causally later user operation on its path, or on
             // the conflict copy its content (or a twin's) went to if it lost
@@ -882,6 +904,19 @@ impl Sim {
                         lines.len(),
                         lines.iter().filter(|l| !live_lines.contains(l)).count()
                     );
+                    for (p, r) in &final_tree {
+                        if let Some(c) = storage.content(r) {
+                            let l = line_digests(&c);
+                            let n = lines.iter().filter(|x| l.contains(x)).count();
+                            if n > 0 {
+                                eprintln!(
+                                    "  live {p} {:?} has {n} of them: {:?}",
+                                    r.version,
+                                    String::from_utf8_lossy(&c)
+                                );
+                            }
+                        }
+                    }
                     for o in self.history.iter().filter(|o| o.path == op.path) {
                         eprintln!("  op by {} vv {:?} {:?}", o.device, o.vv, matches!(o.kind, OpKind::Delete));
                     }

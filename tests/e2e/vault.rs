@@ -104,11 +104,11 @@ fn concurrent_edits_of_a_note_merge_unless_they_overlap() {
     std::fs::write(desktop.path("clash.md"), NOTE.replace("tuesday: read", "tuesday: read a book")).unwrap();
     desktop.unmount();
     laptop.mount();
-    std::fs::write(
-        laptop.path("week.md"),
-        format!("{}friday: party\n", NOTE.replace("wednesday: rest", "wednesday: swim")),
-    )
-    .unwrap();
+    // The laptop's editor saves by writing a new file and renaming it over
+    // the note (a new file each time): the merge still finds the common version.
+    let text = format!("{}friday: party\n", NOTE.replace("wednesday: rest", "wednesday: swim"));
+    std::fs::write(laptop.path(".week.md.tmp"), text).unwrap();
+    std::fs::rename(laptop.path(".week.md.tmp"), laptop.path("week.md")).unwrap();
     std::fs::write(laptop.path("clash.md"), NOTE.replace("tuesday: read", "tuesday: read the news")).unwrap();
     desktop.mount();
 
