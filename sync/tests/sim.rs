@@ -259,7 +259,20 @@ impl Sim {
                     let text = format!("device {i} reports a protocol violation by {}: {what}", self.index_of(&peer));
                     self.fail(&text);
                 }
-                Output::Installed(_) | Output::Inactive(_) => {}
+                Output::Installed(changes) => {
+                    if let Some(watched) = harness_env("PSYNC_SIM_WATCH_PATH") {
+                        for change in changes.iter().filter(|c| c.path.as_str() == watched) {
+                            let record = self.devices[i]
+                                .core
+                                .as_ref()
+                                .and_then(|c| c.storage().record(&change.path).ok().flatten());
+                            let shown =
+                                record.map(|r| format!("deleted {} vv {:?} dot {:?}", r.deleted, r.vv, r.version));
+                            self.log(format!("device {i} installed {watched}: {shown:?}"));
+                        }
+                    }
+                }
+                Output::Inactive(_) => {}
             }
         }
     }
@@ -304,6 +317,21 @@ impl Sim {
                 continue;
             }
             let message = decode_frame(&bytes).unwrap();
+            if let Some(watched) = harness_env("PSYNC_SIM_WATCH_PATH") {
+                let records: Vec<&FileRecord> = match &message {
+                    Message::IndexUpdate { records, .. } => records.iter().map(|(_, r)| r).collect(),
+                    Message::Records { records } => records.iter().collect(),
+                    _ => Vec::new(),
+                };
+                for r in records.into_iter().filter(|r| r.path.as_str() == watched) {
+                    let local = self.devices[to].core.as_ref().and_then(|c| c.storage().record(&r.path).ok().flatten());
+                    let local = local.map(|l| format!("deleted {} vv {:?}", l.deleted, l.vv));
+                    self.log(format!(
+                        "device {to} gets {watched} from {from}: deleted {} vv {:?} dot {:?}; here {local:?}",
+                        r.deleted, r.vv, r.version
+                    ));
+                }
+            }
             let from_id = self.devices[from].id;
             self.feed(to, Input::Message(from_id, message));
         }
@@ -934,7 +962,10 @@ impl Sim {
             }
             if let Some(r) = final_tree.get(&op.path) {
                 if matches!(r.vv.compare(&op.vv), Causality::Dominated | Causality::Equal) {
-                    self.fail(&format!("{} was deleted (vv {:?}) but version {:?} came back", op.path, op.vv, r.vv));
+                    self.fail(&format!(
+                        "{} was deleted (vv {:?}) but version {:?} ({:?}) came back",
+                        op.path, op.vv, r.vv, r.version
+                    ));
                 }
             }
         }
