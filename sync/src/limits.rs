@@ -68,6 +68,15 @@ pub const MAX_MERGE_BYTES: u64 = 4 * 1024 * 1024;
 /// this keeps the worst merge near a second. Notes stay far below it.
 pub const MAX_MERGE_LINES: usize = 10_000;
 
+/// A peer's acknowledgement counts for collecting tombstones only once it
+/// is this old (milliseconds): a record the peer sent before it
+/// acknowledged, still on the way, must not arrive after the tombstone that
+/// supersedes it is gone (it would come back to life).
+pub const ACK_SETTLE_MS: u64 = 10_000;
+/// Acknowledgements remembered per peer while they settle (count; past it
+/// the oldest counts as settled).
+pub const MAX_UNSETTLED_ACKS_PER_PEER: usize = 1_024;
+
 /// `first * 2^attempts`, at most `max`.
 pub(crate) fn backoff(first: u64, max: u64, attempts: u32) -> u64 {
     first.saturating_mul(1u64 << attempts.min(20)).min(max)

@@ -1036,10 +1036,14 @@ fn devices_converge_and_lose_nothing() {
 /// writes at a path as the same information). 12246: a read-only device
 /// merged two of the group's versions into a third content under the same
 /// history and kept it for good (its merge never reaches the group); it now
-/// takes the group's content in that case.
+/// takes the group's content in that case. 2902: a device acknowledged a
+/// tombstone while an older record it had sent was still on the way (the
+/// network reorders); the tombstone's owner collected it at once, then took
+/// the stale record as new: the file came back. Acknowledgements now count
+/// for collection only once they are `ACK_SETTLE_MS` old.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [12840, 18017, 12246] {
+    for seed in [12840, 18017, 12246, 2902] {
         run_seed(seed);
     }
 }

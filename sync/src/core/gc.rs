@@ -4,6 +4,23 @@
 use super::*;
 
 impl<S: SyncStorage> SyncCore<S> {
+    /// What `peer` has acknowledged for at least [`ACK_SETTLE_MS`]
+    /// (`stored`: its acknowledgement now); forgets what has settled.
+    fn settled_ack(&mut self, peer: &DeviceId, stored: u64) -> u64 {
+        let settled_by = self.now.saturating_sub(ACK_SETTLE_MS);
+        let Some(pending) = self.unsettled_acks.get_mut(peer) else { return stored };
+        while pending.front().is_some_and(|(_, _, at)| *at <= settled_by) {
+            pending.pop_front();
+        }
+        match pending.front() {
+            Some((before, _, _)) => (*before).min(stored),
+            None => {
+                self.unsettled_acks.remove(peer);
+                stored
+            }
+        }
+    }
+
     /// Drops tombstones every other device of the group has acknowledged and
     /// that are old enough.
     pub(super) fn collect_tombstones(&mut self) -> Result<(), SyncError> {
@@ -11,7 +28,8 @@ impl<S: SyncStorage> SyncCore<S> {
         let others: Vec<DeviceId> = self.config.group.iter().copied().filter(|d| *d != self.device).collect();
         let mut acked = Vec::new();
         for d in &others {
-            acked.push(self.storage.peer_state(d)?.acked);
+            let stored = self.storage.peer_state(d)?.acked;
+            acked.push(self.settled_ack(d, stored));
         }
         let min_acked = acked.into_iter().min().unwrap_or(u64::MAX);
         let old_enough = |t: &FileRecord| t.mtime.saturating_add(self.config.tombstone_min_age_secs) <= now_secs;

@@ -217,6 +217,9 @@ pub struct SyncCore<S: SyncStorage> {
     /// Where the next round of uploads starts (fairness between peers).
     upload_turn: Option<DeviceId>,
     disk_full_pauses: u32,
+    /// Acknowledgements not yet [`ACK_SETTLE_MS`] old, per peer:
+    /// (acknowledged before, acknowledged now, when), oldest first.
+    unsettled_acks: BTreeMap<DeviceId, VecDeque<(u64, u64, Millis)>>,
 }
 
 impl<S: SyncStorage> SyncCore<S> {
@@ -252,6 +255,7 @@ impl<S: SyncStorage> SyncCore<S> {
             download,
             upload_turn: None,
             disk_full_pauses: 0,
+            unsettled_acks: BTreeMap::new(),
         }
     }
 
@@ -517,6 +521,11 @@ impl<S: SyncStorage> SyncCore<S> {
                 if index_id == self.storage.index_id() && seq <= self.storage.seq() {
                     let mut state = self.storage.peer_state(&peer)?;
                     if seq > state.acked {
+                        let pending = self.unsettled_acks.entry(peer).or_default();
+                        pending.push_back((state.acked, seq, self.now));
+                        if pending.len() > MAX_UNSETTLED_ACKS_PER_PEER {
+                            pending.pop_front();
+                        }
                         state.acked = seq;
                         self.storage.set_peer_state(&peer, state)?;
                     }
