@@ -102,12 +102,7 @@ pub fn mount(data_dir: &Path, mountpoint: &Path, foreground: bool, args: &Daemon
 /// Starts `psync mount --foreground` as a detached child with its output in
 /// the log, and returns once it says the mount is ready (or has failed).
 fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args: &DaemonArgs) -> Result<ExitCode> {
-    let log_path = data_dir.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open log {}", log_path.display()))?;
+    let (log, log_path) = open_log(data_dir)?;
     let start_of_log = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("--data-dir").arg(data_dir);
@@ -135,6 +130,17 @@ fn detach_and_wait(data_dir: &Path, mountpoint: &Path, settings: &Settings, args
     let tail = String::from_utf8_lossy(log_text.get(start_of_log as usize..).unwrap_or(&[]));
     eprint!("{tail}");
     bail!("the psync daemon exited ({status}) before the mount was ready");
+}
+
+/// The data dir's log, for a detached child's output (appended).
+fn open_log(data_dir: &Path) -> Result<(std::fs::File, PathBuf)> {
+    let log_path = data_dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log {}", log_path.display()))?;
+    Ok((log, log_path))
 }
 
 /// Starts `command` (a `--foreground` psync) as a detached child told to

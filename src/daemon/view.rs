@@ -11,8 +11,7 @@ use psync_fs::mount;
 use psync_fs::view::{mount_view, View};
 use psync_store::{Store, Timestamp};
 
-use super::{announce_ready, become_daemon, spawn_detached, wait_for_unmount, wait_ready, NOTIFY_ENV};
-use crate::data_dir::LOG_FILE;
+use super::{announce_ready, become_daemon, open_log, spawn_detached, wait_for_unmount, wait_ready, NOTIFY_ENV};
 
 /// Parses a point in time: `2026-12-01 10:00` or `2026-12-01` (local time),
 /// RFC 3339 (`2026-12-01T10:00:00Z`), or `3 hours ago` / `2 days ago`.
@@ -60,12 +59,7 @@ pub fn mount(data_dir: &Path, mountpoint: &Path, at_text: &str, foreground: bool
 }
 
 fn detach_and_wait(data_dir: &Path, mountpoint: &Path, at_text: &str) -> Result<ExitCode> {
-    let log_path = data_dir.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open log {}", log_path.display()))?;
+    let (log, log_path) = open_log(data_dir)?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("--data-dir").arg(data_dir).arg("mount").arg(mountpoint).args(["--at", at_text, "--foreground"]);
     let mut child = spawn_detached(command, log).context("cannot start the view")?;

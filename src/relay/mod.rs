@@ -309,10 +309,15 @@ impl RelayTask {
         }
         // Alone in the group: nobody to leave anything for.
         let from = behind.iter().map(|(_, acked)| *acked).min().map_or(seq, |all| all.max(progress.uploaded_to));
-        // What stays on this device (`.psyncignore`) is not left either.
-        let (ignore, _) = psync_sync::ignore::rules_in(&self.storage).map_err(|e| anyhow!("reading the store: {e}"))?;
+        // What stays on this device (`.psyncignore`) is not left either;
+        // the rules are read only when something may go.
+        let ignore = if from < seq {
+            Some(psync_sync::ignore::rules_in(&self.storage).map_err(|e| anyhow!("reading the store: {e}"))?.0)
+        } else {
+            None
+        };
         let keep = |at: u64, record: &psync_sync::FileRecord| {
-            !ignore.is_ignored(&record.path, record.kind == psync_sync::RecordKind::Dir)
+            !ignore.as_ref().is_some_and(|i| i.is_ignored(&record.path, record.kind == psync_sync::RecordKind::Dir))
                 && behind.iter().any(|(id, acked)| *acked < at && *id != record.version.device)
         };
         let waiting = if from >= seq { 0 } else { self.count_kept(from, keep)? };

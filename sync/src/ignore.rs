@@ -10,11 +10,11 @@ use std::path::Path;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::Match;
 
-use psync_base::{ContentHash, BLOCK_SIZE};
+use psync_base::ContentHash;
 
 use crate::path::SyncPath;
 use crate::record::{Blocks, RecordKind};
-use crate::storage::{StorageError, SyncStorage};
+use crate::storage::{listed_content, StorageError, SyncStorage};
 
 /// The rules file, at the vault's root. It syncs like any file (one set
 /// of rules for the group); a line `.psyncignore` in it keeps it per device.
@@ -155,17 +155,9 @@ pub fn rules_in<S: SyncStorage + ?Sized>(storage: &S) -> Result<(IgnoreRules, Op
         return unreadable(&format!("over {MAX_IGNORE_FILE_BYTES} bytes"));
     }
     let Blocks::Listed(list) = &record.blocks else { return unreadable("not a small file") };
-    let mut bytes = Vec::with_capacity(record.size as usize);
-    for block in list {
-        match block {
-            Some(hash) => match storage.block(hash)? {
-                Some(data) => bytes.extend_from_slice(&data),
-                None => return unreadable("its content is not here yet"),
-            },
-            None => bytes.resize(bytes.len() + BLOCK_SIZE as usize, 0),
-        }
-    }
-    bytes.truncate(record.size as usize);
+    let Some(bytes) = listed_content(storage, record.size, list)? else {
+        return unreadable("its content is not here yet");
+    };
     match String::from_utf8(bytes) {
         Ok(text) => Ok((IgnoreRules::parse(Some(&text)), digest)),
         Err(_) => unreadable("not UTF-8 text"),

@@ -121,6 +121,28 @@ pub trait SyncStorage {
     }
 }
 
+/// The bytes of a file of `size` bytes listed block by block (`None`: a
+/// hole), or `None` when a block is not here: how the core reads the few
+/// files it reads itself (`.psyncignore`, notes to merge).
+pub(crate) fn listed_content<S: SyncStorage + ?Sized>(
+    storage: &S,
+    size: u64,
+    blocks: &[Option<ContentHash>],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    let mut out = Vec::with_capacity(size as usize);
+    for block in blocks {
+        match block {
+            Some(hash) => match storage.block(hash)? {
+                Some(data) => out.extend_from_slice(&data),
+                None => return Ok(None),
+            },
+            None => out.resize(out.len() + BLOCK_SIZE as usize, 0),
+        }
+    }
+    out.truncate(size as usize);
+    Ok(Some(out))
+}
+
 /// Records read from storage per step of [`follow_changes`].
 const FOLLOW_BATCH_RECORDS: usize = 1024;
 

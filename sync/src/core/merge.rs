@@ -10,7 +10,7 @@
 use super::*;
 use crate::merge::merge_text;
 use crate::record::Blocks;
-use crate::storage::PastVersion;
+use crate::storage::{listed_content, PastVersion};
 
 impl<S: SyncStorage> SyncCore<S> {
     /// The merged version of `local` and `incoming` (concurrent, both live
@@ -80,17 +80,6 @@ impl<S: SyncStorage> SyncCore<S> {
         if size > MAX_MERGE_BYTES {
             return Ok(None);
         }
-        let mut out = Vec::with_capacity(size as usize);
-        for block in list {
-            match block {
-                Some(hash) => match self.storage.block(hash)? {
-                    Some(data) => out.extend_from_slice(&data),
-                    None => return Ok(None),
-                },
-                None => out.resize(out.len() + BLOCK_SIZE as usize, 0),
-            }
-        }
-        out.truncate(size as usize);
-        Ok(Some(out))
+        listed_content(&self.storage, size, list)
     }
 }
