@@ -7,8 +7,9 @@ set -euo pipefail
 # dbus-bin: the daemon watches logind's "about to sleep" with dbus-monitor (and
 # the test sends it with dbus-send on a private bus that dbus-daemon runs).
 # attr: setfattr/getfattr, the extended-attribute test.
+# tmux: the TUI tests run `psync tui` in a real terminal.
 packages=(fuse3 inotify-tools libclang-dev pkg-config build-essential git sqlite3 python3 tar diffutils psmisc libacl1-dev acl
-          iproute2 iptables coturn openssl dbus-bin dbus-daemon attr)
+          iproute2 iptables coturn openssl dbus-bin dbus-daemon attr tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

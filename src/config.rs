@@ -44,7 +44,7 @@ pub use crate::data_dir::CONFIG_FILE;
 /// comma-separated addresses.
 pub const ICE_BIND_ENV: &str = "PSYNC_ICE_BIND";
 /// Larger than any sane debounce: a typo like `debounce_ms = 100000000` is refused.
-const DEBOUNCE_MS_MAX: u64 = 60_000;
+pub const DEBOUNCE_MS_MAX: u64 = 60_000;
 /// How long a change waits for every member before it goes to the relay,
 /// by default (milliseconds).
 pub const RELAY_UPLOAD_DELAY_MS: u64 = 5_000;
@@ -372,7 +372,7 @@ pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
 }
 
 /// A rate flag is checked as it is parsed (and kept as written, for the daemon).
-fn rate_arg(text: &str) -> Result<String, String> {
+pub(crate) fn rate_arg(text: &str) -> Result<String, String> {
     parse_rate(text).map(|_| text.to_string()).map_err(|e| format!("{e:#}"))
 }
 

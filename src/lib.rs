@@ -11,12 +11,13 @@
 //! - [`peering`]: signalling, roster checks, dialling peers;
 //! - [`driver`]: the sync loop around the sans-I/O core, and its store adapter;
 //! - [`net`]: WebRTC links and their framing;
-//! - [`live`], [`identity`], [`config`], [`data_dir`], [`clock`]: shared state,
+//! - [`live`], [`identity`], [`config`], [`config_edit`], [`data_dir`], [`clock`]: shared state,
 //!   this device's files and settings, time.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_edit;
 pub mod control;
 pub mod daemon;
 pub mod data_dir;

@@ -134,11 +134,26 @@ pub enum Command {
         /// The new device receives everything but its changes are ignored ("safe mode").
         #[arg(long)]
         read_only: bool,
+        /// One JSON line per step on stdout (code, device, added), for programs.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a device (by name or id prefix); peers and the server refuse it.
     Remove {
         /// The device's name or the start of its id.
         device: String,
+    },
+    /// Make a device read-only (it receives everything; its changes stay on
+    /// it) or full again (by name or id prefix).
+    Role {
+        /// The device's name or the start of its id.
+        device: String,
+        /// Read-only ("safe mode").
+        #[arg(long, conflicts_with = "full", required_unless_present = "full")]
+        read_only: bool,
+        /// Full: its changes reach the group.
+        #[arg(long)]
+        full: bool,
     },
     /// Join a group with a code from `psync invite` on a member device.
     Join {
@@ -241,6 +256,31 @@ pub enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Show or change the debounce window and rate limits: a running daemon
+    /// takes the change at once (no remount), and it is saved to the config file.
+    Settings {
+        /// Local changes within this window go out as one update.
+        #[arg(long, value_name = "MS")]
+        debounce_ms: Option<u64>,
+        /// Upload limit per second, e.g. 500KiB or 2MiB; 0 for none.
+        #[arg(long, value_name = "RATE", value_parser = config::rate_arg)]
+        upload_limit: Option<String>,
+        /// Download limit per second; 0 for none.
+        #[arg(long, value_name = "RATE", value_parser = config::rate_arg)]
+        download_limit: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up and run PSync from one terminal screen: a first-run wizard
+    /// (found or join a group, name this device, pick the folder, mount),
+    /// then a dashboard of folders, peers, changes and actions. `q` quits;
+    /// the daemons keep running.
+    Tui {
+        /// The signalling server the wizard offers, e.g. wss://signal.example.org:7700.
+        #[arg(long, env = "PSYNC_SERVER", value_name = "URL")]
+        server: Option<String>,
     },
     /// Work with the store directly, without mounting it.
     #[command(subcommand)]

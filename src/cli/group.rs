@@ -248,7 +248,9 @@ async fn wait_for<T>(
 
 /// `psync invite [--yes]`: prints a one-time code, waits for the new device,
 /// shows it, asks for confirmation and signs it into the group.
-pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
+/// With `json`, each step is one JSON line on stdout (`code`, `device`,
+/// `added`) for programs such as the TUI; the answer is still read from stdin.
+pub fn invite(data_dir: &Path, yes: bool, read_only: bool, json: bool) -> Result<ExitCode> {
     use psync_signal::invite::{InviteCode, InviteMessage, Pake};
     use std::io::Write;
     let (identity, key, group) = load_identity(data_dir)?;
@@ -264,7 +266,11 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
         .await?;
         let code = InviteCode::generate(mailbox);
         // First line of stdout, alone, for scripts.
-        println!("{code}");
+        if json {
+            println!("{}", serde_json::json!({ "event": "code", "code": code.to_string(), "server": identity.server }));
+        } else {
+            println!("{code}");
+        }
         std::io::stdout().flush()?;
         eprintln!("On the new device run: psync join {code} --name NAME --server {}", identity.server);
         eprintln!("Waiting up to 10 minutes...");
@@ -296,7 +302,15 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
                 );
             }
         };
-        eprintln!("New device: {name} ({})", readable_id(&new_key.device_id()));
+        eprintln!("New device: {name} ({}), certificate fingerprint {fingerprint}", readable_id(&new_key.device_id()));
+        if json {
+            let id = readable_id(&new_key.device_id());
+            println!(
+                "{}",
+                serde_json::json!({ "event": "device", "name": name, "id": id, "fingerprint": fingerprint })
+            );
+            std::io::stdout().flush()?;
+        }
         if !yes {
             eprint!("Add it to the group? [y/N] ");
             let mut answer = String::new();
@@ -325,6 +339,9 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool) -> Result<ExitCode> {
         // Let the last messages leave before the runtime stops.
         tokio::time::sleep(Duration::from_millis(300)).await;
         eprintln!("added {name} to the group");
+        if json {
+            println!("{}", serde_json::json!({ "event": "added", "name": name }));
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -362,6 +379,40 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// The active member `device` names (its name, or the start of its id).
+fn find_member(roster: &Roster, device: &str) -> Result<(psync_signal::PublicKey, String)> {
+    let wanted = device.to_ascii_uppercase();
+    let matches: Vec<_> = roster
+        .members()
+        .filter(|m| !m.removed && (m.name == device || readable_id(&m.key.device_id()).starts_with(&wanted)))
+        .map(|m| (m.key, m.name.clone()))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no active device named or with an id starting {device:?} (see `psync devices`)"),
+        _ => bail!("{device:?} matches {} devices; give more of the id", matches.len()),
+    }
+}
+
+/// Signs `op` as the next roster entry, has the server append it, and
+/// saves the roster.
+async fn append_op(
+    data_dir: &Path,
+    client: &mut SignalClient,
+    roster: &mut Roster,
+    key: &DeviceKey,
+    op: psync_signal::RosterOp,
+) -> Result<()> {
+    let entry = roster.sign_next(key, op, psync_store::Timestamp::now().secs);
+    roster.apply(entry.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.append(entry.clone());
+    wait_for(client, "the roster update", |e| {
+        matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
+    })
+    .await?;
+    save_roster(data_dir, roster.entries())
+}
+
 /// `psync remove DEVICE`: revokes a device (by name or id prefix); peers
 /// and the server refuse it from then on.
 pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
@@ -370,30 +421,33 @@ pub fn remove(data_dir: &Path, device: &str) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
         let mut roster = logged_in_roster(&mut client).await?;
-        let wanted = device.to_ascii_uppercase();
-        let matches: Vec<_> = roster
-            .members()
-            .filter(|m| !m.removed && (m.name == device || readable_id(&m.key.device_id()).starts_with(&wanted)))
-            .map(|m| (m.key, m.name.clone()))
-            .collect();
-        let (target, name) = match matches.as_slice() {
-            [one] => one.clone(),
-            [] => bail!("no active device named or with an id starting {device:?} (see `psync devices`)"),
-            _ => bail!("{device:?} matches {} devices; give more of the id", matches.len()),
-        };
-        let entry =
-            roster.sign_next(&key, psync_signal::RosterOp::Remove { key: target }, psync_store::Timestamp::now().secs);
-        roster.apply(entry.clone()).map_err(|e| anyhow::anyhow!("cannot remove {name}: {e}"))?;
-        client.append(entry.clone());
-        wait_for(&mut client, "the roster update", |e| {
-            matches!(e, ClientEvent::RosterAppended(ref got) if *got == entry).then_some(())
-        })
-        .await?;
-        save_roster(data_dir, roster.entries())?;
+        let (target, name) = find_member(&roster, device)?;
+        append_op(data_dir, &mut client, &mut roster, &key, psync_signal::RosterOp::Remove { key: target })
+            .await
+            .with_context(|| format!("cannot remove {name}"))?;
         println!("removed {name} ({})", readable_id(&target.device_id()));
         if crate::identity::load_keyring(data_dir)?.is_some() {
             rekey(data_dir, &identity.server, &roster, &key).await?;
         }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `psync role DEVICE --read-only|--full`: a read-only device receives
+/// everything, and its changes stay on it.
+pub fn set_role(data_dir: &Path, device: &str, read_only: bool) -> Result<ExitCode> {
+    let (identity, key, group) = load_identity(data_dir)?;
+    let key = Arc::new(key);
+    let role = if read_only { psync_signal::Role::ReadOnly } else { psync_signal::Role::Full };
+    runtime()?.block_on(async {
+        let mut client = SignalClient::spawn(identity.server.clone(), group, key.clone());
+        let mut roster = logged_in_roster(&mut client).await?;
+        let (target, name) = find_member(&roster, device)?;
+        append_op(data_dir, &mut client, &mut roster, &key, psync_signal::RosterOp::SetRole { key: target, role })
+            .await
+            .with_context(|| format!("cannot change {name}'s role"))?;
+        let what = if read_only { "read-only: its changes stay on it" } else { "full: its changes reach the group" };
+        println!("{name} ({}) is now {what}", readable_id(&target.device_id()));
         Ok(ExitCode::SUCCESS)
     })
 }

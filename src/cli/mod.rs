@@ -7,8 +7,10 @@ pub mod exit;
 pub mod group;
 pub mod history;
 pub mod ignore;
+pub mod settings;
 pub mod status;
 pub mod store;
+pub mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,11 @@ use crate::{config, daemon};
 pub fn log_filter(cli: &Cli) -> String {
     if let Some(level) = &cli.global.log_level {
         return level.clone();
+    }
+    if matches!(cli.command, Command::Tui { .. }) {
+        // Anything written to the terminal would tear the screen; the
+        // commands it runs keep their own stderr.
+        return "off".into();
     }
     let from_file = data_dir(&cli.global)
         .ok()
@@ -98,7 +105,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Init { name, server, group_name } => group::init(&data_dir(&cli.global)?, &name, &server, &group_name),
         Command::Devices { json } => group::devices(&data_dir(&cli.global)?, json),
-        Command::Invite { yes, read_only } => group::invite(&data_dir(&cli.global)?, yes, read_only),
+        Command::Invite { yes, read_only, json } => group::invite(&data_dir(&cli.global)?, yes, read_only, json),
         Command::Remove { device } => group::remove(&data_dir(&cli.global)?, &device),
         Command::Join { code, name, server } => group::join(&data_dir(&cli.global)?, &code, &name, &server),
         Command::Mount { mountpoint, foreground, adopt, at: Some(at), options: _ } if !adopt => {
@@ -129,6 +136,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unmount { mountpoint, lazy } => daemon::unmount(&mountpoint, lazy),
         Command::Status { json, watch } => status::command(&data_dir(&cli.global)?, json, watch),
         Command::Revert { paths, all } => crate::control::client::revert_command(&data_dir(&cli.global)?, paths, all),
+        Command::Settings { debounce_ms, upload_limit, download_limit, json } => {
+            let change = crate::config_edit::LimitChange { debounce_ms, upload_limit, download_limit };
+            settings::command(&cli.global, change, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Role { device, read_only, full: _ } => group::set_role(&data_dir(&cli.global)?, &device, read_only),
+        Command::Tui { server } => tui::run(&cli.global, server),
         Command::Ignore { list: _, json } => ignore::list(&cli.global, json).map(|()| ExitCode::SUCCESS),
         Command::Log { path, deleted, json } => {
             history::log(&cli.global, path.as_deref(), deleted, json).map(|()| ExitCode::SUCCESS)

@@ -37,7 +37,7 @@ pub fn command(data_dir: &Path, json: bool, watch: bool) -> Result<std::process:
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let (mut value, mut unit) = (n as f64, 0);
     while value >= 1024.0 && unit < UNITS.len() - 1 {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use psync_signal::readable_id;
 use psync_store::Store;
 
-use super::report::{conflict_copies, local_only_status, peers, PeerLive};
+use super::report::{conflict_copies, local_only_status, peers, recent_changes, PeerLive};
 use super::schema::*;
 use crate::data_dir::SOCKET_FILE;
 use crate::live::SignallingState;
@@ -118,7 +118,11 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
         recent_warnings: Vec::new(),
         relay: None,
         history: None,
+        recent_changes: Vec::new(),
     };
+    if let Some(store) = &store {
+        status.recent_changes = recent_changes(store, setup.as_ref().map(|s| &s.roster))?;
+    }
     if let Some(setup) = setup {
         status.signalling = Some(SignallingStatus {
             server: setup.server.clone(),
@@ -190,6 +194,17 @@ pub fn restore(data_dir: &Path, path: &str, version: u64) -> Result<Option<u64>>
     };
     match ask(data_dir, request)? {
         Some(Answer::Restored(now)) => Ok(Some(now)),
+        Some(_) => anyhow::bail!("the daemon answered something else"),
+        None => Ok(None),
+    }
+}
+
+/// Changes limits through the daemon serving `data_dir` (in force at once,
+/// and saved to its config file); `None` when no daemon answers.
+pub fn settings(data_dir: &Path, change: &crate::config_edit::LimitChange) -> Result<Option<SettingsAnswer>> {
+    let request = Request { request: "settings".into(), limits: Some(change.clone()), ..Request::default() };
+    match ask(data_dir, request)? {
+        Some(Answer::Settings(answer)) => Ok(Some(*answer)),
         Some(_) => anyhow::bail!("the daemon answered something else"),
         None => Ok(None),
     }

@@ -47,6 +47,41 @@ pub(super) fn conflict_copies(store: &Store) -> Result<Vec<String>> {
     Ok(paths.into_iter().map(|p| String::from_utf8_lossy(&p).into_owned()).collect())
 }
 
+/// How far back the change feed looks (local sequence numbers: each is one
+/// change made here or installed from a peer).
+const RECENT_CHANGES_SCAN: u64 = 256;
+/// Changes the feed lists at most (count).
+pub const RECENT_CHANGES_LISTED: usize = 20;
+
+/// The latest changes to files, newest first, each with the device that
+/// made it (named from the roster, when there is one).
+pub(super) fn recent_changes(store: &Store, roster: Option<&Roster>) -> Result<Vec<ChangeRow>> {
+    let since = store.current_seq().saturating_sub(RECENT_CHANGES_SCAN);
+    let mut rows: Vec<ChangeRow> = store
+        .path_versions_since(since, RECENT_CHANGES_SCAN as usize)?
+        .into_iter()
+        .filter(|(_, v)| v.kind != psync_store::NodeKind::Dir)
+        .map(|(seq, v)| {
+            let device = v.dot.0;
+            let name = roster
+                .and_then(|r| r.members().find(|m| m.key.device_id() == device).map(|m| m.name.clone()))
+                .unwrap_or_default();
+            ChangeRow {
+                seq,
+                path: String::from_utf8_lossy(&v.path).into_owned(),
+                deleted: v.deleted,
+                device: name,
+                device_id: readable_id(&device),
+                this_device: device == store.device(),
+                mtime: v.mtime,
+            }
+        })
+        .collect();
+    rows.reverse();
+    rows.truncate(RECENT_CHANGES_LISTED);
+    Ok(rows)
+}
+
 /// What the daemon knows of one peer right now.
 #[derive(Debug, Default)]
 pub(super) struct PeerLive {

@@ -36,6 +36,28 @@ pub struct Status {
     /// The daemon's last pruning of history, if it ran.
     #[serde(default)]
     pub history: Option<crate::live::HistoryLive>,
+    /// The latest changes to files, newest first: which device changed what.
+    #[serde(default)]
+    pub recent_changes: Vec<ChangeRow>,
+}
+
+/// One change in the feed of `psync status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRow {
+    /// The local sequence number it has here.
+    pub seq: u64,
+    /// The path.
+    pub path: String,
+    /// A deletion.
+    pub deleted: bool,
+    /// The name of the device that made it (empty when unknown).
+    pub device: String,
+    /// Its id.
+    pub device_id: String,
+    /// Made on this device.
+    pub this_device: bool,
+    /// The file's modification time (seconds since the epoch).
+    pub mtime: i64,
 }
 
 /// This device.
@@ -199,6 +221,21 @@ pub(crate) struct Request {
     /// For `log`: deleted files (below the path, if one is given).
     #[serde(default)]
     pub deleted: bool,
+    /// For `settings`: what to change (nothing: only answer).
+    #[serde(default)]
+    pub limits: Option<crate::config_edit::LimitChange>,
+}
+
+/// What `psync settings --json` prints: the settings in force, and the
+/// config file a change was saved to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingsAnswer {
+    /// The settings now in force.
+    pub settings: crate::config::Settings,
+    /// Where the change was saved (none when nothing changed).
+    pub saved_to: Option<PathBuf>,
+    /// Whether a running daemon took the change (else it applies at the next mount).
+    pub applied_live: bool,
 }
 
 /// One version of a file, as `psync log --json` and `psync store log
@@ -249,6 +286,8 @@ pub(crate) enum Answer {
     Restored(u64),
     /// The ignore rules in force.
     Ignore(IgnoreList),
+    /// The settings after a change.
+    Settings(Box<SettingsAnswer>),
     /// The request was carried out.
     Done,
     Error(String),

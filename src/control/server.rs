@@ -14,9 +14,10 @@ use psync_signal::readable_id;
 use psync_store::Store;
 
 use super::history::{deleted_rows, restore_version, version_rows};
-use super::report::{conflict_copies, held_status, ignore_list, local_only_status, peers, PeerLive};
+use super::report::{conflict_copies, held_status, ignore_list, local_only_status, peers, recent_changes, PeerLive};
 use super::schema::*;
 use crate::clock::mono_ms;
+use crate::config_edit::LimitChange;
 use crate::data_dir::SOCKET_FILE;
 use crate::driver::inbox::{Control, SyncSnapshot};
 use crate::live::{recent_errors, SharedLive, SignallingState};
@@ -96,6 +97,38 @@ impl Source {
         Ok(restored.version)
     }
 
+    /// Saves a change of limits to the config file, then puts it in force
+    /// in the running sync loop (nothing is changed if it is refused).
+    fn set_limits(&mut self, change: &LimitChange) -> Result<SettingsAnswer> {
+        if change.is_empty() {
+            return Ok(SettingsAnswer { settings: self.settings.clone(), saved_to: None, applied_live: true });
+        }
+        let mut next = self.settings.clone();
+        change.apply(&mut next)?;
+        let file = crate::config_edit::target_file(&next, &self.data_dir);
+        crate::config_edit::save(&file, change)?;
+        next.config_file = Some(file.clone());
+        if let Some((_, control)) = &self.sync {
+            let limits = Control::SetLimits {
+                debounce_ms: next.debounce_ms,
+                upload: next.upload_bytes_per_sec,
+                download: next.download_bytes_per_sec,
+            };
+            control
+                .blocking_send(limits)
+                .context("the sync loop has stopped (the change is saved for the next mount)")?;
+        }
+        tracing::info!(
+            "settings changed: debounce {} ms, upload {:?} B/s, download {:?} B/s (saved to {})",
+            next.debounce_ms,
+            next.upload_bytes_per_sec,
+            next.download_bytes_per_sec,
+            file.display()
+        );
+        self.settings = next;
+        Ok(SettingsAnswer { settings: self.settings.clone(), saved_to: Some(file), applied_live: true })
+    }
+
     fn collect(&self) -> Result<Status> {
         let mut lap = Laps::start();
         let stats = self.store.tree_stats()?;
@@ -169,9 +202,12 @@ impl Source {
             recent_warnings: warnings,
             relay: None,
             history: None,
+            recent_changes: Vec::new(),
         };
+        let mut roster = None;
         if let (Some(identity), Some(live)) = (&self.identity, live) {
             live.read(|l| {
+                roster = l.roster.clone();
                 status.relay = l.relay.clone();
                 status.history = l.history.clone();
                 status.signalling = Some(SignallingStatus {
@@ -196,6 +232,8 @@ impl Source {
             });
         }
         lap.mark("peers");
+        status.recent_changes = recent_changes(&self.store, roster.as_ref())?;
+        lap.mark("recent changes");
         lap.report_if_slow();
         Ok(status)
     }
@@ -233,7 +271,7 @@ impl Laps {
 }
 
 /// Serves the control socket on its own thread until the process exits.
-pub fn serve(source: Source) -> Result<()> {
+pub fn serve(mut source: Source) -> Result<()> {
     let path = source.data_dir.join(SOCKET_FILE);
     // A socket left by a killed daemon: nobody answers on it any more.
     let _ = std::fs::remove_file(&path);
@@ -249,7 +287,7 @@ pub fn serve(source: Source) -> Result<()> {
                 tracing::warn!("refused a control connection from another user");
                 continue;
             }
-            if let Err(e) = answer(&source, stream) {
+            if let Err(e) = answer(&mut source, stream) {
                 tracing::debug!("control request failed: {e:#}");
             }
         }
@@ -257,7 +295,7 @@ pub fn serve(source: Source) -> Result<()> {
     Ok(())
 }
 
-fn answer(source: &Source, stream: UnixStream) -> Result<()> {
+fn answer(source: &mut Source, stream: UnixStream) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
@@ -287,6 +325,10 @@ fn answer(source: &Source, stream: UnixStream) -> Result<()> {
         },
         Ok(r) if r.request == "ignore" => match ignore_list(&source.store) {
             Ok(list) => Answer::Ignore(list),
+            Err(e) => Answer::Error(format!("{e:#}")),
+        },
+        Ok(r) if r.request == "settings" => match source.set_limits(&r.limits.unwrap_or_default()) {
+            Ok(answer) => Answer::Settings(Box::new(answer)),
             Err(e) => Answer::Error(format!("{e:#}")),
         },
         Ok(r) if r.request == "restore" => match (r.paths.first(), r.version) {

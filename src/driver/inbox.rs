@@ -29,6 +29,9 @@ pub enum Control {
     /// `psync revert`: on a read-only device, take the group's version of
     /// these paths (all of its own changes if empty); answers how many.
     Revert(Vec<SyncPath>, std::sync::mpsc::Sender<Result<usize, String>>),
+    /// `psync settings`: a new debounce window and rate limits (bytes per
+    /// second, `None`: unlimited), in force at once.
+    SetLimits { debounce_ms: u64, upload: Option<u64>, download: Option<u64> },
     /// Run this (history pruning) between two steps of the core, given the
     /// objects its waiting and held versions name (garbage collection
     /// must keep them; no install or merge runs meanwhile).

@@ -117,6 +117,11 @@ pub async fn run<S: SyncStorage>(
                     let _ = reply.send(result.as_ref().map(|n| *n).map_err(|e| e.to_string()));
                     result.map(|_| ())
                 }
+                Some(Control::SetLimits { debounce_ms, upload, download }) => {
+                    core.set_limits(mono_ms(), debounce_ms, upload, download);
+                    // Work waiting on the old limits goes on under the new ones.
+                    core.handle_timeout(mono_ms())
+                }
                 Some(Control::BetweenSteps(job)) => {
                     (job.0)(core.objects_in_waiting());
                     Ok(())

@@ -18,4 +18,5 @@ mod relay;
 mod safety;
 mod support;
 mod three;
+mod tui;
 mod vault;

@@ -334,6 +334,16 @@ impl<S: SyncStorage> SyncCore<S> {
         }
     }
 
+    /// New debounce window and rate limits (`None`: unlimited), in force
+    /// from `now` on, without a restart; the buckets start full.
+    pub fn set_limits(&mut self, now: Millis, debounce_ms: u64, upload: Option<u64>, download: Option<u64>) {
+        self.config.debounce_ms = debounce_ms;
+        self.config.upload_bytes_per_sec = upload;
+        self.config.download_bytes_per_sec = download;
+        self.upload = TokenBucket::new(upload, now);
+        self.download = TokenBucket::new(download, now);
+    }
+
     /// Every device something here came from (pending or held versions).
     fn fetch_sources(&self) -> Vec<DeviceId> {
         let mut out = self.fetch.sources();
