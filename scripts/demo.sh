@@ -132,6 +132,7 @@ Try:
     $PSYNC_BIN --data-dir $state/laptop status          # peers, in sync, conflicts
     $PSYNC_BIN --data-dir $state/laptop status --watch  # live, with transfer progress
     ./scripts/demo.sh status                           # both devices
+    $PSYNC_BIN --data-dir $state/laptop tui             # the dashboard (q quits; the daemon keeps running)
 
 Never online together (the server keeps a sealed copy for the offline one):
     $PSYNC_BIN --data-dir $state/laptop unmount $demo/laptop

@@ -70,10 +70,14 @@ pub fn revert_command(data_dir: &Path, paths: Vec<String>, all: bool) -> Result<
 /// What the data dir alone says, with no daemon running.
 fn offline_status(data_dir: &Path) -> Result<Status> {
     let store = if Store::exists(data_dir) {
-        Some(Arc::new(match Store::open(data_dir) {
-            // A daemon that holds the store but does not answer (starting, or stuck).
-            Err(psync_store::StoreError::Locked(_)) => Store::open_read_only(data_dir)?,
-            other => other?,
+        // Read-only, so that looking never holds the store's lock: a mount
+        // starting meanwhile (or a daemon that does not answer yet) is not
+        // refused because `psync status` (or the TUI's poll) had it open.
+        Some(Arc::new(match Store::open_read_only(data_dir) {
+            Ok(store) => store,
+            Err(psync_store::StoreError::NotAStore(dir)) => return Err(psync_store::StoreError::NotAStore(dir).into()),
+            // A store of an older format is brought up to date first.
+            Err(_) => Store::open(data_dir)?,
         }))
     } else {
         None

@@ -486,6 +486,47 @@ fn upload_rate_limit_spreads_blocks_over_time() {
 }
 
 #[test]
+fn limits_changed_while_running_apply_at_once() {
+    // Unlimited at first; then 4 blocks a second, set while running (as
+    // `psync settings` does), spreads the next transfer.
+    let mut m = Mesh::new(2, |_| {});
+    m.connect_all();
+    m.run(1_000);
+    let now = m.now;
+    m.cores[0].set_limits(now, 250, Some(4 * BLOCK_SIZE), None);
+    let data = big(16 * BLOCK_SIZE as usize, 3);
+    m.storage(0).local_write(&path("big.bin"), &data, 1);
+    m.local_change(0);
+    m.run(60_000);
+    assert_eq!(m.content(1, "big.bin").unwrap(), data);
+    let sent_at: Vec<Millis> = m
+        .log
+        .iter()
+        .zip(&m.times)
+        .filter(|((from, _, msg), _)| *from == 0 && matches!(msg, Message::BlockResponse { .. }))
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(sent_at.len(), 16);
+    let spread = sent_at[15] - sent_at[0];
+    assert!((2_900..=4_000).contains(&spread), "16 blocks took {spread} ms at 4 blocks/s");
+    // Unlimited again: the next file goes in one burst.
+    let now = m.now;
+    m.cores[0].set_limits(now, 250, None, None);
+    let first = m.log.len();
+    m.storage(0).local_write(&path("big2.bin"), &big(16 * BLOCK_SIZE as usize, 4), 1);
+    m.local_change(0);
+    m.run(10_000);
+    let times: Vec<Millis> = m.log[first..]
+        .iter()
+        .zip(&m.times[first..])
+        .filter(|((from, _, msg), _)| *from == 0 && matches!(msg, Message::BlockResponse { .. }))
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(times.len(), 16);
+    assert!(times[15] - times[0] < 1_000, "unlimited: {} ms", times[15] - times[0]);
+}
+
+#[test]
 fn a_peer_with_another_protocol_version_is_refused() {
     let mut m = Mesh::new(2, |_| {});
     m.tamper = Some(Box::new(|_, _, msg| {

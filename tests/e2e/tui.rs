@@ -198,3 +198,70 @@ fn a_new_user_sets_up_two_synced_folders_with_only_the_tui() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(tmp.path().to_str().unwrap()), "{mounts}");
 }
+
+/// The commands the TUI runs, as scripts use them: `psync settings`
+/// changes a running daemon's limits (and its config file), or only the
+/// file when nothing is mounted; `psync role` makes a device read-only and
+/// full again; `psync status` names who changed what.
+#[test]
+fn settings_and_roles_change_running_daemons() {
+    use crate::group::{group_of_two, unmount_and_fsck, wait_for_content};
+    use crate::mount::Mounted;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, a, b) = group_of_two(tmp.path());
+    let _logs = LogsOnFailure(vec![a.clone(), b.clone()]);
+    let (ma, mb) = (Mounted::with_data(a.clone()), Mounted::with_data(b.clone()));
+
+    let out = json(&psync(&a, &["settings", "--upload-limit", "512KiB", "--debounce-ms", "50", "--json"]));
+    assert_eq!(out["applied_live"], true, "{out}");
+    let settings = &json(&psync(&a, &["status", "--json"]))["daemon"]["settings"];
+    assert_eq!(
+        (settings["upload_bytes_per_sec"].as_u64(), settings["debounce_ms"].as_u64()),
+        (Some(512 << 10), Some(50))
+    );
+    let config = std::fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(config.contains("upload_limit = \"512KiB\"") && config.contains("debounce_ms = 50"), "{config}");
+    // Sync goes on under the new limit (a 1 MiB file takes about two seconds).
+    let big = crate::mount::noise(1 << 20, 7);
+    std::fs::write(ma.path("big.bin"), &big).unwrap();
+    wait_for_content(&mb, "big.bin", &big);
+    let bad = psync(&a, &["settings", "--debounce-ms", "99999999"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("maximum"), "{bad:?}");
+
+    // Read-only: the laptop's edits stay on it; full again: they go out.
+    let out = psync(&a, &["role", "laptop", "--read-only"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(PATIENCE, "the laptop to learn it is read-only", || {
+        json(&psync(&b, &["status", "--json"]))["local"]["read_only"] == true
+    });
+    std::fs::write(mb.path("while-read-only.md"), b"stays here").unwrap();
+    std::fs::write(ma.path("canary.md"), b"from the desktop").unwrap();
+    wait_for_content(&mb, "canary.md", b"from the desktop");
+    assert!(!ma.path("while-read-only.md").exists(), "a read-only device's change stays on it");
+    let out = psync(&a, &["role", "laptop", "--full"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(PATIENCE, "the laptop to be full again", || {
+        json(&psync(&b, &["status", "--json"]))["local"]["read_only"] == false
+    });
+    std::fs::write(mb.path("from-laptop.md"), b"full again").unwrap();
+    wait_for_content(&ma, "from-laptop.md", b"full again");
+    let devices = json(&psync(&a, &["devices", "--json"]));
+    assert!(devices["devices"].as_array().unwrap().iter().all(|d| d["role"] == "Full"), "{devices}");
+
+    // The change feed says who changed what.
+    let status = json(&psync(&a, &["status", "--json"]));
+    let feed = status["recent_changes"].as_array().unwrap();
+    let row = feed.iter().find(|c| c["path"] == "from-laptop.md").unwrap_or_else(|| panic!("{status}"));
+    assert_eq!((row["device"].as_str(), row["this_device"].as_bool()), (Some("laptop"), Some(false)));
+    assert_eq!(feed[0]["path"], "from-laptop.md", "newest first: {feed:?}");
+
+    // Nothing mounted: the change is saved for the next mount.
+    ma.unmount();
+    let out = psync(&a, &["settings", "--download-limit", "2MiB"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from the next mount"), "{out:?}");
+    ma.mount();
+    let settings = &json(&psync(&a, &["status", "--json"]))["daemon"]["settings"];
+    assert_eq!(settings["download_bytes_per_sec"].as_u64(), Some(2 << 20));
+    assert_eq!(settings["upload_bytes_per_sec"].as_u64(), Some(512 << 10), "kept from before");
+    unmount_and_fsck(&[&ma, &mb]);
+}

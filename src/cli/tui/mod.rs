@@ -36,13 +36,16 @@ pub fn run(global: &Global, server: Option<String>) -> Result<ExitCode> {
     let list_file = folders::list_file()?;
     let mut listed = folders::load(&list_file)?;
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
-    if listed.is_empty() && first_data_dir.join(crate::data_dir::KEY_FILE).exists() {
+    let named = |dir: &std::path::Path| listed.iter().any(|f| f.data_dir == dir);
+    // A device set up with the commands (or named with --data-dir) is shown even if not listed.
+    let explicit = global.data_dir.is_some() && !named(&first_data_dir);
+    if (listed.is_empty() || explicit) && first_data_dir.join(crate::data_dir::KEY_FILE).exists() {
         // A device set up with the commands: its folder is where its daemon mounted it.
         let status = crate::control::client::status(&first_data_dir).ok();
         let mountpoint =
             status.and_then(|s| s.device.mountpoint).unwrap_or_else(|| wizard::expand_home(app::DEFAULT_FOLDER, &home));
         let name = mountpoint.file_name().map_or("PSync".into(), |n| n.to_string_lossy().into_owned());
-        listed.push(Folder { name, data_dir: first_data_dir.clone(), mountpoint });
+        listed.insert(0, Folder { name, data_dir: first_data_dir.clone(), mountpoint });
     }
     let exe = std::env::current_exe().context("cannot find the psync binary")?;
     let config = global.config.clone().map(|file| (first_data_dir.clone(), file));
