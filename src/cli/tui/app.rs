@@ -194,6 +194,8 @@ pub struct App {
     pub home: PathBuf,
     /// `q` was pressed.
     pub quit: bool,
+    /// The running invite was given up (its end is not reported).
+    invite_cancelled: bool,
 }
 
 /// Where a first folder goes by default.
@@ -218,6 +220,7 @@ impl App {
             first_data_dir,
             home,
             quit: false,
+            invite_cancelled: false,
         }
     }
 
@@ -331,7 +334,7 @@ impl App {
     fn dashboard_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         let shift = key.modifiers.contains(KeyModifiers::SHIFT);
         match key.code {
-            KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
+            KeyCode::Char('q') => self.quit = true,
             KeyCode::Tab | KeyCode::Right if !self.folders.is_empty() => {
                 self.current = (self.current + 1) % self.folders.len();
                 self.peer = 0;
@@ -373,6 +376,10 @@ impl App {
         let mounted = f.mounted();
         let settings = f.status.as_ref().and_then(|s| s.daemon.as_ref()).map(|d| d.settings.clone());
         match code {
+            KeyCode::Char('m') if self.busy.is_some() => {
+                let busy = self.busy.clone().unwrap_or_default();
+                self.say(format!("wait: {busy}"), true);
+            }
             KeyCode::Char('m') if mounted => {
                 self.busy = Some(format!("unmounting {}", mountpoint.display()));
                 let args = vec!["unmount".into(), mountpoint.display().to_string()];
@@ -391,6 +398,7 @@ impl App {
             KeyCode::Char('i') | KeyCode::Char('I') => {
                 let read_only = shift || code == KeyCode::Char('I');
                 self.mode = Mode::Invite(InviteView { read_only, step: None, answered: false });
+                self.invite_cancelled = false;
                 return vec![Effect::Invite { data_dir, read_only }];
             }
             KeyCode::Char('x') | KeyCode::Char('o') => {
@@ -417,15 +425,9 @@ impl App {
                 self.mode = Mode::Confirm(Confirm { question, then: Effect::Cli { data_dir, args, job: Job::Show } });
             }
             KeyCode::Char('h') => self.mode = Mode::HistoryPath(Field::new("File", "", "relative to the folder")),
-            KeyCode::Char('s') => match settings {
-                Some(settings) => self.mode = Mode::Settings(SettingsForm::new(&settings)),
-                None => {
-                    let now = crate::config::load(None, &crate::config::MountOptions::default());
-                    match now {
-                        Ok(s) => self.mode = Mode::Settings(SettingsForm::new(&s)),
-                        Err(e) => self.say(format!("{e:#}"), true),
-                    }
-                }
+            KeyCode::Char('s') => match settings.map_or_else(|| saved_settings(&data_dir), Ok) {
+                Ok(settings) => self.mode = Mode::Settings(SettingsForm::new(&settings)),
+                Err(e) => self.say(e, true),
             },
             KeyCode::Char('g') if mounted => {
                 let path = mountpoint.join(psync_sync::ignore::IGNORE_FILE);
@@ -441,15 +443,12 @@ impl App {
         let Some(f) = self.folder() else { return Vec::new() };
         let data_dir = f.folder.data_dir.clone();
         let now = f.status.as_ref().and_then(|s| s.daemon.as_ref()).map(|d| d.settings.clone());
-        let now = match now {
-            Some(s) => s,
-            None => match crate::config::load(None, &crate::config::MountOptions::default()) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.say(format!("{e:#}"), true);
-                    return Vec::new();
-                }
-            },
+        let now = match now.map_or_else(|| saved_settings(&data_dir), Ok) {
+            Ok(s) => s,
+            Err(e) => {
+                self.say(e, true);
+                return Vec::new();
+            }
         };
         match form.change(&now) {
             Ok(change) => {
@@ -486,6 +485,7 @@ impl App {
             // Esc while waiting: the invite is given up (the process is told no).
             if !finished {
                 self.say("invite cancelled", false);
+                self.invite_cancelled = true;
                 return vec![Effect::AnswerInvite(false)];
             }
             return Vec::new();
@@ -532,6 +532,8 @@ impl App {
             Mode::Invite(view) => view.step = Some(step),
             _ => match step {
                 InviteStep::Added(name) => self.say(format!("added {name} to the group"), false),
+                // The end of an invite given up here is no news.
+                InviteStep::Failed(_) if self.invite_cancelled => self.invite_cancelled = false,
                 InviteStep::Failed(why) => self.say(why, true),
                 _ => {}
             },
@@ -608,4 +610,11 @@ impl App {
             }
         }
     }
+}
+
+/// The settings a folder's next mount would use (its config file), when no
+/// daemon says what is in force.
+fn saved_settings(data_dir: &std::path::Path) -> Result<crate::config::Settings, String> {
+    let file = crate::config::locate(None, data_dir).map_err(|e| format!("{e:#}"))?;
+    crate::config::load(file.as_deref(), &crate::config::MountOptions::default()).map_err(|e| format!("{e:#}"))
 }

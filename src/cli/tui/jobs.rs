@@ -109,14 +109,15 @@ impl Jobs {
                     }
                 }
             }
-            Effect::Read { path, job } => {
+            // On a thread: a mount that hangs must not hang the screen.
+            Effect::Read { path, job } => spawn(move || {
                 let result = match std::fs::read_to_string(&path) {
                     Ok(text) => Ok(text),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
                     Err(e) => Err(format!("cannot read {}: {e}", path.display())),
                 };
                 let _ = events.send(Event::Done(job, result));
-            }
+            }),
             Effect::Write { path, text, job } => spawn(move || {
                 let result = std::fs::write(&path, text).map(|()| String::new());
                 let _ =

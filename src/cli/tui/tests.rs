@@ -251,3 +251,38 @@ fn the_first_run_wizard_founds_then_mounts_then_lists_the_folder() {
     let folder = Folder { name: "PSync".into(), data_dir, mountpoint: home.join("PSync") };
     assert_eq!(effects, vec![Effect::SaveFolders(vec![folder])]);
 }
+
+#[test]
+fn many_devices_scroll_to_the_selected_one_and_a_cancelled_invite_is_quiet() {
+    let mut app = app_with_status();
+    let mut s = status(0, true, 0);
+    let template = s.peers[0].clone();
+    for i in 0..10 {
+        let mut peer = template.clone();
+        peer.name = format!("device{i}");
+        peer.id = format!("DEV{i}-0000");
+        s.peers.push(peer);
+    }
+    app.folders[0].update(s, Instant::now());
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Down);
+    }
+    let (text, _) = screen(&app, Theme { color: true }, 80, 24);
+    assert!(text.contains("> device9"), "the last device is selected and in view:\n{text}");
+
+    assert_eq!(press(&mut app, KeyCode::Char('i')).len(), 1);
+    assert_eq!(press(&mut app, KeyCode::Esc), vec![Effect::AnswerInvite(false)]);
+    app.invite_step(InviteStep::Failed("terminated".into()));
+    assert_eq!(app.note, Some(("invite cancelled".into(), false)), "the end of a cancelled invite is not an error");
+}
+
+#[test]
+fn settings_of_an_unmounted_folder_come_from_its_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("config.toml"), "upload_limit = \"3MiB\"\ndebounce_ms = 40\n").unwrap();
+    let folder = Folder { name: "PSync".into(), data_dir: tmp.path().into(), mountpoint: "/home/me/PSync".into() };
+    let mut app = App::new(vec![folder], tmp.path().into(), String::new(), "/home/me".into());
+    press(&mut app, KeyCode::Char('s'));
+    let Mode::Settings(form) = &app.mode else { panic!("{:?}", app.mode) };
+    assert_eq!((form.fields[0].value.as_str(), form.fields[1].value.as_str()), ("40", "3MiB"));
+}

@@ -210,7 +210,10 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(Paragraph::new(folder_lines(folder, theme)), info);
 
     let mut lines = Vec::new();
-    for (i, peer) in folder.peers().iter().enumerate() {
+    // Scrolled so that the selected device is always in view.
+    let fits = usize::from(peers.height.saturating_sub(1) / 2).max(1);
+    let first = app.peer.saturating_sub(fits - 1);
+    for (i, peer) in folder.peers().iter().enumerate().skip(first) {
         lines.extend(peer_lines(folder, peer, i == app.peer, theme));
     }
     if !folder.mounted() && !lines.is_empty() {
