@@ -472,17 +472,21 @@ fn upload_rate_limit_spreads_blocks_over_time() {
     m.connect_all();
     m.run(60_000);
     assert_eq!(m.content(1, "big.bin").unwrap(), data);
-    let sent_at: Vec<Millis> = m
-        .log
-        .iter()
-        .zip(&m.times)
-        .filter(|((_, _, msg), _)| matches!(msg, Message::BlockResponse { .. }))
-        .map(|(_, t)| *t)
-        .collect();
+    let sent_at = block_responses(&m, 0, 0);
     assert_eq!(sent_at.len(), 16);
     // A 4-block burst, then 12 blocks at 4 blocks per second: about 3 s.
     let spread = sent_at[15] - sent_at[0];
     assert!((2_900..=4_000).contains(&spread), "16 blocks took {spread} ms at 4 blocks/s");
+}
+
+/// When device `from` sent blocks, from the `first`-th logged message on.
+fn block_responses(m: &Mesh, from: usize, first: usize) -> Vec<Millis> {
+    m.log[first..]
+        .iter()
+        .zip(&m.times[first..])
+        .filter(|((sender, _, msg), _)| *sender == from && matches!(msg, Message::BlockResponse { .. }))
+        .map(|(_, t)| *t)
+        .collect()
 }
 
 #[test]
@@ -499,13 +503,7 @@ fn limits_changed_while_running_apply_at_once() {
     m.local_change(0);
     m.run(60_000);
     assert_eq!(m.content(1, "big.bin").unwrap(), data);
-    let sent_at: Vec<Millis> = m
-        .log
-        .iter()
-        .zip(&m.times)
-        .filter(|((from, _, msg), _)| *from == 0 && matches!(msg, Message::BlockResponse { .. }))
-        .map(|(_, t)| *t)
-        .collect();
+    let sent_at = block_responses(&m, 0, 0);
     assert_eq!(sent_at.len(), 16);
     let spread = sent_at[15] - sent_at[0];
     assert!((2_900..=4_000).contains(&spread), "16 blocks took {spread} ms at 4 blocks/s");
@@ -516,12 +514,7 @@ fn limits_changed_while_running_apply_at_once() {
     m.storage(0).local_write(&path("big2.bin"), &big(16 * BLOCK_SIZE as usize, 4), 1);
     m.local_change(0);
     m.run(10_000);
-    let times: Vec<Millis> = m.log[first..]
-        .iter()
-        .zip(&m.times[first..])
-        .filter(|((from, _, msg), _)| *from == 0 && matches!(msg, Message::BlockResponse { .. }))
-        .map(|(_, t)| *t)
-        .collect();
+    let times = block_responses(&m, 0, first);
     assert_eq!(times.len(), 16);
     assert!(times[15] - times[0] < 1_000, "unlimited: {} ms", times[15] - times[0]);
 }
