@@ -60,11 +60,17 @@ impl Tmux {
     /// Waits until every one of `texts` is on the screen; returns it.
     fn wait_for(&self, session: &str, texts: &[&str]) -> String {
         eventually(PATIENCE, lazy(|| format!("{texts:?} on {session}'s screen:\n{}", self.screen(session))), || {
-            let screen = self.screen(session);
-            texts.iter().all(|t| screen.contains(t))
+            let screen = flat(&self.screen(session));
+            texts.iter().all(|t| screen.contains(&flat(t)))
         });
         self.screen(session)
     }
+}
+
+/// The screen's words in one line: text the TUI wrapped (inside a box) is
+/// found whole.
+fn flat(screen: &str) -> String {
+    screen.replace(['│', '┌', '┐', '└', '┘'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl Drop for Tmux {
@@ -94,8 +100,17 @@ impl Drop for Unmount {
 }
 
 /// Goes through the wizard: found (no code) or join (with one), the
-/// default folder (~/PSync), confirmed.
-fn wizard(tmux: &Tmux, session: &str, url: &str, name: &str, code: Option<&str>) {
+/// default folder (~/PSync) or another one, confirmed after the
+/// confirmation says `expect`.
+fn wizard(
+    tmux: &Tmux,
+    session: &str,
+    url: &str,
+    name: &str,
+    code: Option<&str>,
+    folder: Option<&str>,
+    expect: &str,
+) -> String {
     tmux.wait_for(session, &["found a new group", "join a group"]);
     tmux.keys(session, &[if code.is_some() { "j" } else { "f" }]);
     tmux.wait_for(session, &["Signalling server"]);
@@ -111,11 +126,16 @@ fn wizard(tmux: &Tmux, session: &str, url: &str, name: &str, code: Option<&str>)
         tmux.keys(session, &["Enter"]);
     }
     tmux.wait_for(session, &["Folder to sync", "~/PSync"]);
+    if let Some(folder) = folder {
+        tmux.keys(session, &["C-u"]);
+        tmux.type_text(session, folder);
+    }
     tmux.keys(session, &["Enter"]);
-    let confirm = tmux.wait_for(session, &["This is what happens", "does not exist: it is created"]);
+    let confirm = tmux.wait_for(session, &["This is what happens", expect]);
     let said = if code.is_some() { "joins as \"" } else { "A new group is founded" };
-    assert!(confirm.contains(said), "{confirm}");
+    assert!(flat(&confirm).contains(said), "{confirm}");
     tmux.keys(session, &["y"]);
+    flat(&confirm)
 }
 
 #[test]
@@ -125,15 +145,17 @@ fn a_new_user_sets_up_two_synced_folders_with_only_the_tui() {
     let tmux = Tmux::new(tmp.path());
     let (home_a, home_b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (data_a, data_b) = (home_a.join("data"), home_b.join("data"));
-    let (mnt_a, mnt_b) = (home_a.join("PSync"), home_b.join("PSync"));
+    // The laptop already has a vault: the wizard takes it in.
+    let (mnt_a, mnt_b) = (home_a.join("PSync"), home_b.join("Vault"));
     std::fs::create_dir_all(&home_a).unwrap();
-    std::fs::create_dir_all(&home_b).unwrap();
+    std::fs::create_dir_all(mnt_b.join("notes")).unwrap();
+    std::fs::write(mnt_b.join("notes/old.md"), "written before PSync\n").unwrap();
     let _logs = LogsOnFailure(vec![data_a.clone(), data_b.clone()]);
     let _unmount = Unmount(vec![(data_a.clone(), mnt_a.clone()), (data_b.clone(), mnt_b.clone())]);
 
     // The first device: the wizard founds the group and mounts ~/PSync.
     tmux.start("desktop", &home_a, &data_a);
-    wizard(&tmux, "desktop", &url, "desktop", None);
+    wizard(&tmux, "desktop", &url, "desktop", None, None, "does not exist: it is created");
     tmux.wait_for("desktop", &["mounted, syncing", "no other devices yet"]);
     assert!(is_mounted(&mnt_a));
 
@@ -147,7 +169,8 @@ fn a_new_user_sets_up_two_synced_folders_with_only_the_tui() {
         .map(|c| c.trim_end_matches('│').to_string())
         .unwrap();
     tmux.start("laptop", &home_b, &data_b);
-    wizard(&tmux, "laptop", &url, "laptop", Some(&code));
+    let confirm = wizard(&tmux, "laptop", &url, "laptop", Some(&code), Some("~/Vault"), "holds 1 files");
+    assert!(confirm.contains(&format!("kept beside it as {}.before-psync", mnt_b.display())), "{confirm}");
     tmux.wait_for("laptop", &["waiting for the inviting device"]);
     // The first device shows who asks, and asks before signing it in.
     tmux.wait_for("desktop", &["A new device asks to join", "laptop", "fingerprint", "add it to the group"]);
@@ -159,9 +182,16 @@ fn a_new_user_sets_up_two_synced_folders_with_only_the_tui() {
     tmux.wait_for("desktop", &["laptop", "in sync"]);
     assert!(is_mounted(&mnt_b));
 
+    // The vault the laptop had reaches the desktop; the original is kept beside it.
+    eventually(PATIENCE, "the laptop's vault on the desktop", || {
+        std::fs::read_to_string(mnt_a.join("notes/old.md")).is_ok_and(|t| t == "written before PSync\n")
+    });
+    assert!(home_b.join("Vault.before-psync/notes/old.md").exists());
+    tmux.wait_for("desktop", &["laptop changed notes/old.md"]);
+
     // A file written on one mount: in the other's change feed, from that device, and in sync.
     std::fs::write(mnt_a.join("hello.md"), "hello from the desktop\n").unwrap();
-    tmux.wait_for("laptop", &["desktop      changed hello.md", "in sync"]);
+    tmux.wait_for("laptop", &["desktop changed hello.md", "in sync"]);
     assert_eq!(std::fs::read_to_string(mnt_b.join("hello.md")).unwrap(), "hello from the desktop\n");
 
     // The numbers on the dashboard are status's.
