@@ -304,7 +304,12 @@ impl App {
                 Outcome::Submit => {
                     let path = field.text().trim_matches('/').to_string();
                     let Some(f) = self.folder() else { return Vec::new() };
-                    let args = vec!["log".into(), path.clone(), "--json".into()];
+                    // No path: the deleted files, to bring one back.
+                    let args = if path.is_empty() {
+                        vec!["log".into(), "--deleted".into(), "--json".into()]
+                    } else {
+                        vec!["log".into(), path.clone(), "--json".into()]
+                    };
                     vec![Effect::Cli { data_dir: f.folder.data_dir.clone(), args, job: Job::Log(path) }]
                 }
             },
@@ -316,15 +321,18 @@ impl App {
                 Outcome::Cancel => Vec::new(),
                 Outcome::Submit => {
                     let (Some(row), Some(f)) = (view.chosen().cloned(), self.folder()) else { return Vec::new() };
-                    let args = vec!["restore".into(), view.path.clone(), "--version".into(), row.version.to_string()];
+                    let path = if view.path.is_empty() { row.path.clone() } else { view.path.clone() };
+                    let question = if view.path.is_empty() {
+                        format!("Bring the deleted {path} back as version {} ({} bytes)?", row.version, row.size)
+                    } else {
+                        format!(
+                            "Restore {path} to version {} ({} bytes)? It becomes a new version; the current one stays in the history.",
+                            row.version, row.size
+                        )
+                    };
+                    let args = vec!["restore".into(), path, "--version".into(), row.version.to_string()];
                     let then = Effect::Cli { data_dir: f.folder.data_dir.clone(), args, job: Job::Show };
-                    self.mode = Mode::Confirm(Confirm {
-                        question: format!(
-                            "Restore {} to version {} ({} bytes)? It becomes a new version; the current one stays in the history.",
-                            view.path, row.version, row.size
-                        ),
-                        then,
-                    });
+                    self.mode = Mode::Confirm(Confirm { question, then });
                     Vec::new()
                 }
             },
@@ -424,7 +432,9 @@ impl App {
                 };
                 self.mode = Mode::Confirm(Confirm { question, then: Effect::Cli { data_dir, args, job: Job::Show } });
             }
-            KeyCode::Char('h') => self.mode = Mode::HistoryPath(Field::new("File", "", "relative to the folder")),
+            KeyCode::Char('h') => {
+                self.mode = Mode::HistoryPath(Field::new("File", "", "relative to the folder; empty: deleted files"))
+            }
             KeyCode::Char('s') => match settings.map_or_else(|| saved_settings(&data_dir), Ok) {
                 Ok(settings) => self.mode = Mode::Settings(SettingsForm::new(&settings)),
                 Err(e) => self.say(e, true),
@@ -580,7 +590,10 @@ impl App {
             }
             (Job::Log(path), Ok(text)) => match serde_json::from_str::<Vec<VersionRow>>(&text) {
                 Ok(rows) if rows.is_empty() => {
-                    self.say(format!("{path} has no versions"), true);
+                    self.say(
+                        if path.is_empty() { "no deleted files".into() } else { format!("{path} has no versions") },
+                        true,
+                    );
                     Vec::new()
                 }
                 Ok(rows) => {

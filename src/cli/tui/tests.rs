@@ -209,6 +209,22 @@ fn dashboard_keys_become_the_commands_a_user_would_type() {
     assert!(text.contains("Restore notes/a.md to version 3"), "{text}");
     let effects = press(&mut app, KeyCode::Char('y'));
     assert!(matches!(&effects[..], [Effect::Cli { args, .. }] if args == &["restore", "notes/a.md", "--version", "3"]));
+    // No path: the deleted files, and one brought back.
+    press(&mut app, KeyCode::Char('h'));
+    let effects = press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&effects[..], [Effect::Cli { args, .. }] if args == &["log", "--deleted", "--json"]),
+        "{effects:?}"
+    );
+    let rows = r#"[{"version":4,"size":7,"committed_at":1795620909,"path":"old/gone.md","current":false}]"#;
+    app.done(Job::Log(String::new()), Ok(rows.into()));
+    let (text, _) = screen(&app, Theme { color: true }, 80, 24);
+    assert!(text.contains("Deleted files") && text.contains("old/gone.md"), "{text}");
+    press(&mut app, KeyCode::Enter);
+    let effects = press(&mut app, KeyCode::Char('y'));
+    assert!(
+        matches!(&effects[..], [Effect::Cli { args, .. }] if args == &["restore", "old/gone.md", "--version", "4"])
+    );
     // q quits (the daemons are not told anything).
     assert!(press(&mut app, KeyCode::Char('q')).is_empty());
     assert!(app.quit);

@@ -161,20 +161,36 @@ pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
             let lines = vec![
                 Line::from("Whose history? A file of this folder."),
                 field_line(field, true, theme),
-                keys_line(&[("Enter", "show versions"), ("Esc", "cancel")], theme),
+                keys_line(&[("Enter", "show versions (empty: deleted files)"), ("Esc", "cancel")], theme),
             ];
             popup(frame, area, "File history", lines, theme);
         }
         Mode::History(view) => {
-            let mut lines = vec![Line::from(format!("{}: versions, oldest first", view.path))];
-            for (i, row) in view.rows.iter().enumerate() {
+            let deleted = view.path.is_empty();
+            let title = if deleted {
+                "Deleted files, with their last version".to_string()
+            } else {
+                format!("{}: versions, oldest first", view.path)
+            };
+            let mut lines = vec![Line::from(title)];
+            // The rows that fit, scrolled to the selection.
+            let fits = usize::from(area.height.saturating_sub(8)).max(1);
+            let first = view.selected.saturating_sub(fits - 1);
+            for (i, row) in view.rows.iter().enumerate().skip(first).take(fits) {
                 let when = crate::clock::local_time(row.committed_at.max(0) as u64 * 1000);
-                let current = if row.current { "  (current)" } else { "" };
-                let text = format!("  {:>6}  {when}  {:>10}{current}", row.version, bytes(row.size));
+                let what = if deleted {
+                    format!("  {}", row.path)
+                } else if row.current {
+                    "  (current)".into()
+                } else {
+                    String::new()
+                };
+                let text = format!("  {:>6}  {when}  {:>10}{what}", row.version, bytes(row.size));
                 let style = if i == view.selected { theme.selected() } else { Style::default() };
                 lines.push(Line::styled(text, style));
             }
-            lines.push(keys_line(&[("↑↓", "pick"), ("Enter", "restore this version"), ("Esc", "back")], theme));
+            let enter = if deleted { "bring it back" } else { "restore this version" };
+            lines.push(keys_line(&[("↑↓", "pick"), ("Enter", enter), ("Esc", "back")], theme));
             popup(frame, area, "File history", lines, theme);
         }
     }
