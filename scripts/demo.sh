@@ -94,9 +94,12 @@ start() {
     say "== two devices of one group: desktop founds it, laptop joins with a one-time code"
     psync --data-dir "$state/desktop" init --name desktop --server "$url"
     coproc invite { "$PSYNC_BIN" --data-dir "$state/desktop" invite --yes; }
+    # Bash unsets invite_PID once the coprocess ends, which it may do before
+    # the wait below: keep the pid now (it waits for the join, so it runs).
+    invite_pid=$invite_PID
     read -r code <&"${invite[0]}"
     psync --data-dir "$state/laptop" join "$code" --name laptop --server "$url"
-    wait "$invite_PID"
+    wait "$invite_pid"
 
     say "== mounting both folders"
     psync --data-dir "$state/desktop" mount "$demo/desktop"

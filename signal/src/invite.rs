@@ -64,6 +64,32 @@ pub enum InviteError {
     /// A message did not decode.
     #[error("unexpected invite message")]
     Unexpected,
+    /// A device name that is empty, too long or holds control characters.
+    #[error("device name {0:?}: {1}")]
+    BadName(String, &'static str),
+}
+
+/// The longest DTLS fingerprint text (bytes): `sha-256` and 32 hex pairs is 103.
+const MAX_FINGERPRINT_BYTES: usize = 256;
+
+/// The longest device name (bytes): names are shown in one line.
+pub const MAX_DEVICE_NAME_BYTES: usize = 64;
+
+/// A device name people can read: not empty, at most
+/// [`MAX_DEVICE_NAME_BYTES`], no control characters (which a terminal
+/// would obey when the name is shown).
+pub fn check_device_name(name: &str) -> Result<(), InviteError> {
+    if name.trim().is_empty() {
+        return Err(InviteError::BadName(name.into(), "empty"));
+    }
+    if name.len() > MAX_DEVICE_NAME_BYTES {
+        let shown: String = name.chars().take(16).collect();
+        return Err(InviteError::BadName(shown, "longer than 64 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(InviteError::BadName(name.into(), "holds control characters"));
+    }
+    Ok(())
 }
 
 impl InviteCode {
@@ -199,6 +225,10 @@ impl SharedKey {
         if !constant_time_eq(mac, &self.mac("introduce", &body)) {
             return Err(InviteError::WrongCode);
         }
+        check_device_name(name)?;
+        if dtls_fingerprint.len() > MAX_FINGERPRINT_BYTES || dtls_fingerprint.chars().any(char::is_control) {
+            return Err(InviteError::Unexpected);
+        }
         Ok((*key, name.clone(), dtls_fingerprint.clone()))
     }
 
@@ -269,6 +299,12 @@ mod tests {
         let device = DeviceKey::generate();
         let intro = kj.introduce(device.public(), "laptop", "sha-256 AA");
         assert_eq!(ki.check_introduction(&intro).unwrap().0, device.public());
+        // A name the inviter's terminal would obey, or one too long to show, is refused.
+        for bad in ["evil\u{1b}]52;c;aGk=\u{7}", "", &"n".repeat(MAX_DEVICE_NAME_BYTES + 1)] {
+            let intro = kj.introduce(device.public(), bad, "sha-256 AA");
+            assert!(matches!(ki.check_introduction(&intro), Err(InviteError::BadName(..))), "{bad:?}");
+        }
+        assert!(check_device_name("Anna's laptop (2)").is_ok());
         let content = ContentKey::generate(3);
         let welcome = ki.welcome(vec![], Some(&content));
         let (roster, got) = kj.check_welcome(welcome.clone()).unwrap();

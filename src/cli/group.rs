@@ -104,6 +104,7 @@ pub fn signal(
 
 /// `psync init --name NAME --server URL`: a new device founding a new group.
 pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Result<ExitCode> {
+    psync_signal::invite::check_device_name(name)?;
     fresh_data_dir(data_dir)?;
     let key = DeviceKey::generate();
     // Made once and kept: peers pin its fingerprint from the roster.
@@ -205,7 +206,7 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<ExitCode> {
         for r in &rows {
             println!(
                 "{:<16} {}  {:<8} {}{}",
-                r["name"].as_str().unwrap_or(""),
+                super::status::terminal_safe(r["name"].as_str().unwrap_or("")),
                 r["id"].as_str().unwrap_or(""),
                 r["role"].as_str().unwrap_or(""),
                 if r["removed"].as_bool() == Some(true) {
@@ -297,9 +298,7 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool, json: bool) -> Result
             Err(e) => {
                 client.close_invite(mailbox);
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                return Err(
-                    e.context("the new device used another code; this invite is burned, run `psync invite` again")
-                );
+                return Err(e.context("the new device was not added; this invite is burned, run `psync invite` again"));
             }
         };
         eprintln!("New device: {name} ({}), certificate fingerprint {fingerprint}", readable_id(&new_key.device_id()));
@@ -350,6 +349,7 @@ pub fn invite(data_dir: &Path, yes: bool, read_only: bool, json: bool) -> Result
 pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<ExitCode> {
     use psync_signal::invite::{InviteCode, InviteMessage, Pake};
     use psync_signal::net::JoinChannel;
+    psync_signal::invite::check_device_name(name)?;
     fresh_data_dir(data_dir)?;
     let code = InviteCode::parse(code)?;
     let key = DeviceKey::generate();

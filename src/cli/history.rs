@@ -64,7 +64,8 @@ fn print_rows(rows: &[VersionRow], json: bool) -> Result<()> {
     println!("{:>8}  {:>12}  {:<20}  path", "version", "size", "committed (UTC)");
     for v in rows {
         let mark = if v.current { " (current)" } else { "" };
-        println!("{:>8}  {:>12}  {:<20}  {}{mark}", v.version, v.size, crate::clock::utc(v.committed_at), v.path);
+        let path = super::status::terminal_safe(&v.path);
+        println!("{:>8}  {:>12}  {:<20}  {path}{mark}", v.version, v.size, crate::clock::utc(v.committed_at));
     }
     Ok(())
 }

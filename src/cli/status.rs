@@ -27,7 +27,8 @@ pub fn command(data_dir: &Path, json: bool, watch: bool) -> Result<std::process:
                 print!("\x1b[2J\x1b[H");
             }
             peak_wanted = if status.local.wanted_blocks == 0 { 0 } else { peak_wanted.max(status.local.wanted_blocks) };
-            print!("{}", render(&status, peak_wanted));
+            // Names and paths come from peers: the terminal is never handed their control characters.
+            print!("{}", terminal_safe(&render(&status, peak_wanted)));
         }
         std::io::stdout().flush()?;
         if !watch {
@@ -35,6 +36,14 @@ pub fn command(data_dir: &Path, json: bool, watch: bool) -> Result<std::process:
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `text` with every control character but the line breaks escaped
+/// (`\u{1b}`): what a terminal may be given of names and paths from peers.
+pub(crate) fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 pub(crate) fn bytes(n: u64) -> String {

@@ -75,6 +75,8 @@ fn clear_errors_for_signal_and_identity() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read certificates"), "{out:?}");
     let out = psync(tmp.path(), &["devices"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("run `psync init`"), "{out:?}");
+    let out = psync(&tmp.path().join("named"), &["init", "--name", "desk\u{1b}[2J", "--server", "ws://127.0.0.1:9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"), "{out:?}");
     // No server at that address: init fails and leaves no half identity behind.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dev = tmp.path().join("dev");

@@ -275,6 +275,9 @@ fn settings_and_roles_change_running_daemons() {
     });
     std::fs::write(mb.path("from-laptop.md"), b"full again").unwrap();
     wait_for_content(&ma, "from-laptop.md", b"full again");
+    // What it changed while read-only goes out too, as a receive-only
+    // folder's local changes do in Syncthing once it sends again.
+    wait_for_content(&ma, "while-read-only.md", b"stays here");
     let devices = json(&psync(&a, &["devices", "--json"]));
     assert!(devices["devices"].as_array().unwrap().iter().all(|d| d["role"] == "Full"), "{devices}");
 
@@ -283,7 +286,9 @@ fn settings_and_roles_change_running_daemons() {
     let feed = status["recent_changes"].as_array().unwrap();
     let row = feed.iter().find(|c| c["path"] == "from-laptop.md").unwrap_or_else(|| panic!("{status}"));
     assert_eq!((row["device"].as_str(), row["this_device"].as_bool()), (Some("laptop"), Some(false)));
-    assert_eq!(feed[0]["path"], "from-laptop.md", "newest first: {feed:?}");
+    let seqs: Vec<u64> = feed.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {feed:?}");
+    assert!(feed.iter().any(|c| c["path"] == "canary.md" && c["this_device"] == true), "{feed:?}");
 
     // Nothing mounted: the change is saved for the next mount.
     ma.unmount();

@@ -302,3 +302,35 @@ fn settings_of_an_unmounted_folder_come_from_its_config_file() {
     let Mode::Settings(form) = &app.mode else { panic!("{:?}", app.mode) };
     assert_eq!((form.fields[0].value.as_str(), form.fields[1].value.as_str()), ("40", "3MiB"));
 }
+
+#[test]
+fn control_characters_from_peers_are_shown_escaped_never_sent_to_the_terminal() {
+    let mut app = app_with_status();
+    let mut s = status(0, true, 0);
+    s.peers[0].name = "evil\u{1b}]52;c;aGk=\u{7}".into();
+    s.recent_changes[0].path = "notes/\u{1b}[2Jgone.md".into();
+    app.folders[0].update(s, Instant::now());
+    let (text, _) = screen(&app, Theme { color: true }, 120, 24);
+    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+    assert!(text.contains("notes/\\u{1b}[2Jgone.md"), "{text}");
+}
+
+#[test]
+fn relay_storage_is_shown_when_the_device_uses_it() {
+    let mut app = app_with_status();
+    let mut s = status(0, true, 0);
+    s.relay = Some(crate::live::RelayLive {
+        reachable: true,
+        held_bytes: 3 << 20,
+        quota_bytes: 1 << 30,
+        to_upload: 2,
+        ..Default::default()
+    });
+    app.folders[0].update(s.clone(), Instant::now());
+    let (text, _) = screen(&app, Theme { color: true }, 80, 24);
+    assert!(text.contains("relay: 2 changes to leave there, 3.0 MiB of 1.0 GiB"), "{text}");
+    s.relay = Some(crate::live::RelayLive { last_error: Some("no route".into()), ..Default::default() });
+    app.folders[0].update(s, Instant::now());
+    let (text, _) = screen(&app, Theme { color: true }, 80, 24);
+    assert!(text.contains("relay unreachable: no route"), "{text}");
+}

@@ -201,12 +201,13 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let folder = app.folder();
     let peer_rows = folder.map_or(1, |f| (f.peers().len() * 2 + usize::from(!f.mounted())).max(1)) as u16;
     let issues = folder.map_or(0, |f| issue_lines(f, theme).len()) as u16;
+    let info_rows = folder.map_or(2, |f| folder_lines(f, theme).len()) as u16;
     let [tabs, info, peers, changes, problems, note, hints] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(3),
+        Constraint::Length(info_rows),
         Constraint::Length(peer_rows.min(10) + 1),
         Constraint::Min(3),
-        Constraint::Length(if issues == 0 { 0 } else { issues.min(6) + 2 }),
+        Constraint::Length(if issues == 0 { 0 } else { issues.min(6) + 1 }),
         Constraint::Length(1),
         Constraint::Length(2),
     ])
@@ -223,7 +224,7 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         frame.render_widget(hint_lines(theme), hints);
         return;
     };
-    frame.render_widget(Paragraph::new(folder_lines(folder, theme)), info);
+    frame.render_widget(para(folder_lines(folder, theme)), info);
 
     let mut lines = Vec::new();
     // Scrolled so that the selected device is always in view.
@@ -239,7 +240,7 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if lines.is_empty() {
         lines.push(Line::styled("no other devices yet: press i to invite one", theme.dim()));
     }
-    frame.render_widget(Paragraph::new(lines).block(section("Devices")), peers);
+    frame.render_widget(para(lines).block(section("Devices")), peers);
 
     let feed: Vec<Line> = match folder.status.as_ref().map(|s| &s.recent_changes) {
         Some(rows) if !rows.is_empty() => rows
@@ -257,9 +258,9 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .collect(),
         _ => vec![Line::styled("no changes yet", theme.dim())],
     };
-    frame.render_widget(Paragraph::new(feed).block(section("Recent changes")), changes);
+    frame.render_widget(para(feed).block(section("Recent changes")), changes);
     if issues > 0 {
-        frame.render_widget(Paragraph::new(issue_lines(folder, theme)).block(section("Needs attention")), problems);
+        frame.render_widget(para(issue_lines(folder, theme)).block(section("Needs attention")), problems);
     }
     let note_line = match (&app.busy, &app.note) {
         (Some(busy), _) => Line::styled(format!("{busy}..."), theme.pending()),
@@ -267,8 +268,27 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         (None, Some((text, false))) => Line::styled(text.clone(), theme.good()),
         (None, None) => Line::from(""),
     };
-    frame.render_widget(Paragraph::new(note_line), note);
+    frame.render_widget(para(vec![note_line]), note);
     frame.render_widget(hint_lines(theme), hints);
+}
+
+/// A paragraph of text that may come from outside (device names, paths,
+/// reasons, errors): control characters, which the terminal would obey
+/// (a name holding an escape sequence could rewrite the screen or more),
+/// are shown escaped instead.
+fn para(lines: Vec<Line<'static>>) -> Paragraph<'static> {
+    let lines = lines
+        .into_iter()
+        .map(|mut line| {
+            for span in &mut line.spans {
+                if span.content.contains(char::is_control) {
+                    span.content = crate::cli::status::terminal_safe(&span.content).replace('\n', "\\n").into();
+                }
+            }
+            line
+        })
+        .collect::<Vec<_>>();
+    Paragraph::new(lines)
 }
 
 fn hint_lines(theme: Theme) -> Paragraph<'static> {
@@ -310,7 +330,7 @@ fn folder_lines(folder: &FolderState, theme: Theme) -> Vec<Line<'static>> {
     let l = &status.local;
     let limits = status.daemon.as_ref().map(|d| crate::cli::settings::describe(&d.settings)).unwrap_or_default();
     let read_only = if l.read_only { "  read-only device: its changes stay here" } else { "" };
-    vec![
+    let mut lines = vec![
         Line::from(vec![Span::raw(format!("{mount}  ")), state, Span::raw("  "), server]),
         Line::styled(
             format!(
@@ -324,7 +344,24 @@ fn folder_lines(folder: &FolderState, theme: Theme) -> Vec<Line<'static>> {
             theme.dim(),
         ),
         Line::styled(limits, theme.dim()),
-    ]
+    ];
+    if let Some(relay) = &status.relay {
+        lines.push(if relay.reachable {
+            Line::styled(
+                format!(
+                    "relay: {} changes to leave there, {} of {} held for the group",
+                    relay.to_upload,
+                    bytes(relay.held_bytes),
+                    bytes(relay.quota_bytes)
+                ),
+                theme.dim(),
+            )
+        } else {
+            let why = relay.last_error.as_deref().unwrap_or("not reached yet");
+            Line::styled(format!("relay unreachable: {why}"), theme.pending())
+        });
+    }
+    lines
 }
 
 fn peer_lines(folder: &FolderState, peer: &PeerStatus, selected: bool, theme: Theme) -> Vec<Line<'static>> {
@@ -440,7 +477,7 @@ fn popup(frame: &mut Frame, area: Rect, title: &str, lines: Vec<Line<'static>>, 
     let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
     frame.render_widget(Clear, rect);
     let block = Block::default().borders(Borders::ALL).title(format!(" {title} "));
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), rect);
+    frame.render_widget(para(lines).wrap(Wrap { trim: false }).block(block), rect);
 }
 
 fn wizard_screen(frame: &mut Frame, area: Rect, wizard: &Wizard, theme: Theme) {
@@ -500,5 +537,5 @@ fn wizard_screen(frame: &mut Frame, area: Rect, wizard: &Wizard, theme: Theme) {
     }
     let title = if wizard.cancellable { " Add a folder (its own group) " } else { " Set up PSync " };
     let block = Block::default().borders(Borders::ALL).padding(Padding::horizontal(1)).title(title);
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), area);
+    frame.render_widget(para(lines).wrap(Wrap { trim: false }).block(block), area);
 }
