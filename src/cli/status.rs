@@ -72,6 +72,9 @@ fn short_id(id: &str) -> &str {
     id.split('-').next().unwrap_or(id)
 }
 
+/// Changes the human status lists (count; `--json` has the whole feed).
+const RECENT_CHANGES_SHOWN: usize = 5;
+
 fn render(s: &Status, peak_wanted: usize) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -224,6 +227,15 @@ fn render(s: &Status, peak_wanted: usize) -> String {
         if let (true, Some(path)) = (p.connected, &p.path) {
             let via = path.relay.as_ref().map(|r| format!(" via {r}")).unwrap_or_default();
             let _ = writeln!(out, "  {:<14} {}{via}: {} <-> {}", "", path.kind.word(), path.local, path.remote);
+        }
+    }
+    if !s.recent_changes.is_empty() {
+        let _ = writeln!(out, "changes     the latest (newest first; --json lists {}):", s.recent_changes.len());
+        for c in s.recent_changes.iter().take(RECENT_CHANGES_SHOWN) {
+            let who = if c.device.is_empty() { short_id(&c.device_id) } else { &c.device };
+            let what = if c.deleted { "deleted" } else { "changed" };
+            let when = crate::clock::local_time(c.mtime.max(0) as u64 * 1000);
+            let _ = writeln!(out, "  {when}  {who:<14} {what} {}", c.path);
         }
     }
     if s.conflicts.is_empty() {

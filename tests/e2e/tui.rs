@@ -197,7 +197,21 @@ fn a_new_user_sets_up_two_synced_folders_with_only_the_tui() {
     // The numbers on the dashboard are status's.
     let status = json(&psync(&data_b, &["status", "--json"]));
     let files = status["local"]["files"].as_u64().unwrap();
-    tmux.wait_for("laptop", &[&format!("{files} files"), &format!("seq {}", status["local"]["seq"])]);
+    let peer = &status["peers"][0];
+    assert_eq!((peer["name"].as_str(), peer["in_sync"].as_bool()), (Some("desktop"), Some(true)), "{status}");
+    tmux.wait_for(
+        "laptop",
+        &[
+            &format!("{files} files"),
+            &format!("seq {}", status["local"]["seq"]),
+            &format!("↑ {} ", peer["outgoing_records"]),
+            &format!("↓ {} ", peer["incoming_records"]),
+            &format!(
+                "full online connected {}",
+                peer["path"]["kind"].as_str().map_or("", |k| if k == "lan" { "LAN" } else { k })
+            ),
+        ],
+    );
 
     // The upload limit, changed in the TUI, reaches the running daemon and its config file.
     tmux.keys("desktop", &["s"]);
@@ -289,6 +303,8 @@ fn settings_and_roles_change_running_daemons() {
     let seqs: Vec<u64> = feed.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {feed:?}");
     assert!(feed.iter().any(|c| c["path"] == "canary.md" && c["this_device"] == true), "{feed:?}");
+    let text = String::from_utf8_lossy(&psync(&a, &["status"]).stdout).into_owned();
+    assert!(text.contains("laptop         changed from-laptop.md"), "{text}");
 
     // Nothing mounted: the change is saved for the next mount.
     ma.unmount();

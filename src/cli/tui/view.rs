@@ -504,6 +504,8 @@ fn wizard_screen(frame: &mut Frame, area: Rect, wizard: &Wizard, theme: Theme) {
         }
         Step::Working(what) => {
             lines.push(Line::styled(format!("{what}..."), theme.pending()));
+            lines.push(Line::from(""));
+            lines.push(keys_line(&[("Ctrl-C", "quit (what runs finishes on its own)")], theme));
         }
         _ => {
             if !wizard.has_identity {
