@@ -332,5 +332,5 @@ fn relay_storage_is_shown_when_the_device_uses_it() {
     s.relay = Some(crate::live::RelayLive { last_error: Some("no route".into()), ..Default::default() });
     app.folders[0].update(s, Instant::now());
     let (text, _) = screen(&app, Theme { color: true }, 80, 24);
-    assert!(text.contains("relay unreachable: no route"), "{text}");
+    assert!(text.contains("relay not reachable: no route"), "{text}");
 }

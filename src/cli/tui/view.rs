@@ -358,7 +358,7 @@ fn folder_lines(folder: &FolderState, theme: Theme) -> Vec<Line<'static>> {
             )
         } else {
             let why = relay.last_error.as_deref().unwrap_or("not reached yet");
-            Line::styled(format!("relay unreachable: {why}"), theme.pending())
+            Line::styled(format!("relay not reachable: {why}"), theme.dim())
         });
     }
     lines
