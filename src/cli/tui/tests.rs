@@ -97,6 +97,18 @@ fn the_dashboard_fits_80x24_and_shows_what_status_says() {
     ] {
         assert!(text.contains(shown), "{shown:?} is not on the screen:\n{text}");
     }
+    // Through NAT and relayed, as the link's ends say.
+    let mut s = status(0, true, 0);
+    s.peers[0].path = serde_json::from_value(serde_json::json!({
+        "kind": "direct", "local": "192.168.1.20:5000 (host)", "remote": "203.0.113.7:6000 (srflx)", "relay": null
+    }))
+    .unwrap();
+    let mut nat = app_with_status();
+    nat.folders[0].update(s.clone(), Instant::now());
+    assert!(screen(&nat, Theme { color: true }, 80, 24).0.contains("connected direct via NAT"));
+    s.peers[0].path.as_mut().unwrap().kind = crate::net::path::PathKind::Relayed;
+    nat.folders[0].update(s, Instant::now());
+    assert!(screen(&nat, Theme { color: true }, 80, 24).0.contains("connected relayed"));
     // In sync: said so, and the bars are full.
     let mut app = app;
     app.folders[0].update(status(0, true, 4096), Instant::now());

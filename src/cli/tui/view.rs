@@ -380,7 +380,7 @@ fn peer_lines(folder: &FolderState, peer: &PeerStatus, selected: bool, theme: Th
         online,
     ];
     if peer.connected {
-        let how = peer.path.as_ref().map_or("connected".to_string(), |p| format!("connected {}", p.kind.word()));
+        let how = peer.path.as_ref().map_or("connected".to_string(), |p| format!("connected {}", link_words(p)));
         first.push(Span::raw(format!("  {how}")));
         if let Some(rtt) = peer.rtt_ms {
             first.push(Span::raw(format!("  RTT {rtt:.1} ms")));
@@ -431,6 +431,16 @@ fn issue_lines(folder: &FolderState, theme: Theme) -> Vec<Line<'static>> {
         lines.push(Line::styled(error.clone(), theme.bad()));
     }
     lines
+}
+
+/// LAN, direct (through NAT when an end is a reflexive address), or relayed.
+fn link_words(path: &crate::net::path::LinkPath) -> &'static str {
+    use crate::net::path::PathKind;
+    let reflexive = |end: &str| end.ends_with("(srflx)") || end.ends_with("(prflx)");
+    match path.kind {
+        PathKind::Direct if reflexive(&path.local) || reflexive(&path.remote) => "direct via NAT",
+        kind => kind.word(),
+    }
 }
 
 /// `[######----]`: how much of the most that was pending is done.
