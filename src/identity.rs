@@ -35,8 +35,29 @@ pub(crate) fn save_identity(
     dtls.save(data_dir)?;
     save_roster(data_dir, roster.entries())?;
     let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
-    std::fs::write(data_dir.join(IDENTITY_FILE), serde_json::to_vec_pretty(&identity)?)?;
+    // Written last, whole or not at all: the identity exists once this file does.
+    let tmp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&identity)?)?;
+    std::fs::rename(&tmp, data_dir.join(IDENTITY_FILE))?;
     Ok(())
+}
+
+/// What an `init` or `join` interrupted before its identity file was
+/// written leaves in a data dir (keys included): moved aside, never
+/// deleted, so that a new attempt can start. Returns where, if anything was there.
+pub(crate) fn set_aside_unfinished(data_dir: &Path) -> Result<Option<PathBuf>> {
+    let files = [KEY_FILE, psync_signal::dtls::DTLS_FILE, ROSTER_FILE, GROUP_KEY_FILE];
+    let present: Vec<&str> = files.iter().copied().filter(|f| data_dir.join(f).exists()).collect();
+    if present.is_empty() || data_dir.join(IDENTITY_FILE).exists() {
+        return Ok(None);
+    }
+    let aside = data_dir.join(format!("unfinished-identity-{}", psync_store::Timestamp::now().secs));
+    std::fs::create_dir_all(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
+    for file in present {
+        std::fs::rename(data_dir.join(file), aside.join(file))
+            .with_context(|| format!("cannot move {file} aside into {}", aside.display()))?;
+    }
+    Ok(Some(aside))
 }
 
 /// Replaces the local roster copy (atomically: a crash leaves the old or the new).

@@ -14,7 +14,7 @@ use psync_signal::net::{register, serve_with, tls_acceptor, ClientEvent, ServeOp
 use psync_signal::relay::seal::ContentKey;
 use psync_signal::{readable_id, DeviceKey, Roster};
 
-use crate::data_dir::KEY_FILE;
+use crate::data_dir::IDENTITY_FILE;
 use crate::identity::{load_identity, load_roster, save_identity, save_roster};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -114,8 +114,9 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
     let group = runtime()?
         .block_on(register(server, &roster))
         .context("cannot register the group with the signalling server")?;
-    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
+    // The identity file comes last: until it exists, nothing here is an identity.
     crate::identity::update_keyring(data_dir, |ring| ring.add(ContentKey::generate(1)))?;
+    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     println!(
         "device {name} ({}) created group {group_name:?} ({})",
         readable_id(&key.public().device_id()),
@@ -127,8 +128,11 @@ pub fn init(data_dir: &Path, name: &str, server: &str, group_name: &str) -> Resu
 /// The data dir, checked to hold no identity yet (one device per data dir).
 fn fresh_data_dir(data_dir: &Path) -> Result<()> {
     crate::data_dir::prepare(data_dir)?;
-    if data_dir.join(KEY_FILE).exists() {
+    if data_dir.join(IDENTITY_FILE).exists() {
         bail!("{} already has a device identity; use another --data-dir for another device", data_dir.display());
+    }
+    if let Some(aside) = crate::identity::set_aside_unfinished(data_dir)? {
+        eprintln!("an earlier init or join did not finish here; what it left is kept in {}", aside.display());
     }
     // The store records every change under the device id; a device in a
     // group is known by its key, so the store must be made after it.
@@ -371,10 +375,10 @@ pub fn join(data_dir: &Path, code: &str, name: &str, server: &str) -> Result<Exi
         }
         Ok((roster, content_key))
     })?;
-    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     if let Some(content_key) = content_key {
         crate::identity::update_keyring(data_dir, |ring| ring.add(content_key))?;
     }
+    save_identity(data_dir, &key, &dtls, &roster, name, server)?;
     println!("joined group {:?} as {name} ({})", roster.group_name(), readable_id(&key.public().device_id()));
     Ok(ExitCode::SUCCESS)
 }

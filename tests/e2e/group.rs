@@ -77,6 +77,24 @@ fn clear_errors_for_signal_and_identity() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("run `psync init`"), "{out:?}");
     let out = psync(&tmp.path().join("named"), &["init", "--name", "desk\u{1b}[2J", "--server", "ws://127.0.0.1:9"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"), "{out:?}");
+    // What an init or join stopped halfway left (keys, no identity file)
+    // is moved aside, not in the way and not deleted.
+    let (_server, url) = start_server(&tmp.path().join("server"));
+    let halfway = tmp.path().join("halfway");
+    std::fs::create_dir_all(&halfway).unwrap();
+    std::fs::write(halfway.join("device.key"), "left by a killed join").unwrap();
+    std::fs::write(halfway.join("dtls.pem"), "left by a killed join").unwrap();
+    let out = psync(&halfway, &["init", "--name", "desktop", "--server", &url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish"), "{out:?}");
+    let aside: Vec<_> = std::fs::read_dir(&halfway)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("unfinished-identity-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read_to_string(aside[0].path().join("device.key")).unwrap(), "left by a killed join");
+    assert!(json(&psync(&halfway, &["devices", "--json"]))["devices"].as_array().unwrap().len() == 1);
     // No server at that address: init fails and leaves no half identity behind.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dev = tmp.path().join("dev");

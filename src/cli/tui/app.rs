@@ -25,6 +25,9 @@ pub enum Effect {
     Invite { data_dir: PathBuf, read_only: bool },
     /// Answer the running invite's question.
     AnswerInvite(bool),
+    /// Stop the wizard's running `init` or `join` (it keeps nothing: its
+    /// identity file is written last).
+    CancelIdentity,
     /// Read a file (`.psyncignore`) for `job`.
     Read { path: PathBuf, job: Job },
     /// Write a file through the mount (`.psyncignore`) for `job`.
@@ -196,6 +199,8 @@ pub struct App {
     pub quit: bool,
     /// The running invite was given up (its end is not reported).
     invite_cancelled: bool,
+    /// The wizard's `init`/`join` was asked to stop.
+    identity_cancelled: bool,
 }
 
 /// Where a first folder goes by default.
@@ -221,6 +226,7 @@ impl App {
             home,
             quit: false,
             invite_cancelled: false,
+            identity_cancelled: false,
         }
     }
 
@@ -262,6 +268,13 @@ impl App {
                         Vec::new()
                     }
                     WizardAction::Start => self.wizard_start(),
+                    WizardAction::CancelWork => {
+                        if let Mode::Wizard(wizard) = &mut self.mode {
+                            wizard.step = Step::Working("stopping".into());
+                        }
+                        self.identity_cancelled = true;
+                        vec![Effect::CancelIdentity]
+                    }
                 }
             }
             Mode::Invite(view) => self.invite_key(view, key),
@@ -556,6 +569,8 @@ impl App {
         let last_line = |text: &str| text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("done").to_string();
         match (job, result) {
             (Job::Identity, Ok(_)) => {
+                // Finished before it could be stopped: it is set up, so go on.
+                self.identity_cancelled = false;
                 let Mode::Wizard(wizard) = &mut self.mode else { return Vec::new() };
                 wizard.has_identity = true;
                 let Some(plan) = wizard.confirmed.clone() else { return Vec::new() };
@@ -565,9 +580,10 @@ impl App {
                 vec![Effect::Mount { data_dir: wizard.data_dir.clone(), folder, create, adopt, job: Job::WizardMount }]
             }
             (Job::Identity, Err(e)) => {
+                let cancelled = std::mem::take(&mut self.identity_cancelled);
                 if let Mode::Wizard(wizard) = &mut self.mode {
                     let at = if wizard.choice == Choice::Join { Step::Code } else { Step::Server };
-                    wizard.failed(e, at);
+                    wizard.failed(if cancelled { "stopped; this device is not set up".into() } else { e }, at);
                 }
                 Vec::new()
             }

@@ -39,6 +39,8 @@ pub struct Jobs {
     /// `--config`, for the folder whose data dir it goes with.
     config: Option<(PathBuf, PathBuf)>,
     invite: Arc<Mutex<Option<Invite>>>,
+    /// The wizard's running `init` or `join`.
+    identity: Arc<Mutex<Option<u32>>>,
     /// Bumped when the folder list changes: older pollers stop.
     generation: Arc<AtomicU64>,
 }
@@ -53,7 +55,7 @@ struct Invite {
 impl Jobs {
     /// Effects run `exe`; `config` is `--config FILE` for `DATA_DIR`.
     pub fn new(events: Sender<Event>, exe: PathBuf, config: Option<(PathBuf, PathBuf)>) -> Self {
-        Self { events, exe, config, invite: Arc::default(), generation: Arc::default() }
+        Self { events, exe, config, invite: Arc::default(), identity: Arc::default(), generation: Arc::default() }
     }
 
     fn command(&self, data_dir: &Path) -> Command {
@@ -74,9 +76,18 @@ impl Jobs {
         match effect {
             Effect::Cli { data_dir, args, job } => {
                 let command = self.command(&data_dir);
+                // The wizard's init or join may be stopped: keep its pid.
+                let tracked = (job == Job::Identity).then(|| self.identity.clone());
                 spawn(move || {
-                    let _ = events.send(Event::Done(job, run_command(command, &args)));
+                    let _ = events.send(Event::Done(job, run_command(command, &args, tracked)));
                 });
+            }
+            Effect::CancelIdentity => {
+                if let Some(pid) = self.identity.lock().ok().and_then(|p| *p) {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+                    }
+                }
             }
             Effect::Mount { data_dir, folder, create, adopt, job } => {
                 let command = self.command(&data_dir);
@@ -90,7 +101,7 @@ impl Jobs {
                         if adopt {
                             args.push("--adopt".into());
                         }
-                        run_command(command, &args)
+                        run_command(command, &args, None)
                     })();
                     let _ = events.send(Event::Done(job, result));
                 });
@@ -212,9 +223,23 @@ fn spawn(work: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Runs a `psync` command: its output, or what it said went wrong.
-fn run_command(mut command: Command, args: &[String]) -> Result<String, String> {
-    let output = command.args(args).output().map_err(|e| format!("cannot run psync: {e}"))?;
+/// Runs a `psync` command: its output, or what it said went wrong. With
+/// `pid`, its process id is kept there while it runs.
+fn run_command(mut command: Command, args: &[String], pid: Option<Arc<Mutex<Option<u32>>>>) -> Result<String, String> {
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().map_err(|e| format!("cannot run psync: {e}"))?;
+    if let Some(slot) = &pid {
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(child.id());
+        }
+    }
+    let output = child.wait_with_output();
+    if let Some(slot) = &pid {
+        if let Ok(mut slot) = slot.lock() {
+            *slot = None;
+        }
+    }
+    let output = output.map_err(|e| format!("psync did not finish: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if output.status.success() {

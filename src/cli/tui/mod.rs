@@ -39,7 +39,7 @@ pub fn run(global: &Global, server: Option<String>) -> Result<ExitCode> {
     let named = |dir: &std::path::Path| listed.iter().any(|f| f.data_dir == dir);
     // A device set up with the commands (or named with --data-dir) is shown even if not listed.
     let explicit = global.data_dir.is_some() && !named(&first_data_dir);
-    if (listed.is_empty() || explicit) && first_data_dir.join(crate::data_dir::KEY_FILE).exists() {
+    if (listed.is_empty() || explicit) && first_data_dir.join(crate::data_dir::IDENTITY_FILE).exists() {
         // A device set up with the commands: its folder is where its daemon mounted it.
         let status = crate::control::client::status(&first_data_dir).ok();
         let mountpoint =

@@ -346,3 +346,29 @@ fn relay_storage_is_shown_when_the_device_uses_it() {
     let (text, _) = screen(&app, Theme { color: true }, 80, 24);
     assert!(text.contains("relay not reachable: no route"), "{text}");
 }
+
+#[test]
+fn a_join_waiting_for_its_confirmation_can_be_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_path_buf();
+    let mut app = App::new(Vec::new(), home.join("data"), "ws://127.0.0.1:7700".into(), home.clone());
+    press(&mut app, KeyCode::Char('j'));
+    press(&mut app, KeyCode::Enter);
+    for text in ["laptop", "1234-apple-river"] {
+        app.key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+        for c in text.chars() {
+            press(&mut app, KeyCode::Char(c));
+        }
+        press(&mut app, KeyCode::Enter);
+    }
+    press(&mut app, KeyCode::Enter);
+    let effects = press(&mut app, KeyCode::Char('y'));
+    assert!(matches!(&effects[..], [Effect::Cli { job: Job::Identity, .. }]), "{effects:?}");
+    let (text, _) = screen(&app, Theme { color: true }, 80, 24);
+    assert!(text.contains("waiting for the inviting device") && text.contains("Ctrl-C"), "{text}");
+    assert_eq!(press(&mut app, KeyCode::Esc), vec![Effect::CancelIdentity]);
+    app.done(Job::Identity, Err("terminated by signal".into()));
+    let Mode::Wizard(wizard) = &app.mode else { panic!("{:?}", app.mode) };
+    assert_eq!(wizard.step, super::wizard::Step::Code);
+    assert!(wizard.error.as_deref().unwrap().contains("stopped"), "{:?}", wizard.error);
+}

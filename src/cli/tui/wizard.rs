@@ -59,6 +59,8 @@ pub enum WizardAction {
     Cancel,
     /// Run `psync init` or `psync join`, then mount.
     Start,
+    /// Esc while `init` or `join` runs: stop it.
+    CancelWork,
 }
 
 /// The wizard's state.
@@ -93,7 +95,8 @@ pub struct Wizard {
 impl Wizard {
     /// A wizard for a new device in `data_dir`.
     pub fn new(data_dir: PathBuf, server: &str, home: PathBuf, default_folder: &str, cancellable: bool) -> Self {
-        let has_identity = data_dir.join(crate::data_dir::KEY_FILE).exists();
+        // The identity file is written last: without it, `init`/`join` sets leftovers aside.
+        let has_identity = data_dir.join(crate::data_dir::IDENTITY_FILE).exists();
         let host =
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         Self {
@@ -147,6 +150,7 @@ impl Wizard {
                 KeyCode::Esc | KeyCode::Char('n') | KeyCode::Char('b') => self.step = Step::Folder,
                 _ => {}
             },
+            Step::Working(_) if key.code == KeyCode::Esc && !self.has_identity => return WizardAction::CancelWork,
             Step::Working(_) => {}
             step => {
                 let Some(field) = self.field_mut() else { return WizardAction::None };
