@@ -288,6 +288,12 @@ pub fn locate(explicit: Option<&Path>, data_dir: &Path) -> Result<Option<PathBuf
     Ok(xdg.map(|dir| dir.join("psync").join(CONFIG_FILE)).filter(|p| p.is_file()))
 }
 
+/// The settings the next mount of `data_dir` would read (its config file,
+/// with no flags): what is in force when no daemon says otherwise.
+pub fn saved(explicit: Option<&Path>, data_dir: &Path) -> Result<Settings> {
+    load(locate(explicit, data_dir)?.as_deref(), &MountOptions::default())
+}
+
 /// Reads the settings: the file (if any), the environment, then `flags`.
 pub fn load(file: Option<&Path>, flags: &MountOptions) -> Result<Settings> {
     let parsed = match file {

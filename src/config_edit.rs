@@ -29,24 +29,51 @@ impl LimitChange {
         self == &LimitChange::default()
     }
 
-    /// Applies the change to `settings`, or explains what is wrong (and
-    /// changes nothing).
-    pub fn apply(&self, settings: &mut Settings) -> Result<()> {
-        let mut next = settings.clone();
+    /// Explains what is wrong with the change (checked as the config
+    /// file's values are), if anything.
+    pub fn check(&self) -> Result<()> {
         if let Some(ms) = self.debounce_ms {
             if ms > DEBOUNCE_MS_MAX {
                 bail!("debounce: {ms} ms is more than the maximum of {DEBOUNCE_MS_MAX} ms");
             }
-            next.debounce_ms = ms;
+        }
+        for (what, rate) in [("upload limit", &self.upload_limit), ("download limit", &self.download_limit)] {
+            if let Some(rate) = rate {
+                parse_rate(rate).context(what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the change to `settings`, or explains what is wrong (and
+    /// changes nothing).
+    pub fn apply(&self, settings: &mut Settings) -> Result<()> {
+        self.check()?;
+        if let Some(ms) = self.debounce_ms {
+            settings.debounce_ms = ms;
         }
         if let Some(rate) = &self.upload_limit {
-            next.upload_bytes_per_sec = parse_rate(rate).context("upload limit")?;
+            settings.upload_bytes_per_sec = parse_rate(rate)?;
         }
         if let Some(rate) = &self.download_limit {
-            next.download_bytes_per_sec = parse_rate(rate).context("download limit")?;
+            settings.download_bytes_per_sec = parse_rate(rate)?;
         }
-        *settings = next;
         Ok(())
+    }
+
+    /// The same change as `psync settings` arguments.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec!["settings".to_string()];
+        if let Some(ms) = self.debounce_ms {
+            args.extend(["--debounce-ms".into(), ms.to_string()]);
+        }
+        if let Some(rate) = &self.upload_limit {
+            args.extend(["--upload-limit".into(), rate.clone()]);
+        }
+        if let Some(rate) = &self.download_limit {
+            args.extend(["--download-limit".into(), rate.clone()]);
+        }
+        args
     }
 }
 

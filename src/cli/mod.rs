@@ -36,8 +36,7 @@ pub fn log_filter(cli: &Cli) -> String {
     }
     let from_file = data_dir(&cli.global)
         .ok()
-        .and_then(|dir| config::locate(cli.global.config.as_deref(), &dir).ok().flatten())
-        .and_then(|file| config::load(Some(&file), &config::MountOptions::default()).ok())
+        .and_then(|dir| config::saved(cli.global.config.as_deref(), &dir).ok())
         .and_then(|settings| settings.log_level);
     from_file.unwrap_or_else(|| if matches!(cli.command, Command::Mount { .. }) { "info" } else { "warn" }.into())
 }

@@ -16,8 +16,7 @@ pub fn command(global: &Global, change: LimitChange, json: bool) -> Result<()> {
     let answer = match crate::control::client::settings(&data_dir, &change)? {
         Some(answer) => answer,
         None => {
-            let file = crate::config::locate(global.config.as_deref(), &data_dir)?;
-            let mut settings = crate::config::load(file.as_deref(), &crate::config::MountOptions::default())?;
+            let mut settings = crate::config::saved(global.config.as_deref(), &data_dir)?;
             change.apply(&mut settings)?;
             let saved_to = if change.is_empty() {
                 None

@@ -232,10 +232,8 @@ fn render(s: &Status, peak_wanted: usize) -> String {
     if !s.recent_changes.is_empty() {
         let _ = writeln!(out, "changes     the latest (newest first; --json lists {}):", s.recent_changes.len());
         for c in s.recent_changes.iter().take(RECENT_CHANGES_SHOWN) {
-            let who = if c.device.is_empty() { short_id(&c.device_id) } else { &c.device };
-            let what = if c.deleted { "deleted" } else { "changed" };
             let when = crate::clock::local_time(c.mtime.max(0) as u64 * 1000);
-            let _ = writeln!(out, "  {when}  {who:<14} {what} {}", c.path);
+            let _ = writeln!(out, "  {when}  {:<14} {} {}", c.who(), c.what(), c.path);
         }
     }
     if s.conflicts.is_empty() {

@@ -75,8 +75,9 @@ fn offline_status(data_dir: &Path) -> Result<Status> {
         // refused because `psync status` (or the TUI's poll) had it open.
         Some(Arc::new(match Store::open_read_only(data_dir) {
             Ok(store) => store,
-            Err(psync_store::StoreError::NotAStore(dir)) => return Err(psync_store::StoreError::NotAStore(dir).into()),
-            // A store of an older format is brought up to date first.
+            Err(e @ psync_store::StoreError::NotAStore(_)) => return Err(e.into()),
+            // Anything else: the read-write open says why (or opens what a
+            // read-only instance cannot).
             Err(_) => Store::open(data_dir)?,
         }))
     } else {

@@ -60,6 +60,26 @@ pub struct ChangeRow {
     pub mtime: i64,
 }
 
+impl ChangeRow {
+    /// Who made it, for people: the device's name, else the start of its id.
+    pub fn who(&self) -> &str {
+        if self.device.is_empty() {
+            self.device_id.split('-').next().unwrap_or(&self.device_id)
+        } else {
+            &self.device
+        }
+    }
+
+    /// `changed` or `deleted`.
+    pub fn what(&self) -> &'static str {
+        if self.deleted {
+            "deleted"
+        } else {
+            "changed"
+        }
+    }
+}
+
 /// This device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStatus {

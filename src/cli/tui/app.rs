@@ -1,7 +1,8 @@
-//! The TUI's state and what keys and finished jobs do to it. No I/O here:
-//! everything that touches a daemon, a file or the network is an
-//! [`Effect`] that `jobs` carries out, and its result comes back as
-//! [`App::done`].
+//! The TUI's state and what keys and finished jobs do to it. Everything
+//! that acts (a daemon, the network, a file in a mount) is an [`Effect`]
+//! that `jobs` carries out, and its result comes back as [`App::done`];
+//! the only I/O here is looking: the folder the wizard describes, and a
+//! folder's config file when no daemon says what is in force.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -353,7 +354,6 @@ impl App {
     }
 
     fn dashboard_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        let shift = key.modifiers.contains(KeyModifiers::SHIFT);
         match key.code {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Tab | KeyCode::Right if !self.folders.is_empty() => {
@@ -384,18 +384,18 @@ impl App {
                         Mode::Wizard(Box::new(Wizard::new(data_dir, &server, self.home.clone(), &folder, true)));
                 }
             }
-            _ => return self.folder_key(key.code, shift),
+            _ => return self.folder_key(key.code),
         }
         Vec::new()
     }
 
     /// Keys that act on the folder shown.
-    fn folder_key(&mut self, code: KeyCode, shift: bool) -> Vec<Effect> {
+    fn folder_key(&mut self, code: KeyCode) -> Vec<Effect> {
         let Some(f) = self.folder() else { return Vec::new() };
         let data_dir = f.folder.data_dir.clone();
         let mountpoint = f.folder.mountpoint.clone();
         let mounted = f.mounted();
-        let settings = f.status.as_ref().and_then(|s| s.daemon.as_ref()).map(|d| d.settings.clone());
+        let in_force = f.status.as_ref().and_then(|s| s.daemon.as_ref()).map(|d| d.settings.clone());
         match code {
             KeyCode::Char('m') if self.busy.is_some() => {
                 let busy = self.busy.clone().unwrap_or_default();
@@ -417,7 +417,7 @@ impl App {
                 }];
             }
             KeyCode::Char('i') | KeyCode::Char('I') => {
-                let read_only = shift || code == KeyCode::Char('I');
+                let read_only = code == KeyCode::Char('I');
                 self.mode = Mode::Invite(InviteView { read_only, step: None, answered: false });
                 self.invite_cancelled = false;
                 return vec![Effect::Invite { data_dir, read_only }];
@@ -448,9 +448,10 @@ impl App {
             KeyCode::Char('h') => {
                 self.mode = Mode::HistoryPath(Field::new("File", "", "relative to the folder; empty: deleted files"))
             }
-            KeyCode::Char('s') => match settings.map_or_else(|| saved_settings(&data_dir), Ok) {
+            // What the daemon runs with, else what the next mount would read.
+            KeyCode::Char('s') => match in_force.map_or_else(|| crate::config::saved(None, &data_dir), Ok) {
                 Ok(settings) => self.mode = Mode::Settings(SettingsForm::new(&settings)),
-                Err(e) => self.say(e, true),
+                Err(e) => self.say(format!("{e:#}"), true),
             },
             KeyCode::Char('g') if mounted => {
                 let path = mountpoint.join(psync_sync::ignore::IGNORE_FILE);
@@ -465,28 +466,10 @@ impl App {
     fn submit_settings(&mut self, mut form: SettingsForm) -> Vec<Effect> {
         let Some(f) = self.folder() else { return Vec::new() };
         let data_dir = f.folder.data_dir.clone();
-        let now = f.status.as_ref().and_then(|s| s.daemon.as_ref()).map(|d| d.settings.clone());
-        let now = match now.map_or_else(|| saved_settings(&data_dir), Ok) {
-            Ok(s) => s,
-            Err(e) => {
-                self.say(e, true);
-                return Vec::new();
-            }
-        };
-        match form.change(&now) {
+        match form.change() {
             Ok(change) => {
-                let mut args = vec!["settings".to_string()];
-                if let Some(ms) = change.debounce_ms {
-                    args.extend(["--debounce-ms".into(), ms.to_string()]);
-                }
-                if let Some(rate) = change.upload_limit {
-                    args.extend(["--upload-limit".into(), rate]);
-                }
-                if let Some(rate) = change.download_limit {
-                    args.extend(["--download-limit".into(), rate]);
-                }
                 self.busy = Some("changing settings".into());
-                vec![Effect::Cli { data_dir, args, job: Job::Settings }]
+                vec![Effect::Cli { data_dir, args: change.to_args(), job: Job::Settings }]
             }
             Err(e) => {
                 form.error = Some(e);
@@ -639,11 +622,4 @@ impl App {
             }
         }
     }
-}
-
-/// The settings a folder's next mount would use (its config file), when no
-/// daemon says what is in force.
-fn saved_settings(data_dir: &std::path::Path) -> Result<crate::config::Settings, String> {
-    let file = crate::config::locate(None, data_dir).map_err(|e| format!("{e:#}"))?;
-    crate::config::load(file.as_deref(), &crate::config::MountOptions::default()).map_err(|e| format!("{e:#}"))
 }

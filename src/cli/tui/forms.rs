@@ -118,7 +118,7 @@ impl SettingsForm {
     }
 
     /// The change the form asks for, checked as `psync settings` checks it.
-    pub fn change(&self, now: &Settings) -> Result<LimitChange, String> {
+    pub fn change(&self) -> Result<LimitChange, String> {
         let debounce = self.fields[0].text();
         let debounce_ms =
             debounce.parse::<u64>().map_err(|_| format!("debounce {debounce:?} is not a number of milliseconds"))?;
@@ -127,7 +127,7 @@ impl SettingsForm {
             upload_limit: Some(self.fields[1].text().to_string()),
             download_limit: Some(self.fields[2].text().to_string()),
         };
-        change.apply(&mut now.clone()).map_err(|e| format!("{e:#}"))?;
+        change.check().map_err(|e| format!("{e:#}"))?;
         Ok(change)
     }
 }
@@ -266,13 +266,13 @@ mod tests {
         typed(&mut form, "2MiB");
         assert_eq!(form.key(&key(KeyCode::Enter)), Outcome::Stay, "Enter moves on before the last field");
         assert_eq!(form.key(&key(KeyCode::Enter)), Outcome::Submit);
-        let change = form.change(&settings).unwrap();
+        let change = form.change().unwrap();
         assert_eq!(change.upload_limit.as_deref(), Some("2MiB"));
         assert_eq!(change.debounce_ms, Some(100));
         form.fields[2].value = "1KiB".into();
-        assert!(form.change(&settings).unwrap_err().contains("minimum"));
+        assert!(form.change().unwrap_err().contains("minimum"));
         form.fields[0].value = "soon".into();
-        assert!(form.change(&settings).unwrap_err().contains("debounce"));
+        assert!(form.change().unwrap_err().contains("debounce"));
         assert_eq!(form.key(&key(KeyCode::Esc)), Outcome::Cancel);
     }
 

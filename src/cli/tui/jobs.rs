@@ -4,6 +4,7 @@
 //! each folder's daemon through its control socket, as `psync status` does.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,9 +85,7 @@ impl Jobs {
             }
             Effect::CancelIdentity => {
                 if let Some(pid) = self.identity.lock().ok().and_then(|p| *p) {
-                    if let Ok(pid) = i32::try_from(pid) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
-                    }
+                    terminate(pid);
                 }
             }
             Effect::Mount { data_dir, folder, create, adopt, job } => {
@@ -113,24 +112,35 @@ impl Jobs {
                         if running.asked.load(Ordering::SeqCst) {
                             let _ = running.stdin.write_all(if yes { b"y\n" } else { b"n\n" });
                             let _ = running.stdin.flush();
-                        } else if let Ok(pid) = i32::try_from(running.pid) {
+                        } else {
                             // Cancelled before anyone asked to join: nothing to refuse.
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+                            terminate(running.pid);
                         }
                     }
                 }
             }
-            // On a thread: a mount that hangs must not hang the screen.
+            // On a thread: a mount that hangs must not hang the screen. The
+            // file is in the vault, where a peer may have put a symlink: it
+            // is never followed (O_NOFOLLOW), so nothing outside is read or written.
             Effect::Read { path, job } => spawn(move || {
-                let result = match std::fs::read_to_string(&path) {
-                    Ok(text) => Ok(text),
+                let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path);
+                let mut text = String::new();
+                let result = match opened.and_then(|f| f.take(MAX_OUTPUT_BYTES).read_to_string(&mut text)) {
+                    Ok(_) => Ok(text),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
                     Err(e) => Err(format!("cannot read {}: {e}", path.display())),
                 };
                 let _ = events.send(Event::Done(job, result));
             }),
             Effect::Write { path, text, job } => spawn(move || {
-                let result = std::fs::write(&path, text).map(|()| String::new());
+                let result = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(text.as_bytes()))
+                    .map(|()| String::new());
                 let _ =
                     events.send(Event::Done(job, result.map_err(|e| format!("cannot write {}: {e}", path.display()))));
             }),
@@ -214,6 +224,13 @@ impl Jobs {
     /// The generation of the latest [`Jobs::poll`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// Asks a `psync` child to stop (SIGTERM).
+fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
 }
 

@@ -372,3 +372,24 @@ fn a_join_waiting_for_its_confirmation_can_be_stopped() {
     assert_eq!(wizard.step, super::wizard::Step::Code);
     assert!(wizard.error.as_deref().unwrap().contains("stopped"), "{:?}", wizard.error);
 }
+
+#[test]
+fn ignore_rules_are_never_read_or_written_through_a_symlink() {
+    use super::jobs::{Event, Jobs};
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, "not the vault's").unwrap();
+    let mount = tmp.path().join("mount");
+    std::fs::create_dir(&mount).unwrap();
+    let rules = mount.join(".psyncignore");
+    std::os::unix::fs::symlink(&outside, &rules).unwrap();
+    let (events, inbox) = std::sync::mpsc::channel();
+    let jobs = Jobs::new(events, "/nonexistent/psync".into(), None);
+    jobs.run(Effect::Write { path: rules.clone(), text: "*.tmp\n".into(), job: Job::SaveIgnore });
+    let Ok(Event::Done(Job::SaveIgnore, result)) = inbox.recv_timeout(Duration::from_secs(60)) else { panic!() };
+    assert!(result.is_err(), "{result:?}");
+    jobs.run(Effect::Read { path: rules, job: Job::LoadIgnore });
+    let Ok(Event::Done(Job::LoadIgnore, result)) = inbox.recv_timeout(Duration::from_secs(60)) else { panic!() };
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "not the vault's");
+}

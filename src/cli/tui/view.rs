@@ -200,8 +200,9 @@ pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
 fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let folder = app.folder();
     let peer_rows = folder.map_or(1, |f| (f.peers().len() * 2 + usize::from(!f.mounted())).max(1)) as u16;
-    let issues = folder.map_or(0, |f| issue_lines(f, theme).len()) as u16;
-    let info_rows = folder.map_or(2, |f| folder_lines(f, theme).len()) as u16;
+    let info_lines = folder.map(|f| folder_lines(f, theme)).unwrap_or_default();
+    let issue_lines = folder.map(|f| issue_lines(f, theme)).unwrap_or_default();
+    let (info_rows, issues) = (info_lines.len().max(2) as u16, issue_lines.len() as u16);
     let [tabs, info, peers, changes, problems, note, hints] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(info_rows),
@@ -224,7 +225,7 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         frame.render_widget(hint_lines(theme), hints);
         return;
     };
-    frame.render_widget(para(folder_lines(folder, theme)), info);
+    frame.render_widget(para(info_lines), info);
 
     let mut lines = Vec::new();
     // Scrolled so that the selected device is always in view.
@@ -247,12 +248,10 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .iter()
             .map(|c| {
                 let when = crate::clock::local_time(c.mtime.max(0) as u64 * 1000);
-                let who = if c.device.is_empty() { c.device_id.split('-').next().unwrap_or("?") } else { &c.device };
-                let what = if c.deleted { "deleted" } else { "changed" };
                 Line::from(vec![
                     Span::styled(format!("{} ", when.get(5..16).unwrap_or(&when)), theme.dim()),
-                    Span::styled(format!("{who:<12} "), if c.this_device { theme.dim() } else { theme.key() }),
-                    Span::raw(format!("{what} {}", c.path)),
+                    Span::styled(format!("{:<12} ", c.who()), if c.this_device { theme.dim() } else { theme.key() }),
+                    Span::raw(format!("{} {}", c.what(), c.path)),
                 ])
             })
             .collect(),
@@ -260,7 +259,7 @@ fn dashboard(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     };
     frame.render_widget(para(feed).block(section("Recent changes")), changes);
     if issues > 0 {
-        frame.render_widget(para(issue_lines(folder, theme)).block(section("Needs attention")), problems);
+        frame.render_widget(para(issue_lines).block(section("Needs attention")), problems);
     }
     let note_line = match (&app.busy, &app.note) {
         (Some(busy), _) => Line::styled(format!("{busy}..."), theme.pending()),
