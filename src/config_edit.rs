@@ -103,10 +103,7 @@ pub fn save(file: &Path, change: &LimitChange) -> Result<()> {
     if let Some(rate) = &change.download_limit {
         doc["download_limit"] = toml_edit::value(rate.trim());
     }
-    let temporary = file.with_extension("toml.new");
-    std::fs::write(&temporary, doc.to_string()).with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, file).with_context(|| format!("cannot replace {}", file.display()))?;
-    Ok(())
+    crate::data_dir::replace_file(file, doc.to_string().as_bytes())
 }
 
 #[cfg(test)]

@@ -32,6 +32,16 @@ pub const STORE_DIR: &str = psync_store::DB_DIR_NAME;
 /// Permissions of a data dir: its owner only.
 pub const MODE: u32 = 0o700;
 
+/// Replaces `path` with `bytes` as one step: written beside it and renamed
+/// over it, so a crash leaves the old file or the new one, never half.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.file_name().context("no file name")?.to_os_string();
+    name.push(".new");
+    let temporary = path.with_file_name(name);
+    std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
 /// Creates `dir` (and its parents) if needed and makes it private to its
 /// owner: nobody else may list it or read the store, keys and logs in it.
 pub fn prepare(dir: &Path) -> Result<()> {

@@ -36,10 +36,7 @@ pub(crate) fn save_identity(
     save_roster(data_dir, roster.entries())?;
     let identity = Identity { name: name.to_string(), server: server.to_string(), group: roster.group_id().to_hex() };
     // Written last, whole or not at all: the identity exists once this file does.
-    let tmp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&identity)?)?;
-    std::fs::rename(&tmp, data_dir.join(IDENTITY_FILE))?;
-    Ok(())
+    crate::data_dir::replace_file(&data_dir.join(IDENTITY_FILE), &serde_json::to_vec_pretty(&identity)?)
 }
 
 /// What an `init` or `join` interrupted before its identity file was
@@ -62,10 +59,7 @@ pub(crate) fn set_aside_unfinished(data_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Replaces the local roster copy (atomically: a crash leaves the old or the new).
 pub fn save_roster(data_dir: &Path, entries: &[RosterEntry]) -> Result<()> {
-    let tmp: PathBuf = data_dir.join(format!("{ROSTER_FILE}.tmp"));
-    std::fs::write(&tmp, codec::encode(&entries.to_vec())?)?;
-    std::fs::rename(&tmp, data_dir.join(ROSTER_FILE))?;
-    Ok(())
+    crate::data_dir::replace_file(&data_dir.join(ROSTER_FILE), &codec::encode(&entries.to_vec())?)
 }
 
 /// Key entries in the keyring file: epoch (u32 LE) then the key.

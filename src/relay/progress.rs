@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// The file, in the data dir.
@@ -43,10 +43,7 @@ impl Progress {
 
     /// Saves it atomically.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        let tmp = data_dir.join(format!("{PROGRESS_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path(data_dir)).with_context(|| format!("cannot replace {}", path(data_dir).display()))
+        crate::data_dir::replace_file(&path(data_dir), &serde_json::to_vec_pretty(self)?)
     }
 
     /// Objects of `writer` taken up to here.

@@ -71,9 +71,7 @@ pub fn save(file: &Path, folders: &[Folder]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let text = toml::to_string(&FolderFile { folders: folders.to_vec() }).context("cannot write the folder list")?;
-    let temporary = file.with_extension("toml.new");
-    std::fs::write(&temporary, text).with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, file).with_context(|| format!("cannot replace {}", file.display()))
+    crate::data_dir::replace_file(file, text.as_bytes())
 }
 
 /// A data dir for a further folder named `name`, beside the first one.
